@@ -1,0 +1,31 @@
+"""Test tiers: pure (no torch) always runs; torch tests skip themselves where torch is absent
+(the robot install); GPU tests are marked `gpu` and skip without CUDA."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+ROBOT_INSTALL = os.environ.get("RESCUE_ROBOT_INSTALL") == "1"
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    has_cuda = False
+    if HAS_TORCH:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+
+
+@pytest.fixture
+def fixtures_dir() -> Path:
+    return FIXTURES

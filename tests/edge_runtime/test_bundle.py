@@ -1,0 +1,207 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+
+from edge_runtime import bundle as b
+from edge_runtime import tokenizer
+
+EMBED, NOISE_DIM, SIZE = 8, 4, 8  # the stand-in graphs of tests/fixtures/make_graphs.py
+
+
+def _manifest() -> b.Manifest:
+    text = b.GraphSpec(
+        file="text_encoder.onnx",
+        role=b.TEXT_ENCODER,
+        precision="fp32",
+        inputs=(
+            b.TensorSpec(b.CHAR_IDS, "int64", (b.BATCH_DIM, b.TIME_DIM)),
+            b.TensorSpec(b.LENGTHS, "int64", (b.BATCH_DIM,)),
+        ),
+        outputs=(b.TensorSpec(b.TEXT_EMBEDDING, "float32", (b.BATCH_DIM, EMBED)),),
+        opset=17,
+    )
+    gen = b.GraphSpec(
+        file="generator.onnx",
+        role=b.GENERATOR,
+        precision="fp32",
+        inputs=(
+            b.TensorSpec(b.NOISE, "float32", (b.BATCH_DIM, NOISE_DIM)),
+            b.TensorSpec(b.TEXT_EMBEDDING, "float32", (b.BATCH_DIM, EMBED)),
+        ),
+        outputs=(b.TensorSpec(b.IMAGE, "float32", (b.BATCH_DIM, 3, SIZE, SIZE)),),
+        opset=17,
+    )
+    return b.Manifest(
+        name="stand-in",
+        model=b.ModelSpec(noise_dim=NOISE_DIM, embedding_dim=EMBED, image_size=SIZE),
+        graphs={"text_encoder.fp32": text, "generator.fp32": gen},
+        variants={
+            "fp32": b.Variant(
+                "text_encoder.fp32", "generator.fp32", True, {"psnr_db": 99.0}, {"g": 1.5}
+            )
+        },
+        quantization={"method": "none"},
+        provenance={"checkpoint_sha256": "0" * 64},
+    )
+
+
+def _open(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture
+def written(tmp_path: Path, fixtures_dir: Path) -> Path:
+    graphs = fixtures_dir / "graphs"
+    out = tmp_path / "bundle"
+    b.write_bundle(
+        out,
+        _manifest(),
+        {
+            "text_encoder.fp32": graphs / "text_encoder.onnx",
+            "generator.fp32": graphs / "generator.onnx",
+        },
+    )
+    return out
+
+
+def _edit_manifest(path: Path, edit) -> None:
+    manifest_path = path / b.MANIFEST_NAME
+    data = json.loads(manifest_path.read_text())
+    edit(data)
+    manifest_path.write_text(json.dumps(data))
+
+
+def test_bundle_roundtrip_and_sessions(written: Path) -> None:
+    loaded = b.load_bundle(written, _open)
+    assert (
+        loaded.manifest.to_dict() == b.Manifest.from_dict(loaded.manifest.to_dict(), "x").to_dict()
+    )
+    expected = dataclasses.replace(_manifest(), graphs=loaded.manifest.graphs)
+    assert loaded.manifest == expected
+    assert set(loaded.sessions) == {"text_encoder.fp32", "generator.fp32"}
+    assert loaded.manifest.graphs["generator.fp32"].sha256 == b.sha256_file(
+        written / "generator.onnx"
+    )
+    assert loaded.manifest.tokenizer == tokenizer.SPEC
+
+
+def test_bundle_write_refuses_overwrite_without_force(written: Path, fixtures_dir: Path) -> None:
+    files = {
+        "text_encoder.fp32": fixtures_dir / "graphs" / "text_encoder.onnx",
+        "generator.fp32": fixtures_dir / "graphs" / "generator.onnx",
+    }
+    with pytest.raises(b.BundleError, match="already exists"):
+        b.write_bundle(written, _manifest(), files)
+    b.write_bundle(written, dataclasses.replace(_manifest(), name="v2"), files, force=True)
+    assert b.load_bundle(written).manifest.name == "v2"
+    assert [p.name for p in written.parent.iterdir()] == ["bundle"]  # no temp or old dirs left
+
+
+def test_bundle_write_failure_leaves_nothing(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        b.write_bundle(
+            tmp_path / "out",
+            _manifest(),
+            {"text_encoder.fp32": tmp_path / "nope.onnx", "generator.fp32": tmp_path / "nope.onnx"},
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.update(schema="something-else"), "unknown schema 'something-else'"),
+        (lambda d: d.update(schema_version=99), "schema_version 99 is newer"),
+        (lambda d: d.pop("model"), "missing field 'model'"),
+        (lambda d: d["tokenizer"].update(max_length=150), "tokenizer max_length"),
+        (lambda d: d["graphs"]["generator.fp32"].update(file="../x.onnx"), "plain file name"),
+        (lambda d: d["variants"]["fp32"].update(generator="nope"), "unknown graph 'nope'"),
+        (lambda d: d["variants"]["fp32"].update(generator="text_encoder.fp32"), "as its generator"),
+        (lambda d: d["model"].update(noise_dim=True), "should be int"),
+    ],
+)
+def test_bundle_refuses_bad_manifest(written: Path, edit, message: str) -> None:
+    _edit_manifest(written, edit)
+    with pytest.raises(b.BundleError, match=message) as info:
+        b.load_bundle(written)
+    assert "manifest.json" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_bundle_refuses_malformed_json(written: Path) -> None:
+    (written / b.MANIFEST_NAME).write_text('{"schema": "rescue-t2i-bundle",\n  oops}')
+    with pytest.raises(b.BundleError, match=r"manifest.json: malformed JSON at line 2 column 3"):
+        b.load_bundle(written)
+
+
+def test_bundle_refuses_missing_manifest_and_missing_file(written: Path, tmp_path: Path) -> None:
+    with pytest.raises(b.BundleError, match="bundle directory not found"):
+        b.load_bundle(tmp_path / "nowhere")
+    (written / "generator.onnx").unlink()
+    with pytest.raises(b.BundleError, match=r"generator.onnx: missing"):
+        b.load_bundle(written)
+    (written / b.MANIFEST_NAME).unlink()
+    with pytest.raises(b.BundleError, match=r"manifest.json: missing"):
+        b.load_bundle(written)
+
+
+def test_bundle_refuses_sha256_mismatch(written: Path) -> None:
+    with open(written / "text_encoder.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(b.BundleError, match=r"text_encoder.onnx: sha256 mismatch"):
+        b.load_bundle(written)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda g: g["inputs"][0].update(name="ids"),
+            r"graph inputs are \['char_ids', 'lengths'\]",
+        ),
+        (
+            lambda g: g["inputs"][0].update(dtype="int32"),
+            "input 'char_ids' is int64, manifest says int32",
+        ),
+        (
+            lambda g: g["outputs"][0].update(shape=["batch", 16]),
+            "output 'text_embedding' has shape",
+        ),
+        (lambda g: g["outputs"][0].update(shape=["batch"]), "has rank 2"),
+    ],
+)
+def test_bundle_refuses_graph_io_differing_from_manifest(written: Path, edit, message: str) -> None:
+    _edit_manifest(written, lambda d: edit(d["graphs"]["text_encoder.fp32"]))
+    b.load_bundle(written)  # without sessions only hashes are checked
+    with pytest.raises(b.BundleError, match=message) as info:
+        b.load_bundle(written, _open)
+    assert "text_encoder.onnx" in str(info.value)
+
+
+def test_bundle_refuses_unloadable_graph(tmp_path: Path, written: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(written, broken)
+    (broken / "generator.onnx").write_bytes(b"not onnx")
+    _edit_manifest(
+        broken,
+        lambda d: d["graphs"]["generator.fp32"].update(
+            sha256=b.sha256_file(broken / "generator.onnx")
+        ),
+    )
+    with pytest.raises(b.BundleError, match=r"generator.onnx: cannot be loaded"):
+        b.load_bundle(broken, _open)
+
+
+def test_model_spec_min_input_length() -> None:
+    fixed = b.ModelSpec(noise_dim=1, embedding_dim=1, image_size=1)
+    assert fixed.min_input_length(10) == 201
+    trimmed = dataclasses.replace(fixed, length_stride=9, length_extra=39)
+    assert trimmed.min_input_length(1) == 48
+    assert trimmed.min_input_length(55) == 102
+    assert trimmed.min_input_length(201) == 201

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+from edge_runtime import tokenizer  # noqa: E402
+from train import models  # noqa: E402
+
+
+def test_models_generator_size_matches_design() -> None:
+    gen = models.Generator(models.GANConfig())
+    assert sum(p.numel() for p in gen.parameters()) == 4_756_736  # DESIGN.md: 4.76 M
+    out = gen.eval()(torch.randn(2, 100), torch.randn(2, 1024))
+    assert out.shape == (2, 3, 64, 64) and out.abs().max() <= 1
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_models_discriminator_shapes(residual: bool) -> None:
+    config = models.GANConfig(ngf=16, ndf=16, residual=residual)
+    logits, joint = models.Discriminator(config)(torch.randn(3, 3, 64, 64), torch.randn(3, 1024))
+    assert logits.shape == (3,) and joint.shape == (3, 16 * 8, 4, 4)
+    assert models.Generator(config)(torch.randn(3, 100), torch.randn(3, 1024)).shape == (
+        3,
+        3,
+        64,
+        64,
+    )
+
+
+def test_models_text_encoder_conv1_gather_equals_one_hot_convolution() -> None:
+    enc = models.CharCnnRnn(models.TextEncoderConfig())
+    ids = torch.randint(0, tokenizer.VOCAB_SIZE, (2, 201))
+    one_hot = F.one_hot(ids, tokenizer.VOCAB_SIZE)[..., 1:].float().transpose(1, 2)  # (B, 70, T)
+    torch.testing.assert_close(enc._conv1_one_hot(ids), enc.conv1(one_hot), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("rnn", ["gru", "lstm"])
+def test_models_text_encoder_padding_does_not_change_embedding(rnn: str) -> None:
+    config = models.TextEncoderConfig(rnn=rnn)
+    enc = models.CharCnnRnn(config).eval()
+    captions = ["a survivor in an orange jacket lying on rubble at the left", "red", "x" * 300]
+    rows, lengths = tokenizer.encode_batch(captions)
+    ids, lengths_t = torch.tensor(rows), torch.tensor(lengths)
+    with torch.no_grad():
+        batch = enc(ids, lengths_t)
+        for i, length in enumerate(lengths):
+            trimmed = config.min_input_length(length)
+            alone = enc(ids[i : i + 1, :trimmed], lengths_t[i : i + 1])
+            torch.testing.assert_close(alone[0], batch[i], atol=1e-5, rtol=0)
+        # Changing only what lies in the padding region beyond the receptive field changes nothing.
+        noisy = ids.clone()
+        noisy[1, config.min_input_length(lengths[1]) :] = 5
+        torch.testing.assert_close(enc(noisy, lengths_t)[1], batch[1], atol=1e-5, rtol=0)

@@ -1,0 +1,1 @@
+"""rescue-t2i training: data, text-encoder pretraining, GAN-INT-CLS training, evaluation."""

@@ -1,0 +1,54 @@
+"""`python -m train` / `rescue-train`: one thin dispatcher over the training commands.
+
+Each command lives in its own module exposing `main(argv: list[str] | None) -> int`; this file
+only routes the first argument, so `--help` of any command costs no import of the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+
+# fmt: off
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("train.data.cli", "render rescue-scenes, convert CUB / Oxford-102 / birds.hdf5, inspect"),
+    "text-encoder": ("train.text_encoder", "pretrain the char-CNN-RNN text encoder jointly with an image encoder"),
+    "eval-text": ("train.eval_text", "text→image R-precision of a text-encoder checkpoint"),
+    "gan": ("train.gan", "train the text-conditioned DCGAN (GAN-CLS + GAN-INT + feature matching)"),
+    "oracle": ("train.oracle", "train the rescue-scenes attribute oracle used by evaluate"),
+    "evaluate": ("train.evaluate", "evaluate a GAN checkpoint or an exported bundle"),
+    "recipe": ("train.recipe", "run the default rescue-scenes recipe end to end"),
+}
+# fmt: on
+
+
+def available() -> dict[str, tuple[str, str]]:
+    """The commands whose modules exist in this checkout."""
+    return {k: v for k, v in COMMANDS.items() if importlib.util.find_spec(v[0]) is not None}
+
+
+def _usage(commands: dict[str, tuple[str, str]]) -> str:
+    width = max(map(len, commands), default=0)
+    lines = ["usage: python -m train COMMAND [options]   (COMMAND --help for its options)", ""]
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in commands.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Route `argv[0]` to its command's `main`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = available()
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage(commands))
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in commands:
+        print(f"rescue-train: unknown command {name!r}\n\n{_usage(commands)}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    module = importlib.import_module(commands[name][0])
+    return int(module.main(rest) or 0)

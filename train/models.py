@@ -1,0 +1,361 @@
+"""The networks of GAN-INT-CLS (Reed et al. 2016), read top to bottom like the paper.
+
+- `CharCnnRnn`: the character-level CNN-RNN text encoder φ(t) (Reed et al. 2016a, "Learning Deep
+  Representations of Fine-Grained Visual Descriptions"): one-hot characters → three 1-D
+  convolutions → recurrent layer averaged over valid time steps → linear to the embedding.
+- `ImageEncoder`: a small CNN θ(v) trained jointly with φ so that φ(t)·θ(v) scores how well a
+  caption describes an image (pretraining, R-precision, ranking camera frames).
+- `Generator`: DCGAN generator G(z, φ(t)) — the embedding is projected to 128-d with leaky ReLU and
+  concatenated to the noise, then a 1×1→4×4 transposed convolution and four stride-2 transposed
+  convolutions up to 64×64×3 with tanh.
+- `Discriminator`: D(x, φ(t)) — strided convolutions down to 4×4, the projected embedding
+  replicated spatially and concatenated there, a 1×1 convolution, then a 4×4 convolution to a
+  logit. `forward` also returns the joint 4×4 features (they have seen the text) for feature
+  matching (Salimans et al. 2016).
+
+Every config is a frozen dataclass; checkpoints store `dataclasses.asdict(config)` next to the
+weights, and `*.from_dict` rebuilds the same network from a checkpoint alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edge_runtime import tokenizer
+
+C = TypeVar("C")
+
+
+def config_from_dict(cls: type[C], data: dict[str, Any], where: str = "config") -> C:
+    """Rebuild a frozen config dataclass, refusing unknown fields (lists become tuples)."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown {cls.__name__} fields {unknown}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**values)
+
+
+# --------------------------------------------------------------------------------------------
+# Text encoder φ(t): char-CNN-RNN
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """Reed's char-CNN-RNN; the defaults are the paper's."""
+
+    alphabet_size: int = tokenizer.VOCAB_SIZE - 1
+    """One-hot width: the tokenizer's 70 symbols (id 0, padding, is the all-zero vector)."""
+    max_length: int = tokenizer.MAX_LENGTH
+    """Characters per caption after padding (Reed: 201)."""
+    conv_channels: tuple[int, int, int] = (384, 512, 512)
+    kernel_size: int = 4
+    pool_size: int = 3
+    """Max-pool after the first two convolutions."""
+    rnn: str = "gru"
+    """"gru" or "lstm" (onnxruntime quantizes LSTM dynamically, not GRU)."""
+    rnn_hidden: int = 512
+    embedding_dim: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.rnn not in ("gru", "lstm"):
+            raise ValueError(f"rnn must be 'gru' or 'lstm', got {self.rnn!r}")
+        if len(self.conv_channels) != 3:
+            raise ValueError(f"conv_channels needs 3 sizes, got {self.conv_channels}")
+
+    @property
+    def length_stride(self) -> int:
+        """Input characters per output time step (the two max-pools)."""
+        return self.pool_size**2
+
+    @property
+    def length_extra(self) -> int:
+        """Input characters beyond the last valid step's start that its receptive field spans."""
+        k, p = self.kernel_size - 1, self.pool_size
+        return k * p * p + k * p + k
+
+    def output_steps(self, input_length: int) -> int:
+        """Time steps after conv/pool/conv/pool/conv for an input of `input_length` characters."""
+        k, p = self.kernel_size - 1, self.pool_size
+        return ((input_length - k) // p - k) // p - k
+
+    def min_input_length(self, length: int) -> int:
+        """Shortest padded input whose embedding equals that of padding to `max_length`."""
+        steps = -(-length // self.length_stride)
+        return min(self.max_length, steps * self.length_stride + self.length_extra)
+
+
+class CharCnnRnn(nn.Module):
+    """φ(t): char ids (B, T) + lengths (B,) → text embedding (B, embedding_dim)."""
+
+    def __init__(self, config: TextEncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        c1, c2, c3 = config.conv_channels
+        k = config.kernel_size
+        if config.output_steps(config.max_length) < 1:
+            raise ValueError(f"max_length {config.max_length} too short for the convolutions")
+        # A convolution over one-hot input is a sum of gathered weight columns; we keep the weight
+        # in Conv1d's layout (C1, alphabet, K) so it reads (and loads) like Reed's model, but
+        # compute it with embedding lookups: no 70-channel one-hot tensor in training or in ONNX.
+        self.conv1 = nn.Conv1d(config.alphabet_size, c1, k)
+        self.conv2 = nn.Conv1d(c1, c2, k)
+        self.conv3 = nn.Conv1d(c2, c3, k)
+        self.pool = nn.MaxPool1d(config.pool_size)
+        rnn_cls = nn.GRU if config.rnn == "gru" else nn.LSTM
+        self.rnn = rnn_cls(c3, config.rnn_hidden, batch_first=True)
+        self.project = nn.Linear(config.rnn_hidden, config.embedding_dim)
+
+    def _conv1_one_hot(self, char_ids: torch.Tensor) -> torch.Tensor:
+        """conv1(one_hot(ids)) as K shifted gathers: (B, T) → (B, C1, T-K+1)."""
+        k = self.config.kernel_size
+        # (C1, A, K) → (K, A+1, C1) with a zero row for the padding id 0.
+        table = F.pad(self.conv1.weight.permute(2, 1, 0), (0, 0, 1, 0))
+        steps = char_ids.shape[1] - k + 1
+        out = self.conv1.bias
+        for i in range(k):
+            out = out + F.embedding(char_ids[:, i : i + steps], table[i])  # (B, T-K+1, C1)
+        return out.transpose(1, 2)
+
+    def valid_steps(self, lengths: torch.Tensor, steps: int) -> torch.Tensor:
+        """Output steps whose receptive field starts on a real character: (B,) in 1..steps."""
+        stride = self.config.length_stride
+        return torch.clamp((lengths + stride - 1) // stride, min=1, max=steps)
+
+    def forward(self, char_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu(self._conv1_one_hot(char_ids)))  # (B, C1, (T-3)/3)
+        x = self.pool(F.relu(self.conv2(x)))  # (B, C2, ((T-3)/3-3)/3)
+        x = F.relu(self.conv3(x)).transpose(1, 2)  # (B, S, C3), S = output_steps(T)
+        hidden, _ = self.rnn(x)  # (B, S, H)
+        steps = hidden.shape[1]
+        valid = self.valid_steps(lengths, steps)  # (B,)
+        # A forward RNN's state at step s depends only on steps ≤ s, so averaging over valid
+        # steps makes the embedding independent of how much padding follows the caption.
+        mask = torch.arange(steps, device=hidden.device)[None, :] < valid[:, None]  # (B, S)
+        mean = (hidden * mask.unsqueeze(-1)).sum(1) / valid.unsqueeze(-1).to(hidden.dtype)
+        return self.project(mean)  # (B, E)
+
+
+# --------------------------------------------------------------------------------------------
+# Image encoder θ(v)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageEncoderConfig:
+    """A small CNN on 64×64 images, trained from scratch jointly with the text encoder."""
+
+    channels: tuple[int, ...] = (32, 64, 128, 256)
+    """Output channels of the stride-2 convolution stages (64 → 32 → 16 → 8 → 4)."""
+    embedding_dim: int = 1024
+    image_size: int = 64
+
+
+class ImageEncoder(nn.Module):
+    """θ(v): image (B, 3, 64, 64) in [-1, 1] → embedding (B, embedding_dim)."""
+
+    def __init__(self, config: ImageEncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        layers: list[nn.Module] = []
+        c_in = 3
+        for c_out in config.channels:
+            layers += [
+                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(c_out, c_out, 4, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+            ]
+            c_in = c_out
+        self.features = nn.Sequential(*layers)
+        self.project = nn.Linear(c_in, config.embedding_dim)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.features(images)  # (B, C_last, 64 / 2^n, 64 / 2^n)
+        return self.project(x.mean(dim=(2, 3)))  # (B, E)
+
+
+# --------------------------------------------------------------------------------------------
+# GAN: generator G(z, φ(t)) and matching-aware discriminator D(x, φ(t))
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GANConfig:
+    """DCGAN-64 conditioned on a text embedding, as in Reed et al. 2016."""
+
+    noise_dim: int = 100
+    embedding_dim: int = 1024
+    """Width of the text encoder's output."""
+    projected_dim: int = 128
+    """The embedding is compressed to this with Linear + BatchNorm + LeakyReLU(0.2)."""
+    ngf: int = 64
+    ndf: int = 64
+    residual: bool = False
+    """Residual blocks at 4×4 and 8×8 in both networks, as in Reed's released CUB model."""
+    image_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.image_size != 64:
+            raise ValueError(f"only 64×64 images are supported, got {self.image_size}")
+
+
+def _text_projection(embedding_dim: int, projected_dim: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(embedding_dim, projected_dim),
+        nn.BatchNorm1d(projected_dim),
+        nn.LeakyReLU(0.2, inplace=True),
+    )
+
+
+class ResidualBlock(nn.Module):
+    """Reed's bottleneck block: 1×1 → 3×3 → 3×3 convolutions added to the input, then `act`."""
+
+    def __init__(self, channels: int, act: nn.Module) -> None:
+        super().__init__()
+        mid = channels // 4
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, mid, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            type(act)(*_act_args(act)),
+            nn.Conv2d(mid, mid, 3, padding=1, bias=False),
+            nn.BatchNorm2d(mid),
+            type(act)(*_act_args(act)),
+            nn.Conv2d(mid, channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(channels),
+        )
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x + self.body(x))
+
+
+def _act_args(act: nn.Module) -> tuple[Any, ...]:
+    return (act.negative_slope,) if isinstance(act, nn.LeakyReLU) else ()
+
+
+class UpBlock(nn.Module):
+    """Transposed convolution → BatchNorm → ReLU; export folds `bn` into `conv` and rewrites it."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int) -> None:
+        super().__init__()
+        self.conv = nn.ConvTranspose2d(c_in, c_out, kernel, stride, padding, bias=False)
+        self.bn = nn.BatchNorm2d(c_out)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class Generator(nn.Module):
+    """G: noise (B, noise_dim), text embedding (B, E) → image (B, 3, 64, 64) in [-1, 1]."""
+
+    def __init__(self, config: GANConfig) -> None:
+        super().__init__()
+        self.config = config
+        ngf = config.ngf
+        self.project_text = _text_projection(config.embedding_dim, config.projected_dim)
+        self.blocks = nn.ModuleList(
+            [
+                UpBlock(config.noise_dim + config.projected_dim, ngf * 8, 4, 1, 0),  # 1 → 4
+                UpBlock(ngf * 8, ngf * 4, 4, 2, 1),  # 4 → 8
+                UpBlock(ngf * 4, ngf * 2, 4, 2, 1),  # 8 → 16
+                UpBlock(ngf * 2, ngf, 4, 2, 1),  # 16 → 32
+            ]
+        )
+        # Residual refinement after the 4×4 and 8×8 stages (block index → module).
+        self.residual = nn.ModuleDict(
+            {
+                "0": ResidualBlock(ngf * 8, nn.ReLU(inplace=True)),
+                "1": ResidualBlock(ngf * 4, nn.ReLU(inplace=True)),
+            }
+            if config.residual
+            else {}
+        )
+        self.to_rgb = nn.ConvTranspose2d(ngf, 3, 4, 2, 1, bias=False)  # 32 → 64
+
+    def forward(self, noise: torch.Tensor, text_embedding: torch.Tensor) -> torch.Tensor:
+        text = self.project_text(text_embedding)  # (B, 128)
+        x = torch.cat([noise, text], dim=1)[:, :, None, None]  # (B, noise_dim + 128, 1, 1)
+        for i, block in enumerate(self.blocks):
+            x = block(
+                x
+            )  # (B, ngf*8, 4, 4) → (B, ngf*4, 8, 8) → (B, ngf*2, 16, 16) → (B, ngf, 32, 32)
+            if str(i) in self.residual:
+                x = self.residual[str(i)](x)
+        return torch.tanh(self.to_rgb(x))  # (B, 3, 64, 64)
+
+
+class Discriminator(nn.Module):
+    """D: image (B, 3, 64, 64) + text embedding → (logit (B,), joint features (B, ndf*8, 4, 4))."""
+
+    def __init__(self, config: GANConfig) -> None:
+        super().__init__()
+        self.config = config
+        ndf = config.ndf
+        lrelu = nn.LeakyReLU(0.2, inplace=True)
+
+        def down(c_in: int, c_out: int, bn: bool = True) -> list[nn.Module]:
+            layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=not bn)]
+            if bn:
+                layers.append(nn.BatchNorm2d(c_out))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            return layers
+
+        stages: list[nn.Module] = [
+            *down(3, ndf, bn=False),  # 64 → 32
+            *down(ndf, ndf * 2),  # 32 → 16
+            *down(ndf * 2, ndf * 4),  # 16 → 8
+        ]
+        if config.residual:
+            stages.append(ResidualBlock(ndf * 4, nn.LeakyReLU(0.2, inplace=True)))
+        stages += down(ndf * 4, ndf * 8)  # 8 → 4
+        if config.residual:
+            stages.append(ResidualBlock(ndf * 8, nn.LeakyReLU(0.2, inplace=True)))
+        self.image_path = nn.Sequential(*stages)
+        self.project_text = _text_projection(config.embedding_dim, config.projected_dim)
+        self.joint = nn.Sequential(
+            nn.Conv2d(ndf * 8 + config.projected_dim, ndf * 8, 1, bias=False),
+            nn.BatchNorm2d(ndf * 8),
+            lrelu,
+        )
+        self.score = nn.Conv2d(ndf * 8, 1, 4, 1, 0)
+
+    def forward(
+        self, images: torch.Tensor, text_embedding: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.image_path(images)  # (B, ndf*8, 4, 4)
+        text = self.project_text(text_embedding)  # (B, 128)
+        text = text[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])  # (B, 128, 4, 4)
+        joint = self.joint(torch.cat([x, text], dim=1))  # (B, ndf*8, 4, 4)
+        return self.score(joint).flatten(), joint  # (B,), (B, ndf*8, 4, 4)
+
+
+MODEL_TYPES: dict[str, tuple[type, type[nn.Module]]] = {
+    "text_encoder": (TextEncoderConfig, CharCnnRnn),
+    "image_encoder": (ImageEncoderConfig, ImageEncoder),
+    "generator": (GANConfig, Generator),
+    "discriminator": (GANConfig, Discriminator),
+}
+"""Checkpoint model name → (config class, network class); see `train.checkpoint.build_model`."""
+
+
+def init_dcgan_weights(module: nn.Module) -> None:
+    """DCGAN initialisation: conv weights N(0, 0.02), batch-norm scale N(1, 0.02), shift 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
