@@ -53,6 +53,14 @@ test: lint pytest test-robot
 demo: $(VENV)/.stamp
 	$(PY) scripts/demo.py $(DEMO_OUT)
 
+# Measure only: export's speed table (generator and text encoder; torch eager, onnxruntime fp32
+# with ConvTranspose, fp32 and int8 rewritten; batch 1 and 16; 1 and 2 threads). Never pass/fail.
+# Then GAN training images/s: the trainer vs a plain loop (same run, interleaved), widths 32/48/64,
+# and the GAN-CLS loader's samples/s.
+bench: $(VENV)/.stamp
+	$(PY) -m export.bench
+	$(PY) -m train.bench_gan
+
 format: $(VENV)/.stamp
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .

@@ -475,6 +475,10 @@ def write_bundle(
         raise BundleError(f"{out}: no file given for graphs {sorted(missing)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    # mkdtemp makes the directory 0700; a bundle is read by the service's own user on the robot.
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
     try:
         graphs = {}
         for key, spec in manifest.graphs.items():

@@ -1,27 +1,127 @@
-"""`rescue-edge` / `python -m edge_runtime`: the robot's command line."""
+"""`rescue-edge` / `python -m edge_runtime`: the robot's command line.
+
+  info      verify a bundle and describe it
+  generate  caption → PNG files (paths printed one per line)
+  serve     the serial service (--serial PORT), or one caption per stdin line (--stdin)
+  client    the operator's side of the serial link: send captions, fetch the images
+  bench     speed and memory figures on this machine (printed, never judged)
+
+The bundle is --bundle, else $RESCUE_EDGE_BUNDLE, else /var/lib/rescue-t2i/bundle; the output
+directory is --out, else $RESCUE_EDGE_OUT, else ./rescue-edge-images. Exit status: 0 done,
+1 the machine failed us (output not writable, serial port gone), 2 bad input (flags, bundle,
+caption); each failure is one line on stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
+import secrets
+import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from edge_runtime import __version__, protocol, tokenizer
 from edge_runtime.bundle import BundleError, load_bundle
 
+if TYPE_CHECKING:  # imported lazily at run time: `rescue-edge --help` stays instant
+    from edge_runtime.client import OperatorClient
+    from edge_runtime.engine import Engine
 
-def _open_session(path: Path):
-    import onnxruntime as ort
+log = logging.getLogger("edge_runtime.cli")
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+BUNDLE_ENV = "RESCUE_EDGE_BUNDLE"
+OUT_ENV = "RESCUE_EDGE_OUT"
+DEFAULT_BUNDLE = Path("/var/lib/rescue-t2i/bundle")
+DEFAULT_OUT = Path("rescue-edge-images")
+MAX_CLI_IMAGES = 256
+
+
+class UsageError(ValueError):
+    """A flag value that cannot work; the message names the flag."""
+
+
+class _StderrHandler(logging.Handler):
+    """Logs to whatever `sys.stderr` is at the time (tests swap it between calls of `main`)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
+def _setup_logging(level: int) -> None:
+    root = logging.getLogger("edge_runtime")
+    for handler in list(root.handlers):
+        if isinstance(handler, _StderrHandler):
+            root.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("rescue-edge: %(levelname)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+
+
+def default_bundle() -> Path:
+    """--bundle's default: $RESCUE_EDGE_BUNDLE, else /var/lib/rescue-t2i/bundle."""
+    return Path(os.environ.get(BUNDLE_ENV) or DEFAULT_BUNDLE)
+
+
+def default_out() -> Path:
+    """--out's default: $RESCUE_EDGE_OUT, else ./rescue-edge-images."""
+    return Path(os.environ.get(OUT_ENV) or DEFAULT_OUT)
+
+
+def _bundle_path(args: argparse.Namespace) -> Path:
+    path = args.bundle if args.bundle is not None else default_bundle()
+    if not path.exists():
+        source = "--bundle" if args.bundle is not None else (
+            f"${BUNDLE_ENV}" if os.environ.get(BUNDLE_ENV) else "the default bundle path"
+        )  # fmt: skip
+        raise BundleError(
+            f"{path}: no bundle there ({source}); pass --bundle PATH or set ${BUNDLE_ENV}"
+        )
+    return path
+
+
+def _engine(args: argparse.Namespace, *, warmup: bool = True) -> Engine:
+    from edge_runtime.engine import Engine
+
+    return Engine(
+        _bundle_path(args),
+        precision=args.precision,
+        provider=args.provider,
+        threads=args.threads,
+        warmup=warmup,
+    )
+
+
+def _int_in(name: str, value: int, low: int, high: int) -> int:
+    if not low <= value <= high:
+        raise UsageError(f"{name}: must be {low}..{high}, got {value}")
+    return value
+
+
+# ------------------------------------------------------------------------------------------
+# info
+# ------------------------------------------------------------------------------------------
 
 
 def _info(args: argparse.Namespace) -> int:
-    bundle = load_bundle(args.bundle, _open_session)
+    import onnxruntime as ort
+
+    from edge_runtime.engine import Engine
+
+    path = _bundle_path(args)
+    bundle = load_bundle(
+        path, lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+    )
     m = bundle.manifest
-    summary = {
+    summary: dict[str, Any] = {
         "bundle": str(bundle.path),
         "name": m.name,
         "schema_version": m.schema_version,
@@ -31,27 +131,371 @@ def _info(args: argparse.Namespace) -> int:
             for k, v in m.variants.items()
         },
         "graphs": {k: {"file": g.file, "size_bytes": g.size_bytes} for k, g in m.graphs.items()},
+        "providers_available": ort.get_available_providers(),
+        "onnxruntime": ort.__version__,
     }
+    if args.measure:
+        engine = Engine(path, precision="auto", provider=args.provider, threads=args.threads)
+        summary["measured_here"] = {
+            "caption_to_image_median_ms": engine.info.selection_ms,
+            "auto_picks": engine.info.precision,
+            "provider": engine.info.provider,
+            "threads": engine.info.threads,
+        }
     print(json.dumps(summary, indent=2))
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rescue-edge", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    info = sub.add_parser(
-        "info", help="verify a bundle (hashes, graph inputs/outputs) and describe it"
+# ------------------------------------------------------------------------------------------
+# generate
+# ------------------------------------------------------------------------------------------
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from edge_runtime.images import OutputDir, contact_sheet, encode_png, upscale
+
+    _int_in("-n", args.n, 1, MAX_CLI_IMAGES)
+    seed = secrets.randbelow(protocol.MAX_SEED + 1) if args.seed is None else args.seed
+    _int_in("--seed", seed, 0, protocol.MAX_SEED)
+    if args.upscale is not None:
+        _int_in("--upscale", args.upscale, 16, 4096)
+    encoded = tokenizer.encode(args.caption)  # a bad caption fails before the bundle loads
+    engine = _engine(args, warmup=False)
+    images = engine.generate(args.caption, n=args.n, seed=seed)  # (n, H, W, 3) uint8
+    size = args.upscale or engine.model.image_size
+    output = OutputDir(args.out if args.out is not None else default_out())
+    names = output.names("cli", seed, range(args.n))
+    files = [
+        (name, encode_png(upscale(img, size))) for name, img in zip(names, images, strict=True)
+    ]
+    sheet = None
+    if args.sheet:
+        labels = [f"seed {seed} #{k}" for k in range(args.n)]
+        sheet = contact_sheet(images, encoded.text, labels, tile=max(size, 96))
+        (sheet_name,) = output.names("cli", seed, ["sheet"])
+        files.append((sheet_name, encode_png(sheet)))
+    saved = output.save(files)
+    for item in saved:
+        print(item.path)
+    sys.stdout.flush()
+    if args.show:
+        problem = _show(sheet if sheet is not None else images, size)
+        if problem:
+            print(f"rescue-edge: --show: {problem}; the files above were written", file=sys.stderr)
+    return 0
+
+
+def _gui_problem() -> str | None:
+    """Why OpenCV cannot open a window here, or None when it can."""
+    import cv2
+
+    for line in cv2.getBuildInformation().splitlines():
+        if line.strip().startswith("GUI:") and line.split(":", 1)[1].strip().upper() == "NONE":
+            return "this OpenCV build has no GUI (opencv-python-headless)"
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        return "no display ($DISPLAY is not set)"
+    return None
+
+
+def _show(images: Any, size: int) -> str | None:
+    import cv2
+    import numpy as np
+
+    from edge_runtime.images import upscale
+
+    problem = _gui_problem()
+    if problem:
+        return problem
+    if images.ndim == 4:  # (n, H, W, 3): side by side, at least 256 px tall to be seen
+        tile = max(size, 256)
+        images = np.concatenate([upscale(img, tile) for img in images], axis=1)
+    try:
+        cv2.imshow("rescue-edge", cv2.cvtColor(images, cv2.COLOR_RGB2BGR))
+        cv2.waitKey(0)
+        cv2.destroyAllWindows()
+    except cv2.error as err:
+        return f"OpenCV cannot show a window: {str(err).strip().splitlines()[-1]}"
+    return None
+
+
+# ------------------------------------------------------------------------------------------
+# serve
+# ------------------------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from edge_runtime.images import OutputDir
+    from edge_runtime.sdnotify import Notifier
+    from edge_runtime.service import Service, ServiceConfig, serve_lines
+
+    out = args.out if args.out is not None else default_out()
+    if args.stdin:
+        _int_in("-n", args.n, 1, MAX_CLI_IMAGES)
+        if args.seed is not None:
+            _int_in("--seed", args.seed, 0, protocol.MAX_SEED)
+        engine = _engine(args)
+        failures = serve_lines(
+            engine, OutputDir(out, durable=not args.no_fsync), sys.stdin, sys.stdout,
+            n=args.n, seed=args.seed,
+        )  # fmt: skip
+        return 1 if failures else 0
+    _int_in("--queue", args.queue, 1, 1024)
+    _int_in("--max-line", args.max_line, 64, 1 << 16)
+    _int_in("--max-images", args.max_images, 1, MAX_CLI_IMAGES)
+    _int_in("--baud", args.baud, 50, 20_000_000)
+    config = ServiceConfig(
+        port=args.serial,
+        out_dir=out,
+        baud=args.baud,
+        max_line=args.max_line,
+        max_images=args.max_images,
+        queue_size=args.queue,
+        durable=not args.no_fsync,
     )
-    info.add_argument("bundle", type=Path)
+    notifier = Notifier.from_env()
+    engine = _engine(args)
+    log.info(
+        "bundle %s: precision %s on %s, %d thread(s), ready in %.0f ms%s",
+        engine.info.bundle_id,
+        engine.info.precision,
+        engine.info.provider,
+        engine.info.threads,
+        engine.info.startup_ms,
+        f" (measured ms: {engine.info.selection_ms})" if engine.info.selection_ms else "",
+    )
+    service = Service(engine, config, notifier=notifier)
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("%s: finishing the current request, then exiting", signal.Signals(signum).name)
+        service.request_stop()
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return service.run()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        notifier.close()
+
+
+# ------------------------------------------------------------------------------------------
+# client
+# ------------------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> int:
+    from edge_runtime.client import ClientError, OperatorClient
+
+    _int_in("-n", args.n, 1, protocol.MAX_IMAGES)
+    if args.seed is not None:
+        _int_in("--seed", args.seed, 0, protocol.MAX_SEED)
+    out = args.out if args.out is not None else Path("received")
+    client = OperatorClient.open(args.serial, args.baud, timeout=args.timeout)
+    with client:
+        if args.ping:
+            print(f"{client.ping():.1f}")
+            return 0
+        if args.status:
+            print(json.dumps(client.status(), indent=2))
+            return 0
+        if args.captions:
+            for caption in args.captions:
+                _client_caption(client, caption, args, out)
+            return 0
+        interactive = sys.stdin.isatty()
+        failures = 0
+        while True:
+            if interactive:
+                print("caption (or /ping, /status, /help, /quit)> ", end="", file=sys.stderr)
+                sys.stderr.flush()
+            line = sys.stdin.readline()
+            if not line:
+                break
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                if line in ("/quit", "/exit"):
+                    break
+                if line == "/ping":
+                    print(f"{client.ping():.1f} ms")
+                elif line == "/status":
+                    for key, value in client.status().items():
+                        print(f"{key}={value}")
+                elif line == "/help":
+                    print("\n".join(client.help()))
+                else:
+                    _client_caption(client, line, args, out)
+            except (ClientError, tokenizer.CaptionError) as err:
+                failures += 1
+                print(f"rescue-edge: {err}", file=sys.stderr)
+            sys.stdout.flush()
+        return 1 if failures else 0
+
+
+def _client_caption(
+    client: OperatorClient, caption: str, args: argparse.Namespace, out: Path
+) -> None:
+    tokenizer.encode(caption)  # refuse an empty caption here rather than over the radio
+    result = client.generate(caption, n=args.n, seed=args.seed)
+    log.info(
+        "%s: seed %d, robot %.1f ms (inference %.1f ms), round trip %.1f ms",
+        result.request_id, result.seed, result.ms, result.infer_ms, result.round_trip_ms,
+    )  # fmt: skip
+    for name, sha in result.files:
+        if args.no_fetch:
+            print(name)
+        else:
+            print(client.fetch(name, out, sha))
+        sys.stdout.flush()
+
+
+# ------------------------------------------------------------------------------------------
+# bench
+# ------------------------------------------------------------------------------------------
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from edge_runtime import bench
+
+    return bench.run(args, _bundle_path(args))
+
+
+# ------------------------------------------------------------------------------------------
+# parser
+# ------------------------------------------------------------------------------------------
+
+
+def _engine_args(parser: argparse.ArgumentParser, *, precision_choices: bool = True) -> None:
+    parser.add_argument(
+        "--bundle", type=Path, default=None,
+        help=f"bundle directory (default: ${BUNDLE_ENV}, else {DEFAULT_BUNDLE})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--precision", default="auto",
+        help="variant to run: auto (measure the variants that passed export's quality gate and "
+        "take the fastest), fp32, int8, ... (default auto)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--provider", default="auto",
+        help="onnxruntime execution provider: auto (CUDA when present, else CPU), cpu, cuda, "
+        "tensorrt, or a full provider name (default auto)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)"
+    )
+
+
+def _out_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out", type=Path, default=None,
+        help=f"output directory (default: ${OUT_ENV}, else ./{DEFAULT_OUT})",
+    )  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `rescue-edge` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="rescue-edge",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"rescue-edge {__version__}")
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="errors only")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser(
+        "info", help="verify a bundle (hashes, graph inputs/outputs), describe it"
+    )
+    info.add_argument("bundle", type=Path, nargs="?", default=None)
+    info.add_argument(
+        "--measure", action="store_true", help="also time each variant on this machine"
+    )
+    info.add_argument("--provider", default="auto", help="provider for --measure")
+    info.add_argument("--threads", type=int, default=1, help="threads for --measure")
     info.set_defaults(func=_info)
+
+    gen = sub.add_parser("generate", help="caption → PNG files; prints their paths")
+    gen.add_argument("caption")
+    gen.add_argument("-n", type=int, default=1, help="number of images (default 1)")
+    gen.add_argument("--seed", type=int, default=None, help="noise seed (default: random)")
+    _out_arg(gen)
+    gen.add_argument(
+        "--upscale", type=int, default=None, metavar="PX",
+        help="write PX×PX images (nearest neighbour) instead of the model's size",
+    )  # fmt: skip
+    gen.add_argument(
+        "--sheet", action="store_true", help="also write a contact sheet with the caption"
+    )
+    gen.add_argument("--show", action="store_true", help="display the result (needs a GUI)")
+    _engine_args(gen)
+    gen.set_defaults(func=_generate)
+
+    serve = sub.add_parser("serve", help="serve requests from a serial port or stdin")
+    source = serve.add_mutually_exclusive_group(required=True)
+    source.add_argument("--serial", metavar="PORT", help="device path or pyserial URL")
+    source.add_argument(
+        "--stdin", action="store_true",
+        help="one caption per line; one line of tab-separated PNG paths per caption",
+    )  # fmt: skip
+    serve.add_argument("--baud", type=int, default=115200)
+    _out_arg(serve)
+    serve.add_argument("--queue", type=int, default=4, help="gen requests waiting (default 4)")
+    serve.add_argument("--max-line", type=int, default=protocol.MAX_LINE, help="bytes per line")
+    serve.add_argument("--max-images", type=int, default=protocol.MAX_IMAGES, help="largest n")
+    serve.add_argument("--no-fsync", action="store_true", help="skip fsync of each image")
+    serve.add_argument("-n", type=int, default=1, help="--stdin: images per caption")
+    serve.add_argument("--seed", type=int, default=None, help="--stdin: seed for every line")
+    _engine_args(serve)
+    serve.set_defaults(func=_serve)
+
+    client = sub.add_parser("client", help="operator side: send captions, fetch the images")
+    client.add_argument("--serial", metavar="PORT", required=True, help="device path or URL")
+    client.add_argument("--baud", type=int, default=115200)
+    client.add_argument("captions", nargs="*", help="captions (default: one per stdin line)")
+    client.add_argument("-n", type=int, default=1, help="images per caption")
+    client.add_argument("--seed", type=int, default=None, help="seed (default: random)")
+    client.add_argument(
+        "--out", type=Path, default=None, help="where fetched images go (default ./received)"
+    )
+    client.add_argument("--no-fetch", action="store_true", help="print robot file names only")
+    client.add_argument("--timeout", type=float, default=10.0, help="seconds per reply")
+    client.add_argument("--ping", action="store_true", help="print a ping's round trip in ms")
+    client.add_argument("--status", action="store_true", help="print the robot's status (JSON)")
+    client.set_defaults(func=_client)
+
+    from edge_runtime import bench
+
+    bench_parser = sub.add_parser("bench", help="speed and memory on this machine (printed)")
+    _engine_args(bench_parser)
+    bench.add_arguments(bench_parser)
+    bench_parser.set_defaults(func=_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse `argv` and run the command; errors become one line on stderr and exit status 2."""
+    """Parse `argv` and run the command; failures become one line on stderr (see module doc)."""
+    from edge_runtime.client import ClientError
+    from edge_runtime.engine import EngineError
+    from edge_runtime.images import OutputError
+
     args = build_parser().parse_args(argv)
+    default_level = logging.INFO if args.command == "serve" and args.serial else logging.WARNING
+    _setup_logging(
+        logging.DEBUG if args.verbose else logging.ERROR if args.quiet else default_level
+    )
     try:
         return int(args.func(args))
-    except BundleError as err:
+    except (BundleError, EngineError, UsageError, tokenizer.CaptionError) as err:
         print(f"rescue-edge: {err}", file=sys.stderr)
         return 2
+    except (OutputError, ClientError) as err:
+        print(f"rescue-edge: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("rescue-edge: interrupted", file=sys.stderr)
+        return 130

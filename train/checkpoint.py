@@ -129,10 +129,24 @@ def build_model(
     try:
         config = models.config_from_dict(config_cls, checkpoint["model_configs"][name], where)
         module = module_cls(config)
-        module.load_state_dict(checkpoint["models"][name])
+        state = checkpoint["models"][name]
     except KeyError:
         raise CheckpointError(f"{where}: has no {name!r} model") from None
-    except (RuntimeError, ValueError, TypeError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise CheckpointError(f"{where}: {name} weights do not fit its config: {first}") from None
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{where}: {name} config is invalid: {err}") from None
+    expected, given = set(module.state_dict()), set(state)
+    if expected != given:
+        missing, unexpected = sorted(expected - given), sorted(given - expected)
+        raise CheckpointError(
+            f"{where}: {name} weights do not fit its config: missing {missing[:3]}"
+            f"{'…' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}"
+            f"{'…' if len(unexpected) > 3 else ''} (written by another version of the model code?)"
+        )
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        # Shape mismatches: torch lists them one per line after a header line.
+        lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]
+        raise CheckpointError(f"{where}: {name} weights do not fit its config: {detail}") from None
     return module.eval()

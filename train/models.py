@@ -63,6 +63,15 @@ class TextEncoderConfig:
     """"gru" or "lstm" (onnxruntime quantizes LSTM dynamically, not GRU)."""
     rnn_hidden: int = 512
     embedding_dim: int = 1024
+    batch_norm: bool = True
+    """BatchNorm after each convolution (not in Reed's model). Measured on rescue-scenes: a text
+    encoder learning the five attributes from captions reached 78 % colour accuracy in 150 steps
+    with it and 20 % without (and 43 % with He init at a tuned learning rate); the 10-minute
+    pretraining budget needs that. In eval mode it is a per-channel affine map, so padding
+    stays exact and export can fold it into the convolution."""
+    normalize: bool = False
+    """L2-normalise the output (InfoNCE pretraining); inside the model, so the exported graph
+    hands the generator exactly what it was trained on (docs/ARCHITECTURE.md)."""
 
     def __post_init__(self) -> None:
         if self.rnn not in ("gru", "lstm"):
@@ -109,9 +118,27 @@ class CharCnnRnn(nn.Module):
         self.conv2 = nn.Conv1d(c1, c2, k)
         self.conv3 = nn.Conv1d(c2, c3, k)
         self.pool = nn.MaxPool1d(config.pool_size)
+        norm = nn.BatchNorm1d if config.batch_norm else (lambda _: nn.Identity())
+        self.norm1, self.norm2, self.norm3 = norm(c1), norm(c2), norm(c3)
         rnn_cls = nn.GRU if config.rnn == "gru" else nn.LSTM
         self.rnn = rnn_cls(c3, config.rnn_hidden, batch_first=True)
         self.project = nn.Linear(config.rnn_hidden, config.embedding_dim)
+        self.reset_convolutions()
+
+    def reset_convolutions(self) -> None:
+        """He initialisation with the true fan-in (a one-hot window has K non-zero inputs).
+
+        PyTorch's default (kaiming-uniform, a=√5) assumes dense inputs: over one-hot characters
+        it starts conv1 at std 0.03, each layer shrinks that further (conv3: 0.013), and two
+        unrelated captions embed only ~4 % apart at step 0, which stalled the first few hundred
+        steps of pretraining. With He init activations keep unit scale through the stack.
+        """
+        k = self.config.kernel_size
+        nn.init.normal_(self.conv1.weight, 0.0, (2.0 / k) ** 0.5)
+        for conv in (self.conv2, self.conv3):
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        for conv in (self.conv1, self.conv2, self.conv3):
+            nn.init.zeros_(conv.bias)
 
     def _conv1_one_hot(self, char_ids: torch.Tensor) -> torch.Tensor:
         """conv1(one_hot(ids)) as K shifted gathers: (B, T) → (B, C1, T-K+1)."""
@@ -124,15 +151,37 @@ class CharCnnRnn(nn.Module):
             out = out + F.embedding(char_ids[:, i : i + steps], table[i])  # (B, T-K+1, C1)
         return out.transpose(1, 2)
 
+    def fold_batch_norm(self) -> CharCnnRnn:
+        """An eval-mode copy with each BatchNorm folded into its convolution (for export).
+
+        The copy has `batch_norm=False` and computes the same function as `self.eval()`.
+        """
+        config = dataclasses.replace(self.config, batch_norm=False)
+        folded = CharCnnRnn(config)
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("norm")}
+        if self.config.batch_norm:
+            from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+            for i in (1, 2, 3):
+                conv, bn = getattr(self, f"conv{i}"), getattr(self, f"norm{i}")
+                assert isinstance(bn, nn.BatchNorm1d) and bn.running_mean is not None
+                weight, bias = fuse_conv_bn_weights(
+                    conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
+                    bn.weight, bn.bias,
+                )  # fmt: skip
+                state[f"conv{i}.weight"], state[f"conv{i}.bias"] = weight.detach(), bias.detach()
+        folded.load_state_dict(state)
+        return folded.eval()
+
     def valid_steps(self, lengths: torch.Tensor, steps: int) -> torch.Tensor:
         """Output steps whose receptive field starts on a real character: (B,) in 1..steps."""
         stride = self.config.length_stride
         return torch.clamp((lengths + stride - 1) // stride, min=1, max=steps)
 
     def forward(self, char_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        x = self.pool(F.relu(self._conv1_one_hot(char_ids)))  # (B, C1, (T-3)/3)
-        x = self.pool(F.relu(self.conv2(x)))  # (B, C2, ((T-3)/3-3)/3)
-        x = F.relu(self.conv3(x)).transpose(1, 2)  # (B, S, C3), S = output_steps(T)
+        x = self.pool(F.relu(self.norm1(self._conv1_one_hot(char_ids))))  # (B, C1, (T-3)/3)
+        x = self.pool(F.relu(self.norm2(self.conv2(x))))  # (B, C2, ((T-3)/3-3)/3)
+        x = F.relu(self.norm3(self.conv3(x))).transpose(1, 2)  # (B, S, C3), S = output_steps(T)
         hidden, _ = self.rnn(x)  # (B, S, H)
         steps = hidden.shape[1]
         valid = self.valid_steps(lengths, steps)  # (B,)
@@ -140,7 +189,8 @@ class CharCnnRnn(nn.Module):
         # steps makes the embedding independent of how much padding follows the caption.
         mask = torch.arange(steps, device=hidden.device)[None, :] < valid[:, None]  # (B, S)
         mean = (hidden * mask.unsqueeze(-1)).sum(1) / valid.unsqueeze(-1).to(hidden.dtype)
-        return self.project(mean)  # (B, E)
+        out = self.project(mean)  # (B, E)
+        return F.normalize(out, dim=1) if self.config.normalize else out
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,9 +203,21 @@ class ImageEncoderConfig:
     """A small CNN on 64×64 images, trained from scratch jointly with the text encoder."""
 
     channels: tuple[int, ...] = (32, 64, 128, 256)
-    """Output channels of the stride-2 convolution stages (64 → 32 → 16 → 8 → 4)."""
+    """Output channels of the stride-2 stages (64 → 32 → 16 → 8 → 4)."""
+    extra_convs: int = 0
+    """3×3 convolutions after each stride-2 one. Default 0 (a DCGAN-discriminator-like trunk):
+    it learns all five rescue-scenes attributes from pixels in ~150 steps (measured with a
+    linear probe), and one extra convolution per stage would double the step time."""
     embedding_dim: int = 1024
     image_size: int = 64
+    normalize: bool = False
+    """L2-normalise the output, like `TextEncoderConfig.normalize`."""
+
+    def __post_init__(self) -> None:
+        if self.image_size % 2 ** len(self.channels):
+            raise ValueError(
+                f"image_size {self.image_size} is not divisible by 2^{len(self.channels)}"
+            )
 
 
 class ImageEncoder(nn.Module):
@@ -168,20 +230,27 @@ class ImageEncoder(nn.Module):
         c_in = 3
         for c_out in config.channels:
             layers += [
-                nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-                nn.BatchNorm2d(c_out),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(c_out, c_out, 4, stride=2, padding=1, bias=False),
+                nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=False),
                 nn.BatchNorm2d(c_out),
                 nn.ReLU(inplace=True),
             ]
+            for _ in range(config.extra_convs):
+                layers += [
+                    nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(c_out),
+                    nn.ReLU(inplace=True),
+                ]
             c_in = c_out
         self.features = nn.Sequential(*layers)
-        self.project = nn.Linear(c_in, config.embedding_dim)
+        side = config.image_size // 2 ** len(config.channels)
+        # Flatten rather than average-pool: where the person lies (left / centre / right) is part
+        # of the description, and a global average would throw the layout away.
+        self.project = nn.Linear(c_in * side * side, config.embedding_dim)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.features(images)  # (B, C_last, 64 / 2^n, 64 / 2^n)
-        return self.project(x.mean(dim=(2, 3)))  # (B, E)
+        x = self.features(images)  # (B, C_last, 4, 4) for 64×64 input and four stages
+        out = self.project(x.flatten(1))  # (B, E)
+        return F.normalize(out, dim=1) if self.config.normalize else out
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,10 +355,9 @@ class Generator(nn.Module):
     def forward(self, noise: torch.Tensor, text_embedding: torch.Tensor) -> torch.Tensor:
         text = self.project_text(text_embedding)  # (B, 128)
         x = torch.cat([noise, text], dim=1)[:, :, None, None]  # (B, noise_dim + 128, 1, 1)
+        # (B, ngf*8, 4, 4) → (B, ngf*4, 8, 8) → (B, ngf*2, 16, 16) → (B, ngf, 32, 32)
         for i, block in enumerate(self.blocks):
-            x = block(
-                x
-            )  # (B, ngf*8, 4, 4) → (B, ngf*4, 8, 8) → (B, ngf*2, 16, 16) → (B, ngf, 32, 32)
+            x = block(x)
             if str(i) in self.residual:
                 x = self.residual[str(i)](x)
         return torch.tanh(self.to_rgb(x))  # (B, 3, 64, 64)
@@ -333,10 +401,22 @@ class Discriminator(nn.Module):
     def forward(
         self, images: torch.Tensor, text_embedding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.image_path(images)  # (B, ndf*8, 4, 4)
+        return self.match_text(self.image_features(images), text_embedding)
+
+    # The two halves of `forward`, public because GAN-CLS scores the same real images against
+    # their own and a mismatched caption: the trainer runs the image path (almost all of D's
+    # work) once and `match_text` twice (train/gan.py, `DiscriminatorStep`).
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The image path alone: (B, 3, 64, 64) → (B, ndf*8, 4, 4)."""
+        return self.image_path(images)
+
+    def match_text(
+        self, features: torch.Tensor, text_embedding: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image features (B, ndf*8, 4, 4) + text (B, E) → (logit (B,), joint (B, ndf*8, 4, 4))."""
         text = self.project_text(text_embedding)  # (B, 128)
-        text = text[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])  # (B, 128, 4, 4)
-        joint = self.joint(torch.cat([x, text], dim=1))  # (B, ndf*8, 4, 4)
+        text = text[:, :, None, None].expand(-1, -1, *features.shape[2:])  # (B, 128, 4, 4)
+        joint = self.joint(torch.cat([features, text], dim=1))  # (B, ndf*8, 4, 4)
         return self.score(joint).flatten(), joint  # (B,), (B, ndf*8, 4, 4)
 
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -205,3 +206,19 @@ def test_model_spec_min_input_length() -> None:
     assert trimmed.min_input_length(1) == 48
     assert trimmed.min_input_length(55) == 102
     assert trimmed.min_input_length(201) == 201
+
+
+def test_bundle_directory_mode_follows_umask(tmp_path: Path, fixtures_dir: Path) -> None:
+    # A bundle is copied to robots and read by the service's own user, not only by its writer
+    # (mkdtemp alone would leave it 0700).
+    graphs = fixtures_dir / "graphs"
+    files = {
+        "text_encoder.fp32": graphs / "text_encoder.onnx",
+        "generator.fp32": graphs / "generator.onnx",
+    }
+    old = os.umask(0o022)
+    try:
+        b.write_bundle(tmp_path / "bundle", _manifest(), files)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "bundle").stat().st_mode & 0o777 == 0o755

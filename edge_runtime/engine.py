@@ -1,0 +1,483 @@
+"""Caption → image on the robot: a verified bundle run by onnxruntime, with an embedding cache.
+
+`Engine` opens each graph once (hashes and graph inputs/outputs verified by `load_bundle`),
+chooses the execution provider and the precision variant, warms up, and then turns captions and
+seeds into uint8 RGB images. Results are a pure function of (caption, seed, image index,
+precision): noise row k of a request with seed s is
+`numpy.random.default_rng([s, k]).standard_normal(noise_dim, dtype=numpy.float32)`, so any
+single image of a batch can be regenerated alone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import os
+import statistics
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+from edge_runtime import bundle as bundle_mod
+from edge_runtime import tokenizer
+from edge_runtime.bundle import (
+    CHAR_IDS,
+    IMAGE,
+    LENGTHS,
+    MANIFEST_NAME,
+    NOISE,
+    TEXT_EMBEDDING,
+    BundleError,
+    GraphSpec,
+    load_bundle,
+)
+
+log = logging.getLogger(__name__)
+
+PRECISION_AUTO = "auto"
+PROVIDER_AUTO = "auto"
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+PROVIDER_ALIASES = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT, "trt": TENSORRT}
+"""Short names `--provider` accepts; a full onnxruntime provider name works too."""
+ORT_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32}
+
+DEFAULT_CACHE_SIZE = 256
+MAX_BATCH = 64
+"""Largest batch one onnxruntime call gets; bigger requests run in slices (bounded memory)."""
+REFERENCE = "fp32"
+"""The variant every other one was measured against by export (lossless by definition)."""
+AUTO_MARGIN = 0.9
+"""`--precision auto` takes a lossy variant only when it runs in ≤ 90 % of the reference's time."""
+_SELECTION_ROUNDS = 15
+_SELECTION_CAPTION = "survivor in an orange jacket lying on rubble, left side"
+
+
+class EngineError(ValueError):
+    """A configuration the engine cannot run (provider, precision, threads); one line."""
+
+
+def noise_for(seed: int, index: int, noise_dim: int, dtype: Any = np.float32) -> np.ndarray:
+    """Noise row `index` of a request with `seed`: (noise_dim,) standard normal."""
+    return (
+        np.random.default_rng([seed, index])
+        .standard_normal(noise_dim, dtype=np.float32)
+        .astype(dtype, copy=False)
+    )
+
+
+def to_uint8_rgb(images: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+    """Generator output (B, C, H, W) in `value_range` → (B, H, W, 3) uint8 RGB (NaN → low)."""
+    low, high = value_range
+    scale = np.float32(255.0 / (high - low))
+    x = images.astype(np.float32, copy=False) * scale  # (B, C, H, W), a fresh array
+    x += np.float32(0.5) - np.float32(low) * scale  # + 0.5: the truncating cast then rounds
+    # fmax/fmin rather than clip: they map NaN to the bound instead of passing it to the cast.
+    np.fmax(x, np.float32(0.0), out=x)
+    np.fmin(x, np.float32(255.0), out=x)
+    planes = x.astype(np.uint8)  # (B, C, H, W)
+    if planes.shape[1] == 1:
+        planes = np.repeat(planes, 3, axis=1)
+    out = np.empty((planes.shape[0], planes.shape[2], planes.shape[3], 3), dtype=np.uint8)
+    for b in range(planes.shape[0]):
+        # cv2.merge interleaves planes ~10x faster than numpy's strided transpose copy.
+        out[b] = cv2.merge(list(planes[b, :3]))  # (H, W, 3)
+    return out
+
+
+def choose_precision(measured_ms: dict[str, float], reference: str = REFERENCE) -> str:
+    """The fastest measured variant, except that a lossy one must beat the reference by
+    `AUTO_MARGIN`: a quantized model costs some quality, and near-equal timings would otherwise
+    let measurement noise flip the choice (and the pixels) from one start to the next."""
+    fastest = min(measured_ms, key=measured_ms.__getitem__)
+    if (
+        reference in measured_ms
+        and fastest != reference
+        and measured_ms[fastest] > AUTO_MARGIN * measured_ms[reference]
+    ):
+        return reference
+    return fastest
+
+
+def resolve_providers(choice: str) -> list[Any]:
+    """`--provider` → the onnxruntime providers list; raises `EngineError` when unavailable.
+
+    "auto" takes CUDA when this onnxruntime has it, else the CPU. TensorRT is never chosen
+    automatically: it compiles engines on first start (minutes on a Jetson), which a service
+    that must be READY in seconds cannot afford unplanned; force it with `--provider tensorrt`.
+    """
+    available = ort.get_available_providers()
+    if choice == PROVIDER_AUTO:
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    name = PROVIDER_ALIASES.get(choice.lower(), choice)
+    if name not in available:
+        short = ", ".join(p.removesuffix("ExecutionProvider").lower() for p in available)
+        raise EngineError(
+            f"--provider {choice}: not available in this onnxruntime build (available: {short})"
+        )
+    if name == CPU:
+        return [CPU]
+    if name == TENSORRT:
+        cache = Path(
+            os.environ.get("RESCUE_EDGE_TRT_CACHE", Path.home() / ".cache/rescue-t2i/tensorrt")
+        )
+        cache.mkdir(parents=True, exist_ok=True)
+        options = {
+            "trt_fp16_enable": True,
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache),
+        }
+        return [(TENSORRT, options), *([CUDA] if CUDA in available else []), CPU]
+    return [name, CPU]
+
+
+def _provider_name(entry: Any) -> str:
+    return entry[0] if isinstance(entry, tuple) else entry
+
+
+@dataclass
+class _Variant:
+    """One precision's pair of sessions and what feeding them needs."""
+
+    precision: str
+    text_encoder: Any
+    generator: Any
+    ids_dtype: Any
+    lengths_dtype: Any
+    noise_dtype: Any
+    embedding_dtype: Any
+    gate_passed: bool
+
+
+@dataclass
+class CacheStats:
+    """Embedding cache counters."""
+
+    hits: int = 0
+    misses: int = 0
+    size: int = 0
+    capacity: int = 0
+
+
+@dataclass
+class EngineInfo:
+    """What the engine chose and measured at start-up (for `status` and logs)."""
+
+    bundle: str
+    bundle_id: str
+    """Manifest name + the first 12 hex digits of manifest.json's sha256."""
+    precision: str
+    provider: str
+    threads: int
+    startup_ms: float
+    selection_ms: dict[str, float] = field(default_factory=dict)
+    """`--precision auto`: median caption → image ms of each candidate variant, same run."""
+
+
+class Engine:
+    """A loaded bundle ready to turn captions into images; create once, call many times."""
+
+    def __init__(
+        self,
+        bundle_path: str | os.PathLike[str],
+        *,
+        precision: str = PRECISION_AUTO,
+        provider: str = PROVIDER_AUTO,
+        threads: int = 1,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        warmup: bool = True,
+    ) -> None:
+        start = time.perf_counter()
+        if threads < 1:
+            raise EngineError(f"--threads must be at least 1, got {threads}")
+        if cache_size < 0:
+            raise EngineError(f"cache size must be ≥ 0, got {cache_size}")
+        self.threads = threads
+        providers = resolve_providers(provider)
+        self._providers = providers
+        # Manifest first (no graph hashed yet): the precision decides which graphs are opened.
+        manifest = load_bundle(bundle_path, graphs=[]).manifest
+        candidates = self._candidates(manifest, precision, bundle_path)
+        keys = sorted({k for v in candidates for k in (v.text_encoder, v.generator)})
+        self.bundle = load_bundle(bundle_path, self._open_session, graphs=keys)
+        self.manifest = self.bundle.manifest
+        self.model = self.manifest.model
+        variants = {
+            name: self._variant(name, variant) for name, variant in self._named(candidates).items()
+        }
+        selection: dict[str, float] = {}
+        if len(variants) > 1:
+            selection = self._measure(list(variants.values()))
+            chosen = choose_precision(selection)
+            log.info(
+                "precision auto: %s (caption → image median ms: %s)",
+                chosen,
+                ", ".join(f"{k} {v:.2f}" for k, v in selection.items()),
+            )
+        else:
+            chosen = next(iter(variants))
+        self._variant_in_use = variants[chosen]
+        # Drop the sessions of variants not chosen: their memory is the robot's.
+        keep = {
+            self.manifest.variants[chosen].text_encoder,
+            self.manifest.variants[chosen].generator,
+        }
+        self.bundle.sessions = {k: v for k, v in self.bundle.sessions.items() if k in keep}
+        del variants
+        if selection:
+            _return_freed_memory()
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_capacity = cache_size
+        self._stats = CacheStats(capacity=cache_size)
+        self._lock = threading.Lock()
+        if warmup:
+            self.warm_up()
+        manifest_sha = bundle_mod.sha256_file(Path(bundle_path) / MANIFEST_NAME)
+        used = self._variant_in_use.generator.get_providers()[0]
+        self.info = EngineInfo(
+            bundle=str(Path(bundle_path)),
+            bundle_id=f"{self.manifest.name}@{manifest_sha[:12]}",
+            precision=chosen,
+            provider=used.removesuffix("ExecutionProvider").lower(),
+            threads=threads,
+            startup_ms=(time.perf_counter() - start) * 1000.0,
+            selection_ms=selection,
+        )
+
+    # -- loading --------------------------------------------------------------------------------
+
+    def _open_session(self, path: Path) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # errors only: onnxruntime's warnings are not operator news
+        session = ort.InferenceSession(str(path), options, providers=self._providers)
+        wanted = _provider_name(self._providers[0])
+        if session.get_providers()[0] != wanted:
+            # onnxruntime silently falls back to the CPU when e.g. CUDA libraries are missing.
+            raise EngineError(
+                f"{path}: onnxruntime could not start {wanted} (it fell back to "
+                f"{session.get_providers()[0]}); check the GPU libraries or use --provider cpu"
+            )
+        return session
+
+    @staticmethod
+    def _candidates(
+        manifest: bundle_mod.Manifest, precision: str, where: str | os.PathLike[str]
+    ) -> list[bundle_mod.Variant]:
+        if precision != PRECISION_AUTO:
+            variant = manifest.variants.get(precision)
+            if variant is None:
+                raise EngineError(
+                    f"--precision {precision}: bundle {where} has variants "
+                    f"{', '.join(manifest.variants)} (or use auto)"
+                )
+            if not variant.gate_passed:
+                log.warning(
+                    "precision %s failed export's quality gate (%s); using it: it was forced",
+                    precision,
+                    variant.quality,
+                )
+            return [variant]
+        passed = [v for v in manifest.variants.values() if v.gate_passed]
+        for name, variant in manifest.variants.items():
+            if not variant.gate_passed:
+                log.info("precision %s failed export's quality gate; not considered", name)
+        if not passed:
+            raise EngineError(f"{where}: no variant passed export's quality gate")
+        return passed
+
+    def _named(self, variants: list[bundle_mod.Variant]) -> dict[str, bundle_mod.Variant]:
+        return {name: v for name, v in self.manifest.variants.items() if v in variants}
+
+    def _variant(self, name: str, variant: bundle_mod.Variant) -> _Variant:
+        text_spec = self.manifest.graphs[variant.text_encoder]
+        gen_spec = self.manifest.graphs[variant.generator]
+        return _Variant(
+            precision=name,
+            text_encoder=self.bundle.sessions[variant.text_encoder],
+            generator=self.bundle.sessions[variant.generator],
+            ids_dtype=_input_dtype(text_spec, CHAR_IDS),
+            lengths_dtype=_input_dtype(text_spec, LENGTHS),
+            noise_dtype=_input_dtype(gen_spec, NOISE),
+            embedding_dtype=_input_dtype(gen_spec, TEXT_EMBEDDING),
+            gate_passed=variant.gate_passed,
+        )
+
+    def _measure(self, variants: list[_Variant]) -> dict[str, float]:
+        """Median caption → image ms per variant, rounds interleaved so drift hits all alike."""
+        encoded = tokenizer.encode(_SELECTION_CAPTION)
+        times: dict[str, list[float]] = {v.precision: [] for v in variants}
+        for round_index in range(_SELECTION_ROUNDS + 2):
+            for variant in variants:
+                t0 = time.perf_counter()
+                embedding = self._run_text(variant, [encoded])
+                self._run_generator(variant, embedding, [(0, round_index)])
+                if round_index >= 2:  # the first two rounds are warm-up
+                    times[variant.precision].append((time.perf_counter() - t0) * 1000.0)
+        return {k: statistics.median(v) for k, v in times.items()}
+
+    def warm_up(self) -> None:
+        """Run the graphs at a short and the longest caption length (first calls allocate)."""
+        for text in ("warm up", "x" * self.model.max_length):
+            self.generate(text, n=1, seed=0)
+        self.clear_cache()
+
+    # -- inference ------------------------------------------------------------------------------
+
+    @property
+    def precision(self) -> str:
+        """The precision variant in use."""
+        return self._variant_in_use.precision
+
+    def _run_text(self, variant: _Variant, encoded: Sequence[tokenizer.Encoded]) -> np.ndarray:
+        """Encoded captions → (B, E) embeddings, padded only as far as the longest needs."""
+        width = max(self.model.min_input_length(e.length) for e in encoded)
+        ids = np.zeros((len(encoded), width), dtype=variant.ids_dtype)  # (B, T), 0 = pad
+        for row, e in enumerate(encoded):
+            ids[row, : e.length] = e.ids[:width]
+        lengths = np.array([min(e.length, width) for e in encoded], dtype=variant.lengths_dtype)
+        (embedding,) = variant.text_encoder.run([TEXT_EMBEDDING], {CHAR_IDS: ids, LENGTHS: lengths})
+        return embedding  # (B, E)
+
+    def _run_generator(
+        self, variant: _Variant, embeddings: np.ndarray, seeds: Sequence[tuple[int, int]]
+    ) -> np.ndarray:
+        """(B, E) embeddings + (seed, index) per row → (B, C, H, W) generator output."""
+        noise = np.stack(
+            [noise_for(s, i, self.model.noise_dim, variant.noise_dtype) for s, i in seeds]
+        )  # (B, noise_dim)
+        (images,) = variant.generator.run(
+            [IMAGE],
+            {NOISE: noise, TEXT_EMBEDDING: embeddings.astype(variant.embedding_dtype, copy=False)},
+        )
+        return images
+
+    def embed(self, captions: Sequence[str]) -> np.ndarray:
+        """Captions → (B, E) text embeddings, from the LRU cache (keyed by normalised text) or
+        the text encoder; raises `tokenizer.CaptionError` naming the bad caption."""
+        by_text: dict[str, tokenizer.Encoded] = {}
+        for index, caption in enumerate(captions):
+            if caption in by_text:
+                continue  # n images of one caption: normalised once
+            try:
+                by_text[caption] = tokenizer.encode(caption)
+            except tokenizer.CaptionError as err:
+                several = len(set(captions)) > 1
+                raise tokenizer.CaptionError(
+                    f"caption {index}: {err}" if several else str(err)
+                ) from None
+        encoded = [by_text[caption] for caption in captions]
+        out = np.empty((len(encoded), self.model.embedding_dim), dtype=np.float32)
+        missing: dict[str, tokenizer.Encoded] = {}
+        with self._lock:
+            # Counted per distinct caption: n images of one caption are one look-up.
+            seen: set[str] = set()
+            for row, e in enumerate(encoded):
+                hit = self._cache.get(e.text)
+                if hit is None:
+                    missing[e.text] = e
+                else:
+                    self._cache.move_to_end(e.text)
+                    out[row] = hit
+                    if e.text not in seen:
+                        self._stats.hits += 1
+                seen.add(e.text)
+            self._stats.misses += len(missing)
+        if missing:
+            computed = {}
+            batch = list(missing.values())
+            for start in range(0, len(batch), MAX_BATCH):
+                part = batch[start : start + MAX_BATCH]
+                rows = self._run_text(self._variant_in_use, part)
+                computed.update(
+                    {e.text: r.astype(np.float32) for e, r in zip(part, rows, strict=True)}
+                )
+            for row, e in enumerate(encoded):
+                if e.text in computed:
+                    out[row] = computed[e.text]
+            with self._lock:
+                for text, row_value in computed.items():
+                    if self._cache_capacity == 0:
+                        break
+                    row_value.flags.writeable = False
+                    self._cache[text] = row_value
+                    self._cache.move_to_end(text)
+                    while len(self._cache) > self._cache_capacity:
+                        self._cache.popitem(last=False)
+                self._stats.size = len(self._cache)
+        return out
+
+    def generate(self, caption: str, n: int = 1, seed: int = 0, first_index: int = 0) -> np.ndarray:
+        """`n` images of one caption → (n, H, W, 3) uint8 RGB (noise indices first_index, ...)."""
+        return self.generate_batch([(caption, seed, first_index + k) for k in range(n)])
+
+    def generate_batch(self, items: Sequence[tuple[str, int, int]]) -> np.ndarray:
+        """(caption, seed, index) per image → (B, H, W, 3) uint8 RGB, run as one batch."""
+        if not items:
+            size = self.model.image_size
+            return np.zeros((0, size, size, 3), dtype=np.uint8)
+        embeddings = self.embed([caption for caption, _, _ in items])  # (B, E)
+        parts = []
+        for start in range(0, len(items), MAX_BATCH):
+            seeds = [(s, i) for _, s, i in items[start : start + MAX_BATCH]]
+            raw = self._run_generator(
+                self._variant_in_use, embeddings[start : start + MAX_BATCH], seeds
+            )  # (b, C, H, W)
+            parts.append(to_uint8_rgb(raw, self.model.value_range))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    # -- cache ----------------------------------------------------------------------------------
+
+    def cache_stats(self) -> CacheStats:
+        """A copy of the embedding cache counters."""
+        with self._lock:
+            return CacheStats(
+                self._stats.hits, self._stats.misses, len(self._cache), self._cache_capacity
+            )
+
+    def clear_cache(self) -> None:
+        """Forget every cached embedding (counters too)."""
+        with self._lock:
+            self._cache.clear()
+            self._stats = CacheStats(capacity=self._cache_capacity)
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap freed by the variants not chosen back to the OS.
+
+    glibc keeps freed memory in its arenas, so without this the robot would carry the losing
+    variant's weights as resident memory for its whole life (≈ 40 MB for the full model, a
+    quarter of the budget). `malloc_trim` is glibc's own call for this; elsewhere (musl,
+    macOS) it is simply skipped.
+    """
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+
+
+def _input_dtype(spec: GraphSpec, name: str) -> Any:
+    for tensor in spec.inputs:
+        if tensor.name == name:
+            dtype = ORT_DTYPES.get(tensor.dtype)
+            if dtype is None:
+                raise BundleError(f"{spec.file}: input {name} has unsupported dtype {tensor.dtype}")
+            return dtype
+    raise BundleError(f"{spec.file}: has no input named {name!r}")

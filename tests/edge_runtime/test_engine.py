@@ -1,0 +1,172 @@
+"""The engine on the committed tiny bundle: determinism, padding, cache, precision, providers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from edge_runtime import tokenizer
+from edge_runtime.bundle import CHAR_IDS, IMAGE, LENGTHS, NOISE, TEXT_EMBEDDING, load_bundle
+from edge_runtime.engine import Engine, EngineError, choose_precision, to_uint8_rgb
+
+CAPTION = "survivor in an orange jacket lying on rubble, left side"
+
+
+def test_engine_same_seed_gives_same_pixels_and_another_seed_does_not(engine: Engine) -> None:
+    a = engine.generate(CAPTION, n=2, seed=7)
+    engine.clear_cache()
+    b = engine.generate(CAPTION, n=2, seed=7)
+    c = engine.generate(CAPTION, n=2, seed=8)
+    assert a.shape == (2, 64, 64, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert not np.array_equal(a[0], a[1])  # each image of a request has its own noise
+
+
+def test_engine_image_k_of_a_request_can_be_made_alone(engine: Engine) -> None:
+    batch = engine.generate(CAPTION, n=4, seed=3)
+    for k in range(4):
+        alone = engine.generate(CAPTION, n=1, seed=3, first_index=k)[0]
+        # One batch or another may round a pixel differently; never by more than one level.
+        assert np.abs(batch[k].astype(int) - alone.astype(int)).max() <= 1
+
+
+def test_engine_matches_the_graphs_run_by_hand_with_full_padding(
+    engine: Engine, tiny_bundle: Path
+) -> None:
+    """The documented recipe, done independently: ids padded to max_length, noise row k from
+    numpy.random.default_rng([seed, k]).standard_normal(noise_dim, dtype=float32), output
+    mapped from value_range to 0..255."""
+    bundle = load_bundle(tiny_bundle)
+    m = bundle.manifest
+    variant = m.variants["fp32"]
+    text = ort.InferenceSession(str(bundle.graph_path(variant.text_encoder)))
+    gen = ort.InferenceSession(str(bundle.graph_path(variant.generator)))
+    captions = [CAPTION, "a", "x" * 300]
+    rows, lengths = tokenizer.encode_batch(captions, m.model.max_length)
+    (emb,) = text.run(
+        [TEXT_EMBEDDING],
+        {CHAR_IDS: np.array(rows, np.int64), LENGTHS: np.array(lengths, np.int64)},
+    )
+    noise = np.stack(
+        [
+            np.random.default_rng([5, k]).standard_normal(m.model.noise_dim, dtype=np.float32)
+            for k in range(3)
+        ]
+    )
+    (images,) = gen.run([IMAGE], {NOISE: noise, TEXT_EMBEDDING: emb})
+    low, high = m.model.value_range
+    expected = np.clip(np.rint((images - low) * 255 / (high - low)), 0, 255).astype(np.uint8)
+    expected = expected.transpose(0, 2, 3, 1)
+    got = engine.generate_batch([(c, 5, k) for k, c in enumerate(captions)])
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1
+    # The engine pads short captions only as far as the model needs, with the same embedding.
+    short = tokenizer.encode("a")
+    assert m.model.min_input_length(short.length) < m.model.max_length
+    np.testing.assert_allclose(engine.embed(["a"])[0], emb[1], rtol=1e-5, atol=1e-6)
+
+
+def test_engine_caches_embeddings_by_normalised_text(tiny_bundle: Path) -> None:
+    engine = Engine(tiny_bundle, precision="fp32", cache_size=2)
+    first = engine.generate("Survivor  ON Rubble ", seed=1)
+    again = engine.generate("survivor on rubble", seed=1)
+    np.testing.assert_array_equal(first, again)
+    stats = engine.cache_stats()
+    assert (stats.misses, stats.hits, stats.size) == (1, 1, 1)
+    engine.generate("second caption", seed=1)
+    engine.generate("third caption", seed=1)  # evicts the least recently used: rubble
+    assert engine.cache_stats().size == 2
+    engine.generate("survivor on rubble", seed=1)
+    assert engine.cache_stats().misses == 4
+    engine.generate_batch([("third caption", 1, 0), ("third caption", 1, 1)])
+    assert engine.cache_stats().hits == 2  # one look-up per distinct caption
+
+
+def test_engine_batch_of_different_captions_matches_one_by_one(engine: Engine) -> None:
+    captions = ["a", CAPTION, "firefighter in a yellow helmet", "x" * 250]
+    batch = engine.generate_batch([(c, 9, k) for k, c in enumerate(captions)])
+    for k, caption in enumerate(captions):
+        alone = engine.generate(caption, n=1, seed=9, first_index=k)[0]
+        assert np.abs(batch[k].astype(int) - alone.astype(int)).max() <= 1
+
+
+def test_engine_refuses_a_caption_that_normalises_to_nothing(engine: Engine) -> None:
+    with pytest.raises(tokenizer.CaptionError, match="empty after normalisation"):
+        engine.generate("🚑 🔥")
+    with pytest.raises(tokenizer.CaptionError, match="caption 1:"):
+        engine.generate_batch([("fine", 0, 0), ("   ", 0, 1)])
+
+
+def test_engine_auto_precision_measures_the_variants_that_passed_the_gate(
+    tiny_bundle: Path,
+) -> None:
+    engine = Engine(tiny_bundle, precision="auto")
+    measured = engine.info.selection_ms
+    assert set(measured) == {"fp32", "int8"}
+    int8_pays = measured["int8"] <= 0.9 * measured["fp32"]
+    assert engine.info.precision == ("int8" if int8_pays else "fp32")
+    assert engine.generate(CAPTION, seed=1).shape == (1, 64, 64, 3)
+    # Only the chosen variant's sessions stay open.
+    chosen = engine.manifest.variants[engine.info.precision]
+    assert set(engine.bundle.sessions) == {chosen.text_encoder, chosen.generator}
+
+
+@pytest.fixture
+def gate_failed_bundle(tiny_bundle: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["variants"]["int8"]["gate_passed"] = False
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def test_engine_auto_never_picks_a_variant_that_failed_the_gate(
+    gate_failed_bundle: Path, caplog
+) -> None:
+    engine = Engine(gate_failed_bundle, precision="auto")
+    assert engine.info.precision == "fp32" and engine.info.selection_ms == {}
+    with caplog.at_level(logging.WARNING, logger="edge_runtime.engine"):
+        forced = Engine(gate_failed_bundle, precision="int8")
+    assert forced.info.precision == "int8"
+    assert "failed export's quality gate" in caplog.text
+
+
+def test_engine_names_what_is_wrong_with_its_configuration(tiny_bundle: Path) -> None:
+    with pytest.raises(EngineError, match=r"--precision fp16: bundle .* has variants fp32, int8"):
+        Engine(tiny_bundle, precision="fp16")
+    missing = "cuda" if "CUDAExecutionProvider" not in ort.get_available_providers() else "nosuch"
+    with pytest.raises(EngineError, match=rf"--provider {missing}: not available .*cpu"):
+        Engine(tiny_bundle, provider=missing)
+    with pytest.raises(EngineError, match="--threads must be at least 1"):
+        Engine(tiny_bundle, threads=0)
+
+
+def test_engine_uses_the_provider_asked_for(tiny_bundle: Path) -> None:
+    engine = Engine(tiny_bundle, precision="fp32", provider="cpu", threads=2, warmup=False)
+    assert engine.info.provider == "cpu" and engine.info.threads == 2
+    assert engine.info.bundle_id.startswith("tiny@")
+
+
+def test_to_uint8_rgb_maps_the_value_range_and_moves_channels_last() -> None:
+    x = np.zeros((1, 3, 2, 2), np.float32)
+    x[0, 0] = [[-1.0, 1.0], [0.0, 5.0]]  # red channel: min, max, middle, out of range
+    x[0, 1] = np.nan
+    out = to_uint8_rgb(x, (-1.0, 1.0))
+    assert out.shape == (1, 2, 2, 3)
+    assert out[0, :, :, 0].tolist() == [[0, 255], [128, 255]]
+    assert (out[0, :, :, 1] == 0).all() and (out[0, :, :, 2] == 128).all()
+    np.testing.assert_array_equal(to_uint8_rgb(np.full((1, 3, 1, 1), 0.5), (0.0, 1.0)), 128)
+
+
+def test_choose_precision_takes_a_lossy_variant_only_when_it_clearly_pays() -> None:
+    assert choose_precision({"fp32": 4.0, "int8": 2.0}) == "int8"
+    assert choose_precision({"fp32": 4.0, "int8": 3.8}) == "fp32"  # 5 %: noise, not a win
+    assert choose_precision({"fp32": 3.0, "int8": 4.0}) == "fp32"
+    assert choose_precision({"int8": 2.0, "fp16": 1.0}) == "fp16"  # no reference measured

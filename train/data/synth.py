@@ -1,0 +1,234 @@
+"""`python -m train data synth`: render the rescue-scenes dataset into our HDF5 format.
+
+Splits (docs/DATA_FORMAT.md):
+
+- `train`: every class whose colour×terrain pair is not in `UNSEEN_PAIRS` (41 pairs, 738 classes),
+  balanced to within one image per class;
+- `test`: the same classes, different images;
+- `test_unseen`: only the 7 held-out pairs (126 classes), never seen in train.
+
+Image `i` of split `k` is rendered from `numpy.random.default_rng([seed, k, i, 0])` and captioned
+from `default_rng([seed, k, i, 1])`, so arrays are byte-identical for a seed whatever `--workers`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from train.data.attributes import (
+    ATTRIBUTE_NAMES,
+    ATTRIBUTE_VALUES,
+    UNSEEN_PAIRS,
+    Attributes,
+    all_attributes,
+    class_names,
+    is_unseen,
+)
+from train.data.captions import captions_for
+from train.data.convert import check_out_path, positive_int
+from train.data.scenes import IMAGE_SIZE, render_scene
+from train.data.schema import SplitData, write_dataset
+
+log = logging.getLogger(__name__)
+
+GENERATOR_VERSION = 1
+"""Bump when a change to the renderer or grammar changes the images or captions for a seed."""
+DATASET_NAME = "rescue-scenes"
+SPLITS: tuple[str, ...] = ("train", "test", "test_unseen")
+CAPTIONS_PER_IMAGE = 10
+# The loader must not flip (left/right is an attribute) nor random-crop (a crop shifts the figure
+# across a third's boundary); see docs/DATA_FORMAT.md, "augmentation".
+AUGMENTATION = {"hflip": False, "crop": False, "reason": "position is an attribute"}
+_CHUNK = 200  # images per worker task: large enough to amortise pickling, small to balance load
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Resolved options of one rendering run."""
+
+    out: Path
+    seed: int = 0
+    train: int = 10_000
+    test: int = 1_000
+    test_unseen: int = 1_000
+    workers: int = 2
+    captions_per_image: int = CAPTIONS_PER_IMAGE
+
+    def counts(self) -> dict[str, int]:
+        """Images per split, in split order."""
+        return {"train": self.train, "test": self.test, "test_unseen": self.test_unseen}
+
+
+def split_class_ids(split: str, count: int, seed: int) -> np.ndarray:
+    """Class ids of a split's images: balanced over its class pool, shuffled, int64 (count,)."""
+    unseen = split == "test_unseen"
+    pool = np.array([a.class_id for a in all_attributes() if is_unseen(a) == unseen], np.int64)
+    rng = np.random.default_rng([seed, SPLITS.index(split), 2])
+    rounds = -(-count // len(pool)) if count else 0
+    ids = np.concatenate([rng.permutation(pool) for _ in range(rounds)] or [pool[:0]])[:count]
+    return ids
+
+
+def render_items(
+    seed: int, split: str, start: int, class_ids: np.ndarray, captions_per_image: int
+) -> tuple[np.ndarray, list[list[str]]]:
+    """Render images start.. of a split: uint8 (n, 64, 64, 3) and their captions."""
+    k = SPLITS.index(split)
+    images = np.empty((len(class_ids), IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    captions = []
+    for j, class_id in enumerate(class_ids):
+        attributes = Attributes.from_class_id(int(class_id))
+        images[j], _ = render_scene(attributes, np.random.default_rng([seed, k, start + j, 0]))
+        rng = np.random.default_rng([seed, k, start + j, 1])
+        captions.append(captions_for(attributes, captions_per_image, rng))
+    return images, captions
+
+
+def _render_task(
+    args: tuple[int, str, int, np.ndarray, int],
+) -> tuple[np.ndarray, list[list[str]]]:
+    return render_items(*args)
+
+
+def _worker_init() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)  # the pool is the parallelism; nested threads only contend
+
+
+def synthesize(config: SynthConfig) -> dict[str, object]:
+    """Render all splits and write them atomically to `config.out`; returns a summary."""
+    started = time.perf_counter()
+    splits: dict[str, SplitData] = {}
+    tasks: list[tuple[int, str, int, np.ndarray, int]] = []
+    for split, count in config.counts().items():
+        ids = split_class_ids(split, count, config.seed)
+        splits[split] = SplitData(
+            images=np.empty((count, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8),
+            captions=[],
+            class_ids=ids,
+            attributes=np.array(
+                [Attributes.from_class_id(int(c)).indices for c in ids], np.int16
+            ).reshape(count, len(ATTRIBUTE_NAMES)),
+            names=[f"{split}/{i:06d}" for i in range(count)],
+        )
+        tasks += [
+            (config.seed, split, s, ids[s : s + _CHUNK], config.captions_per_image)
+            for s in range(0, count, _CHUNK)
+        ]
+    total = sum(config.counts().values())
+    log.info("rendering %d images with %d worker(s)", total, config.workers)
+    if config.workers == 1:
+        results = map(_render_task, tasks)
+        pool = None
+    else:
+        # spawn: workers start clean (no inherited threads or locks from torch in the parent).
+        pool = multiprocessing.get_context("spawn").Pool(config.workers, _worker_init)
+        results = pool.imap(_render_task, tasks)
+    try:
+        captions: dict[str, list[list[str]]] = {s: [] for s in SPLITS}
+        for (_, split, start, ids, _), (images, caps) in zip(tasks, results, strict=True):
+            splits[split].images[start : start + len(ids)] = images
+            captions[split] += caps
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
+    for split in SPLITS:
+        splits[split].captions = captions[split]
+    render_seconds = time.perf_counter() - started
+    provenance = {
+        "generator": "train.data.synth",
+        "generator_version": GENERATOR_VERSION,
+        "seed": config.seed,
+        "counts": config.counts(),
+        "captions_per_image": config.captions_per_image,
+        "unseen_pairs": [list(p) for p in UNSEEN_PAIRS],
+        "image_seed_rule": "numpy.random.default_rng([seed, split_index, image_index, 0|1])",
+        "split_order": list(SPLITS),
+    }
+    write_dataset(
+        config.out,
+        splits,
+        dataset=DATASET_NAME,
+        image_size=IMAGE_SIZE,
+        attribute_names=ATTRIBUTE_NAMES,
+        attribute_values=ATTRIBUTE_VALUES,
+        class_names=class_names(),
+        provenance=provenance,
+        augmentation=AUGMENTATION,
+    )
+    seconds = time.perf_counter() - started
+    return {
+        "out": str(config.out),
+        "dataset": DATASET_NAME,
+        "splits": config.counts(),
+        "workers": config.workers,
+        "render_seconds": round(render_seconds, 2),
+        "total_seconds": round(seconds, 2),
+        "images_per_second": round(total / render_seconds, 1) if render_seconds else None,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command's flags."""
+    p = argparse.ArgumentParser(
+        prog="python -m train data synth",
+        description="Render the rescue-scenes captioned-image dataset (64×64, 10 captions/image).",
+    )
+    p.add_argument("--out", type=Path, default=Path("data/rescue_scenes.h5"), help="output HDF5")
+    p.add_argument(
+        "--seed", type=positive_int("--seed", 0), default=0, help="dataset seed (default 0)"
+    )
+    p.add_argument("--train", type=positive_int("--train", 1), default=10_000, help="train images")
+    p.add_argument("--test", type=positive_int("--test", 0), default=1_000, help="test images")
+    p.add_argument(
+        "--unseen", type=positive_int("--unseen", 0), default=1_000, help="test_unseen images"
+    )
+    p.add_argument(
+        "--captions-per-image",
+        type=positive_int("--captions-per-image", 1),
+        default=CAPTIONS_PER_IMAGE,
+    )
+    p.add_argument(
+        "--workers",
+        type=positive_int("--workers", 1),
+        default=min(os.cpu_count() or 1, 8),
+        help="render processes (default: CPU count, at most 8); output does not depend on it",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Render the dataset; print a JSON summary line on stdout."""
+    args = build_parser().parse_args(argv)
+    problem = check_out_path(args.out)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    config = SynthConfig(
+        out=args.out,
+        seed=args.seed,
+        train=args.train,
+        test=args.test,
+        test_unseen=args.unseen,
+        workers=args.workers,
+        captions_per_image=args.captions_per_image,
+    )
+    try:
+        summary = synthesize(config)
+    except OSError as err:
+        print(f"--out {args.out}: cannot write: {err.strerror or err}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary))
+    return 0

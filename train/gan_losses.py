@@ -1,0 +1,97 @@
+"""The GAN-INT-CLS objective, one function per term named as in the papers.
+
+- GAN-CLS (Reed et al. 2016, Algorithm 1): the matching-aware discriminator scores three pairs,
+  real image + right text (→ 1), real image + wrong text (→ 0, weight ½) and fake image + right
+  text (→ 0, weight ½): `L_D = s_r + ½ (s_w + s_f)` in the paper's notation.
+- Generator: the non-saturating loss `-log D(G(z, t), t)` (Goodfellow et al. 2014, §3).
+- GAN-INT (Reed et al. 2016, eq. 5): the generator is also scored on interpolated embeddings
+  `β t1 + (1 − β) t2` of two different captions, with the interpolated text given to D.
+- Feature matching (Salimans et al. 2016, §3.1): `‖E f(x) − E f(G(z))‖²` on an intermediate
+  discriminator layer; ours is the joint 4×4 layer, which has seen the text.
+- Optional extras: one-sided label smoothing (Salimans et al. 2016, §3.4) and an L1 term pulling
+  the generated image towards the real image of the same caption.
+
+All functions take logits (D's sigmoid is folded into the numerically stable BCE-with-logits) and
+return scalar tensors; the trainer logs each term under its name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class DiscriminatorLosses:
+    """GAN-CLS terms; `total` is what D minimises."""
+
+    real: torch.Tensor
+    """BCE(D(real image, right text), 1 − smoothing)."""
+    wrong: torch.Tensor
+    """BCE(D(real image, text of another class), 0), before its weight."""
+    fake: torch.Tensor
+    """BCE(D(G(z, right text), right text), 0), before its weight."""
+    total: torch.Tensor
+
+
+def gan_cls_discriminator_loss(
+    logits_real_right: torch.Tensor,
+    logits_real_wrong: torch.Tensor,
+    logits_fake_right: torch.Tensor,
+    *,
+    wrong_weight: float = 0.5,
+    fake_weight: float = 0.5,
+    label_smoothing: float = 0.0,
+) -> DiscriminatorLosses:
+    """GAN-CLS: real+right → 1, real+wrong text → 0 (×½), fake+right → 0 (×½); logits (B,)."""
+    # One-sided smoothing: only the real target moves (smoothing fakes would reward G's mistakes).
+    real = F.binary_cross_entropy_with_logits(
+        logits_real_right, torch.full_like(logits_real_right, 1.0 - label_smoothing)
+    )
+    wrong = F.binary_cross_entropy_with_logits(
+        logits_real_wrong, torch.zeros_like(logits_real_wrong)
+    )
+    fake = F.binary_cross_entropy_with_logits(
+        logits_fake_right, torch.zeros_like(logits_fake_right)
+    )
+    return DiscriminatorLosses(real, wrong, fake, real + wrong_weight * wrong + fake_weight * fake)
+
+
+def generator_nonsaturating_loss(logits_fake: torch.Tensor) -> torch.Tensor:
+    """-log D(G(z, t), t): BCE of the fake logits (B,) against 1 (Goodfellow et al. 2014)."""
+    return F.binary_cross_entropy_with_logits(logits_fake, torch.ones_like(logits_fake))
+
+
+def interpolate_embeddings(t1: torch.Tensor, t2: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """GAN-INT's conditioning: β·t1 + (1 − β)·t2 for embeddings (B, E) of two different captions."""
+    return beta * t1 + (1.0 - beta) * t2
+
+
+def gan_int_loss(logits_interpolated: torch.Tensor) -> torch.Tensor:
+    """GAN-INT: non-saturating loss of D(G(z, t_int), t_int) for interpolated embeddings t_int."""
+    return generator_nonsaturating_loss(logits_interpolated)
+
+
+def feature_matching_loss(
+    joint_real: torch.Tensor,
+    joint_fake: torch.Tensor,
+    batch_mean: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Salimans' feature matching: squared distance of batch means of D's joint features.
+
+    `joint_*` are (B, C, 4, 4); the real statistics are a target (no gradient). The distance is
+    averaged over the C·16 features so the weight does not depend on the discriminator's width.
+    `batch_mean` replaces the local mean over dim 0; under DDP it averages over all ranks so the
+    statistics are the global batch's (train/distributed.py, `global_batch_mean`).
+    """
+    mean = batch_mean or (lambda x: x.mean(dim=0))
+    target = mean(joint_real.detach().float())  # (C, 4, 4)
+    return F.mse_loss(mean(joint_fake.float()), target)
+
+
+def l1_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between G(z, t) and the real image t describes (optional term)."""
+    return F.l1_loss(fake.float(), real.float())

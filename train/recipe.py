@@ -1,0 +1,422 @@
+"""`python -m train recipe`: the default rescue-scenes recipe, text encoder + GAN, in one command.
+
+    python -m train recipe --data data/rescue_scenes.h5 --out runs/recipe            # ≤ 60 min
+    python -m train recipe --data data/rescue_scenes.h5 --out runs/recipe \\
+        --oracle runs/oracle/00000/checkpoint.pt --ablation                         # + judged
+
+Stages, in one numbered run folder `<out>/NNNNN/` (its `config.json` written before any work):
+
+1. **text encoder** (`text-encoder/`): issue 4's pretraining, its default configuration (InfoNCE,
+   1200 steps), no final eval (the GAN evaluation below measures what matters here);
+2. **GAN** (`gan/`): GAN-CLS + GAN-INT (β ½) + feature matching on the cached embeddings of the
+   frozen encoder, for whatever remains of `--minutes` (setup and the embedding table count);
+3. with `--ablation`, **the plain loop** (`gan-plain/`): the same trainer with GAN-INT and feature
+   matching switched off (`--int-weight 0 --fm-weight 0`), for the same wall time stage 2 took;
+4. with `--oracle CKPT` (or `--train-oracle`), **evaluation** (`eval/…`) of each GAN with
+   `train.evaluate` and a `REPORT.md` with the stage timings and the ablation table.
+
+The `--minutes` budget covers stages 1–2 (the recipe proper); 3 and 4 are measurement and are
+timed separately. Every stage's wall time goes to `recipe.jsonl`; the last stdout line is a JSON
+summary.
+
+Why these defaults (CPU, 2 cores; see docs/QUALITY.md for the measurements):
+
+- `ngf = ndf = 32`: on this CPU the trainer ran 26 images/s at width 32 and 5.4 at width 64 in
+  the same contended benchmark (`python -m train.bench_gan`): width 64 would see ~5× fewer
+  images in the budget. rescue-scenes is flat-shaded and 64×64; width 32 has the capacity.
+- text embeddings are computed once by the frozen encoder and cached on disk (the GAN trainer's
+  `--embedding-cache`), so the ablation run reuses them; data is held in memory.
+- no flips or crops: the dataset forbids them (position is an attribute); the loader obeys.
+- fp32: this CPU (Zen 3, AVX2) has no bf16 arithmetic (the GAN trainer measured 40× slower).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from train.runs import MetricsLog, OneLineParser, new_run_dir, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+RECIPE_FILE = "recipe.jsonl"
+REPORT_FILE = "REPORT.md"
+# The GAN loop checks the clock after each step and then writes a checkpoint: leave it this many
+# seconds of the budget so the whole recipe ends within --minutes.
+FINISH_MARGIN_S = 30.0
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """The recipe's resolved options (written to config.json before any work)."""
+
+    data: str = "data/rescue_scenes.h5"
+    out: str = "runs/recipe"
+    minutes: float = 60.0
+    """Wall-clock budget of stages 1–2 (text encoder + GAN), setup included."""
+    seed: int = 0
+    threads: int | None = None
+    """torch threads (None: one per core)."""
+    # Stage 1: text encoder (train/text_encoder.py); None = that trainer's default
+    text_encoder: str | None = None
+    """A pretrained kind="text_encoder" checkpoint to use instead of stage 1 (its training time
+    is then not part of the recipe's)."""
+    text_steps: int | None = None
+    text_overrides: dict[str, Any] = field(default_factory=dict)
+    """Extra `PretrainConfig` fields (tests shrink the encoders here)."""
+    # Stage 2: GAN (train/gan.py)
+    ngf: int = 32
+    ndf: int = 32
+    gan_steps: int | None = None
+    """Stop the GAN after this many steps (tests); None = run for the remaining budget."""
+    gan_overrides: dict[str, Any] = field(default_factory=dict)
+    """Extra `GanTrainConfig` fields."""
+    # Stages 3–4
+    ablation: bool = False
+    oracle: str | None = None
+    train_oracle: bool = False
+    oracle_overrides: dict[str, Any] = field(default_factory=dict)
+    eval_seeds: int = 4
+    eval_limit: int | None = None
+    progress: bool = True
+
+
+class RecipeError(ValueError):
+    """Bad recipe input; the message names the flag."""
+
+
+class StageFailedError(RuntimeError):
+    """A training stage stopped without a usable checkpoint (it logged why)."""
+
+
+def _stage(log_file: MetricsLog, name: str, started: float, **fields: Any) -> float:
+    """Record a finished stage's wall time; returns it."""
+    seconds = time.monotonic() - started
+    log_file.write({"stage": name, "seconds": round(seconds, 1), **fields})
+    log.info("stage %s: %.1f min", name, seconds / 60)
+    return seconds
+
+
+def run_text_encoder(config: RecipeConfig, run_dir: Path) -> Path:
+    """Stage 1: pretrain the text encoder; returns its checkpoint."""
+    from train import text_encoder as te
+    from train.data.schema import read_split
+
+    pretrain = te.PretrainConfig(
+        data=config.data,
+        seed=config.seed,
+        threads=config.threads or 0,
+        monitor_every=0,
+        eval_splits=(),
+    )
+    changes = dict(config.text_overrides)
+    if config.text_steps is not None:
+        changes["steps"] = config.text_steps
+    pretrain = te.resolve(dataclasses.replace(pretrain, **changes))
+    folder = run_dir / "text-encoder"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / te.CONFIG_FILE, pretrain.to_dict())
+    splits = {"train": read_split(config.data, "train")}
+    te.train(pretrain, folder, splits)
+    return folder / te.CHECKPOINT_FILE
+
+
+def run_gan(
+    config: RecipeConfig,
+    run_dir: Path,
+    text_encoder: Path,
+    *,
+    folder: str,
+    minutes: float | None,
+    plain: bool = False,
+) -> tuple[Path, int]:
+    """Stage 2 (or 3 with `plain`): train a GAN; returns (checkpoint, steps)."""
+    from train import gan
+
+    fields: dict[str, Any] = {
+        "data": config.data,
+        "text_encoder": str(text_encoder),
+        "out": str(run_dir / folder),
+        "ngf": config.ngf,
+        "ndf": config.ndf,
+        "seed": config.seed,
+        "threads": config.threads,
+        "minutes": minutes,
+        "steps": config.gan_steps,
+        "progress": config.progress,
+        # One embedding table for both runs (same encoder, same captions).
+        "embedding_cache": str(run_dir / "text-embeddings"),
+        **config.gan_overrides,
+    }
+    if plain:  # the plain GAN-CLS loop: no GAN-INT, no feature matching
+        fields.update(int_weight=0.0, fm_weight=0.0)
+    result = gan.train(gan.GanTrainConfig(**fields))
+    if result.exit_code != 0 or result.checkpoint is None:
+        raise StageFailedError(
+            f"GAN training ({folder}) stopped with exit code {result.exit_code}; see its log.txt"
+        )
+    return result.checkpoint, result.trainer.step
+
+
+def run(config: RecipeConfig) -> dict[str, Any]:
+    """The whole recipe; returns the summary (also the last stdout line of `main`)."""
+    from train.evaluate import EvalOptions, evaluate, summary
+    from train.report import ablation_table
+
+    started = time.monotonic()
+    run_dir = new_run_dir(config.out)
+    write_json_atomic(run_dir / "config.json", dataclasses.asdict(config))
+    log.info("recipe run folder %s", run_dir)
+    result: dict[str, Any] = {"run_dir": str(run_dir)}
+    with MetricsLog(run_dir / RECIPE_FILE) as stages:
+        t0 = time.monotonic()
+        if config.text_encoder is not None:
+            te_ckpt = Path(config.text_encoder)
+            log.info("stage text_encoder skipped: using %s", te_ckpt)
+        else:
+            te_ckpt = run_text_encoder(config, run_dir)
+        result["text_encoder_s"] = _stage(stages, "text_encoder", t0, checkpoint=te_ckpt)
+
+        t0 = time.monotonic()
+        remaining = config.minutes * 60 - (t0 - started) - FINISH_MARGIN_S
+        if remaining < 60 and config.gan_steps is None:
+            raise RecipeError(
+                f"--minutes {config.minutes}: only {remaining:.0f} s left for the GAN after the "
+                "text encoder"
+            )
+        budget = None if config.gan_steps is not None else remaining / 60
+        gan_ckpt, steps = run_gan(config, run_dir, te_ckpt, folder="gan", minutes=budget)
+        result["gan_s"] = _stage(stages, "gan", t0, checkpoint=gan_ckpt, steps=steps)
+        result["gan_steps"] = steps
+        result["recipe_s"] = round(time.monotonic() - started, 1)
+        stages.write(
+            {"stage": "recipe", "seconds": result["recipe_s"], "budget_s": config.minutes * 60}
+        )
+        log.info("recipe (text encoder + GAN): %.1f min", result["recipe_s"] / 60)
+        result["checkpoint"] = str(gan_ckpt)
+
+        runs = [("default: GAN-CLS + GAN-INT + feature matching", gan_ckpt)]
+        if config.ablation:
+            t0 = time.monotonic()
+            # Same wall time as the default GAN stage, measured, setup included.
+            plain_minutes = None if config.gan_steps is not None else result["gan_s"] / 60
+            plain_ckpt, plain_steps = run_gan(
+                config, run_dir, te_ckpt, folder="gan-plain", minutes=plain_minutes, plain=True
+            )
+            result["plain_s"] = _stage(
+                stages, "gan_plain", t0, checkpoint=plain_ckpt, steps=plain_steps
+            )
+            result["plain_steps"] = plain_steps
+            result["plain_checkpoint"] = str(plain_ckpt)
+            runs.append(("plain loop: GAN-CLS only", plain_ckpt))
+
+        oracle = config.oracle
+        if oracle is None and config.train_oracle:
+            t0 = time.monotonic()
+            oracle = str(train_oracle(config, run_dir))
+            _stage(stages, "oracle", t0, checkpoint=oracle)
+        rows = []
+        if oracle is not None:
+            for i, (label, ckpt) in enumerate(runs):
+                t0 = time.monotonic()
+                evaluation = evaluate(
+                    EvalOptions(
+                        out=run_dir / "eval" / ("default" if i == 0 else "plain"),
+                        checkpoint=str(ckpt),
+                        data=config.data,
+                        oracle=oracle,
+                        force_oracle=bool(config.oracle_overrides.get("force")),
+                        oracle_noise_images=config.oracle_overrides.get("noise_images"),
+                        seeds=config.eval_seeds,
+                        seed=config.seed,
+                        limit=config.eval_limit,
+                        threads=config.threads,
+                        label=label,
+                    )
+                )
+                rows.append((label, summary(evaluation.records)))
+                _stage(stages, f"evaluate_{i}", t0, label=label)
+            result["evaluation"] = {label: s for label, s in rows}
+    report = _report(config, run_dir, result, rows, ablation_table(rows) if rows else "")
+    result["report"] = str(report)
+    return result
+
+
+def train_oracle(config: RecipeConfig, run_dir: Path) -> Path:
+    """Train an oracle into `<run>/oracle/` with `python -m train oracle`'s code path."""
+    from train import oracle as oracle_mod
+
+    overrides = {k: v for k, v in config.oracle_overrides.items() if k != "force"}
+    argv = ["--data", config.data, "--out", str(run_dir / "oracle"), "--seed", str(config.seed)]
+    for key, value in overrides.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    code = oracle_mod.main(argv)
+    if code == 2:
+        raise RecipeError("oracle training refused its input (see the line above)")
+    newest = sorted((run_dir / "oracle").iterdir())[-1]
+    return newest / oracle_mod.CHECKPOINT_FILE
+
+
+def _report(
+    config: RecipeConfig,
+    run_dir: Path,
+    result: dict[str, Any],
+    rows: list[tuple[str, dict[str, Any]]],
+    table: str,
+) -> Path:
+    """REPORT.md: the timings and, when evaluated, the ablation table."""
+    from train.report import write_bytes_atomic
+
+    def minutes(key: str) -> str:
+        return f"{result[key] / 60:.1f} min" if key in result else "–"
+
+    lines = [
+        "# rescue-scenes default recipe",
+        "",
+        f"- data `{config.data}`, width ngf = ndf = {config.ngf}, seed {config.seed}",
+        f"- text encoder: {minutes('text_encoder_s')}"
+        + (f" (pretrained `{config.text_encoder}` reused)" if config.text_encoder else ""),
+        f"- GAN: {minutes('gan_s')} ({result.get('gan_steps')} steps)",
+        f"- **recipe total: {result['recipe_s'] / 60:.1f} min** (budget {config.minutes:g} min)",
+    ]
+    if "plain_s" in result:
+        lines.append(
+            f"- plain loop (ablation): {minutes('plain_s')} ({result.get('plain_steps')} steps)"
+        )
+    if rows:
+        lines += [
+            "",
+            "## Ablation (same wall time)",
+            "",
+            table,
+            "",
+            "min attr: the lowest per-attribute accuracy; FID in the oracle's feature space "
+            "(×: over the real-vs-real baseline). Full reports: `eval/default/report.md`, "
+            "`eval/plain/report.md`.",
+        ]
+    lines.append("")
+    return write_bytes_atomic(run_dir / REPORT_FILE, "\n".join(lines).encode("utf-8"))
+
+
+def build_parser() -> OneLineParser:
+    """The recipe's flags."""
+    d = RecipeConfig()
+    p = OneLineParser(
+        prog="python -m train recipe",
+        description="The default rescue-scenes recipe: text encoder + GAN in one command.",
+    )
+    p.add_argument("--data", default=d.data, help=f"dataset (default {d.data})")
+    p.add_argument("--out", default=d.out, help=f"parent of numbered run folders ({d.out})")
+    p.add_argument("--minutes", type=float, default=d.minutes, help="budget of text encoder + GAN")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--threads", type=int, help="torch threads (default: one per core)")
+    p.add_argument("--ngf", type=int, default=d.ngf, help=f"generator width ({d.ngf})")
+    p.add_argument("--ndf", type=int, default=d.ndf, help=f"discriminator width ({d.ndf})")
+    p.add_argument("--text-steps", type=int, help="text-encoder steps (default: its trainer's)")
+    p.add_argument(
+        "--text-encoder",
+        metavar="CKPT",
+        help="reuse this pretrained text encoder instead of stage 1 (then not part of the timing)",
+    )
+    p.add_argument("--gan-steps", type=int, help="stop the GAN after N steps instead of by time")
+    p.add_argument(
+        "--ablation", action="store_true", help="also train the plain loop for the same time"
+    )
+    oracle = p.add_mutually_exclusive_group()
+    oracle.add_argument("--oracle", metavar="CKPT", help="evaluate with this oracle")
+    oracle.add_argument("--train-oracle", action="store_true", help="train an oracle, evaluate")
+    p.add_argument("--eval-seeds", type=int, default=d.eval_seeds, help="images per caption")
+    p.add_argument("--eval-limit", type=int, help="captions per split in evaluation")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> RecipeConfig:
+    """Validate flags up front (each problem names its flag)."""
+    from train.data.schema import read_info
+
+    if not args.minutes > 0:
+        raise RecipeError(f"--minutes must be > 0, got {args.minutes}")
+    for flag in ("ngf", "ndf", "eval_seeds"):
+        if getattr(args, flag) < 1:
+            raise RecipeError(f"--{flag.replace('_', '-')} must be ≥ 1, got {getattr(args, flag)}")
+    for flag in ("threads", "text_steps", "gan_steps", "eval_limit"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise RecipeError(f"--{flag.replace('_', '-')} must be ≥ 1, got {value}")
+    if args.oracle is not None and not Path(args.oracle).is_file():
+        raise RecipeError(f"--oracle {args.oracle}: no such file")
+    if args.text_encoder is not None:
+        from train.checkpoint import load_checkpoint
+
+        load_checkpoint(args.text_encoder, kind="text_encoder")  # one line if it is not one
+        if args.text_steps is not None:
+            raise RecipeError("--text-steps: no text encoder is trained with --text-encoder")
+    info = read_info(args.data)
+    missing = [s for s in ("train", "test") if s not in info.splits]
+    if missing:
+        raise RecipeError(f"--data {args.data}: no split(s) {missing} (has {info.splits})")
+    if (args.oracle or args.train_oracle) and not info.attribute_names:
+        raise RecipeError(f"--data {args.data}: has no attributes; the oracle needs rescue-scenes")
+    return RecipeConfig(
+        data=args.data,
+        out=args.out,
+        minutes=args.minutes,
+        seed=args.seed,
+        threads=args.threads,
+        text_encoder=args.text_encoder,
+        text_steps=args.text_steps,
+        ngf=args.ngf,
+        ndf=args.ndf,
+        gan_steps=args.gan_steps,
+        ablation=args.ablation,
+        oracle=args.oracle,
+        train_oracle=args.train_oracle,
+        eval_seeds=args.eval_seeds,
+        eval_limit=args.eval_limit,
+        progress=not args.no_progress,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the recipe; the last stdout line is a JSON summary. 2 on bad input."""
+    from edge_runtime.tokenizer import CaptionError
+    from train.checkpoint import CheckpointError
+    from train.data.schema import DataError
+    from train.evaluate import EvalError
+    from train.gan import ConfigError
+    from train.oracle import OracleError
+
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        result = run(config)
+    except (
+        RecipeError,
+        DataError,
+        CheckpointError,
+        ConfigError,
+        EvalError,
+        OracleError,
+        CaptionError,
+    ) as err:
+        print(f"rescue-train recipe: {err}", file=sys.stderr)
+        return 2
+    except StageFailedError as err:
+        print(f"rescue-train recipe: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    print(json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
