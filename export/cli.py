@@ -16,8 +16,6 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from export.prepare import GENERATOR_FORMS, SUBPIXEL_FORMS
-
 log = logging.getLogger(__name__)
 
 EXIT_USAGE = 2
@@ -38,6 +36,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The command-line flags."""
     from export.pipeline import DEFAULT_FP32_FORM, DEFAULT_SUBPIXEL, MIN_CALIBRATION
+    from export.prepare import GENERATOR_FORMS, SUBPIXEL_FORMS
 
     p = _Parser(
         prog="rescue-export",
@@ -128,6 +127,12 @@ def _validate(args: argparse.Namespace) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, export, print the bundle path; one error line and non-zero on failure."""
+    from train.cli import missing_extra
+
+    problem = missing_extra("rescue-export", "export", ("torch", "onnx", "h5py"))
+    if problem:
+        print(problem, file=sys.stderr)
+        return EXIT_USAGE
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -36,9 +36,24 @@ def _usage(commands: dict[str, tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
+def missing_extra(prog: str, extra: str, modules: tuple[str, ...]) -> str | None:
+    """One line naming the extra to install when `modules` are absent (e.g. on a robot)."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    return (
+        f"{prog}: {', '.join(missing)} not installed (this is a robot install?); "
+        f"install the {extra} extra: pip install 'rescue-t2i[{extra}]'"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Route `argv[0]` to its command's `main`."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    problem = missing_extra("rescue-train", "train", ("torch", "h5py"))
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     commands = available()
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage(commands))

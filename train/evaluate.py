@@ -21,7 +21,9 @@ described in train/metrics.py; `--metrics` picks any subset.
 
 Captions file: one JSON object per line, `{"caption": "...", "attributes": {"colour": "orange",
 "terrain": "rubble", "pose": "lying", "position": "left", "helmet": "no"}}` (value names, or
-value indices); blank lines and lines starting with `#` are skipped. Every malformed line is
+value indices). An attribute the caption does not state may be left out: it is then not scored
+for that caption ("survivor in orange, lying, left side" says nothing about a helmet). Blank
+lines and lines starting with `#` are skipped. Every malformed line is
 reported as `FILE:LINE: problem`, all of them, before any work starts.
 """
 
@@ -135,13 +137,16 @@ def read_captions_file(
         if unknown:
             problems.append(f"{where}: unknown attribute(s) {unknown} (known: {attribute_names})")
             continue
+        if not any(given.get(name) is not None for name in attribute_names):
+            problems.append(f"{where}: 'attributes' names none of {attribute_names}")
+            continue
         row = []
         for name in attribute_names:
             values = attribute_values[name]
             value = given.get(name)
-            if value is None:
-                problems.append(f"{where}: attribute {name!r} missing")
-                break
+            if value is None:  # not stated: that attribute is not scored for this caption
+                row.append(-1)
+                continue
             if isinstance(value, bool) or not isinstance(value, str | int):
                 problems.append(f"{where}: attribute {name!r}: {value!r} is not a value name")
                 break
@@ -172,8 +177,16 @@ def read_captions_file(
     attributes = np.array(labels, np.int64)
     sizes = [len(attribute_values[n]) for n in attribute_names]
     class_ids = np.zeros(len(attributes), np.int64)
-    for a, size in enumerate(sizes):  # row-major id of the combination, as the dataset's
-        class_ids = class_ids * size + attributes[:, a]
+    # Row-major id of the combination, as the dataset's; with one extra value per attribute for
+    # "not stated", so captions that state the same things share a class (R-precision's notion
+    # of "another class" is then "states something different").
+    full = (attributes >= 0).all(1)
+    for a, size in enumerate(sizes):
+        class_ids = class_ids * (size + 1) + np.where(attributes[:, a] >= 0, attributes[:, a], size)
+    dataset_ids = np.zeros(len(attributes), np.int64)
+    for a, size in enumerate(sizes):
+        dataset_ids = dataset_ids * size + np.maximum(attributes[:, a], 0)
+    class_ids = np.where(full, dataset_ids, class_ids + 10**9)
     return CaptionSet(path.stem, captions, class_ids, attributes, None)
 
 

@@ -33,9 +33,12 @@ from edge_runtime.tokenizer import CaptionError
 from train.models import CharCnnRnn, ImageEncoder, TextEncoderConfig
 
 __all__ = [
+    "AttributeHeads",
     "CaptionError",
+    "ClassProxies",
     "InfoNCE",
     "JointEmbedding",
+    "JointObjective",
     "batch_ids",
     "encode_captions",
     "encode_images",
@@ -192,6 +195,115 @@ def infonce_loss(
     text_to_image = -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
     image_to_text = -(target * F.log_softmax(logits.T, dim=1)).sum(1).mean()
     return (text_to_image + image_to_text) / 2
+
+
+class ClassProxies(nn.Module):
+    """One learned direction per class; text and image embeddings are each classified against
+    them (Proxy-NCA, Movshovitz-Attias et al. 2017; cosine logits as in NormFace).
+
+    Why, on top of the cross-modal loss: a cross-modal loss learns an attribute only once both
+    encoders already react to it (the gradient on a caption is the difference of two image
+    embeddings, ~0 while the image encoder ignores the attribute, and vice versa), and in-batch
+    negatives rarely differ in a small detail. Measured on rescue-scenes: after 500 InfoNCE
+    steps the caption embeddings told "helmet" from "no helmet" no better than chance (linear
+    probe 58 %), so 80 % of retrieval failures were helmet confusions. Class labels exist in
+    every dataset we train on (rescue-scenes: attribute combination; CUB: species), and
+    classifying each modality against shared class directions teaches each encoder every
+    distinction between classes directly, while the cross-modal loss aligns the two.
+    """
+
+    def __init__(self, num_classes: int, dim: int, scale: float = 16.0) -> None:
+        super().__init__()
+        self.proxies = nn.Parameter(torch.randn(num_classes, dim) / math.sqrt(dim))
+        self.scale = scale
+
+    def forward(
+        self, text: torch.Tensor, image: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        proxies = F.normalize(self.proxies, dim=1)  # (K, E)
+        text_logits = self.scale * F.normalize(text, dim=1) @ proxies.T  # (B, K)
+        image_logits = self.scale * F.normalize(image, dim=1) @ proxies.T  # (B, K)
+        return (F.cross_entropy(text_logits, labels) + F.cross_entropy(image_logits, labels)) / 2
+
+
+class AttributeHeads(nn.Module):
+    """Linear attribute classifiers shared by both modalities (training only, never exported).
+
+    Where a dataset records attributes (rescue-scenes: colour, terrain, pose, position,
+    helmet), a class label is their combination; predicting each factor separately gives every
+    attribute its own loss from step 0 instead of one bit among 864 classes, which is what
+    finally taught the encoders the helmet (see `ClassProxies` for the failure). One head for
+    both modalities puts each attribute along the same directions in both embeddings.
+    """
+
+    def __init__(self, sizes: tuple[int, ...], dim: int) -> None:
+        super().__init__()
+        self.sizes = tuple(sizes)
+        self.head = nn.Linear(dim, sum(sizes))
+
+    def forward(
+        self, text: torch.Tensor, image: torch.Tensor, attributes: torch.Tensor
+    ) -> torch.Tensor:
+        loss = text.new_zeros(())
+        for embedding in (text, image):
+            logits = self.head(F.normalize(embedding, dim=1)).split(self.sizes, dim=1)
+            for a, part in enumerate(logits):  # part: (B, sizes[a])
+                loss = loss + F.cross_entropy(part, attributes[:, a])
+        return loss / (2 * len(self.sizes))
+
+
+class JointObjective(nn.Module):
+    """The pretraining loss: "infonce" or "sje" between modalities, plus weighted auxiliaries."""
+
+    def __init__(
+        self,
+        kind: str,
+        num_classes: int,
+        dim: int,
+        *,
+        temperature: float = 0.07,
+        margin: float = 1.0,
+        proxy_weight: float = 0.0,
+        attribute_sizes: tuple[int, ...] = (),
+        attribute_weight: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if kind not in ("infonce", "sje"):
+            raise ValueError(f"objective must be 'infonce' or 'sje', got {kind!r}")
+        self.kind = kind
+        self.margin = margin
+        self.proxy_weight = proxy_weight
+        self.infonce = InfoNCE(temperature) if kind == "infonce" else None
+        self.proxies = ClassProxies(num_classes, dim) if proxy_weight > 0 else None
+        self.attribute_weight = attribute_weight
+        use_attributes = attribute_weight > 0 and attribute_sizes
+        self.attributes = AttributeHeads(attribute_sizes, dim) if use_attributes else None
+
+    def forward(
+        self,
+        text: torch.Tensor,
+        image: torch.Tensor,
+        labels: torch.Tensor,
+        attributes: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """(total loss, its named parts as floats for logging); attributes (B, A) int64."""
+        if self.infonce is not None:
+            cross = self.infonce(text, image, labels)
+        else:
+            cross = sje_loss(text, image, labels, self.margin)
+        parts = {self.kind: float(cross.detach())}
+        total = cross
+        if self.proxies is not None:
+            proxy = self.proxies(text, image, labels)
+            parts["proxy"] = float(proxy.detach())
+            total = total + self.proxy_weight * proxy
+        if self.attributes is not None and attributes is not None:
+            attribute = self.attributes(text, image, attributes)
+            parts["attributes"] = float(attribute.detach())
+            total = total + self.attribute_weight * attribute
+        if self.infonce is not None:
+            parts["logit_scale"] = float(self.infonce.log_scale.detach().exp())
+        return total, parts
 
 
 def batch_accuracy(text: torch.Tensor, image: torch.Tensor, labels: torch.Tensor) -> float:

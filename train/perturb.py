@@ -109,9 +109,9 @@ PERTURBATIONS: dict[str, Callable[[str, np.random.Generator], str]] = {
 class AugmentConfig:
     """Training-time caption augmentation; each probability is per caption, drawn independently."""
 
-    typo_prob: float = 0.5
+    typo_prob: float = 0.6
     """Probability that a caption gets typos at all."""
-    typo_rate_min: float = 0.0
+    typo_rate_min: float = 0.5
     typo_rate_max: float = 1.0
     """Such a caption gets an edit in each word with a rate drawn uniformly from [min, max]."""
     shuffle_prob: float = 0.3
@@ -134,14 +134,19 @@ class AugmentConfig:
             raise ValueError("augment.typo_rate_min exceeds augment.typo_rate_max")
 
 
-def augment(text: str, rng: np.random.Generator, config: AugmentConfig) -> str:
-    """A randomly perturbed copy of `text` for training (may be unchanged)."""
-    if rng.random() < config.shuffle_prob:
+def augment(
+    text: str, rng: np.random.Generator, config: AugmentConfig, strength: float = 1.0
+) -> str:
+    """A randomly perturbed copy of `text` for training (may be unchanged).
+
+    `strength` in [0, 1] scales every probability (the trainer ramps it up over the run).
+    """
+    if rng.random() < config.shuffle_prob * strength:
         text = shuffle_clauses(text, rng)
-    if rng.random() < config.typo_prob:
+    if rng.random() < config.typo_prob * strength:
         text = typo_each_word(
             text, rng, rate=float(rng.uniform(config.typo_rate_min, config.typo_rate_max))
         )
-    if rng.random() < config.punctuation_prob:
+    if rng.random() < config.punctuation_prob * strength:
         text = extra_punctuation(text, rng)
     return text

@@ -314,8 +314,13 @@ def build_parser() -> OneLineParser:
     )
     p.add_argument("--data", default=d.data, help=f"dataset (default {d.data})")
     p.add_argument("--out", default=d.out, help=f"parent of numbered run folders ({d.out})")
-    p.add_argument("--minutes", type=float, default=d.minutes, help="budget of text encoder + GAN")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=d.minutes,
+        help=f"wall-clock budget of text encoder + GAN (default {d.minutes:g})",
+    )
+    p.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
     p.add_argument("--threads", type=int, help="torch threads (default: one per core)")
     p.add_argument("--ngf", type=int, default=d.ngf, help=f"generator width ({d.ngf})")
     p.add_argument("--ndf", type=int, default=d.ndf, help=f"discriminator width ({d.ndf})")

@@ -28,6 +28,7 @@ import dataclasses
 import logging
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -48,12 +49,11 @@ from train.checkpoint import (
 )
 from train.data.schema import DataError, SplitData, read_info, read_split
 from train.joint_embedding import (
-    InfoNCE,
     JointEmbedding,
+    JointObjective,
     batch_accuracy,
     batch_ids,
     images_to_tensor,
-    sje_loss,
 )
 from train.perturb import AugmentConfig, augment
 from train.runs import (
@@ -85,7 +85,7 @@ class PretrainConfig:
     """HDF5 dataset (schema rescue-t2i-captions); the "train" split is trained on."""
     objective: str = "infonce"
     """"infonce" (default: better measured retrieval) or "sje" (Reed et al. 2016a)."""
-    steps: int | None = 1200
+    steps: int | None = 1000
     """Optimiser steps; the learning-rate schedule spans them. None: run for `minutes`."""
     minutes: float | None = None
     """Training-time budget. Alone it drives the schedule (not bit-reproducible); with `steps`
@@ -103,6 +103,15 @@ class PretrainConfig:
     """SJE hinge margin Δ."""
     temperature: float = 0.07
     """InfoNCE initial temperature (then learned, as in CLIP)."""
+    proxy_weight: float = 1.0
+    """Weight of the class-proxy term (`train.joint_embedding.ClassProxies`); 0 disables."""
+    num_classes: int | None = None
+    """Rows of the class-proxy table; resolved from the training split (max class id + 1)."""
+    attribute_weight: float = 5.0
+    """Weight of the attribute heads (`train.joint_embedding.AttributeHeads`), used where the
+    dataset has attributes; 0 disables."""
+    attribute_sizes: tuple[int, ...] | None = None
+    """Values per attribute; resolved from the training split (() when it has none)."""
     seed: int = 0
     threads: int = 0
     """torch intra-op threads; 0 = one per core."""
@@ -117,6 +126,9 @@ class PretrainConfig:
     """Splits the final evaluation (eval-text) runs on, where the dataset has them."""
     dry_run: bool = False
     """One step on rendered rescue-scenes data instead of `data`."""
+    augment_ramp: float = 0.3
+    """Augmentation strength rises linearly from 0 to 1 over this fraction of the run: clean
+    captions first teach the attributes fast, perturbed ones then teach robustness."""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     text_encoder: models.TextEncoderConfig = field(default_factory=models.TextEncoderConfig)
     image_encoder: models.ImageEncoderConfig = field(default_factory=models.ImageEncoderConfig)
@@ -124,6 +136,10 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.proxy_weight < 0 or self.attribute_weight < 0:
+            raise ValueError("proxy_weight and attribute_weight must be ≥ 0")
+        if not 0.0 <= self.augment_ramp <= 1.0:
+            raise ValueError(f"augment_ramp must be in [0, 1], got {self.augment_ramp}")
         if not 0.0 <= self.twin_fraction <= 0.5:
             raise ValueError(f"twin_fraction must be in [0, 0.5], got {self.twin_fraction}")
         if self.steps is None and self.minutes is None:
@@ -162,6 +178,17 @@ def resolve(config: PretrainConfig) -> PretrainConfig:
         text_encoder=dataclasses.replace(config.text_encoder, normalize=normalize),
         image_encoder=dataclasses.replace(config.image_encoder, normalize=normalize),
     )
+
+
+def resolve_classes(config: PretrainConfig, train_split: SplitData) -> PretrainConfig:
+    """Fill `num_classes` and `attribute_sizes` from the training split (kept if set)."""
+    if config.num_classes is None:
+        config = dataclasses.replace(config, num_classes=int(np.max(train_split.class_ids)) + 1)
+    if config.attribute_sizes is None:
+        rows = train_split.attributes
+        sizes = () if rows is None else tuple(int(v) + 1 for v in np.max(rows, axis=0))
+        config = dataclasses.replace(config, attribute_sizes=sizes)
+    return config
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,6 +254,11 @@ class BatchSchedule:
         self.split = split
         self.images = torch.from_numpy(np.ascontiguousarray(split.images))  # uint8 (N, H, W, 3)
         self.labels = torch.from_numpy(np.asarray(split.class_ids, dtype=np.int64))
+        self.attributes = (
+            None
+            if split.attributes is None
+            else torch.from_numpy(split.attributes.astype(np.int64))
+        )
         self.batch_size = batch_size
         self.seed = seed
         self.augment = augment
@@ -257,8 +289,11 @@ class BatchSchedule:
             twins.append(twin if twin is not None else int(rng.integers(n)))
         return np.array(anchors + twins, dtype=np.int64)
 
-    def batch(self, step: int) -> tuple[list[tokenizer.Encoded], torch.Tensor, torch.Tensor]:
-        """(encoded captions, float images (B, 3, H, W) in [-1, 1], class ids (B,)) of `step`."""
+    def batch(
+        self, step: int, strength: float = 1.0
+    ) -> tuple[list[tokenizer.Encoded], torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(encoded captions, images (B, 3, H, W) in [-1, 1], class ids (B,), attributes (B, A)
+        int64 or None) of `step`; `strength` scales the augmentation probabilities."""
         idx = self.indices(step)
         rng = np.random.default_rng([self.seed, step, 1])
         encoded = []
@@ -266,11 +301,12 @@ class BatchSchedule:
             row = self.split.captions[int(i)]
             caption = row[int(rng.integers(len(row)))]
             try:
-                encoded.append(tokenizer.encode(augment(caption, rng, self.augment)))
+                encoded.append(tokenizer.encode(augment(caption, rng, self.augment, strength)))
             except tokenizer.CaptionError:
                 # Typos can delete a one-letter caption entirely; train on the original then.
                 encoded.append(tokenizer.encode(caption))
-        return encoded, images_to_tensor(self.images[idx]), self.labels[idx]
+        attributes = None if self.attributes is None else self.attributes[idx]
+        return encoded, images_to_tensor(self.images[idx]), self.labels[idx], attributes
 
 
 def generated_splits(
@@ -306,9 +342,12 @@ def learning_rate(config: PretrainConfig, step: int, progress: float) -> float:
     return config.lr * warm * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
-def _param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
-    for module in modules:
+def _param_groups(
+    encoders: list[nn.Module], objective: nn.Module, weight_decay: float
+) -> list[dict[str, Any]]:
+    """Decay the encoders' matrices and kernels; never biases, norms, proxies or temperature."""
+    decay, no_decay = [], list(objective.parameters())
+    for module in encoders:
         for p in module.parameters():
             (decay if p.ndim >= 2 else no_decay).append(p)
     return [
@@ -323,8 +362,8 @@ class TrainState:
 
     text_encoder: models.CharCnnRnn
     image_encoder: models.ImageEncoder
-    objective: nn.Module
-    """InfoNCE's temperature; an empty module for SJE."""
+    objective: JointObjective
+    """The loss and its parameters (InfoNCE temperature, class proxies)."""
     optimizer: torch.optim.Optimizer
     step: int = 0
     elapsed_s: float = 0.0
@@ -336,11 +375,20 @@ class TrainState:
         torch.manual_seed(config.seed)
         text = models.CharCnnRnn(config.text_encoder)
         image = models.ImageEncoder(config.image_encoder)
-        objective: nn.Module = (
-            InfoNCE(config.temperature) if config.objective == "infonce" else nn.Module()
+        if config.proxy_weight > 0 and config.num_classes is None:
+            raise ValueError("num_classes must be resolved before building the class proxies")
+        objective = JointObjective(
+            config.objective,
+            config.num_classes or 0,
+            config.text_encoder.embedding_dim,
+            temperature=config.temperature,
+            margin=config.margin,
+            proxy_weight=config.proxy_weight,
+            attribute_sizes=config.attribute_sizes or (),
+            attribute_weight=config.attribute_weight,
         )
         optimizer = torch.optim.AdamW(
-            _param_groups([text, image, objective], config.weight_decay), lr=config.lr
+            _param_groups([text, image], objective, config.weight_decay), lr=config.lr
         )
         return cls(text, image, objective, optimizer)
 
@@ -385,18 +433,6 @@ class TrainState:
         return state
 
 
-def _loss(
-    config: PretrainConfig,
-    objective: nn.Module,
-    text: torch.Tensor,
-    image: torch.Tensor,
-    labels: torch.Tensor,
-) -> torch.Tensor:
-    if config.objective == "infonce":
-        return objective(text, image, labels)
-    return sje_loss(text, image, labels, config.margin)
-
-
 def _monitor(state: TrainState, split: SplitData, images: int, seed: int) -> float:
     """Clean text→image R-precision on the first `images` images of a split (logging only)."""
     from train.eval_text import EvalConfig, evaluate
@@ -414,6 +450,41 @@ def _monitor(state: TrainState, split: SplitData, images: int, seed: int) -> flo
     return float(records[0]["value"])
 
 
+class InterruptedTrainingError(Exception):
+    """Training stopped by SIGINT/SIGTERM at a step boundary, after saving a checkpoint."""
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM handlers that ask the loop to stop at the next step boundary.
+
+    Stopping mid-step could save weights already updated by a step the checkpoint does not
+    count; a second signal stops at once (the last periodic checkpoint stays valid).
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def install(self) -> None:
+        """Take over SIGINT and SIGTERM (only possible in the main thread)."""
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self.uninstall()
+
+    def uninstall(self) -> None:
+        """Restore the previous handlers."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
 def train(
     config: PretrainConfig,
     run_dir: Path,
@@ -424,6 +495,7 @@ def train(
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
 
+    config = resolve_classes(config, splits["train"])
     torch.set_num_threads(config.threads)
     ckpt_path = run_dir / CHECKPOINT_FILE
     if checkpoint is None:
@@ -453,8 +525,20 @@ def train(
     def save() -> None:
         save_checkpoint(state.checkpoint(config, last), ckpt_path)
 
+    stop = _StopRequest()
     try:
+        stop.install()
         while True:
+            if stop.signum is not None:
+                # At a step boundary, so the checkpoint resumes exactly.
+                save()
+                log.warning(
+                    "stopped by signal %d: checkpoint at step %d saved to %s",
+                    stop.signum,
+                    state.step,
+                    ckpt_path,
+                )
+                raise InterruptedTrainingError(state.step)
             if total_steps is not None and state.step >= total_steps:
                 break
             if budget_s is not None and state.elapsed_s >= budget_s:
@@ -474,11 +558,12 @@ def train(
             for group in state.optimizer.param_groups:
                 group["lr"] = lr
 
-            encoded, images, labels = schedule.batch(state.step)
+            strength = min(1.0, progress / config.augment_ramp) if config.augment_ramp else 1.0
+            encoded, images, labels, attributes = schedule.batch(state.step, strength)
             ids, lengths = batch_ids(encoded, config.text_encoder)  # (B, T ≤ 201), (B,)
             text_emb = state.text_encoder(ids, lengths)  # (B, E)
             image_emb = state.image_encoder(images)  # (B, E)
-            loss = _loss(config, state.objective, text_emb, image_emb, labels)
+            loss, parts = state.objective(text_emb, image_emb, labels, attributes)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {state.step}")
             state.optimizer.zero_grad(set_to_none=True)
@@ -507,8 +592,7 @@ def train(
                     "process_cpu_s": round(time.process_time(), 1),
                     "steps_per_s": window_steps / max(now - window_start, 1e-9),
                 }
-                if isinstance(state.objective, InfoNCE):
-                    last["logit_scale"] = float(state.objective.log_scale.detach().exp())
+                last.update({f"loss_{k}" if k != "logit_scale" else k: v for k, v in parts.items()})
                 window_start, window_steps = now, 0
                 metrics.write(last)
                 for key, value in last.items():
@@ -532,11 +616,8 @@ def train(
                 )
             if state.step % config.checkpoint_every == 0:
                 save()
-    except KeyboardInterrupt:
-        save()
-        log.warning("interrupted: checkpoint at step %d saved to %s", state.step, ckpt_path)
-        raise
     finally:
+        stop.uninstall()
         progress_bar.close()
         writer.close()
         metrics.close()
@@ -584,6 +665,16 @@ def build_parser() -> OneLineParser:
     )
     p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
     p.add_argument("--twin-fraction", type=float, help=f"default {d.twin_fraction}")
+    p.add_argument("--temperature", type=float, help=f"InfoNCE initial (default {d.temperature})")
+    p.add_argument("--margin", type=float, help=f"SJE hinge margin (default {d.margin})")
+    p.add_argument(
+        "--attribute-weight",
+        type=float,
+        help=f"attribute heads (default {d.attribute_weight}; 0: off)",
+    )
+    p.add_argument(
+        "--proxy-weight", type=float, help=f"class-proxy term (default {d.proxy_weight}; 0: off)"
+    )
     p.add_argument("--lr", type=float, help=f"default {d.lr}")
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
     p.add_argument("--threads", type=int, help="torch threads (default: one per core)")
@@ -632,6 +723,10 @@ _FLAG_FIELDS: dict[str, tuple[str, ...]] = {
     "minutes": ("minutes",),
     "batch_size": ("batch_size",),
     "twin_fraction": ("twin_fraction",),
+    "temperature": ("temperature",),
+    "margin": ("margin",),
+    "proxy_weight": ("proxy_weight",),
+    "attribute_weight": ("attribute_weight",),
     "lr": ("lr",),
     "seed": ("seed",),
     "threads": ("threads",),
@@ -666,6 +761,15 @@ def _validate_flags(args: argparse.Namespace) -> None:
         raise ValueError(f"--minutes must be > 0, got {args.minutes}")
     if args.twin_fraction is not None and not 0.0 <= args.twin_fraction <= 0.5:
         raise ValueError(f"--twin-fraction must be in [0, 0.5], got {args.twin_fraction}")
+    for flag, value in (
+        ("--proxy-weight", args.proxy_weight),
+        ("--attribute-weight", args.attribute_weight),
+    ):
+        if value is not None and value < 0:
+            raise ValueError(f"{flag} must be ≥ 0, got {value}")
+    for flag, value in (("--temperature", args.temperature), ("--margin", args.margin)):
+        if value is not None and not value > 0:
+            raise ValueError(f"{flag} must be > 0, got {value}")
     if args.lr is not None and not args.lr > 0:
         raise ValueError(f"--lr must be > 0, got {args.lr}")
     if args.monitor_every is not None and args.monitor_every < 0:
@@ -817,6 +921,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"--batch-size {config.batch_size} exceeds the {len(splits['train'])} training "
                 f"images in {'the dry-run data' if config.dry_run else config.data}"
             )
+        config = resolve_classes(config, splits["train"])
         if run_dir is None:
             run_dir = new_run_dir(args.out)
             write_json_atomic(run_dir / CONFIG_FILE, config.to_dict())
@@ -828,7 +933,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         train(config, run_dir, splits, checkpoint)
         return _final_eval(config, run_dir, splits)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, InterruptedTrainingError):
         return 130
     except FloatingPointError as err:
         print(f"text-encoder: training diverged: {err}", file=sys.stderr)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -33,7 +34,7 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory, dataset: Path) -> Path:
             image_encoder=models.ImageEncoderConfig(channels=(8, 8, 16, 16), embedding_dim=16),
         )
     )
-    state = text_encoder.TrainState.fresh(config)
+    state = text_encoder.TrainState.fresh(dataclasses.replace(config, num_classes=864))
     path = tmp_path_factory.mktemp("run") / "checkpoint.pt"
     save_checkpoint(state.checkpoint(config, {}), path)
     return path

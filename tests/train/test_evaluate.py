@@ -180,6 +180,8 @@ def _captions_file(path: Path, count: int = 30) -> Path:
         values = {n: getattr(a, n) for n in ATTRIBUTE_NAMES}
         if i % 2:
             values["helmet"] = 1 if a.helmet == "yes" else 0  # indices are accepted too
+        if i % 3 == 0:
+            del values["helmet"]  # a label may leave out what its caption does not state
         lines.append(json.dumps({"caption": caption_for(a, rng), "attributes": values}))
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -211,6 +213,14 @@ def test_evaluate_captions_file(files: dict[str, Path], tmp_path: Path) -> None:
     records = _records(out)
     attrs = next(r for r in records if r["metric"] == "attributes")
     assert attrs["split"] == "mine" and attrs["images"] == 2 * 30
+    # Unstated attributes are not scored: 10 of the 30 captions say nothing about a helmet.
+    assert attrs["stated"] == {
+        "colour": 30,
+        "terrain": 30,
+        "pose": 30,
+        "position": 30,
+        "helmet": 20,
+    }
     # No real images for free-form captions: FID is skipped with the reason.
     fid = next(r for r in records if r["metric"] == "fid")
     assert "real images" in fid["skipped"]
@@ -236,9 +246,7 @@ def test_evaluate_captions_file_reports_every_bad_line(
         "{not json",
         json.dumps({"caption": "x"}),
         json.dumps({**good, "attributes": {**good["attributes"], "colour": "teal"}}),
-        json.dumps(
-            {**good, "attributes": {k: v for k, v in good["attributes"].items() if k != "pose"}}
-        ),
+        json.dumps({**good, "attributes": {"pose": None}}),
         json.dumps({**good, "caption": "   "}),
         json.dumps({**good, "attributes": {**good["attributes"], "mood": "calm"}}),
     ]
@@ -261,7 +269,7 @@ def test_evaluate_captions_file_reports_every_bad_line(
         (2, "not JSON"),
         (3, "'attributes'"),
         (4, "'teal'"),
-        (5, "'pose' missing"),
+        (5, "names none of"),
         (6, "'caption'"),
         (7, "mood"),
     ):

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,12 @@ TINY_FLAGS = [
     "--conv-channels", "32,32,32", "--rnn-hidden", "32", "--embedding-dim", "32",
     "--image-channels", "8,16,32,32", "--batch-size", "16", "--threads", "1",
 ]  # fmt: skip
+
+
+TINY_TRAINING = {
+    "steps": 100, "batch_size": 32, "lr": 3e-3, "warmup_steps": 10, "proxy_weight": 0.0,
+    "twin_fraction": 0.0,
+}  # fmt: skip
 
 
 def _tiny_config(**changes: object) -> text_encoder.PretrainConfig:
@@ -51,9 +59,13 @@ def dataset(tmp_path_factory: pytest.TempPathFactory, splits: dict) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, splits: dict) -> tuple[Path, object]:
-    """A tiny model trained for 150 steps on 192 rendered scenes (a few seconds)."""
+    """A tiny model trained for 100 steps on 192 rendered scenes (~10 s on 2 cores).
+
+    Class proxies and twins are off: with 192 images of 738 classes they have little to work
+    with and slow a 32-channel model down; they are tested in test_text_joint_embedding.py.
+    """
     run = tmp_path_factory.mktemp("run")
-    config = _tiny_config(steps=150, batch_size=32, lr=3e-3, warmup_steps=10)
+    config = _tiny_config(**TINY_TRAINING)
     state = text_encoder.train(config, run, splits)
     return run, state
 
@@ -64,13 +76,15 @@ def test_text_encoder_tiny_pretraining_beats_chance(trained: tuple, splits: dict
     config = EvalConfig(candidates=20, captions_per_image=4, variants=("clean",))
     trained_value = evaluate(model, {"test": splits["test"]}, config)[0]["value"]
     # The same networks untrained: what the learning bought over chance (5 %).
-    untrained = text_encoder.TrainState.fresh(_tiny_config(steps=150, batch_size=32))
+    untrained = text_encoder.TrainState.fresh(
+        text_encoder.resolve_classes(_tiny_config(**TINY_TRAINING), splits["train"])
+    )
     fresh = JointEmbedding(untrained.text_encoder, untrained.image_encoder)
     fresh_value = evaluate(fresh, {"test": splits["test"]}, config)[0]["value"]
-    assert trained_value > 0.25, trained_value  # 400 queries: chance ± 3σ is 5 ± 3 %
-    assert trained_value > fresh_value + 0.15
+    assert trained_value > 0.12, trained_value  # 400 queries: chance ± 3σ is 5 ± 3 %
+    assert trained_value > fresh_value + 0.08, (trained_value, fresh_value)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == list(range(2, 151, 2))
+    assert [r["step"] for r in records] == list(range(2, 101, 2))
     assert records[-1]["loss"] < records[0]["loss"]
 
 
@@ -79,7 +93,7 @@ def test_text_encoder_checkpoint_rebuilds_both_models_from_file_alone(
 ) -> None:
     run, state = trained
     checkpoint = load_checkpoint(run / "checkpoint.pt", kind="text_encoder")
-    assert checkpoint["step"] == 150 and checkpoint["config"]["objective"] == "infonce"
+    assert checkpoint["step"] == 100 and checkpoint["config"]["objective"] == "infonce"
     assert set(checkpoint["models"]) == {"text_encoder", "image_encoder"}
     text = build_model(checkpoint, "text_encoder")
     image = build_model(checkpoint, "image_encoder")
@@ -95,7 +109,9 @@ def test_text_encoder_checkpoint_rebuilds_both_models_from_file_alone(
     )
     assert isinstance(image, models.ImageEncoder) and image.config.normalize
     restored = text_encoder.PretrainConfig.from_dict(checkpoint["config"])
-    assert restored == _tiny_config(steps=150, batch_size=32, lr=3e-3, warmup_steps=10)
+    expected = _tiny_config(**TINY_TRAINING)
+    assert restored == text_encoder.resolve_classes(expected, splits["train"])
+    assert restored.num_classes == 864 and restored.attribute_sizes == (8, 6, 3, 3, 2)
 
 
 def test_text_encoder_schedule_is_a_pure_function_of_seed_and_step(splits: dict) -> None:
@@ -105,11 +121,12 @@ def test_text_encoder_schedule_is_a_pure_function_of_seed_and_step(splits: dict)
         )
 
     a, b = make(), make()
-    texts_a, images_a, labels_a = a.batch(7)
+    texts_a, images_a, labels_a, attributes_a = a.batch(7)
     for step in (0, 20, 7):  # b visits other steps first
-        texts_b, images_b, labels_b = b.batch(step)
+        texts_b, images_b, labels_b, attributes_b = b.batch(step)
     assert texts_a == texts_b
     assert torch.equal(images_a, images_b) and torch.equal(labels_a, labels_b)
+    assert attributes_a is not None and torch.equal(attributes_a, attributes_b)
     # Without twins one epoch (192 images / 32 per step = 6 steps) visits every image once.
     plain = make(0.0)
     seen = np.concatenate([plain.indices(s) for s in range(6)])
@@ -159,18 +176,19 @@ def test_text_encoder_resume_continues_exactly(
     flags += ["--monitor-every", "0", "--checkpoint-every", "100"]
     assert text_encoder.main([*flags, "--out", str(tmp_path / "straight")]) == 0
 
-    # Interrupt the second run as Ctrl-C would, just before step 4.
+    # Kill the second run (SIGTERM, as `kill` would) while it prepares step 4.
     original = text_encoder.BatchSchedule.batch
 
-    def interrupt_at_4(self: text_encoder.BatchSchedule, step: int) -> object:
+    def interrupt_at_4(self: text_encoder.BatchSchedule, step: int, strength: float) -> object:
         if step == 4:
-            raise KeyboardInterrupt
-        return original(self, step)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, step, strength)
 
     monkeypatch.setattr(text_encoder.BatchSchedule, "batch", interrupt_at_4)
     assert text_encoder.main([*flags, "--out", str(tmp_path / "split")]) == 130
     run = tmp_path / "split" / "00000"
-    assert load_checkpoint(run / "checkpoint.pt")["step"] == 4
+    # The step under way when the signal came finishes; the checkpoint is at the boundary.
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 5
     monkeypatch.setattr(text_encoder.BatchSchedule, "batch", original)
     assert text_encoder.main(["--resume", "--out", str(tmp_path / "split")]) == 0
 

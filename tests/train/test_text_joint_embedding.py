@@ -82,7 +82,7 @@ def test_joint_embedding_infonce_does_not_push_apart_same_class_pairs() -> None:
 
     assert float(grad([0, 0, 1]).abs().max()) < 1e-6
     assert float(grad([0, 1, 2]).abs().max()) > 1e-3
-    assert float(je.InfoNCE(0.07).log_scale.exp()) == pytest.approx(1 / 0.07)
+    assert float(je.InfoNCE(0.07).log_scale.detach().exp()) == pytest.approx(1 / 0.07)
 
 
 def test_joint_embedding_encode_captions_matches_full_padding_in_input_order() -> None:
@@ -161,3 +161,38 @@ def test_joint_embedding_text_encoder_batch_norm_folds_exactly_for_export() -> N
         je.encode_captions(folded, texts), je.encode_captions(model.eval(), texts), atol=1e-5,
         rtol=1e-5,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["infonce", "sje"])
+def test_joint_embedding_objective_adds_weighted_auxiliaries(kind: str) -> None:
+    torch.manual_seed(7)
+    text, image = torch.randn(6, 8, requires_grad=True), torch.randn(6, 8, requires_grad=True)
+    labels = torch.tensor([3, 1, 4, 1, 5, 9])
+    attributes = torch.tensor([[0, 1], [1, 2], [0, 0], [1, 2], [1, 1], [0, 2]])
+    objective = je.JointObjective(
+        kind, 10, 8, proxy_weight=0.5, attribute_sizes=(2, 3), attribute_weight=2.0
+    )
+    total, parts = objective(text, image, labels, attributes)
+    expected = parts[kind] + 0.5 * parts["proxy"] + 2.0 * parts["attributes"]
+    assert float(total) == pytest.approx(expected, rel=1e-5)
+    assert ("logit_scale" in parts) == (kind == "infonce")
+    total.backward()
+    assert text.grad is not None and image.grad is not None and text.grad.abs().sum() > 0
+    assert objective.attributes is not None and objective.attributes.head.weight.grad is not None
+    # Without attribute labels (e.g. CUB) the heads simply do not contribute.
+    _, parts = objective(text, image, labels, None)
+    assert "attributes" not in parts
+    plain = je.JointObjective(kind, 10, 8)
+    assert plain.proxies is None and plain.attributes is None
+    with pytest.raises(ValueError, match="objective"):
+        je.JointObjective("triplet", 10, 8)
+
+
+def test_joint_embedding_class_proxies_classify_both_modalities() -> None:
+    proxies = je.ClassProxies(3, 2, scale=30.0)
+    with torch.no_grad():
+        proxies.proxies.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
+    good = torch.tensor([[2.0, 0.0], [0.0, 3.0]])
+    labels = torch.tensor([0, 1])
+    assert float(proxies(good, good, labels)) < 1e-6
+    assert float(proxies(good, good.flip(0), labels)) > 10  # images of the wrong classes
