@@ -505,14 +505,15 @@ def write_bundle(
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out)
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
         return final
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside `path` durable; a no-op where directories cannot be opened."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

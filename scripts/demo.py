@@ -1,41 +1,304 @@
-"""`make demo`: the whole product on the embedded rescue-scenes data, stage by stage.
+"""`make demo`: the whole product on the embedded rescue-scenes data, from nothing to pictures.
 
-Stages whose code does not exist yet in this checkout are reported as skipped, plainly.
+    python scripts/demo.py [OUT]          # OUT defaults to demo_out/
+
+Stages (each one is the product's own command, run as a user would run it):
+
+1. render rescue-scenes                 python -m train data synth
+2. recipe: text encoder + GAN, oracle,   python -m train recipe --train-oracle
+   evaluation (demo budget)
+3. export --quantize                    python -m export --quantize
+4. the robot: the serial service on a pseudo-terminal cable, driven by the operator client
+   exactly as over a USB radio (`rescue-edge serve --serial`, `edge_runtime.client`)
+5. contact sheet of the operator's captions (each image checked by the attribute oracle) and
+   REPORT.md (attribute accuracy, latency, bundle sizes, where everything is)
+
+The demo budget (DEMO_MINUTES for stage 2's training) is sized so the whole demo stays within
+20 minutes on 2 CPU cores; the product's full recipe is `python -m train recipe` (60 minutes).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-OUT = Path(sys.argv[1] if len(sys.argv) > 1 else "demo_out")
+OUT = Path(sys.argv[1] if len(sys.argv) > 1 else "demo_out").resolve()
 PY = sys.executable
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_MINUTES = float(os.environ.get("DEMO_MINUTES", "11"))
+"""Training budget of the recipe stage (text encoder + GAN), minutes."""
+DEMO_TEXT_STEPS = int(os.environ.get("DEMO_TEXT_STEPS", "300"))
+IMAGES_PER_CAPTION = 4
 
-# (title, module that must exist, command)
-STAGES: list[tuple[str, str, list[str]]] = [
-    ("render rescue-scenes", "train.data.cli",
-     [PY, "-m", "train", "data", "synth", "--out", str(OUT / "rescue_scenes.h5")]),
+# What an operator might type, with what it asks for (colour, terrain, pose, position, helmet),
+# so the oracle can say whether each picture obeys. Some are typed carelessly on purpose, and the
+# last two ask for colour × terrain pairs that never occur in training (orange/water, red/snow).
+OPERATOR_CAPTIONS: list[tuple[str, tuple[str, str, str, str, str]]] = [
+    ("survivor in an orange jacket lying on rubble, left side, no helmet",
+     ("orange", "rubble", "lying", "left", "no")),
+    ("worker wearing a helmet, blue coat, standing on grass at the right",
+     ("blue", "grass", "standing", "right", "yes")),
+    ("casualty in white, seated on the sand, centre of the frame, no hard hat",
+     ("white", "sand", "sitting", "center", "no")),
+    ("look for a hiker in a green parka lying in the mud on the right, helmet on",
+     ("green", "mud", "lying", "right", "yes")),
+    ("A MAN IN A PURPLE HOODIE STANDING IN FLOOD WATER AT THE LEFT, WEARING A HELMET",
+     ("purple", "water", "standing", "left", "yes")),
+    ("person in a black jacket lying flat on broken concrete in the center, helmet off",
+     ("black", "rubble", "lying", "center", "no")),
+    ("survivr in orang jaket standing in flood watr , right side , no helmet",
+     ("orange", "water", "standing", "right", "no")),
+    ("person in red sitting in the snow, in the middle, bareheaded",
+     ("red", "snow", "sitting", "center", "no")),
 ]  # fmt: skip
 
 
+def say(message: str) -> None:
+    print(f"[demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run(title: str, command: list[str], timings: dict[str, float]) -> str:
+    """Run one stage, streaming its output; returns its last stdout line."""
+    say(f"{title}: {' '.join(command)}")
+    start = time.monotonic()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    last = ""
+    assert process.stdout is not None
+    for line in process.stdout:
+        print(f"    {line.rstrip()}", flush=True)
+        if line.strip():
+            last = line.strip()
+    if process.wait() != 0:
+        raise SystemExit(f"[demo] {title} failed (exit code {process.returncode}); see above")
+    timings[title] = time.monotonic() - start
+    say(f"{title}: done in {timings[title] / 60:.1f} min")
+    return last
+
+
+def robot_session(bundle: Path, received: Path, timings: dict[str, float]) -> dict[str, Any]:
+    """The serial service on a pty cable, the operator's captions sent by the client."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from pty_cable import PtyCable
+
+    from edge_runtime.client import OperatorClient
+
+    say("robot: rescue-edge serve --serial on a pseudo-terminal cable, as the unit runs it")
+    start = time.monotonic()
+    cable_dir = OUT / "cable"
+    cable_dir.mkdir(exist_ok=True)
+    cable = PtyCable(cable_dir)
+    robot_out = OUT / "robot-images"
+    log_file = (OUT / "robot-service.log").open("wb")
+    service = subprocess.Popen(
+        [PY, "-m", "edge_runtime", "serve", "--serial", str(cable.robot_path),
+         "--bundle", str(bundle), "--out", str(robot_out), "--threads", "2"],
+        stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT,
+    )  # fmt: skip
+    results: list[dict[str, Any]] = []
+    try:
+        client = OperatorClient.open(cable.operator_path, timeout=60)
+        try:
+            deadline = time.monotonic() + 120
+            while True:  # the service answers once its bundle is loaded and warmed up
+                try:
+                    client.ping()
+                    break
+                except Exception:
+                    if service.poll() is not None or time.monotonic() > deadline:
+                        log = OUT / "robot-service.log"
+                        raise SystemExit(f"[demo] the service did not come up; see {log}") from None
+            status = client.status()
+            say(f"robot: up — {json.dumps(status)}")
+            for i, (caption, wanted) in enumerate(OPERATOR_CAPTIONS):
+                result, paths = client.generate_and_fetch(
+                    caption, received / f"{i:02d}", n=IMAGES_PER_CAPTION, seed=100 + i
+                )
+                say(
+                    f"operator> {caption!r}: {len(paths)} images, robot {result.ms:.0f} ms "
+                    f"(inference {result.infer_ms:.0f} ms), "
+                    f"round trip {result.round_trip_ms:.0f} ms"
+                )
+                results.append(
+                    {"caption": caption, "wanted": wanted, "paths": [str(p) for p in paths],
+                     "robot_ms": result.ms, "infer_ms": result.infer_ms,
+                     "round_trip_ms": result.round_trip_ms}
+                )  # fmt: skip
+            status = client.status()
+        finally:
+            client.close()
+    finally:
+        service.send_signal(signal.SIGTERM)
+        try:
+            service.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            service.kill()
+        log_file.close()
+        cable.close()
+    timings["robot session"] = time.monotonic() - start
+    return {"requests": results, "status": status}
+
+
+def judge_and_sheet(session: dict[str, Any], oracle_path: str, data: Path) -> dict[str, Any]:
+    """Oracle verdict per received image; one contact sheet, a row per operator caption."""
+    import cv2
+    import numpy as np
+
+    from edge_runtime.images import contact_sheet, write_atomic
+    from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES
+    from train.oracle import load_oracle, predict
+
+    oracle = load_oracle(oracle_path, data, noise_count=100)
+    rows, correct, total, per_attribute = [], 0, 0, dict.fromkeys(ATTRIBUTE_NAMES, 0)
+    for request in session["requests"]:
+        images = np.stack(
+            [cv2.cvtColor(cv2.imread(p, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+             for p in request["paths"]]
+        )  # fmt: skip  # (n, 64, 64, 3) uint8 RGB
+        if images.shape[1] != 64:
+            images = np.stack(
+                [cv2.resize(x, (64, 64), interpolation=cv2.INTER_AREA) for x in images]
+            )
+        labels = predict(oracle.model, images).labels  # (n, 5)
+        wanted = [
+            ATTRIBUTE_VALUES[n].index(v)
+            for n, v in zip(ATTRIBUTE_NAMES, request["wanted"], strict=True)
+        ]
+        verdicts = []
+        for row in labels:
+            pairs = zip(ATTRIBUTE_NAMES, row, wanted, strict=True)
+            misses = [name for name, got, want in pairs if got != want]
+            for name in ATTRIBUTE_NAMES:
+                per_attribute[name] += name not in misses
+            correct += not misses
+            total += 1
+            verdicts.append("all 5 ok" if not misses else "off: " + ",".join(misses))
+        request["oracle"] = verdicts
+        rows.append(contact_sheet(images, f"operator: {request['caption']}", verdicts, tile=160))
+    width = max(r.shape[1] for r in rows)
+    padded = [
+        np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows
+    ]
+    sheet = np.concatenate(padded)
+    ok, png = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    assert ok
+    write_atomic(OUT / "contact_sheet.png", png.tobytes())
+    return {
+        "all_correct": correct / max(total, 1),
+        "per_attribute": {k: v / max(total, 1) for k, v in per_attribute.items()},
+        "images": total,
+    }
+
+
+def bundle_sizes(bundle: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in sorted(bundle.glob("*.onnx"))}
+
+
+def write_report(facts: dict[str, Any], timings: dict[str, float]) -> Path:
+    from edge_runtime.images import write_atomic
+
+    evaluation = facts["recipe"].get("evaluation", {})
+    lines = ["# rescue-t2i demo", "", f"Whole demo: **{facts['total_s'] / 60:.1f} min**.", ""]
+    lines += ["| stage | minutes |", "|---|---|"]
+    lines += [f"| {k} | {v / 60:.1f} |" for k, v in timings.items()]
+    lines += ["", "## Quality (attribute oracle on generated images; recipe evaluation)", ""]
+    for label, summary in evaluation.items():
+        lines += [f"**{label}**", "", "```", json.dumps(summary, indent=1), "```", ""]
+    judged = facts["operator"]
+    lines += [
+        "## The operator's captions (served over the serial link)",
+        "",
+        f"{judged['images']} images: all five attributes right in "
+        f"**{100 * judged['all_correct']:.0f} %**; per attribute "
+        + ", ".join(f"{k} {100 * v:.0f} %" for k, v in judged["per_attribute"].items())
+        + ". See `contact_sheet.png` (the oracle's verdict under each image).",
+        "",
+        "| caption | robot ms (n=4) | inference ms | round trip ms | oracle |",
+        "|---|---|---|---|---|",
+    ]
+    for r in facts["session"]["requests"]:
+        lines.append(
+            f"| {r['caption']} | {r['robot_ms']:.0f} | {r['infer_ms']:.0f} | "
+            f"{r['round_trip_ms']:.0f} | {'; '.join(r['oracle'])} |"
+        )
+    lines += ["", "## Bundle", "", f"`{facts['bundle']}`", ""]
+    lines += [f"- {name}: {size / 1e6:.2f} MB" for name, size in facts["sizes"].items()]
+    lines += [f"- manifest variants: {json.dumps(facts['variants'])}", ""]
+    lines += ["## Where everything is", ""]
+    lines += [f"- {k}: `{v}`" for k, v in facts["paths"].items()]
+    lines.append("")
+    path = OUT / "REPORT.md"
+    write_atomic(path, "\n".join(lines).encode())
+    return path
+
+
 def main() -> int:
+    started = time.monotonic()
     OUT.mkdir(parents=True, exist_ok=True)
-    skipped = []
-    for title, module, command in STAGES:
-        if importlib.util.find_spec(module) is None:
-            print(f"[demo] SKIPPED {title}: not built yet ({module} does not exist)", flush=True)
-            skipped.append(title)
-            continue
-        print(f"[demo] {title}: {' '.join(command)}", flush=True)
-        start = time.monotonic()
-        subprocess.run(command, check=True)
-        print(f"[demo] {title}: done in {time.monotonic() - start:.1f} s", flush=True)
-    if skipped:
-        print(f"[demo] skipped {len(skipped)} stage(s): {', '.join(skipped)}")
-    print(f"[demo] outputs in {OUT.resolve()}")
+    timings: dict[str, float] = {}
+    data = OUT / "rescue_scenes.h5"
+    if data.exists():
+        say(f"render rescue-scenes: reusing {data}")
+    else:
+        synth = [PY, "-m", "train", "data", "synth", "--out", str(data)]
+        run("render rescue-scenes", synth, timings)
+    recipe = [
+        PY, "-m", "train", "recipe", "--data", str(data), "--out", str(OUT / "recipe"),
+        "--minutes", str(DEMO_MINUTES), "--text-steps", str(DEMO_TEXT_STEPS),
+        "--captions-per-image", "3", "--train-oracle", "--oracle-epochs", "3",
+        "--eval-seeds", "2", "--eval-limit", "300", "--no-progress",
+    ]  # fmt: skip
+    summary = json.loads(run("recipe (text encoder + GAN, oracle, evaluation)", recipe, timings))
+    run_dir = Path(summary["run_dir"])
+    oracle = sorted((run_dir / "oracle").glob("*/checkpoint.pt"))[-1]
+    bundle = OUT / "bundle"
+    run(
+        "export --quantize",
+        [PY, "-m", "export", "--checkpoint", summary["checkpoint"], "--out", str(bundle),
+         "--quantize", "--oracle", str(oracle), "--force"],
+        timings,
+    )  # fmt: skip
+    received = OUT / "operator-received"
+    shutil.rmtree(received, ignore_errors=True)
+    session = robot_session(bundle, received, timings)
+    judged = judge_and_sheet(session, str(oracle), data)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    facts = {
+        "recipe": summary,
+        "session": session,
+        "operator": judged,
+        "bundle": str(bundle),
+        "sizes": bundle_sizes(bundle),
+        "variants": {
+            name: {k: v for k, v in variant.items() if k in ("gate_passed", "quality")}
+            for name, variant in manifest.get("variants", {}).items()
+        },
+        "paths": {
+            "contact sheet": OUT / "contact_sheet.png",
+            "recipe report (ablation-style table)": summary.get("report"),
+            "evaluation report": run_dir / "eval" / "default" / "report.md",
+            "GAN checkpoint": summary["checkpoint"],
+            "bundle": bundle,
+            "images the robot wrote": OUT / "robot-images",
+            "images the operator received": received,
+            "service log": OUT / "robot-service.log",
+        },
+        "total_s": time.monotonic() - started,
+    }
+    report = write_report(facts, timings)
+    say(
+        f"operator captions obeyed: {100 * judged['all_correct']:.0f} % of {judged['images']} "
+        "images with all five attributes right (attribute oracle)"
+    )
+    say(f"whole demo: {facts['total_s'] / 60:.1f} min")
+    say(f"look at: {OUT / 'contact_sheet.png'}")
+    say(f"report:  {report}")
     return 0
 
 

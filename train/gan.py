@@ -109,6 +109,16 @@ class GanTrainConfig:
     fm_weight: float = 1.0
     """Feature matching on D's joint 4×4 features (0 = off)."""
     l1_weight: float = 0.0
+    match_weight: float = 1.0
+    """Text–image matching on generated images (0 = off): symmetric InfoNCE between the frozen
+    pretrained image encoder's embedding of G(z, t) and t, same-class pairs positive; the
+    sentence-level DAMSM loss of AttnGAN (Xu et al. 2018). Why: D learns which caption an image
+    matches only from its few mismatched pairs, so details such as a helmet or the pose reach G
+    late; the image encoder already tells every attribute apart (issue 4's pretraining) and
+    hands G that gradient directly. Needs a text-encoder checkpoint that holds an image encoder
+    (ours do); off, with a warning, for a random encoder."""
+    match_temperature: float = 0.1
+    """Softmax temperature of the matching loss (DAMSM: γ3 = 10, i.e. 0.1)."""
     label_smoothing: float = 0.0
     """One-sided: the real target becomes 1 − this."""
     # Data pipeline (train/data/loader.py)
@@ -215,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("int_fraction", "interpolated samples per batch, relative to the batch", type=float)
     add("fm_weight", "feature-matching weight (0 = off)", type=float)
     add("l1_weight", "L1 weight (0 = off)", type=float)
+    add("match_weight", "text-image matching weight with the frozen image encoder (0 = off)",
+        type=float)  # fmt: skip
+    add("match_temperature", "temperature of the matching loss", type=float)
     add("label_smoothing", "one-sided label smoothing of the real target", type=float)
     g = group("data pipeline")
     add("captions_per_sample", "captions averaged per sample (Reed: 4)", type=int)
@@ -264,12 +277,14 @@ def validate(config: GanTrainConfig, world_size: int = 1) -> GanTrainConfig:
                   "sample_every", "captions_per_sample"):  # fmt: skip
         if getattr(config, field) < 1:
             fail(field, "must be ≥ 1")
-    for field in ("wrong_weight", "fake_weight", "int_weight", "fm_weight", "l1_weight", "workers",
-                  "lr_decay_every"):  # fmt: skip
+    for field in ("wrong_weight", "fake_weight", "int_weight", "fm_weight", "l1_weight",
+                  "match_weight", "workers", "lr_decay_every"):  # fmt: skip
         if getattr(config, field) < 0:
             fail(field, "must be ≥ 0")
     if not config.lr > 0:
         fail("lr", "must be > 0")
+    if not config.match_temperature > 0:
+        fail("match_temperature", "must be > 0")
     for field in ("beta1", "beta2", "int_beta", "int_fraction"):
         if not 0.0 <= getattr(config, field) <= 1.0:
             fail(field, "must lie in [0, 1]")
@@ -418,7 +433,7 @@ def stateless_seed(*parts: int) -> int:
 METRIC_NAMES = (
     "gan_cls/real", "gan_cls/wrong", "gan_cls/fake", "gan_cls/total_D",
     "generator/nonsaturating", "generator/gan_int", "generator/feature_matching", "generator/l1",
-    "generator/total_G",
+    "generator/text_image_match", "generator/total_G",
     "D(x)/real_right_text", "D(x)/real_wrong_text", "D(G(z))/before_D_step",
     "D(G(z))/after_D_step", "D(G(z))/interpolated",
 )  # fmt: skip
@@ -494,6 +509,19 @@ class GanTrainer:
             where=f"{c.data or 'generated data'}:/{c.split}/captions",
         )
         self.data_digest = CaptionTable.from_captions(captions).digest()
+        # The frozen image encoder that scores G's images against their captions (match_weight).
+        self.match_encoder: nn.Module | None = None
+        if c.match_weight > 0:
+            if self.image_encoder is None:
+                log.warning(
+                    "--match-weight %g: the text encoder has no image encoder (random or "
+                    "foreign checkpoint); the text-image matching term is off",
+                    c.match_weight,
+                )
+            else:
+                self.match_encoder = self.image_encoder[0].to(self.device).eval()
+                for p in self.match_encoder.parameters():
+                    p.requires_grad_(False)
 
         # Networks.
         self.gan_config = models.GANConfig(
@@ -665,7 +693,20 @@ class GanTrainer:
             else zero
         )
         g_l1 = losses.l1_loss(fake, real) if c.l1_weight > 0 else zero
-        g_total = g_nonsat + c.int_weight * g_int + c.fm_weight * g_fm + c.l1_weight * g_l1
+        g_match = zero
+        if self.match_encoder is not None:
+            with self.autocast():
+                fake_embedding = self.match_encoder(fake)  # (B, E); BN in eval mode, frozen
+            g_match = losses.text_image_matching_loss(
+                fake_embedding.float(), right.float(), batch.class_ids, c.match_temperature
+            )
+        g_total = (
+            g_nonsat
+            + c.int_weight * g_int
+            + c.fm_weight * g_fm
+            + c.l1_weight * g_l1
+            + c.match_weight * g_match
+        )
         self.opt_g.zero_grad(set_to_none=True)
         g_total.backward()
         self.opt_g.step()
@@ -677,7 +718,7 @@ class GanTrainer:
             self.sched_d.step()
         with torch.no_grad():
             values = [
-                d.real, d.wrong, d.fake, d.total, g_nonsat, g_int, g_fm, g_l1, g_total,
+                d.real, d.wrong, d.fake, d.total, g_nonsat, g_int, g_fm, g_l1, g_match, g_total,
                 torch.sigmoid(logits_rr.float()).mean(), torch.sigmoid(logits_rw.float()).mean(),
                 torch.sigmoid(logits_fr.float()).mean(), torch.sigmoid(logits[:b]).mean(),
                 torch.sigmoid(logits[b:]).mean() if n else zero,

@@ -8,6 +8,8 @@
   `β t1 + (1 − β) t2` of two different captions, with the interpolated text given to D.
 - Feature matching (Salimans et al. 2016, §3.1): `‖E f(x) − E f(G(z))‖²` on an intermediate
   discriminator layer; ours is the joint 4×4 layer, which has seen the text.
+- Text–image matching (AttnGAN's sentence-level DAMSM loss, Xu et al. 2018): generated images
+  are embedded by the frozen pretrained image encoder and matched against their captions.
 - Optional extras: one-sided label smoothing (Salimans et al. 2016, §3.4) and an L1 term pulling
   the generated image towards the real image of the same caption.
 
@@ -22,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from train.joint_embedding import infonce_loss
 
 
 @dataclass(frozen=True)
@@ -95,3 +99,18 @@ def feature_matching_loss(
 def l1_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference between G(z, t) and the real image t describes (optional term)."""
     return F.l1_loss(fake.float(), real.float())
+
+
+def text_image_matching_loss(
+    image_embedding: torch.Tensor,
+    text_embedding: torch.Tensor,
+    class_ids: torch.Tensor,
+    temperature: float = 0.1,
+) -> torch.Tensor:
+    """Symmetric InfoNCE between embeddings of generated images (B, E) and their texts (B, E).
+
+    Cosine logits / temperature; items of the same class are all positives (a caption of the
+    same class is not a wrong answer), as in the text encoder's pretraining
+    (`train.joint_embedding.infonce_loss`, reused so the two stay one definition).
+    """
+    return infonce_loss(text_embedding, image_embedding, class_ids, 1.0 / temperature)

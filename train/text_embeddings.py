@@ -147,18 +147,20 @@ def load_or_compute(
     """The split's embedding table from the cache, or encoded now (sharded over ranks), cached."""
     table_info = CaptionTable.from_captions(captions)
     path = None
+    cached = None
     if cache_dir is not None:
         path = Path(cache_dir) / f"text-embeddings-{cache_key(encoder_sha256, table_info)}.npz"
-        if path.is_file():
-            try:
-                with np.load(path, allow_pickle=False) as stored:
-                    table = torch.from_numpy(stored["embeddings"]).to(device)
-                if table.shape == (len(table_info.texts), encoder.config.embedding_dim):
-                    log.info("text embeddings: %d captions from cache %s", len(table), path)
-                    return TextEmbeddings(table, table_info.index)
-                log.warning("%s: shape %s does not fit, re-encoding", path, tuple(table.shape))
-            except (OSError, ValueError, KeyError) as err:
-                log.warning("%s: unreadable cache (%s), re-encoding", path, err)
+        cached = _read_cache(path, (len(table_info.texts), encoder.config.embedding_dim), device)
+    if world_size > 1 and dist.is_initialized():
+        # Ranks on different nodes may see different caches (a node-local --out): all must agree,
+        # or those that found one would skip the all_gather below that the others wait in.
+        everyone_has_it = torch.tensor([int(cached is not None)], device=device)
+        dist.all_reduce(everyone_has_it, op=dist.ReduceOp.MIN)
+        if not int(everyone_has_it.item()):
+            cached = None
+    if cached is not None:
+        log.info("text embeddings: %d captions from cache %s", len(cached), path)
+        return TextEmbeddings(cached, table_info.index)
     start = time.monotonic()
     texts = table_info.texts
     share = -(-len(texts) // world_size)
@@ -181,6 +183,22 @@ def load_or_compute(
     if path is not None and rank == 0:
         _save_npz(path, table.cpu().numpy())
     return TextEmbeddings(table, table_info.index)
+
+
+def _read_cache(path: Path, shape: tuple[int, int], device: torch.device) -> torch.Tensor | None:
+    """The cached table when `path` holds one of `shape`; None (with a warning if damaged)."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            table = torch.from_numpy(stored["embeddings"]).to(device)
+    except (OSError, ValueError, KeyError) as err:
+        log.warning("%s: unreadable cache (%s), re-encoding", path, err)
+        return None
+    if tuple(table.shape) != shape:
+        log.warning("%s: shape %s does not fit, re-encoding", path, tuple(table.shape))
+        return None
+    return table
 
 
 def _save_npz(path: Path, embeddings: np.ndarray) -> None:

@@ -8,7 +8,7 @@ tokenizer, optimiser / objective / RNG state and the step; written atomically ev
 `checkpoint_every` steps, on Ctrl-C and at the end), `metrics.jsonl`, TensorBoard events in
 `tensorboard/`, and — unless `--no-eval` — `eval_text.jsonl` with the final R-precision table.
 
-Recipe and why (RESULTS: see the measurements block at the end of this docstring):
+Recipe and why (measured results and wall times: docs/TEXT_ENCODER.md):
 
 - Data in memory (10k images are 123 MB of uint8), one caption sampled among the image's ten per
   step, augmented with `train.perturb.augment` (typos, clause shuffles, stray punctuation).
@@ -85,7 +85,7 @@ class PretrainConfig:
     """HDF5 dataset (schema rescue-t2i-captions); the "train" split is trained on."""
     objective: str = "infonce"
     """"infonce" (default: better measured retrieval) or "sje" (Reed et al. 2016a)."""
-    steps: int | None = 1000
+    steps: int | None = 650
     """Optimiser steps; the learning-rate schedule spans them. None: run for `minutes`."""
     minutes: float | None = None
     """Training-time budget. Alone it drives the schedule (not bit-reproducible); with `steps`

@@ -4,7 +4,6 @@ file, and one-line errors."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -13,10 +12,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from tiny_checkpoints import tiny_text_encoder_checkpoint  # noqa: E402
+
 from export.tiny import tiny_checkpoint  # noqa: E402
 from train import checkpoint as ck  # noqa: E402
 from train import evaluate as ev  # noqa: E402
-from train import models  # noqa: E402
 from train import oracle as om  # noqa: E402
 from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES, Attributes  # noqa: E402
 from train.data.captions import caption_for  # noqa: E402
@@ -27,12 +27,7 @@ TINY_BUNDLE = REPO / "tests" / "fixtures" / "tiny_bundle"
 QUICK = ["--limit", "24", "--seeds", "2", "--threads", "1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -43,24 +38,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     data = tmp / "scenes.h5"
     synthesize(SynthConfig(out=data, train=16, test=48, test_unseen=48, workers=1))
     gan = ck.save_checkpoint(tiny_checkpoint(data=data), tmp / "gan.pt")
-    torch.manual_seed(0)
-    te = models.TextEncoderConfig(conv_channels=(16, 16, 16), rnn_hidden=16, embedding_dim=16)
-    ie = models.ImageEncoderConfig(channels=(8, 8), embedding_dim=16)
-    retrieval = ck.save_checkpoint(
-        ck.new_checkpoint(
-            "text_encoder",
-            models={
-                "text_encoder": models.CharCnnRnn(te).state_dict(),
-                "image_encoder": models.ImageEncoder(ie).state_dict(),
-            },
-            model_configs={
-                "text_encoder": dataclasses.asdict(te),
-                "image_encoder": dataclasses.asdict(ie),
-            },
-            config={},
-        ),
-        tmp / "retrieval.pt",
-    )
+    retrieval = tiny_text_encoder_checkpoint(tmp / "retrieval.pt", embedding_dim=16)
     # A narrow oracle: its honesty check runs at every evaluation, keep it cheap.
     oracle = om.AttributeOracle(om.OracleConfig(channels=(8, 16, 16, 16), feature_dim=16)).eval()
     oracle_path = ck.save_checkpoint(

@@ -19,42 +19,16 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from tiny_checkpoints import tiny_text_encoder_checkpoint  # noqa: E402
+
 from train import checkpoint as ck  # noqa: E402
-from train import gan, models  # noqa: E402
+from train import gan  # noqa: E402
 from train.data import schema  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    """Tiny models gain nothing from 2 threads, and on a busy 2-core box OpenMP waits on a
-    descheduled thread can make each op 50× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _tiny_text_encoder(path: Path) -> Path:
-    """A real (small) text-encoder checkpoint with an image encoder, as issue 4's trainer writes."""
-    torch.manual_seed(0)
-    te = models.TextEncoderConfig(conv_channels=(16, 16, 16), rnn_hidden=16, embedding_dim=32)
-    ie = models.ImageEncoderConfig(channels=(8, 8), embedding_dim=32)
-    checkpoint = ck.new_checkpoint(
-        "text_encoder",
-        models={
-            "text_encoder": models.CharCnnRnn(te).state_dict(),
-            "image_encoder": models.ImageEncoder(ie).state_dict(),
-        },
-        model_configs={
-            "text_encoder": dataclasses.asdict(te),
-            "image_encoder": dataclasses.asdict(ie),
-        },
-        config={},
-        step=0,
-    )
-    return ck.save_checkpoint(checkpoint, path)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
@@ -65,7 +39,8 @@ def inputs(tmp_path: Path) -> dict[str, Path]:
         dataset="tiny",
         image_size=64,
     )
-    return {"data": data, "te": _tiny_text_encoder(tmp_path / "te.pt"), "out": tmp_path / "runs"}
+    te = tiny_text_encoder_checkpoint(tmp_path / "te.pt")
+    return {"data": data, "te": te, "out": tmp_path / "runs"}
 
 
 def _args(inputs: dict[str, Path], *extra: str, out: Path | None = None) -> list[str]:

@@ -21,14 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 STEPS = 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    """Tiny models gain nothing from 2 threads, and on a busy 2-core box OpenMP waits on a
-    descheduled thread can make each op 50× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 WORKER = textwrap.dedent(
@@ -147,3 +140,46 @@ def test_cpu_sync_batch_norm_is_plain_batch_norm_in_one_process_and_loads_its_st
     torch.testing.assert_close(synced[1].running_var, net[1].running_var)
     plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
     plain.load_state_dict(synced.state_dict())  # checkpoints rebuild with plain batch norm
+
+
+CACHE_WORKER = textwrap.dedent(
+    """
+    import sys, torch
+    from train import checkpoint as ck, distributed
+    from train.text_embeddings import load_or_compute
+
+    out, text_encoder = sys.argv[1], sys.argv[2]
+    env = distributed.init_distributed("cpu")
+    encoder = ck.build_model(ck.load_checkpoint(text_encoder, kind="text_encoder"), "text_encoder")
+    captions = [[f"a person in red number {i}", f"someone in blue {i}"] for i in range(12)]
+    # Node-local caches: only rank 0's folder holds one.
+    table = load_or_compute(encoder.eval(), "sha", captions, device=torch.device("cpu"),
+                            cache_dir=f"{out}/node{env.rank}", rank=env.rank,
+                            world_size=env.world_size)
+    torch.save({"table": table.table}, f"{out}/table{env.rank}.pt")
+    distributed.shutdown()
+    """
+)
+
+
+def test_embedding_cache_on_one_node_only_does_not_hang_the_others(tmp_path: Path) -> None:
+    from train.text_embeddings import load_or_compute
+
+    text_encoder = _tiny_text_encoder(tmp_path / "te.pt")
+    encoder = ck.build_model(ck.load_checkpoint(text_encoder, kind="text_encoder"), "text_encoder")
+    captions = [[f"a person in red number {i}", f"someone in blue {i}"] for i in range(12)]
+    expected = load_or_compute(
+        encoder.eval(), "sha", captions, device=torch.device("cpu"), cache_dir=tmp_path / "node0"
+    ).table
+    worker = tmp_path / "worker.py"
+    worker.write_text(CACHE_WORKER)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+        str(worker), str(tmp_path), str(text_encoder),
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in range(2):
+        table = torch.load(tmp_path / f"table{rank}.pt", weights_only=True)["table"]
+        torch.testing.assert_close(table, expected)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_checkpoints import tiny_text_encoder_checkpoint
 
 torch = pytest.importorskip("torch")
 cv2 = pytest.importorskip("cv2")
@@ -17,14 +19,7 @@ from train.data.schema import SplitData  # noqa: E402
 LOG2 = math.log(2.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    """Tiny models gain nothing from 2 threads, and on a busy 2-core box OpenMP waits on a
-    descheduled thread can make each op 50× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _softplus(x: float) -> float:
@@ -206,3 +201,43 @@ def test_trainer_mismatch_image_pairs_wrong_class_images_with_the_right_text(
         crop = crop[:, ::-1] if draws.wrong_flip[i] else crop
         expected = torch.from_numpy(crop.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)
         torch.testing.assert_close(batch.wrong_images[row], expected)
+
+
+def test_text_image_matching_loss_rewards_the_right_pairs_and_treats_same_class_as_right() -> None:
+    torch.manual_seed(0)
+    texts = torch.nn.functional.normalize(torch.randn(6, 16), dim=1)
+    classes = torch.arange(6)
+    matched = L.text_image_matching_loss(texts.clone(), texts, classes, 0.1)
+    shuffled = L.text_image_matching_loss(texts.roll(1, 0), texts, classes, 0.1)
+    assert matched.item() < 0.1 < shuffled.item()
+    # Two items of one class: swapping their images costs nothing (a caption of the same class
+    # is not a wrong answer), swapping across classes does.
+    pair = torch.tensor([0, 0, 1, 2, 3, 4])
+    images = texts.clone()
+    images[[0, 1]] = texts[[1, 0]]
+    assert L.text_image_matching_loss(images, texts, pair, 0.1).item() == pytest.approx(
+        L.text_image_matching_loss(texts, texts, pair, 0.1).item(), abs=1e-6
+    )
+    assert L.text_image_matching_loss(images, texts, classes, 0.1) > matched
+
+
+def test_trainer_matching_term_uses_the_frozen_image_encoder_and_moves_only_g(
+    tmp_path: Path,
+) -> None:
+    split = _unique_caption_split()
+    base = {
+        "text_encoder": str(tiny_text_encoder_checkpoint(tmp_path / "te.pt")), "ngf": 8, "ndf": 8,
+        "batch_size": 8, "embedding_cache": "off", "progress": False, "device": "cpu",
+    }  # fmt: skip
+    on = gan.GanTrainer(gan.validate(gan.GanTrainConfig(**base)), gan.DistEnv(), split=split)
+    assert on.match_encoder is not None and not on.match_encoder.training
+    frozen_before = {k: v.clone() for k, v in on.match_encoder.state_dict().items()}
+    values = on.train_step(next(on.loader.batches(0)))
+    assert values["generator/text_image_match"].item() > 0
+    for key, value in on.match_encoder.state_dict().items():
+        torch.testing.assert_close(value, frozen_before[key])  # weights and BN statistics
+    off = gan.GanTrainer(
+        gan.validate(gan.GanTrainConfig(**base, match_weight=0.0)), gan.DistEnv(), split=split
+    )
+    assert off.match_encoder is None
+    assert off.train_step(next(off.loader.batches(0)))["generator/text_image_match"].item() == 0

@@ -16,15 +16,7 @@ from train.data import loader as ld  # noqa: E402
 from train.data import schema  # noqa: E402
 from train.data.schema import DataError, SplitData  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    """Tiny models gain nothing from 2 threads, and on a busy 2-core box OpenMP waits on a
-    descheduled thread can make each op 50× slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _split(n: int = 40, classes: int = 5, captions: int = 5, size: int = 64, seed: int = 0):

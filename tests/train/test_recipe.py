@@ -14,13 +14,7 @@ from train import models  # noqa: E402
 from train import recipe as rc  # noqa: E402
 from train.data.synth import SynthConfig, synthesize  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from edge_runtime.bundle import fsync_dir
+
 SCHEMA = "rescue-t2i-captions"
 SCHEMA_VERSION = 1
 MAX_IMAGE_SIZE = 1024
@@ -141,21 +143,8 @@ def write_dataset(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # some filesystems (and Windows) cannot open a directory
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _write_split(
