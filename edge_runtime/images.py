@@ -209,12 +209,17 @@ def _wrap(text: str, width: int, scale: float) -> list[str]:
 
 
 def contact_sheet(
-    images: np.ndarray, title: str, labels: Sequence[str], tile: int = 128
+    images: np.ndarray,
+    title: str,
+    labels: Sequence[str],
+    tile: int = 128,
+    columns: int | None = None,
 ) -> np.ndarray:
     """(N, H, W, 3) images → one (H', W', 3) uint8 RGB sheet: `title` wrapped on top, images in
-    a near-square grid of `tile`-pixel cells, each with its label underneath."""
+    a grid of `tile`-pixel cells (near-square unless `columns` is given), each with its label
+    underneath."""
     count = len(images)
-    cols = max(1, math.ceil(math.sqrt(count)))
+    cols = columns if columns else max(1, math.ceil(math.sqrt(count)))
     rows = max(1, math.ceil(count / cols))
     pad, label_h, line_h, scale = 8, 18, 20, 0.5
     width = max(cols * (tile + pad) + pad, 256)

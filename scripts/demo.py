@@ -106,9 +106,11 @@ def robot_session(bundle: Path, received: Path, timings: dict[str, float]) -> di
         client = OperatorClient.open(cable.operator_path, timeout=60)
         try:
             deadline = time.monotonic() + 120
+            client.timeout = 2.0  # a ping sent before the service listens is simply lost
             while True:  # the service answers once its bundle is loaded and warmed up
                 try:
                     client.ping()
+                    client.timeout = 60.0
                     break
                 except Exception:
                     if service.poll() is not None or time.monotonic() > deadline:
@@ -178,9 +180,13 @@ def judge_and_sheet(session: dict[str, Any], oracle_path: str, data: Path) -> di
                 per_attribute[name] += name not in misses
             correct += not misses
             total += 1
-            verdicts.append("all 5 ok" if not misses else "off: " + ",".join(misses))
+            short = {"colour": "col", "terrain": "ter", "position": "pos", "helmet": "helm"}
+            verdicts.append(
+                "all 5 right" if not misses else "off: " + ",".join(short.get(m, m) for m in misses)
+            )
         request["oracle"] = verdicts
-        rows.append(contact_sheet(images, f"operator: {request['caption']}", verdicts, tile=160))
+        title = f"operator: {request['caption']}"
+        rows.append(contact_sheet(images, title, verdicts, tile=160, columns=len(images)))
     width = max(r.shape[1] for r in rows)
     padded = [
         np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows
@@ -251,7 +257,7 @@ def main() -> int:
     recipe = [
         PY, "-m", "train", "recipe", "--data", str(data), "--out", str(OUT / "recipe"),
         "--minutes", str(DEMO_MINUTES), "--text-steps", str(DEMO_TEXT_STEPS),
-        "--captions-per-image", "3", "--train-oracle", "--oracle-epochs", "3",
+        "--captions-per-image", "3", "--train-oracle",
         "--eval-seeds", "2", "--eval-limit", "300", "--no-progress",
     ]  # fmt: skip
     summary = json.loads(run("recipe (text encoder + GAN, oracle, evaluation)", recipe, timings))

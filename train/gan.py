@@ -110,13 +110,14 @@ class GanTrainConfig:
     """Feature matching on D's joint 4×4 features (0 = off)."""
     l1_weight: float = 0.0
     match_weight: float = 1.0
-    """Text–image matching on generated images (0 = off): symmetric InfoNCE between the frozen
-    pretrained image encoder's embedding of G(z, t) and t, same-class pairs positive; the
-    sentence-level DAMSM loss of AttnGAN (Xu et al. 2018). Why: D learns which caption an image
-    matches only from its few mismatched pairs, so details such as a helmet or the pose reach G
-    late; the image encoder already tells every attribute apart (issue 4's pretraining) and
-    hands G that gradient directly. Needs a text-encoder checkpoint that holds an image encoder
-    (ours do); off, with a warning, for a random encoder."""
+    """Text–image matching on generated images (0 = off): the frozen pretrained image encoder's
+    embedding of G(z, t) classified against every class's mean caption embedding
+    (`gan_losses.text_image_matching_loss`; after AttnGAN's DAMSM loss, Xu et al. 2018).
+    Why: D learns which caption an image matches only from its few mismatched pairs, so
+    details such as a helmet or the pose reach G late; the image encoder already tells every
+    attribute apart (issue 4's pretraining) and hands G that gradient directly. Needs a
+    text-encoder checkpoint that holds an image encoder (ours do); off, with a warning, for a
+    random encoder."""
     match_temperature: float = 0.1
     """Softmax temperature of the matching loss (DAMSM: γ3 = 10, i.e. 0.1)."""
     label_smoothing: float = 0.0
@@ -522,6 +523,12 @@ class GanTrainer:
                 self.match_encoder = self.image_encoder[0].to(self.device).eval()
                 for p in self.match_encoder.parameters():
                     p.requires_grad_(False)
+                # (K, E) class texts and class id → row; the same on every rank (global table).
+                self.match_prototypes, self.match_row_of = losses.class_text_prototypes(
+                    self.embeddings.table,
+                    self.embeddings.index,
+                    torch.from_numpy(np.asarray(self.dataset.class_ids)),
+                )
 
         # Networks.
         self.gan_config = models.GANConfig(
@@ -698,7 +705,10 @@ class GanTrainer:
             with self.autocast():
                 fake_embedding = self.match_encoder(fake)  # (B, E); BN in eval mode, frozen
             g_match = losses.text_image_matching_loss(
-                fake_embedding.float(), right.float(), batch.class_ids, c.match_temperature
+                fake_embedding.float(),
+                self.match_prototypes,
+                self.match_row_of[batch.class_ids],
+                c.match_temperature,
             )
         g_total = (
             g_nonsat

@@ -8,8 +8,9 @@
   `β t1 + (1 − β) t2` of two different captions, with the interpolated text given to D.
 - Feature matching (Salimans et al. 2016, §3.1): `‖E f(x) − E f(G(z))‖²` on an intermediate
   discriminator layer; ours is the joint 4×4 layer, which has seen the text.
-- Text–image matching (AttnGAN's sentence-level DAMSM loss, Xu et al. 2018): generated images
-  are embedded by the frozen pretrained image encoder and matched against their captions.
+- Text–image matching (in the spirit of AttnGAN's sentence-level DAMSM loss, Xu et al. 2018):
+  generated images are embedded by the frozen pretrained image encoder and classified against
+  every class's mean caption embedding (Reed's class-wise structured joint embedding).
 - Optional extras: one-sided label smoothing (Salimans et al. 2016, §3.4) and an L1 term pulling
   the generated image towards the real image of the same caption.
 
@@ -24,8 +25,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-from train.joint_embedding import infonce_loss
 
 
 @dataclass(frozen=True)
@@ -101,16 +100,38 @@ def l1_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(fake.float(), real.float())
 
 
+def class_text_prototypes(
+    table: torch.Tensor, index: torch.Tensor, class_ids: torch.Tensor, chunk: int = 2048
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each class's text: the normalised mean of its images' caption embeddings.
+
+    `table` (U, E) caption embeddings, `index` (N, C) caption rows per image, `class_ids` (N,).
+    Returns prototypes (K, E), unit rows, and `row_of` (max class id + 1,) int64 mapping a class
+    id to its prototype row (−1 for ids absent from the split).
+    """
+    classes, rows = torch.unique(class_ids.cpu(), return_inverse=True)
+    sums = torch.zeros(len(classes), table.shape[1], device=table.device)
+    for start in range(0, len(index), chunk):
+        per_image = F.normalize(table[index[start : start + chunk]].mean(1), dim=1)  # (n, E)
+        sums.index_add_(0, rows[start : start + chunk].to(table.device), per_image)
+    row_of = torch.full((int(classes.max()) + 1,), -1, dtype=torch.int64)
+    row_of[classes] = torch.arange(len(classes))
+    return F.normalize(sums, dim=1), row_of.to(table.device)
+
+
 def text_image_matching_loss(
     image_embedding: torch.Tensor,
-    text_embedding: torch.Tensor,
-    class_ids: torch.Tensor,
+    prototypes: torch.Tensor,
+    targets: torch.Tensor,
     temperature: float = 0.1,
 ) -> torch.Tensor:
-    """Symmetric InfoNCE between embeddings of generated images (B, E) and their texts (B, E).
+    """Cross-entropy of each generated image's embedding (B, E) against every class's text
+    prototype (K, E), cosine logits / temperature; `targets` (B,) are prototype rows.
 
-    Cosine logits / temperature; items of the same class are all positives (a caption of the
-    same class is not a wrong answer), as in the text encoder's pretraining
-    (`train.joint_embedding.infonce_loss`, reused so the two stay one definition).
+    Reed's structured joint embedding compares an image with class-averaged captions of *all*
+    classes; a softmax over them (rather than over the batch's captions, as AttnGAN's DAMSM does)
+    always includes the classes that differ from the right one in a single attribute (the same
+    person without a helmet), which a random batch of 64 almost never holds.
     """
-    return infonce_loss(text_embedding, image_embedding, class_ids, 1.0 / temperature)
+    logits = F.normalize(image_embedding, dim=1) @ prototypes.T / temperature  # (B, K)
+    return F.cross_entropy(logits, targets)

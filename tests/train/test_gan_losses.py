@@ -203,22 +203,27 @@ def test_trainer_mismatch_image_pairs_wrong_class_images_with_the_right_text(
         torch.testing.assert_close(batch.wrong_images[row], expected)
 
 
-def test_text_image_matching_loss_rewards_the_right_pairs_and_treats_same_class_as_right() -> None:
+def test_class_prototypes_average_each_class_captions_and_map_class_ids_to_rows() -> None:
+    table = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])  # (U=4, E=2)
+    index = torch.tensor([[0, 1], [2, 2], [3, 3]])  # (N=3, C=2)
+    class_ids = torch.tensor([7, 7, 2])
+    prototypes, row_of = L.class_text_prototypes(table, index, class_ids, chunk=2)
+    assert row_of.tolist() == [-1, -1, 0, -1, -1, -1, -1, 1]
+    torch.testing.assert_close(prototypes[row_of[2]], torch.tensor([-1.0, 0.0]))
+    # class 7: images 0 and 1, each the normalised mean of its captions → (1, 1) direction.
+    torch.testing.assert_close(prototypes[row_of[7]], torch.tensor([1.0, 1.0]) / 2**0.5)
+
+
+def test_text_image_matching_loss_is_cross_entropy_over_all_class_texts() -> None:
     torch.manual_seed(0)
-    texts = torch.nn.functional.normalize(torch.randn(6, 16), dim=1)
-    classes = torch.arange(6)
-    matched = L.text_image_matching_loss(texts.clone(), texts, classes, 0.1)
-    shuffled = L.text_image_matching_loss(texts.roll(1, 0), texts, classes, 0.1)
-    assert matched.item() < 0.1 < shuffled.item()
-    # Two items of one class: swapping their images costs nothing (a caption of the same class
-    # is not a wrong answer), swapping across classes does.
-    pair = torch.tensor([0, 0, 1, 2, 3, 4])
-    images = texts.clone()
-    images[[0, 1]] = texts[[1, 0]]
-    assert L.text_image_matching_loss(images, texts, pair, 0.1).item() == pytest.approx(
-        L.text_image_matching_loss(texts, texts, pair, 0.1).item(), abs=1e-6
-    )
-    assert L.text_image_matching_loss(images, texts, classes, 0.1) > matched
+    prototypes = torch.nn.functional.normalize(torch.randn(5, 16), dim=1)
+    targets = torch.tensor([0, 3, 4])
+    right = L.text_image_matching_loss(prototypes[targets] * 3.0, prototypes, targets, 0.1)
+    wrong = L.text_image_matching_loss(prototypes[[1, 1, 1]], prototypes, targets, 0.1)
+    assert right.item() < 0.5 < wrong.item()
+    logits = prototypes[targets] @ prototypes.T / 0.1
+    expected = torch.nn.functional.cross_entropy(logits, targets)
+    assert right.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_trainer_matching_term_uses_the_frozen_image_encoder_and_moves_only_g(
