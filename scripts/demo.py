@@ -258,7 +258,7 @@ def main() -> int:
         PY, "-m", "train", "recipe", "--data", str(data), "--out", str(OUT / "recipe"),
         "--minutes", str(DEMO_MINUTES), "--text-steps", str(DEMO_TEXT_STEPS),
         "--captions-per-image", "3", "--train-oracle",
-        "--eval-seeds", "2", "--eval-limit", "300", "--no-progress",
+        "--eval-seeds", "2", "--eval-limit", "300",
     ]  # fmt: skip
     summary = json.loads(run("recipe (text encoder + GAN, oracle, evaluation)", recipe, timings))
     run_dir = Path(summary["run_dir"])

@@ -1185,6 +1185,16 @@ def _log_interval(
             refresh=False,
         )
         log.debug("step %d: %s", trainer.step, values)
+        if bar.disable and trainer.step % (10 * trainer.config.log_every) == 0:
+            # No terminal (logs, `make demo`) or --no-progress: a progress line now and then.
+            log.info(
+                "step %d, epoch %d: D %.3f, G %.3f, %.0f images/s",
+                trainer.step,
+                trainer.epoch,
+                values["gan_cls/total_D"],
+                values["generator/total_G"],
+                values["speed/images_per_s"],
+            )
 
 
 # ---------------------------------------------------------------------------------------------

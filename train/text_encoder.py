@@ -521,6 +521,7 @@ def train(
     state.text_encoder.train()
     state.image_encoder.train()
     window_start, window_steps = time.perf_counter(), 0
+    progress_every = max(1, (total_steps or 1000) // 10)
 
     def save() -> None:
         save_checkpoint(state.checkpoint(config, last), ckpt_path)
@@ -600,6 +601,16 @@ def train(
                         writer.add_scalar(f"train/{key}", value, state.step)
                 progress_bar.set_postfix(
                     loss=f"{last['loss']:.3f}", acc=f"{last['batch_accuracy']:.2f}"
+                )
+            if state.step % progress_every == 0 and progress_bar.disable:
+                # Without a terminal (logs, `make demo`) the bar is off: a line per tenth instead.
+                log.info(
+                    "step %d%s: loss %.3f, batch accuracy %.2f, %.1f min",
+                    state.step,
+                    f"/{total_steps}" if total_steps else "",
+                    float(loss.detach()),
+                    batch_accuracy(text_emb.detach(), image_emb.detach(), labels),
+                    state.elapsed_s / 60,
                 )
             if monitor is not None and state.step % config.monitor_every == 0:
                 value = _monitor(state, monitor, config.monitor_images, config.seed)
