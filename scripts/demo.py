@@ -211,11 +211,26 @@ def write_report(facts: dict[str, Any], timings: dict[str, float]) -> Path:
 
     evaluation = facts["recipe"].get("evaluation", {})
     lines = ["# rescue-t2i demo", "", f"Whole demo: **{facts['total_s'] / 60:.1f} min**.", ""]
-    lines += ["| stage | minutes |", "|---|---|"]
-    lines += [f"| {k} | {v / 60:.1f} |" for k, v in timings.items()]
+    lines += ["| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
     lines += ["", "## Quality (attribute oracle on generated images; recipe evaluation)", ""]
+    names = ("colour", "terrain", "pose", "position", "helmet")
     for label, summary in evaluation.items():
-        lines += [f"**{label}**", "", "```", json.dumps(summary, indent=1), "```", ""]
+        lines += [
+            f"**{label}** (accuracy %; FID in the oracle's feature space, × real-vs-real)",
+            "",
+            "| split | " + " | ".join(names) + " | all correct | FID × | R-precision |",
+            "|---" * (len(names) + 4) + "|",
+        ]
+        for split, m in summary.items():
+            accuracy = m.get("accuracy", {})
+            fid = m["fid"] / m["fid_baseline"] if m.get("fid_baseline") else float("nan")
+            cells = [f"{100 * accuracy.get(n, float('nan')):.1f}" for n in names]
+            lines.append(
+                f"| {split} | {' | '.join(cells)} | {100 * m.get('all_correct', float('nan')):.1f}"
+                f" | {fid:.1f} | {100 * m.get('r_precision', float('nan')):.1f} |"
+            )
+        lines.append("")
     judged = facts["operator"]
     lines += [
         "## The operator's captions (served over the serial link)",

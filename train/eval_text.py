@@ -31,7 +31,7 @@ from train.checkpoint import CheckpointError, load_checkpoint
 from train.data.schema import DataError, SplitData, read_info, read_split
 from train.joint_embedding import CaptionError, JointEmbedding
 from train.perturb import PERTURBATIONS
-from train.retrieval import r_precision
+from train.retrieval import attribute_separation, r_precision
 from train.runs import MetricsLog, OneLineParser
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,7 @@ DEFAULT_SPLITS = ("test", "test_unseen")
 VARIANTS = ("clean", *PERTURBATIONS)
 RESULTS_FILE = "eval_text.jsonl"
 METRIC = "r_precision_text_to_image"
+SEPARATION = "attribute_separation"
 
 
 @dataclass(frozen=True)
@@ -98,9 +99,13 @@ def perturb_all(texts: Sequence[str], variant: str, seed: int, name: str) -> lis
 
 
 def evaluate(
-    model: JointEmbedding, splits: Mapping[str, SplitData], config: EvalConfig
+    model: JointEmbedding,
+    splits: Mapping[str, SplitData],
+    config: EvalConfig,
+    attribute_names: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
-    """R-precision per split and variant; one record (dict) each."""
+    """R-precision per split and variant, one record (dict) each; where a split has attributes,
+    also the clean captions' `attribute_separation` per attribute (named by `attribute_names`)."""
     records: list[dict[str, Any]] = []
     model.eval()
     for name, split in splits.items():
@@ -136,6 +141,20 @@ def evaluate(
                     "seed": config.seed,
                 }
             )
+            if variant == "clean" and split.attributes is not None:
+                separation = attribute_separation(text_embeddings, image_of, split.attributes)
+                for a, value in enumerate(separation.tolist()):
+                    name_a = attribute_names[a] if a < len(attribute_names) else f"attribute {a}"
+                    records.append(
+                        {
+                            "metric": SEPARATION,
+                            "split": name,
+                            "attribute": name_a,
+                            "value": None if np.isnan(value) else value,
+                            "queries": len(texts),
+                            "seed": config.seed,
+                        }
+                    )
         log.info(
             "%s: %d queries × %d variants in %.1f s",
             name,
@@ -147,7 +166,10 @@ def evaluate(
 
 
 def format_table(records: Sequence[dict[str, Any]]) -> str:
-    """Rows = splits, columns = variants, in percent; plus the largest drop from clean."""
+    """Rows = splits, columns = variants, in percent; plus the largest drop from clean; then the
+    attribute separation table where there is one."""
+    separation = [r for r in records if r.get("metric") == SEPARATION]
+    records = [r for r in records if r.get("metric", METRIC) == METRIC]
     splits = list(dict.fromkeys(r["split"] for r in records))
     variants = list(dict.fromkeys(r["variant"] for r in records))
     value = {(r["split"], r["variant"]): 100.0 * r["value"] for r in records}
@@ -170,6 +192,28 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
         f"(text→image R-precision, %; 1 true among {candidates}, chance "
         f"{100.0 / max(candidates, 1):.0f} %; {queries} queries per split)"
     )
+    if separation:
+        lines += ["", _separation_table(separation)]
+    return "\n".join(lines)
+
+
+def _separation_table(records: Sequence[dict[str, Any]]) -> str:
+    splits = list(dict.fromkeys(r["split"] for r in records))
+    names = list(dict.fromkeys(r["attribute"] for r in records))
+    value = {(r["split"], r["attribute"]): r["value"] for r in records}
+    header = ["split", *names]
+    rows = [
+        [s] + ["-" if value.get((s, a)) is None else f"{100.0 * value[s, a]:.1f}" for a in names]
+        for s in splits
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    lines = [
+        "  ".join(str(x).rjust(w) for x, w in zip(r, widths, strict=True)) for r in [header, *rows]
+    ]
+    lines.append(
+        "(attribute separation, %: clean captions nearer their own attribute combination than "
+        "to every combination differing in that attribute alone; train.retrieval)"
+    )
     return "\n".join(lines)
 
 
@@ -188,7 +232,7 @@ def evaluate_checkpoint(
         checkpoint = load_checkpoint(checkpoint_path, kind="text_encoder")
     model = JointEmbedding.from_checkpoint(checkpoint, str(checkpoint_path))
     loaded = {name: read_split(data, name) for name in splits}
-    records = evaluate(model, loaded, config)
+    records = evaluate(model, loaded, config, read_info(data).attribute_names)
     results_path = Path(results_path or checkpoint_path.parent / RESULTS_FILE)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     with MetricsLog(results_path) as out:

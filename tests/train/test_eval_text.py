@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 
 from train import eval_text, models, text_encoder  # noqa: E402
 from train.checkpoint import save_checkpoint  # noqa: E402
+from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES  # noqa: E402
 from train.data.schema import write_dataset  # noqa: E402
 
 
@@ -17,7 +18,10 @@ from train.data.schema import write_dataset  # noqa: E402
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     splits = text_encoder.generated_splits(1, {"test": 110, "test_unseen": 110})
     path = tmp_path_factory.mktemp("data") / "tiny.h5"
-    write_dataset(path, splits, dataset="rescue-scenes", image_size=64)
+    write_dataset(
+        path, splits, dataset="rescue-scenes", image_size=64,
+        attribute_names=ATTRIBUTE_NAMES, attribute_values=ATTRIBUTE_VALUES,
+    )  # fmt: skip
     return path
 
 
@@ -52,8 +56,17 @@ def test_eval_text_appends_json_lines_and_prints_a_table(
     ]  # fmt: skip
     assert "test_unseen" in out and "1 true among 100" in out
     lines = (checkpoint.parent / "eval_text.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines]
+    everything = [json.loads(line) for line in lines]
+    records = [r for r in everything if r["metric"] == eval_text.METRIC]
     assert len(records) == 2 * 5
+    # rescue-scenes has attributes: their separation per split and attribute, and its table.
+    separation = [r for r in everything if r["metric"] == eval_text.SEPARATION]
+    assert {(r["split"], r["attribute"]) for r in separation} == {
+        (s, a) for s in ("test", "test_unseen")
+        for a in ("colour", "terrain", "pose", "position", "helmet")
+    }  # fmt: skip
+    assert all(r["value"] is None or 0.0 <= r["value"] <= 1.0 for r in separation)
+    assert "attribute separation" in out and "helmet" in out
     assert {(r["split"], r["variant"]) for r in records} == {
         (s, v) for s in ("test", "test_unseen") for v in eval_text.VARIANTS
     }
@@ -68,7 +81,8 @@ def test_eval_text_appends_json_lines_and_prints_a_table(
     # Seeded: a second run appends identical numbers.
     assert eval_text.main(argv) == 0
     again = [json.loads(line) for line in (checkpoint.parent / "eval_text.jsonl").read_text()
-             .splitlines()[10:]]  # fmt: skip
+             .splitlines()[len(everything):]]  # fmt: skip
+    again = [r for r in again if r["metric"] == eval_text.METRIC]
     assert [r["value"] for r in again] == [r["value"] for r in records]
 
 

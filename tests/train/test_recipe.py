@@ -84,7 +84,7 @@ def test_recipe_runs_end_to_end_with_ablation_and_report(scenes: Path, tmp_path:
     for folder in ("default", "plain"):
         assert (run / "eval" / folder / "report.md").is_file()
     assert set(result["evaluation"]) == {
-        "default: GAN-CLS + GAN-INT + feature matching",
+        "default: GAN-CLS + GAN-INT + feature matching + text-image matching",
         "plain loop: GAN-CLS only",
     }
 

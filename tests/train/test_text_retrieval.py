@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from train.retrieval import r_precision, sample_candidates
+from train.retrieval import attribute_separation, r_precision, sample_candidates
 
 
 def _class_embeddings(labels: np.ndarray, classes: int) -> np.ndarray:
@@ -67,3 +67,37 @@ def test_retrieval_refuses_too_few_distractors_and_nan() -> None:
     emb[3, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         r_precision(emb, emb, np.arange(100), np.arange(100), num_candidates=10)
+
+
+def _scenes(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
+    """Images with two binary attributes and a 3-valued one, every combination 5 times."""
+    rng = np.random.default_rng(seed)
+    grid = np.array([(a, b, c) for a in range(2) for b in range(2) for c in range(3)])
+    attributes = np.repeat(grid, 5, axis=0)  # (60, 3)
+    image_of_query = np.repeat(np.arange(len(attributes)), 2)  # two captions per image
+    return attributes, image_of_query, rng
+
+
+def test_attribute_separation_sees_an_attribute_the_embedding_ignores() -> None:
+    attributes, image_of_query, rng = _scenes()
+    # Attributes 0 and 2 get their own directions; attribute 1 (think: the helmet) none.
+    directions = rng.normal(size=(8, 16))
+    per_image = directions[attributes[:, 0]] + directions[2 + attributes[:, 2]]
+    queries = per_image[image_of_query] + 0.05 * rng.normal(size=(len(image_of_query), 16))
+    separated = attribute_separation(queries, image_of_query, attributes)
+    assert separated.shape == (3,)
+    assert separated[0] == 1.0 and separated[2] == 1.0
+    assert 0.2 < separated[1] < 0.8  # a coin flip between two identical prototypes
+
+    # Encode it too, and it is separated as well.
+    queries += 0.5 * directions[5 + attributes[image_of_query, 1]]
+    assert attribute_separation(queries, image_of_query, attributes).tolist() == [1.0, 1.0, 1.0]
+
+
+def test_attribute_separation_leaves_the_query_image_out_and_skips_lone_combinations() -> None:
+    # One image per combination: leaving the query's image out leaves no prototype of its own,
+    # so nothing can be tested (not a perfect score from comparing a caption with itself).
+    attributes = np.array([(a, b) for a in range(2) for b in range(2)])
+    queries = np.eye(4)
+    result = attribute_separation(queries, np.arange(4), attributes)
+    assert np.isnan(result).all()
