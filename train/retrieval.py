@@ -153,33 +153,35 @@ def attribute_separation(
     np.add.at(sums, combo_of_image[has_query], per_image[has_query])
     counts = np.bincount(combo_of_image[has_query], minlength=len(combos))
     index = {tuple(row): c for c, row in enumerate(combos.tolist())}
-
-    def prototype(combo: int, leave_out: int | None) -> np.ndarray | None:
-        total, n = sums[combo], counts[combo]
-        if leave_out is not None:
-            total, n = total - per_image[leave_out], n - 1
-        if n < 1:
-            return None
-        return total / max(float(np.linalg.norm(total)), 1e-12)
+    # Rival prototypes use every image, so they are computed once; (K, E), zero rows = no images.
+    full = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    values_per_attribute = combos.max(axis=0) + 1  # (A,)
+    # rivals[c][a]: the combinations with queries that differ from c in attribute a alone.
+    rivals = [
+        [
+            [
+                r
+                for v in range(int(values_per_attribute[a]))
+                if (r := index.get((*row[:a], v, *row[a + 1 :]))) is not None
+                and r != c
+                and counts[r] > 0
+            ]
+            for a in range(attributes.shape[1])
+        ]
+        for c, row in enumerate(combos.tolist())
+    ]
 
     separated = np.zeros(attributes.shape[1])
     tested = np.zeros(attributes.shape[1])
     for k in range(len(q)):
         image, combo = int(image_of_query[k]), int(combo_of_query[k])
-        own = prototype(combo, leave_out=image)
-        if own is None:
-            continue
-        own_score = float(q[k] @ own)
-        row = combos[combo].tolist()
-        for a in range(attributes.shape[1]):
-            rivals = [
-                index.get((*row[:a], v, *row[a + 1 :])) for v in range(int(combos[:, a].max()) + 1)
-            ]
-            others = [prototype(c, None) for c in rivals if c is not None and c != combo]
-            others = [p for p in others if p is not None]
-            if not others:
-                continue
-            tested[a] += 1
-            separated[a] += all(own_score > float(q[k] @ p) for p in others)
+        if counts[combo] < 2:
+            continue  # the query's own image is the only one: no prototype without it
+        own = sums[combo] - per_image[image]  # leave the query's own image out
+        own_score = float(q[k] @ (own / max(float(np.linalg.norm(own)), 1e-12)))
+        for a, others in enumerate(rivals[combo]):
+            if others:
+                tested[a] += 1
+                separated[a] += bool((full[others] @ q[k] < own_score).all())
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(tested > 0, separated / np.maximum(tested, 1), np.nan)
