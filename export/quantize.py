@@ -6,8 +6,9 @@ DequantizeLinear → Conv → QuantizeLinear group into QLinearConv when it load
 the end stays float (it is excluded, so the image is never rounded to 256 levels twice).
 
 Text encoder: candidates are built and measured (see `export.pipeline`); this module only builds
-them: dynamic int8 (Gemm/MatMul, and LSTM → DynamicQuantizeLSTM; onnxruntime has no int8 GRU) and
-static int8 convolutions (QLinearConv), never dynamic ConvInteger, which DESIGN.md measured slower.
+them: dynamic int8 (Gemm/MatMul, and LSTM → DynamicQuantizeLSTM; onnxruntime has no int8 GRU),
+static int8 convolutions (QLinearConv), and both together; never dynamic ConvInteger, which
+DESIGN.md measured slower.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ class FeedReader:
 
 
 class _NoPreprocessAdvice(logging.Filter):
-    """Drops onnxruntime.quantization's "Please consider pre-processing" root-logger warning.
+    """Drops onnxruntime.quantization's "Please consider pre-processing" root-logger warning
+    (and its "already quantized" one, see `filter`).
 
     The advice is for graphs without static shapes or constant folding; the exporter already
     writes both (shape inference + constant folding), and running `quant_pre_process` anyway adds
@@ -90,7 +92,14 @@ class _NoPreprocessAdvice(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "pre-processing" not in record.getMessage()
+        message = record.getMessage()
+        # "already quantized": said when dynamic int8 is applied on top of static QDQ
+        # convolutions, which is the intended "static-conv+dynamic" text-encoder candidate;
+        # "parameters ... not specified" (info): a tensor left to dynamic quantization.
+        return not any(
+            advice in message
+            for advice in ("pre-processing", "already quantized", "Quantization parameters for")
+        )
 
 
 @contextlib.contextmanager
@@ -183,14 +192,17 @@ def quantize_generator(
 
 
 def quantize_text_encoder_dynamic(
-    fp32_path: Path, out_path: Path, ir_version: int, op_types: Sequence[str]
+    in_path: Path, out_path: Path, ir_version: int, op_types: Sequence[str]
 ) -> dict[str, Any]:
-    """Dynamic int8 for `op_types` (Gemm/MatMul/LSTM; never Conv: ConvInteger is slow)."""
+    """Dynamic int8 for `op_types` (Gemm/MatMul/LSTM; never Conv: ConvInteger is slow).
+
+    `in_path` is the fp32 graph or one whose convolutions are already static QDQ int8
+    (`quantize_text_encoder_static_convs`): the QDQ nodes are left as they are."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet_advice():
         quantize_dynamic(
-            str(fp32_path),
+            str(in_path),
             str(out_path),
             op_types_to_quantize=list(op_types),
             per_channel=False,

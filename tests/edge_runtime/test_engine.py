@@ -13,7 +13,13 @@ import pytest
 
 from edge_runtime import tokenizer
 from edge_runtime.bundle import CHAR_IDS, IMAGE, LENGTHS, NOISE, TEXT_EMBEDDING, load_bundle
-from edge_runtime.engine import Engine, EngineError, choose_precision, to_uint8_rgb
+from edge_runtime.engine import (
+    SPIN_CONFIG_KEY,
+    Engine,
+    EngineError,
+    choose_precision,
+    to_uint8_rgb,
+)
 
 CAPTION = "survivor in an orange jacket lying on rubble, left side"
 
@@ -170,3 +176,21 @@ def test_choose_precision_takes_a_lossy_variant_only_when_it_clearly_pays() -> N
     assert choose_precision({"fp32": 4.0, "int8": 3.8}) == "fp32"  # 5 %: noise, not a win
     assert choose_precision({"fp32": 3.0, "int8": 4.0}) == "fp32"
     assert choose_precision({"int8": 2.0, "fp16": 1.0}) == "fp16"  # no reference measured
+
+
+@pytest.mark.parametrize("threads, spinning", [(1, None), (2, "0")])
+def test_engine_thread_pools_do_not_spin_against_each_other(
+    tiny_bundle: Path, threads: int, spinning: str | None
+) -> None:
+    # Two sessions (text encoder, generator) each own a pool; spinning workers of one would take
+    # the cores the other needs next. One thread has no workers, so the default stays.
+    engine = Engine(tiny_bundle, precision="fp32", threads=threads, warmup=False)
+    sessions = [engine._variant_in_use.text_encoder, engine._variant_in_use.generator]
+    for session in sessions:
+        options = session.get_session_options()
+        assert options.intra_op_num_threads == threads
+        try:
+            entry = options.get_session_config_entry(SPIN_CONFIG_KEY)
+        except RuntimeError:  # onnxruntime: "does not have configuration with key"
+            entry = None
+        assert entry == spinning

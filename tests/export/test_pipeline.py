@@ -260,9 +260,14 @@ def test_int8_text_encoder_candidates_keep_padding_exactness_and_use_integer_ker
     candidates = pipeline._text_encoder_candidates(fp32, tmp_path, encoder, captions)
     static_ops = q_op_counts(candidates["static-conv"][0])
     assert static_ops.get("QLinearConv", 0) == 2  # conv2, conv3 (conv1 is a gather)
-    assert "ConvInteger" not in q_op_counts(candidates["dynamic"][0])
-    if rnn == "lstm":  # onnxruntime quantizes LSTM (not GRU) dynamically
-        assert "DynamicQuantizeLSTM" in q_op_counts(candidates["dynamic"][0])
+    both_ops = q_op_counts(candidates["static-conv+dynamic"][0])
+    assert both_ops.get("QLinearConv", 0) == 2
+    for name in ("dynamic", "static-conv+dynamic"):
+        ops = q_op_counts(candidates[name][0])
+        assert "ConvInteger" not in ops
+        assert ops.get("DynamicQuantizeMatMul", 0) + ops.get("MatMulInteger", 0) >= 1
+        if rnn == "lstm":  # onnxruntime quantizes LSTM (not GRU) dynamically
+            assert "DynamicQuantizeLSTM" in ops
     spec = encoder.config
     short = ["person in red", "x"]
     for path, _ in candidates.values():
