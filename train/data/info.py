@@ -3,12 +3,19 @@
 Works on our schema and on peer GAN-CLS files. `--verify` loads every split through the same
 reader training uses, so any bad record (undecodable image, non-UTF-8 or empty caption, wrong
 size, truncated data) is reported as one line naming the file and key, with exit status 1.
+
+`--verify` reads in a child process: a few damaged structures make libhdf5 itself crash (a
+segmentation fault, which no Python code can catch) or hang (docs/DATA_FORMAT.md). In the child
+that becomes one line naming the file and the signal, or the time limit, instead of a dead or
+stuck command — what an operator checking a file of unknown origin needs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -53,16 +60,67 @@ def describe(path: Path, verify: bool) -> dict[str, object]:
     }
 
 
+VERIFY_TIMEOUT_S = 600.0
+"""Default limit of `--verify`: reading CUB-sized files takes seconds; a hang takes forever."""
+
+
+def _child_command(path: Path) -> list[str]:
+    return [sys.executable, "-m", "train.data.info", "--verify", "--in-process", str(path)]
+
+
+def verify_isolated(path: Path, timeout_s: float = VERIFY_TIMEOUT_S) -> dict[str, object]:
+    """`describe(path, verify=True)` in a child process; a crash or hang is a `DataError`."""
+    try:
+        done = subprocess.run(
+            _child_command(path), capture_output=True, text=True, timeout=timeout_s, check=False
+        )
+    except subprocess.TimeoutExpired:
+        raise DataError(
+            f"{path}: verification did not finish in {timeout_s:g} s (libhdf5 hangs on some "
+            "damaged structures; if the file is only very large, raise --timeout)"
+        ) from None
+    if done.returncode < 0:
+        try:
+            name = signal.Signals(-done.returncode).name
+        except ValueError:
+            name = f"signal {-done.returncode}"
+        raise DataError(
+            f"{path}: libhdf5 crashed ({name}) while reading the file: it is damaged; "
+            "do not train on it"
+        )
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines() or [f"verification failed (exit {done.returncode})"]
+        raise DataError(lines[-1] if lines[-1].startswith(str(path)) else f"{path}: {lines[-1]}")
+    return json.loads(done.stdout)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the description; exit 1 with one line on a bad file."""
     p = argparse.ArgumentParser(prog="python -m train data info", description=__doc__)
     p.add_argument("path", type=Path, help="dataset HDF5 file (ours or a peer birds.hdf5)")
     p.add_argument("--verify", action="store_true", help="read and validate every record")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=VERIFY_TIMEOUT_S,
+        help=f"seconds --verify may take (default {VERIFY_TIMEOUT_S:g})",
+    )
+    # The child of `verify_isolated`: reads here, in this process.
+    p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.timeout <= 0:
+        p.error(f"--timeout must be positive, got {args.timeout:g}")
     try:
-        description = describe(args.path, args.verify)
+        if args.verify and not args.in_process:
+            description = verify_isolated(args.path, args.timeout)
+        else:
+            description = describe(args.path, args.verify)
     except DataError as err:
         print(str(err), file=sys.stderr)
         return 1
     print(json.dumps(description))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

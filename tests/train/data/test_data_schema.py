@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+import sys
 from pathlib import Path
 
 import cv2
@@ -233,6 +234,30 @@ def test_info_command_verifies_and_reports_bad_files_in_one_line(
     assert info_command.main([str(path), "--verify"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "images_encoded[3]: undecodable image bytes" in err
+
+
+@pytest.mark.parametrize(
+    "child, expected",
+    [
+        ("import os, signal; os.kill(os.getpid(), signal.SIGSEGV)", "libhdf5 crashed (SIGSEGV)"),
+        ("import time; time.sleep(30)", "did not finish in 1 s"),
+        ("import sys; sys.exit(3)", "verification failed (exit 3)"),
+    ],
+)
+def test_info_verify_turns_a_crash_or_hang_of_libhdf5_into_one_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    child: str,
+    expected: str,
+) -> None:
+    # The real crash needs a rare corrupted structure (1 in 300 random corruptions, and libhdf5
+    # version dependent), so the child is replaced by one that dies the same way.
+    path = _write(tmp_path / "toy.h5", "png")
+    monkeypatch.setattr(info_command, "_child_command", lambda _path: [sys.executable, "-c", child])
+    assert info_command.main([str(path), "--verify", "--timeout", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(str(path)) and expected in err
 
 
 @pytest.mark.parametrize("encoding", [None, "png"])
