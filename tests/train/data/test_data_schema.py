@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
