@@ -12,8 +12,10 @@ counts them by reason instead and reports the counts in its summary.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -227,6 +229,30 @@ def add_common_flags(p: argparse.ArgumentParser, default_out: str) -> None:
         default=min(os.cpu_count() or 1, 8),
         help="decode threads (default: CPU count, at most 8)",
     )
+
+
+class UsageError(DataError):
+    """A flag that does not fit the source (exit status 2, like argparse's own errors)."""
+
+
+def run_converter(out: Path, convert: Callable[[float], dict[str, object]]) -> int:
+    """What every converter's `main` does around its own work: check --out before any work,
+    run `convert(started)` (a `time.perf_counter()` start) for the JSON summary line on stdout;
+    one line on stderr and exit 2 for a bad flag, 1 for bad data, nothing written."""
+    problem = check_out_path(out)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    try:
+        summary = convert(time.perf_counter())
+    except UsageError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+    except DataError as err:
+        print(str(err), file=sys.stderr)
+        return 1
+    print(json.dumps(summary))
+    return 0
 
 
 def check_out_path(out: Path) -> str | None:

@@ -20,20 +20,17 @@ Class ids are CUB's minus one (0..199); class names come from classes.txt.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-import time
 from pathlib import Path
 
 from train.data.convert import (
     SourceItem,
     add_common_flags,
-    check_out_path,
     find_class_split_dir,
     limit_items,
     positive_int,
     read_class_list,
     read_table,
+    run_converter,
     write_converted,
 )
 from train.data.schema import DataError
@@ -149,12 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Convert; print a JSON summary line on stdout."""
     args = build_parser().parse_args(argv)
-    problem = check_out_path(args.out)
-    if problem:
-        print(problem, file=sys.stderr)
-        return 2
-    started = time.perf_counter()
-    try:
+
+    def convert(started: float) -> dict[str, object]:
         items, class_names, left_out = cub_items(
             args.cub_dir,
             args.captions,
@@ -162,10 +155,9 @@ def main(argv: list[str] | None = None) -> int:
             class_split_dir=args.class_split_dir,
             crop=args.crop,
         )
-        items = limit_items(items, args.limit)
-        summary = write_converted(
+        return write_converted(
             args,
-            items,
+            limit_items(items, args.limit),
             dataset=DATASET_NAME,
             class_names=class_names,
             provenance={
@@ -179,8 +171,5 @@ def main(argv: list[str] | None = None) -> int:
             },
             started=started,
         )
-    except DataError as err:
-        print(str(err), file=sys.stderr)
-        return 1
-    print(json.dumps(summary))
-    return 0
+
+    return run_converter(args.out, convert)

@@ -89,7 +89,9 @@ def verify_isolated(path: Path, timeout_s: float = VERIFY_TIMEOUT_S) -> dict[str
             "do not train on it"
         )
     if done.returncode != 0:
-        lines = done.stderr.strip().splitlines() or [f"verification failed (exit {done.returncode})"]
+        lines = done.stderr.strip().splitlines() or [
+            f"verification failed (exit {done.returncode})"
+        ]
         raise DataError(lines[-1] if lines[-1].startswith(str(path)) else f"{path}: {lines[-1]}")
     return json.loads(done.stdout)
 

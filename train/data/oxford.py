@@ -16,20 +16,17 @@ Class id = the folder's number minus one (class_00001 → 0); class names are th
 from __future__ import annotations
 
 import argparse
-import json
 import re
-import sys
-import time
 from pathlib import Path
 
 from train.data.convert import (
     SourceItem,
     add_common_flags,
-    check_out_path,
     find_class_split_dir,
     limit_items,
     positive_int,
     read_class_list,
+    run_converter,
     write_converted,
 )
 from train.data.schema import DataError
@@ -106,16 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Convert; print a JSON summary line on stdout."""
     args = build_parser().parse_args(argv)
-    problem = check_out_path(args.out)
-    if problem:
-        print(problem, file=sys.stderr)
-        return 2
-    started = time.perf_counter()
-    try:
+
+    def convert(started: float) -> dict[str, object]:
         items, class_names, left_out = oxford_items(
             args.flowers_dir, args.captions, class_split_dir=args.class_split_dir
         )
-        summary = write_converted(
+        return write_converted(
             args,
             limit_items(items, args.limit),
             dataset=DATASET_NAME,
@@ -130,8 +123,5 @@ def main(argv: list[str] | None = None) -> int:
             },
             started=started,
         )
-    except DataError as err:
-        print(str(err), file=sys.stderr)
-        return 1
-    print(json.dumps(summary))
-    return 0
+
+    return run_converter(args.out, convert)

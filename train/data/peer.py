@@ -24,10 +24,8 @@ Oxford converters; when class strings carry no number, their sorted order over a
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,11 +38,12 @@ from train.data.convert import (
     REAL_AUGMENTATION,
     ItemError,
     Problems,
+    UsageError,
     add_common_flags,
-    check_out_path,
     load_source_image,
     pad_captions,
     parallel_map,
+    run_converter,
 )
 from train.data.schema import (
     DataError,
@@ -351,20 +350,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Convert; print a JSON summary line on stdout."""
     args = build_parser().parse_args(argv)
-    problem = check_out_path(args.out)
-    if problem:
-        print(problem, file=sys.stderr)
-        return 2
-    started = time.perf_counter()
     problems = Problems(args.skip_bad)
-    try:
+
+    def convert(started: float) -> dict[str, object]:
         info = peer_info(args.source)
         splits = args.splits or info.splits
         missing = [s for s in splits if s not in info.splits]
         if missing:
-            print(f"--splits: {args.source} has no split {missing[0]!r} (has {info.splits})",
-                  file=sys.stderr)  # fmt: skip
-            return 2
+            raise UsageError(
+                f"--splits: {args.source} has no split {missing[0]!r} (has {info.splits})"
+            )
         data, class_names, stats = read_peer(
             args.source,
             splits,
@@ -389,16 +384,13 @@ def main(argv: list[str] | None = None) -> int:
             augmentation=REAL_AUGMENTATION,
             image_encoding="png" if args.encode_png else None,
         )
-    except DataError as err:
-        print(str(err), file=sys.stderr)
-        return 1
-    summary = {
-        "out": str(args.out),
-        "splits": {s: len(d) for s, d in data.items()},
-        "merged_duplicate_entries": sum(s["duplicate_entries"] for s in stats.values()),
-        "skipped": problems.skipped,
-        "skipped_by_reason": problems.summary(),
-        "seconds": round(time.perf_counter() - started, 2),
-    }
-    print(json.dumps(summary))
-    return 0
+        return {
+            "out": str(args.out),
+            "splits": {s: len(d) for s, d in data.items()},
+            "merged_duplicate_entries": sum(s["duplicate_entries"] for s in stats.values()),
+            "skipped": problems.skipped,
+            "skipped_by_reason": problems.summary(),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+
+    return run_converter(args.out, convert)
