@@ -120,6 +120,14 @@ class GanTrainConfig:
     random encoder."""
     match_temperature: float = 0.1
     """Softmax temperature of the matching loss (DAMSM: γ3 = 10, i.e. 0.1)."""
+    ms_weight: float = 0.0
+    """Mode seeking (`gan_losses.mode_seeking_loss`, MSGAN; 0 = off): G also draws
+    `ms_fraction` × batch images of the batch's first captions with fresh noise, and is pushed to
+    make them differ from their partners made with the batch noise. Why it exists: the default
+    objective's images hardly vary with the seed (diversity 0.17–0.20 of real same-class spread,
+    docs/QUALITY.md); its measured effect is in docs/QUALITY.md § 3.0."""
+    ms_fraction: float = 0.25
+    """Images per batch drawn a second time for mode seeking, relative to the batch."""
     label_smoothing: float = 0.0
     """One-sided: the real target becomes 1 − this."""
     # Data pipeline (train/data/loader.py)
@@ -229,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("match_weight", "text-image matching weight with the frozen image encoder (0 = off)",
         type=float)  # fmt: skip
     add("match_temperature", "temperature of the matching loss", type=float)
+    add("ms_weight", "mode-seeking weight (MSGAN; 0 = off)", type=float)
+    add("ms_fraction", "images per batch drawn again for mode seeking, relative to the batch",
+        type=float)  # fmt: skip
     add("label_smoothing", "one-sided label smoothing of the real target", type=float)
     g = group("data pipeline")
     add("captions_per_sample", "captions averaged per sample (Reed: 4)", type=int)
@@ -279,14 +290,14 @@ def validate(config: GanTrainConfig, world_size: int = 1) -> GanTrainConfig:
         if getattr(config, field) < 1:
             fail(field, "must be ≥ 1")
     for field in ("wrong_weight", "fake_weight", "int_weight", "fm_weight", "l1_weight",
-                  "match_weight", "workers", "lr_decay_every"):  # fmt: skip
+                  "match_weight", "ms_weight", "workers", "lr_decay_every"):  # fmt: skip
         if getattr(config, field) < 0:
             fail(field, "must be ≥ 0")
     if not config.lr > 0:
         fail("lr", "must be > 0")
     if not config.match_temperature > 0:
         fail("match_temperature", "must be > 0")
-    for field in ("beta1", "beta2", "int_beta", "int_fraction"):
+    for field in ("beta1", "beta2", "int_beta", "int_fraction", "ms_fraction"):
         if not 0.0 <= getattr(config, field) <= 1.0:
             fail(field, "must lie in [0, 1]")
     if not 0.0 < config.lr_decay <= 1.0:
@@ -434,7 +445,7 @@ def stateless_seed(*parts: int) -> int:
 METRIC_NAMES = (
     "gan_cls/real", "gan_cls/wrong", "gan_cls/fake", "gan_cls/total_D",
     "generator/nonsaturating", "generator/gan_int", "generator/feature_matching", "generator/l1",
-    "generator/text_image_match", "generator/total_G",
+    "generator/text_image_match", "generator/mode_seeking", "generator/total_G",
     "D(x)/real_right_text", "D(x)/real_wrong_text", "D(G(z))/before_D_step",
     "D(G(z))/after_D_step", "D(G(z))/interpolated",
 )  # fmt: skip
@@ -489,6 +500,7 @@ class GanTrainer:
         self.steps_per_epoch = self.loader.steps_per_epoch
         self.local_batch = local_batch
         self.local_interp = int(local_batch * c.int_fraction) if c.int_weight > 0 else 0
+        self.local_ms = max(1, int(local_batch * c.ms_fraction)) if c.ms_weight > 0 else 0
         self.total_steps = c.epochs * self.steps_per_epoch
         if c.steps is not None:
             self.total_steps = min(self.total_steps, c.steps)
@@ -663,13 +675,24 @@ class GanTrainer:
         else:
             texts = right
         noise = self.noise_for_step(self.step)  # (B + n, noise_dim)
+        m = self.local_ms
+        if m:
+            # Mode seeking: the first m captions again with noise of their own (stream 2, so runs
+            # without the term draw exactly as before), in the same generator call: DDP allows
+            # one forward per backward.
+            gen = torch.Generator().manual_seed(stateless_seed(c.seed, self.step, 2))
+            again = torch.randn(m * self.env.world_size, self.gan_config.noise_dim, generator=gen)
+            noise = torch.cat([noise, again[self.env.rank :: self.env.world_size].to(self.device)])
+            texts = torch.cat([texts, right[:m]])  # (B + n + m, E)
         wrong_images = batch.wrong_images
         if wrong_images is not None:
             wrong_images = wrong_images.contiguous(memory_format=self.memory_format)
 
         with self.autocast():
-            generated = self.g_train(noise, texts)  # (B + n, 3, 64, 64)
+            generated = self.g_train(noise, texts)  # (B + n [+ m], 3, 64, 64)
         fake = generated[:b]
+        if m:
+            texts = texts[: b + n]  # D scores the right-text and interpolated images only
 
         # (1) Discriminator: GAN-CLS on (real, right), (real, wrong text), (fake, right).
         with self.autocast():
@@ -688,7 +711,9 @@ class GanTrainer:
         # (2) Generator: non-saturating + GAN-INT + feature matching (+ L1), D frozen.
         zero = torch.zeros((), device=self.device)
         with frozen(self.discriminator), self.autocast():
-            logits, joint = self.d_for_g(generated, texts)  # (B + n,), (B + n, ndf*8, 4, 4)
+            logits, joint = self.d_for_g(
+                generated[: b + n], texts
+            )  # (B + n,), (B + n, ndf*8, 4, 4)
         logits = logits.float()
         g_nonsat = losses.generator_nonsaturating_loss(logits[:b])
         g_int = losses.gan_int_loss(logits[b:]) if n else zero
@@ -710,12 +735,18 @@ class GanTrainer:
                 self.match_row_of[batch.class_ids],
                 c.match_temperature,
             )
+        g_ms = (
+            losses.mode_seeking_loss(fake[:m], generated[b + n :], noise[:m], noise[b + n :])
+            if m
+            else zero
+        )
         g_total = (
             g_nonsat
             + c.int_weight * g_int
             + c.fm_weight * g_fm
             + c.l1_weight * g_l1
             + c.match_weight * g_match
+            + c.ms_weight * g_ms
         )
         self.opt_g.zero_grad(set_to_none=True)
         g_total.backward()
@@ -728,7 +759,8 @@ class GanTrainer:
             self.sched_d.step()
         with torch.no_grad():
             values = [
-                d.real, d.wrong, d.fake, d.total, g_nonsat, g_int, g_fm, g_l1, g_match, g_total,
+                d.real, d.wrong, d.fake, d.total, g_nonsat, g_int, g_fm, g_l1, g_match, g_ms,
+                g_total,
                 torch.sigmoid(logits_rr.float()).mean(), torch.sigmoid(logits_rw.float()).mean(),
                 torch.sigmoid(logits_fr.float()).mean(), torch.sigmoid(logits[:b]).mean(),
                 torch.sigmoid(logits[b:]).mean() if n else zero,

@@ -100,6 +100,24 @@ def l1_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(fake.float(), real.float())
 
 
+def mode_seeking_loss(
+    images_a: torch.Tensor,
+    images_b: torch.Tensor,
+    noise_a: torch.Tensor,
+    noise_b: torch.Tensor,
+    eps: float = 1e-5,
+) -> torch.Tensor:
+    """Mode seeking (Mao et al. 2019, MSGAN eq. 3): 1 / (mean|G(z₁,t) − G(z₂,t)| / mean|z₁ − z₂|).
+
+    `images_a`, `images_b` (M, C, H, W) are made from the same texts with noises `noise_a`,
+    `noise_b` (M, noise_dim). Minimising it pushes images of one caption apart in proportion to
+    how far apart their noises are: a generator that ignores z (mode collapse) pays most.
+    """
+    image_distance = torch.mean(torch.abs(images_a.float() - images_b.float()))
+    noise_distance = torch.mean(torch.abs(noise_a.float() - noise_b.float()))
+    return 1.0 / (image_distance / noise_distance + eps)
+
+
 def class_text_prototypes(
     table: torch.Tensor, index: torch.Tensor, class_ids: torch.Tensor, chunk: int = 2048
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -246,3 +246,54 @@ def test_trainer_matching_term_uses_the_frozen_image_encoder_and_moves_only_g(
     )
     assert off.match_encoder is None
     assert off.train_step(next(off.loader.batches(0)))["generator/text_image_match"].item() == 0
+
+
+def test_mode_seeking_loss_is_noise_distance_over_image_distance() -> None:
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(4, 100), torch.randn(4, 100)
+    a = torch.rand(4, 3, 8, 8)
+    b = a + 0.1  # every pixel 0.1 apart
+    expected = 1.0 / (0.1 / (z1 - z2).abs().mean().item() + 1e-5)
+    assert L.mode_seeking_loss(a, b, z1, z2).item() == pytest.approx(expected, rel=1e-4)
+    # Collapse (images independent of the noise) costs the most; more spread costs less.
+    assert L.mode_seeking_loss(a, a, z1, z2).item() == pytest.approx(1e5)
+    assert L.mode_seeking_loss(a, a + 0.2, z1, z2) < L.mode_seeking_loss(a, b, z1, z2)
+    # Its gradient pushes the two images apart.
+    b_param = b.clone().requires_grad_(True)
+    L.mode_seeking_loss(a, b_param, z1, z2).backward()
+    assert (b_param.grad < 0).all()  # increasing b (away from a) lowers the loss
+
+
+def test_trainer_mode_seeking_draws_the_first_captions_again_with_other_noise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    split = _unique_caption_split()
+    base = {
+        "text_encoder": "random", "ngf": 8, "ndf": 8, "batch_size": 8, "embedding_cache": "off",
+        "progress": False, "device": "cpu", "match_weight": 0.0,
+    }  # fmt: skip
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+    g_forward = models.Generator.forward
+
+    def spy_g(self, noise, text):  # type: ignore[no-untyped-def]
+        calls.append((noise.detach().clone(), text.detach().clone()))
+        return g_forward(self, noise, text)
+
+    monkeypatch.setattr(models.Generator, "forward", spy_g)
+    on = gan.GanTrainer(
+        gan.validate(gan.GanTrainConfig(**base, ms_weight=1.0, ms_fraction=0.25)),
+        gan.DistEnv(),
+        split=split,
+    )
+    values = on.train_step(next(on.loader.batches(0)))
+    b, n, m = 8, on.local_interp, on.local_ms
+    assert m == 2 and values["generator/mode_seeking"].item() > 0
+    (noise, text), *_ = calls  # one generator call per step (DDP: one forward per backward)
+    assert len(noise) == b + n + m
+    torch.testing.assert_close(text[b + n :], text[:m])  # the same captions ...
+    assert not torch.equal(noise[b + n :], noise[:m])  # ... with noise of their own
+    calls.clear()
+    off = gan.GanTrainer(gan.validate(gan.GanTrainConfig(**base)), gan.DistEnv(), split=split)
+    values = off.train_step(next(off.loader.batches(0)))
+    assert off.local_ms == 0 and values["generator/mode_seeking"].item() == 0
+    assert len(calls[0][0]) == b + n  # off: the generator's batch is exactly as before
