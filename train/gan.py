@@ -708,12 +708,11 @@ class GanTrainer:
         d.total.backward()
         self.opt_d.step()
 
-        # (2) Generator: non-saturating + GAN-INT + feature matching (+ L1), D frozen.
+        # (2) Generator: non-saturating + GAN-INT + feature matching (+ L1, mode seeking), D frozen.
         zero = torch.zeros((), device=self.device)
         with frozen(self.discriminator), self.autocast():
-            logits, joint = self.d_for_g(
-                generated[: b + n], texts
-            )  # (B + n,), (B + n, ndf*8, 4, 4)
+            scored = generated[: b + n]  # the mode-seeking extras are not D's business
+            logits, joint = self.d_for_g(scored, texts)  # (B + n,), (B + n, ndf*8, 4, 4)
         logits = logits.float()
         g_nonsat = losses.generator_nonsaturating_loss(logits[:b])
         g_int = losses.gan_int_loss(logits[b:]) if n else zero
