@@ -154,7 +154,9 @@ def session(path: Path, threads: int = 1, optimized_path: Path | None = None) ->
     if threads > 1:
         # As on the robot (edge_runtime.engine): spinning pools of the sessions measured one
         # after another would take each other's cores.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        from edge_runtime.engine import SPIN_CONFIG_KEY
+
+        options.add_session_config_entry(SPIN_CONFIG_KEY, "0")
     if optimized_path is not None:
         options.optimized_model_filepath = str(optimized_path)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -655,7 +655,7 @@ class _Int8Build:
         ids, lengths = ox.example_char_ids(batch_captions, width)
         many = {b.CHAR_IDS: ids, b.LENGTHS: lengths}
         paths = {"fp32": self.text_path} | {k: p for k, (p, _) in candidates.items()}
-        sessions = {k: ox.session(p) for k, p in paths.items()}
+        sessions = {"fp32": self.text_fp32} | {k: ox.session(p) for k, (p, _) in candidates.items()}
         batch_sessions = {k: ox.session(p, threads=2) for k, p in paths.items()}
         calls: dict[str, Callable[[], object]] = {}
         for k in paths:
