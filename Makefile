@@ -9,6 +9,11 @@ ROBOT_PY    := $(ROBOT_VENV)/bin/python
 PIP_FLAGS   ?= --quiet --disable-pip-version-check
 DEMO_OUT    ?= demo_out
 export PYTHONUNBUFFERED := 1
+# The suite runs in a shuffled order (pytest-randomly) so that no test can lean on what an earlier
+# one left behind; the seed is printed and `make test PYTEST_SEED=N` replays an order exactly.
+ifndef PYTEST_SEED
+PYTEST_SEED := $(shell $(PYTHON) -c 'import random; print(random.randrange(10**9))')
+endif
 
 .PHONY: help setup test lint pytest test-robot demo bench format clean
 
@@ -39,14 +44,17 @@ lint: $(VENV)/.stamp
 	$(VENV)/bin/ruff format --check .
 
 pytest: $(VENV)/.stamp
-	$(PY) -m pytest -q
+	@echo "pytest: shuffled order, --randomly-seed=$(PYTEST_SEED) (replay: make test PYTEST_SEED=$(PYTEST_SEED))"
+	$(PY) -m pytest -q -p randomly --randomly-seed=$(PYTEST_SEED)
 
 # Non-editable base install in its own venv: every edge_runtime module imports, torch is not
 # importable, and the torch-free tier passes (torch tests skip themselves). The pytest script,
 # unlike `python -m pytest`, does not put the checkout on sys.path, so the installed copy is tested.
 test-robot: $(ROBOT_VENV)/.stamp
 	$(ROBOT_PY) -m pip install $(PIP_FLAGS) --no-deps --force-reinstall .
-	RESCUE_ROBOT_INSTALL=1 $(ROBOT_VENV)/bin/pytest -q -p no:cacheprovider
+	@echo "robot tests: shuffled order, --randomly-seed=$(PYTEST_SEED)"
+	RESCUE_ROBOT_INSTALL=1 $(ROBOT_VENV)/bin/pytest -q -p no:cacheprovider -p randomly \
+		--randomly-seed=$(PYTEST_SEED)
 
 test: lint pytest test-robot
 

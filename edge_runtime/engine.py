@@ -406,14 +406,17 @@ class Engine:
                 seen.add(e.text)
             self._stats.misses += len(missing)
         if missing:
-            computed = {}
-            batch = list(missing.values())
-            for start in range(0, len(batch), MAX_BATCH):
-                part = batch[start : start + MAX_BATCH]
-                rows = self._run_text(self._variant_in_use, part)
-                computed.update(
-                    {e.text: r.astype(np.float32) for e, r in zip(part, rows, strict=True)}
-                )
+            # Each caption is encoded alone, padded to its own length: batched with others, its
+            # embedding would depend on them (other kernels for another (B, T), and a dynamic
+            # int8 text encoder quantizes with one scale over the whole batch), and through the
+            # cache on whatever was asked before. The determinism promise (docs/PROTOCOL.md §
+            # Determinism) needs a caption's embedding to be a function of the caption alone.
+            # The price is the text encoder's batching for many distinct unseen captions at
+            # once, which only `bench` and `train evaluate` do (same section of the docs).
+            computed = {
+                e.text: self._run_text(self._variant_in_use, [e])[0].astype(np.float32)
+                for e in missing.values()
+            }
             for row, e in enumerate(encoded):
                 if e.text in computed:
                     out[row] = computed[e.text]

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from global_state import GlobalState
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -24,6 +27,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+
+
+@pytest.fixture(autouse=True)
+def restore_global_state(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Whatever a test changes process-wide (torch threads, default dtype, RNGs, logging handlers,
+    environment, working directory, signal handlers) is put back, so no test depends on the order
+    the suite runs in (`make test` shuffles it; tests/support/global_state.py).
+    RESCUE_TEST_REPORT_LEAKS=1 names each test that changed something (run with `-s`)."""
+    state = GlobalState.capture()
+    yield
+    leaked = state.restore()
+    if leaked and os.environ.get("RESCUE_TEST_REPORT_LEAKS") == "1":
+        print(f"\n{request.node.nodeid} left changed: {', '.join(leaked)}", file=sys.stderr)
 
 
 @pytest.fixture

@@ -98,15 +98,22 @@ def encode_captions(model: CharCnnRnn, texts: Sequence[str], batch_size: int = 2
     Anything else — 10,000 characters, control bytes, emoji, mixed scripts — gives a finite
     embedding: the tokenizer truncates to 201 characters and maps or drops what it cannot spell.
     Captions are sorted by length so each batch is trimmed as far as its longest caption allows.
+    Always in eval mode (no dropout), as `encode_images`: an embedding is a function of the
+    caption, not of whether the caller was training.
     """
     encoded = tokenize(texts)
     order = sorted(range(len(encoded)), key=lambda i: encoded[i].length)
     out = torch.empty(len(encoded), model.config.embedding_dim)
     device = next(model.parameters()).device
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
-        ids, lengths = batch_ids([encoded[i] for i in rows], model.config)
-        out[rows] = model(ids.to(device), lengths.to(device)).float().cpu()
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            ids, lengths = batch_ids([encoded[i] for i in rows], model.config)
+            out[rows] = model(ids.to(device), lengths.to(device)).float().cpu()
+    finally:
+        model.train(was_training)
     return out
 
 
