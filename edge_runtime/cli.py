@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_runtime import __version__, protocol, tokenizer
 from edge_runtime.bundle import BundleError, load_bundle
+from edge_runtime.stdio import bounded_lines, quiet_on_closed_pipe
 
 if TYPE_CHECKING:  # imported lazily at run time: `rescue-edge --help` stays instant
     from edge_runtime.client import OperatorClient
@@ -114,12 +115,12 @@ def _int_in(name: str, value: int, low: int, high: int) -> int:
 def _info(args: argparse.Namespace) -> int:
     import onnxruntime as ort
 
-    from edge_runtime.engine import Engine
+    from edge_runtime.engine import Engine, check_variants, open_session
 
     path = _bundle_path(args)
-    bundle = load_bundle(
-        path, lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
-    )
+    bundle = load_bundle(path, open_session)
+    # One real inference per variant, as the engine runs it: what `info` accepts, `serve` serves.
+    ran = check_variants(bundle)
     m = bundle.manifest
     summary: dict[str, Any] = {
         "bundle": str(bundle.path),
@@ -131,6 +132,7 @@ def _info(args: argparse.Namespace) -> int:
             for k, v in m.variants.items()
         },
         "graphs": {k: {"file": g.file, "size_bytes": g.size_bytes} for k, g in m.graphs.items()},
+        "inference_check": ran,
         "providers_available": ort.get_available_providers(),
         "onnxruntime": ort.__version__,
     }
@@ -231,18 +233,19 @@ def _serve(args: argparse.Namespace) -> int:
     from edge_runtime.service import Service, ServiceConfig, serve_lines
 
     out = args.out if args.out is not None else default_out()
+    _int_in("--max-line", args.max_line, 64, 1 << 16)
     if args.stdin:
         _int_in("-n", args.n, 1, MAX_CLI_IMAGES)
         if args.seed is not None:
             _int_in("--seed", args.seed, 0, protocol.MAX_SEED)
         engine = _engine(args)
+        lines = bounded_lines(sys.stdin, args.max_line)  # a huge line is never held whole
         failures = serve_lines(
-            engine, OutputDir(out, durable=not args.no_fsync), sys.stdin, sys.stdout,
+            engine, OutputDir(out, durable=not args.no_fsync), lines, sys.stdout,
             n=args.n, seed=args.seed,
         )  # fmt: skip
         return 1 if failures else 0
     _int_in("--queue", args.queue, 1, 1024)
-    _int_in("--max-line", args.max_line, 64, 1 << 16)
     _int_in("--max-images", args.max_images, 1, MAX_CLI_IMAGES)
     _int_in("--baud", args.baud, 50, 20_000_000)
     config = ServiceConfig(
@@ -477,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     """Parse `argv` and run the command; failures become one line on stderr (see module doc)."""
     from edge_runtime.client import ClientError
