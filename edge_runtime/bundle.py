@@ -327,10 +327,17 @@ class Manifest:
         if version < 1:
             raise BundleError(f"{where}: unknown schema_version {version}")
         tok = _get(d, "tokenizer", dict, where)
+        _only(tok, list(tokenizer.SPEC), f"{where} tokenizer")
         try:
             tokenizer.check_spec(tok, where)
         except ValueError as err:
             raise BundleError(str(err)) from None
+        for key, ours in tokenizer.SPEC.items():
+            if type(tok[key]) is not type(ours):  # True == 1 and 1.0 == 1 pass check_spec
+                raise BundleError(
+                    f"{where}: tokenizer {key} should be {type(ours).__name__}, "
+                    f"got {type(tok[key]).__name__}"
+                )
         graphs = {
             k: GraphSpec.from_dict(_object(g, f"{where} graphs.{k}"), f"{where} graphs.{k}")
             for k, g in _keyed(d, "graphs", where, MAX_GRAPHS).items()
@@ -658,9 +665,12 @@ def _read_regular(path: Path, limit: int, missing: str) -> bytes:
         if info.st_size > limit:
             raise BundleError(f"{path}: {info.st_size} bytes, more than the {limit} allowed")
         chunks = []
-        left = limit + 1  # one byte more than allowed: a file growing while read is caught
+        # One read of the whole file (one buffer: a graph is held once, not twice), one byte
+        # more than declared so a file growing while read is caught; smaller reads only if
+        # the kernel returns less.
+        left = min(info.st_size, limit) + 1
         while left > 0:
-            chunk = os.read(fd, min(left, 1 << 20))
+            chunk = os.read(fd, left if not chunks else min(left, 1 << 20))
             if not chunk:
                 break
             chunks.append(chunk)
@@ -669,9 +679,9 @@ def _read_regular(path: Path, limit: int, missing: str) -> bytes:
         raise BundleError(f"{path}: cannot read: {err.strerror}") from None
     finally:
         os.close(fd)
-    data = b"".join(chunks)
-    if len(data) > limit:
-        raise BundleError(f"{path}: more than the {limit} bytes allowed")
+    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if len(data) > min(info.st_size, limit):
+        raise BundleError(f"{path}: grew while it was read; a bundle must not change in use")
     return data
 
 
