@@ -6,7 +6,7 @@
   client    the operator's side of the serial link: send captions, fetch the images
   bench     speed and memory figures on this machine (printed, never judged)
 
-The bundle is --bundle, else $RESCUE_EDGE_BUNDLE, else /var/lib/rescue-t2i/bundle; the output
+The bundle is --bundle, else $RESCUE_EDGE_BUNDLE, else /opt/rescue-t2i/bundle; the output
 directory is --out, else $RESCUE_EDGE_OUT, else ./rescue-edge-images. Exit status: 0 done,
 1 the machine failed us (output not writable, serial port gone), 2 bad input (flags, bundle,
 caption); each failure is one line on stderr.
@@ -36,7 +36,7 @@ log = logging.getLogger("edge_runtime.cli")
 
 BUNDLE_ENV = "RESCUE_EDGE_BUNDLE"
 OUT_ENV = "RESCUE_EDGE_OUT"
-DEFAULT_BUNDLE = Path("/var/lib/rescue-t2i/bundle")
+DEFAULT_BUNDLE = Path("/opt/rescue-t2i/bundle")
 DEFAULT_OUT = Path("rescue-edge-images")
 MAX_CLI_IMAGES = 256
 
@@ -68,7 +68,7 @@ def _setup_logging(level: int) -> None:
 
 
 def default_bundle() -> Path:
-    """--bundle's default: $RESCUE_EDGE_BUNDLE, else /var/lib/rescue-t2i/bundle."""
+    """--bundle's default: $RESCUE_EDGE_BUNDLE, else /opt/rescue-t2i/bundle."""
     return Path(os.environ.get(BUNDLE_ENV) or DEFAULT_BUNDLE)
 
 
