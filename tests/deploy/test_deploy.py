@@ -365,3 +365,14 @@ def test_robot_simulation_serial_service_as_the_unit_starts_it(
             service.kill()
             service.wait()
         cable.close()
+
+
+def test_dockerfile_pins_its_base_by_digest_and_documents_a_confined_run() -> None:
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    (base,) = re.findall(r"^FROM (\S+)", dockerfile, flags=re.MULTILINE)
+    assert re.fullmatch(r"python:3\.\d+\.\d+-slim-\w+@sha256:[0-9a-f]{64}", base), base
+    for text in (dockerfile, (DEPLOY / "DEPLOY.md").read_text()):
+        run = text[text.index("docker run") :].split("rescue-t2i-edge:arm64")[0]
+        for flag in ("--read-only", "--cap-drop ALL", "--security-opt no-new-privileges",
+                     "--memory ", "/bundle:ro"):  # fmt: skip
+            assert flag in run, flag
