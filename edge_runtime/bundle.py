@@ -16,7 +16,7 @@ unlisted, symlinked or non-regular file, a size or sha256 mismatch, a graph that
 in an external data file, a tokenizer other than ours, or (given a session factory) a graph whose
 inputs and outputs differ from the manifest.
 
-A bundle arrives on a USB stick and is hostile until checked (docs/SECURITY.md § Bundle): every
+A bundle arrives on a USB stick and is hostile until checked (docs/ARCHITECTURE.md § Bundle): every
 limit below is checked before the thing it limits is read, and each graph is read once, hashed,
 and handed to onnxruntime as those same bytes, so nothing can change between check and use.
 """

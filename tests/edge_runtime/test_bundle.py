@@ -8,6 +8,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_runtime import bundle as b
 from edge_runtime import tokenizer
@@ -223,3 +225,49 @@ def test_bundle_directory_mode_follows_umask(tmp_path: Path, fixtures_dir: Path)
     finally:
         os.umask(old)
     assert (tmp_path / "bundle").stat().st_mode & 0o777 == 0o755
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    path=st.lists(st.sampled_from(["model", "graphs", "variants", "tokenizer", "generator.fp32",
+                                   "fp32", "inputs", 0, "shape", "value_range"]), max_size=4),
+    value=JSON,
+)  # fmt: skip
+def test_manifest_reader_raises_only_bundle_error_on_any_json(path, value) -> None:
+    """Any JSON value put anywhere in a valid manifest: the reader either accepts it or raises a
+    one-line BundleError — never another exception (a traceback on the robot)."""
+    data = json.loads(json.dumps(_manifest().to_dict()))
+    target = data
+    for key in path[:-1]:
+        try:
+            target = target[key]
+        except (KeyError, IndexError, TypeError):
+            break
+    try:
+        target[path[-1] if path else "model"] = value
+    except (IndexError, TypeError):
+        return
+    raw = json.dumps(data, allow_nan=True).encode()
+    try:
+        b.Manifest.from_dict(b.parse_json(raw, "manifest.json"), "manifest.json")
+    except b.BundleError as err:
+        assert "\n" not in str(err)
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.binary(max_size=300) | st.text(alphabet='[]{}"\\:,0123456789.eE-', max_size=300))
+def test_json_parser_raises_only_bundle_error_on_any_bytes(raw) -> None:
+    data = raw.encode() if isinstance(raw, str) else raw
+    try:
+        b.parse_json(data, "manifest.json")
+    except b.BundleError as err:
+        assert "\n" not in str(err)
