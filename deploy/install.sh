@@ -226,7 +226,11 @@ render_unit "$unit.tmp"
 mv "$unit.tmp" "$unit"
 echo "[install] unit written to $unit"
 
+if [ -e "$state/bundle" ]; then
+  echo "[install] note: $state/bundle is left from an older install; the service now reads $prefix/bundle (remove the old one)" >&2
+fi
 if [ "$service" = 1 ]; then
+  chown root:root "$state" && chmod 0755 "$state"  # older installs gave it to the service user
   chown "$user:$user" "$state/images"  # only the images folder; systemd keeps it so
   systemctl daemon-reload
   systemctl enable --now rescue-t2i.service

@@ -265,7 +265,9 @@ class ModelSpec:
             )
         image_channels = _int(d, "image_channels", where, 1, 3)
         if image_channels not in IMAGE_CHANNELS:
-            raise BundleError(f"{where}: field 'image_channels' must be 1 or 3, got 2")
+            raise BundleError(
+                f"{where}: field 'image_channels' must be 1 or 3, got {image_channels}"
+            )
         max_length = _int(d, "max_length", where, 1, tokenizer.MAX_LENGTH)
         return cls(
             noise_dim=_int(d, "noise_dim", where, 1, MAX_NOISE_DIM),
