@@ -376,3 +376,30 @@ def test_dockerfile_pins_its_base_by_digest_and_documents_a_confined_run() -> No
         for flag in ("--read-only", "--cap-drop ALL", "--security-opt no-new-privileges",
                      "--memory ", "/bundle:ro"):  # fmt: skip
             assert flag in run, flag
+
+
+def test_hash_wheels_pins_every_wheel_by_sha256(tmp_path: Path) -> None:
+    import hashlib
+
+    wheels = {
+        "rescue_t2i-0.1.0-py3-none-any.whl": b"ours",
+        "onnxruntime-1.16.3-cp311-cp311-manylinux_2_27_aarch64.whl": b"ort",
+    }
+    for name, data in wheels.items():
+        (tmp_path / name).write_bytes(data)
+    done = subprocess.run(
+        [sys.executable, str(DEPLOY / "hash_wheels.py"), str(tmp_path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = (tmp_path / "requirements.txt").read_text().splitlines()
+    assert lines == [
+        f"onnxruntime==1.16.3 --hash=sha256:{hashlib.sha256(b'ort').hexdigest()}",
+        f"rescue-t2i==0.1.0 --hash=sha256:{hashlib.sha256(b'ours').hexdigest()}",
+    ]
+    (tmp_path / "not-a-wheel.whl").write_bytes(b"x")
+    bad = subprocess.run(
+        [sys.executable, str(DEPLOY / "hash_wheels.py"), str(tmp_path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "not a wheel file name" in bad.stderr
