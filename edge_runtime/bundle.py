@@ -84,6 +84,8 @@ MAX_NUMBER_CHARS = 32
 """Longest JSON number literal: Python's int() of a 5,000-digit literal raises (and is slow)."""
 MAX_GRAPH_BYTES = 64 << 20
 """The full model's graphs are ~20 MB fp32; a graph is held in memory once while it is checked."""
+MAX_BUNDLE_BYTES = 160 << 20
+"""All graph files together (`info` holds a session of each): ~50 MB today, room for more graphs."""
 MAX_GRAPHS = 32
 MAX_VARIANTS = 16
 MAX_NOISE_DIM = 4096
@@ -351,6 +353,11 @@ class Manifest:
         if not variants:
             raise BundleError(f"{where}: no variants")
         files: dict[str, GraphSpec] = {}
+        total = sum({g.file: g.size_bytes for g in graphs.values()}.values())
+        if total > MAX_BUNDLE_BYTES:
+            raise BundleError(
+                f"{where}: graphs total {total} bytes, more than the {MAX_BUNDLE_BYTES} allowed"
+            )
         for key, graph in graphs.items():
             # Two keys may share one file (write_bundle copies it once), never with two hashes.
             other = files.setdefault(graph.file, graph)

@@ -215,6 +215,7 @@ def _why_cases() -> list[Case]:
         Case("graph:batch-fixed", _tensor_edit("generator.fp32", "inputs", 0, shape=[1, 100])),
         Case("graph:extra-input", _extra_input),
         Case("graph:no-variants", _set(("variants",), {})),
+        Case("graph:total-size-over-limit", _all_sizes(b.MAX_GRAPH_BYTES)),
         Case("graph:role-swapped", _set(("graphs", "generator.fp32", "role"), "text_encoder")),
         Case("graph:file-is-manifest", _set(("graphs", "generator.fp32", "file"), "manifest.json")),
         Case("graph:hash-upper-case", _upper_hash),
@@ -326,6 +327,14 @@ def _fixed_time_axis(root: Path) -> None:
 
 def _tensor_edit(key: str, side: str, index: int, **change: Any) -> Edit:
     return _edited(lambda d: d["graphs"][key][side][index].update(change))
+
+
+def _all_sizes(size: int) -> Edit:
+    def change(d: dict[str, Any]) -> None:
+        for graph in d["graphs"].values():
+            graph["size_bytes"] = size
+
+    return _edited(change)
 
 
 def _extra_input(root: Path) -> None:
