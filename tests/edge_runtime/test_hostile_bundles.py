@@ -635,6 +635,12 @@ def test_hostile_bundle_sample_in_child_processes_stays_small(tmp_root: Path) ->
         peaks[case_id] = run.peak_mb
         if CORPUS[case_id].valid:
             assert run.returncode == 0, run.stderr_lines
+            served = run_main(
+                "edge_runtime.cli",
+                ["serve", "--stdin", "--bundle", str(root), "--out", str(root.parent / "img")],
+                input="person in red\n",
+            )
+            assert served.returncode == 0 and Path(served.stdout.strip()).is_file(), served
         else:
             assert run.returncode == 2 and len(run.stderr_lines) == 1, run.stderr_lines
             assert run.stderr_lines[0].startswith("rescue-edge: ")
