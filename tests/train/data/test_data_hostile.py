@@ -470,3 +470,12 @@ def test_a_valid_file_still_passes_every_check(tmp_path: Path) -> None:
         path = write_base(tmp_path / f"ok-{encoding}.h5", encoding)
         assert len(read_split(path, "train")) == 4
     shutil.rmtree(tmp_path)
+
+
+def test_a_file_changed_after_its_check_is_checked_again(tmp_path: Path) -> None:
+    path = write_base(tmp_path / "data.h5")
+    assert len(read_split(path, "train")) == 4  # checked and remembered
+    with h5py.File(path, "a") as f:
+        f["extra"] = h5py.ExternalLink("/dev/zero", "/x")
+    with pytest.raises(DataError, match="an external link"):
+        read_split(path, "train")
