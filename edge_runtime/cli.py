@@ -448,7 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--baud", type=int, default=115200)
     _out_arg(serve)
     serve.add_argument("--queue", type=int, default=4, help="gen requests waiting (default 4)")
-    serve.add_argument("--max-line", type=int, default=protocol.MAX_LINE, help="bytes per line")
+    serve.add_argument(
+        "--max-line", type=int, default=protocol.MAX_LINE,
+        help="longest request line in bytes, serial or --stdin (longer ones are refused unread)",
+    )  # fmt: skip
     serve.add_argument("--max-images", type=int, default=protocol.MAX_IMAGES, help="largest n")
     serve.add_argument("--no-fsync", action="store_true", help="skip fsync of each image")
     serve.add_argument("-n", type=int, default=1, help="--stdin: images per caption")
