@@ -135,6 +135,20 @@ if command -v systemd-escape >/dev/null; then
 else  # systemd's path escaping for the allow-listed characters: '-' → '\x2d', '/' → '-'
   device_unit="$(printf '%s' "${device#/}" | sed -e 's/-/\\x2d/g' -e 's#/#-#g').device"
 fi
+# The serial driver's device class (ttyUSB, ttyACM, ttyAMA, ttyS, ...) from /proc/devices, only
+# when the device's own name is that class plus a number: never a broad class such as "tty" or
+# "mem".
+device_class_allow=""
+if [ -c "$device" ] && [ -r /proc/devices ]; then
+  device_base=$(basename "$(readlink -f "$device")")
+  device_major=$((16#$(stat -L -c %t "$device")))
+  while read -r number name; do
+    if [ "$number" = "$device_major" ] && [[ $name =~ ^tty[A-Za-z]+$ ]] \
+        && [[ $device_base =~ ^${name}[0-9]+$ ]]; then
+      device_class_allow="DeviceAllow=char-$name rw"
+    fi
+  done < <(awk '/^Character/ {c = 1; next} /^Block/ {c = 0} c' /proc/devices)
+fi
 case "$state" in
   /var/lib/?*) images_writable="StateDirectory=${state#/var/lib/}/images" ;;  # made by systemd
   *) images_writable="ReadWritePaths=$state/images" ;;
@@ -143,14 +157,18 @@ esac
 render_unit() {  # render_unit OUT: the unit for the validated values
   "$python" - "$here/rescue-t2i.service" "$1" \
     "PREFIX=$prefix" "BUNDLE=$prefix/bundle" "IMAGES=$state/images" "USER=$user" \
-    "DEVICE=$device" "DEVICE_UNIT=$device_unit" "IMAGES_WRITABLE=$images_writable" <<'PY'
+    "DEVICE=$device" "DEVICE_UNIT=$device_unit" "IMAGES_WRITABLE=$images_writable" \
+    "DEVICE_CLASS_ALLOW=$device_class_allow" <<'PY'
 import re, sys
 template, out, *pairs = sys.argv[1:]
 text = open(template, encoding="utf-8").read()
 for pair in pairs:
     key, value = pair.split("=", 1)
-    # Belt and braces after the shell's allow-list: one line, no specifier or quoting characters.
-    if not re.fullmatch(r"[A-Za-z0-9_./+=\\-]+", value):
+    # Belt and braces after the shell's allow-list: one line, no specifier or quoting characters
+    # (one space only in a "DeviceAllow=... rw" line; the class line may be empty).
+    plain = r"[A-Za-z0-9_./+=\\-]+"
+    if not (re.fullmatch(plain, value) or (key == "DEVICE_CLASS_ALLOW" and
+            re.fullmatch(rf"(DeviceAllow=char-tty[A-Za-z]+ rw)?", value))):
         sys.exit(f"install.sh: refusing to render {key}={value!r}")
     text = text.replace(f"@{key}@", value)
 left = re.findall(r"@[A-Z_]+@", text)

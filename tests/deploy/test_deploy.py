@@ -236,6 +236,16 @@ def test_unit_render_fills_every_placeholder_with_the_validated_values() -> None
     assert "StateDirectory" not in custom
 
 
+@pytest.mark.skipif(not Path("/dev/ttyS0").is_char_device(), reason="no /dev/ttyS0 here")
+def test_unit_allows_the_serial_driver_class_so_a_replugged_adapter_still_opens() -> None:
+    assert _settings(_render("--device", "/dev/ttyS0"))["DeviceAllow"] == [
+        "/dev/ttyS0 rw",
+        "char-ttyS rw",
+    ]
+    # Never a broad class: /dev/null's is "mem" (/dev/mem, /dev/kmem), /dev/tty1's "tty".
+    assert _settings(_render("--device", "/dev/null"))["DeviceAllow"] == ["/dev/null rw"]
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not available")
 def test_unit_exposure_is_ok_by_systemd_analyze_security(tmp_path: Path) -> None:
     unit = tmp_path / "rescue-t2i.service"
