@@ -10,9 +10,15 @@ Standard library only. A bundle is a directory::
 The manifest names every graph's file, sha256, inputs and outputs; `variants` pairs a text encoder
 and a generator under a precision name ("fp32", "int8") with the quality export measured against
 fp32 and whether it passed export's gate. `load_bundle` refuses — with one line naming the file and
-the mismatch — an unknown or newer schema, malformed JSON, a missing file, a sha256 mismatch, a
-tokenizer other than ours, or (given a session factory) a graph whose inputs and outputs differ
-from the manifest.
+the field or mismatch — an unknown or newer schema, malformed or oversized JSON, any field of the
+wrong type or outside its range, sizes that disagree with the graphs' declared shapes, a missing,
+unlisted, symlinked or non-regular file, a size or sha256 mismatch, a graph that keeps its weights
+in an external data file, a tokenizer other than ours, or (given a session factory) a graph whose
+inputs and outputs differ from the manifest.
+
+A bundle arrives on a USB stick and is hostile until checked (docs/ARCHITECTURE.md § Bundle): every
+limit below is checked before the thing it limits is read, and each graph is read once, hashed,
+and handed to onnxruntime as those same bytes, so nothing can change between check and use.
 """
 
 from __future__ import annotations
@@ -20,8 +26,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +76,36 @@ _ORT_DTYPES = {
 }
 
 
+# Limits on what a bundle may declare: far above any real bundle (the full model's graphs are
+# ~20 MB each, its manifest ~8 KB), far below what would exhaust a robot's memory.
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_JSON_DEPTH = 32
+MAX_NUMBER_CHARS = 32
+"""Longest JSON number literal: Python's int() of a 5,000-digit literal raises (and is slow)."""
+MAX_GRAPH_BYTES = 64 << 20
+"""The full model's graphs are ~20 MB fp32; a graph is held in memory once while it is checked."""
+MAX_BUNDLE_BYTES = 160 << 20
+"""All graph files together (`info` holds a session of each): ~50 MB today, room for more graphs."""
+MAX_GRAPHS = 32
+MAX_VARIANTS = 16
+MAX_NOISE_DIM = 4096
+MAX_EMBEDDING_DIM = 8192
+MAX_IMAGE_SIZE = 512
+"""A batch of 64 such fp32 images is 200 MB: the largest the engine's batches can afford."""
+MAX_VALUE_MAGNITUDE = 1e6
+MAX_NAME_CHARS = 128
+MAX_METRICS = 64
+IMAGE_CHANNELS = (1, 3)
+"""Grey (repeated to RGB by the runtime) or RGB."""
+_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+"""Graph keys, variant and precision names, metric names."""
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_INPUTS = {TEXT_ENCODER: (CHAR_IDS, LENGTHS), GENERATOR: (NOISE, TEXT_EMBEDDING)}
+_OUTPUT = {TEXT_ENCODER: TEXT_EMBEDDING, GENERATOR: IMAGE}
+_INT_INPUTS = ("int64", "int32")
+_FLOAT_TENSORS = ("float32", "float16")
+
+
 class BundleError(ValueError):
     """A bundle that cannot be used; the message names the file and what is wrong."""
 
@@ -86,14 +125,18 @@ class TensorSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str) -> TensorSpec:
-        name = _get(d, "name", str, where)
+        _only(d, ("name", "dtype", "shape"), where)
+        name = _key(d, "name", where)
         dtype = _get(d, "dtype", str, where)
         if dtype not in _DTYPES:
-            raise BundleError(f"{where}: tensor {name!r} has unknown dtype {dtype!r}")
+            raise BundleError(f"{where}: tensor {name!r} has unknown dtype {dtype!r:.40}")
         shape = _get(d, "shape", list, where)
+        if not 1 <= len(shape) <= 8:
+            raise BundleError(f"{where}: tensor {name!r} has rank {len(shape)}, expected 1..8")
         for dim in shape:
-            if not isinstance(dim, int | str) or isinstance(dim, bool):
-                raise BundleError(f"{where}: tensor {name!r} has a bad dimension {dim!r}")
+            fixed = isinstance(dim, int) and not isinstance(dim, bool) and 1 <= dim <= 1 << 20
+            if not (fixed or (isinstance(dim, str) and _KEY.fullmatch(dim))):
+                raise BundleError(f"{where}: tensor {name!r} has a bad dimension {dim!r:.40}")
         return cls(name=name, dtype=dtype, shape=tuple(shape))
 
 
@@ -124,27 +167,25 @@ class GraphSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str) -> GraphSpec:
+        _only(d, [f.name for f in dataclasses.fields(cls)], where)
         file = _get(d, "file", str, where)
-        if not file or Path(file).name != file or file in (".", ".."):
-            raise BundleError(f"{where}: graph file {file!r} must be a plain file name")
+        if not _FILE.fullmatch(file) or file == MANIFEST_NAME:
+            raise BundleError(f"{where}: graph file {file!r:.80} must be a plain file name")
         role = _get(d, "role", str, where)
         if role not in ROLES:
-            raise BundleError(f"{where}: graph {file} has unknown role {role!r}")
+            raise BundleError(f"{where}: graph {file} has unknown role {role!r:.40}")
+        sha256 = _get(d, "sha256", str, where)
+        if not _SHA256.fullmatch(sha256):
+            raise BundleError(f"{where}: field 'sha256' must be 64 lowercase hex digits")
         return cls(
             file=file,
             role=role,
-            precision=_get(d, "precision", str, where),
-            inputs=tuple(
-                TensorSpec.from_dict(t, f"{where} {file} inputs")
-                for t in _get(d, "inputs", list, where)
-            ),
-            outputs=tuple(
-                TensorSpec.from_dict(t, f"{where} {file} outputs")
-                for t in _get(d, "outputs", list, where)
-            ),
-            sha256=_get(d, "sha256", str, where),
-            size_bytes=_get(d, "size_bytes", int, where),
-            opset=_get(d, "opset", int, where),
+            precision=_key(d, "precision", where),
+            inputs=_tensors(d, "inputs", f"{where} {file} inputs"),
+            outputs=_tensors(d, "outputs", f"{where} {file} outputs"),
+            sha256=sha256,
+            size_bytes=_int(d, "size_bytes", where, 1, MAX_GRAPH_BYTES),
+            opset=_int(d, "opset", where, 0, 100),
         )
 
 
@@ -168,6 +209,7 @@ class Variant:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str) -> Variant:
+        _only(d, [f.name for f in dataclasses.fields(cls)], where)
         return cls(
             text_encoder=_get(d, "text_encoder", str, where),
             generator=_get(d, "generator", str, where),
@@ -210,22 +252,35 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str) -> ModelSpec:
+        _only(d, [f.name for f in dataclasses.fields(cls)], where)
         value_range = _get(d, "value_range", list, where)
-        if len(value_range) != 2 or not all(isinstance(v, int | float) for v in value_range):
-            raise BundleError(f"{where}: value_range must be two numbers, got {value_range!r}")
-        spec = cls(
-            noise_dim=_get(d, "noise_dim", int, where),
-            embedding_dim=_get(d, "embedding_dim", int, where),
-            image_size=_get(d, "image_size", int, where),
-            image_channels=_get(d, "image_channels", int, where),
-            value_range=(float(value_range[0]), float(value_range[1])),
-            max_length=_get(d, "max_length", int, where),
-            length_stride=_get(d, "length_stride", int, where),
-            length_extra=_get(d, "length_extra", int, where),
+        if len(value_range) != 2 or not all(_is_finite(v) for v in value_range):
+            raise BundleError(
+                f"{where}: field 'value_range' must be two finite numbers, got {value_range!r:.80}"
+            )
+        low, high = float(value_range[0]), float(value_range[1])
+        # The runtime maps [low, high] to 0..255 with a scale of 255 / (high - low).
+        if not (low < high and max(abs(low), abs(high)) <= MAX_VALUE_MAGNITUDE):
+            raise BundleError(
+                f"{where}: field 'value_range' must be [low, high] with low < high and "
+                f"|values| ≤ {MAX_VALUE_MAGNITUDE:g}, got {value_range!r:.80}"
+            )
+        image_channels = _int(d, "image_channels", where, 1, 3)
+        if image_channels not in IMAGE_CHANNELS:
+            raise BundleError(
+                f"{where}: field 'image_channels' must be 1 or 3, got {image_channels}"
+            )
+        max_length = _int(d, "max_length", where, 1, tokenizer.MAX_LENGTH)
+        return cls(
+            noise_dim=_int(d, "noise_dim", where, 1, MAX_NOISE_DIM),
+            embedding_dim=_int(d, "embedding_dim", where, 1, MAX_EMBEDDING_DIM),
+            image_size=_int(d, "image_size", where, 1, MAX_IMAGE_SIZE),
+            image_channels=image_channels,
+            value_range=(low, high),
+            max_length=max_length,
+            length_stride=_int(d, "length_stride", where, 0, max_length),
+            length_extra=_int(d, "length_extra", where, 0, max_length),
         )
-        if min(spec.noise_dim, spec.embedding_dim, spec.image_size, spec.image_channels) <= 0:
-            raise BundleError(f"{where}: model sizes must be positive: {spec}")
-        return spec
 
 
 @dataclass(frozen=True)
@@ -265,7 +320,8 @@ class Manifest:
             raise BundleError(f"{where}: expected a JSON object, got {type(d).__name__}")
         schema = d.get("schema")
         if schema != SCHEMA:
-            raise BundleError(f"{where}: unknown schema {schema!r} (expected {SCHEMA!r})")
+            raise BundleError(f"{where}: unknown schema {schema!r:.60} (expected {SCHEMA!r})")
+        _only(d, [f.name for f in dataclasses.fields(cls)], where)
         version = _get(d, "schema_version", int, where)
         if version > SCHEMA_VERSION:
             raise BundleError(
@@ -275,20 +331,41 @@ class Manifest:
         if version < 1:
             raise BundleError(f"{where}: unknown schema_version {version}")
         tok = _get(d, "tokenizer", dict, where)
+        _only(tok, list(tokenizer.SPEC), f"{where} tokenizer")
         try:
             tokenizer.check_spec(tok, where)
         except ValueError as err:
             raise BundleError(str(err)) from None
+        for key, ours in tokenizer.SPEC.items():
+            if type(tok[key]) is not type(ours):  # True == 1 and 1.0 == 1 pass check_spec
+                raise BundleError(
+                    f"{where}: tokenizer {key} should be {type(ours).__name__}, "
+                    f"got {type(tok[key]).__name__}"
+                )
         graphs = {
-            k: GraphSpec.from_dict(g, f"{where} graphs.{k}")
-            for k, g in _get(d, "graphs", dict, where).items()
+            k: GraphSpec.from_dict(_object(g, f"{where} graphs.{k}"), f"{where} graphs.{k}")
+            for k, g in _keyed(d, "graphs", where, MAX_GRAPHS).items()
         }
         variants = {
-            k: Variant.from_dict(v, f"{where} variants.{k}")
-            for k, v in _get(d, "variants", dict, where).items()
+            k: Variant.from_dict(_object(v, f"{where} variants.{k}"), f"{where} variants.{k}")
+            for k, v in _keyed(d, "variants", where, MAX_VARIANTS).items()
         }
         if not variants:
             raise BundleError(f"{where}: no variants")
+        files: dict[str, GraphSpec] = {}
+        total = sum({g.file: g.size_bytes for g in graphs.values()}.values())
+        if total > MAX_BUNDLE_BYTES:
+            raise BundleError(
+                f"{where}: graphs total {total} bytes, more than the {MAX_BUNDLE_BYTES} allowed"
+            )
+        for key, graph in graphs.items():
+            # Two keys may share one file (write_bundle copies it once), never with two hashes.
+            other = files.setdefault(graph.file, graph)
+            if (other.sha256, other.size_bytes) != (graph.sha256, graph.size_bytes):
+                raise BundleError(
+                    f"{where}: graphs.{key} names file {graph.file} with another sha256 or size "
+                    "than an earlier graph"
+                )
         for key, variant in variants.items():
             for role, graph_key in (
                 (TEXT_ENCODER, variant.text_encoder),
@@ -301,9 +378,18 @@ class Manifest:
                     raise BundleError(
                         f"{where}: variant {key} uses {graph_key!r} (a {graph.role}) as its {role}"
                     )
+        name = _get(d, "name", str, where)
+        # The name reaches logs and the link's status reply: no control characters.
+        if not 1 <= len(name) <= MAX_NAME_CHARS or not name.isprintable():
+            raise BundleError(
+                f"{where}: field 'name' must be 1..{MAX_NAME_CHARS} printable characters"
+            )
+        model = ModelSpec.from_dict(_get(d, "model", dict, where), f"{where} model")
+        for key, graph in graphs.items():
+            _check_contract(graph, model, f"{where} graphs.{key}")
         return cls(
-            name=_get(d, "name", str, where),
-            model=ModelSpec.from_dict(_get(d, "model", dict, where), f"{where} model"),
+            name=name,
+            model=model,
             graphs=graphs,
             variants=variants,
             tokenizer=tok,
@@ -311,6 +397,111 @@ class Manifest:
             provenance=_get(d, "provenance", dict, where),
             schema=schema,
             schema_version=version,
+        )
+
+
+_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")
+
+
+def _only(d: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
+    """Refuse fields this schema version does not define (a typo or a newer writer's field
+    would otherwise be silently ignored)."""
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+        raise BundleError(f"{where}: unknown field {unknown[0]!r:.60}")
+
+
+def _object(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise BundleError(f"{where}: should be an object, got {type(value).__name__}")
+    return value
+
+
+def _keyed(d: Mapping[str, Any], key: str, where: str, most: int) -> dict[str, Any]:
+    value = _get(d, key, dict, where)
+    if len(value) > most:
+        raise BundleError(f"{where}: field {key!r} has {len(value)} entries, at most {most}")
+    for name in value:
+        if not _KEY.fullmatch(name):
+            raise BundleError(f"{where}: {key} name {name!r:.60} is not a plain name")
+    return value
+
+
+def _key(d: Mapping[str, Any], key: str, where: str) -> str:
+    value = _get(d, key, str, where)
+    if not _KEY.fullmatch(value):
+        raise BundleError(f"{where}: field {key!r} is {value!r:.60}, not a plain name")
+    return value
+
+
+def _int(d: Mapping[str, Any], key: str, where: str, low: int, high: int) -> int:
+    value = _get(d, key, int, where)
+    if not low <= value <= high:
+        raise BundleError(f"{where}: field {key!r} must be {low}..{high}, got {value}")
+    return value
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _tensors(d: Mapping[str, Any], key: str, where: str) -> tuple[TensorSpec, ...]:
+    items = _get(d, key, list, where)
+    if not 1 <= len(items) <= 8:
+        raise BundleError(f"{where}: {len(items)} tensors, expected 1..8")
+    specs = tuple(TensorSpec.from_dict(_object(t, where), where) for t in items)
+    names = [t.name for t in specs]
+    if len(set(names)) != len(names):
+        raise BundleError(f"{where}: tensor names repeat: {names}")
+    return specs
+
+
+def _check_contract(graph: GraphSpec, model: ModelSpec, where: str) -> None:
+    """The graph's declared inputs and outputs are what the runtime will feed and fetch, with the
+    model's sizes: a manifest that passes here cannot make `serve` fail on a shape."""
+    inputs = {t.name: t for t in graph.inputs}
+    expected = _INPUTS[graph.role]
+    if set(inputs) != set(expected):
+        raise BundleError(
+            f"{where}: a {graph.role} has inputs {sorted(expected)}, manifest says {sorted(inputs)}"
+        )
+    outputs = {t.name: t for t in graph.outputs}
+    if _OUTPUT[graph.role] not in outputs:
+        raise BundleError(f"{where}: a {graph.role} must have the output {_OUTPUT[graph.role]!r}")
+    if graph.role == TEXT_ENCODER:
+        # Padded only as far as `min_input_length` needs when length_stride > 0: a dynamic axis.
+        time = (None,) if model.length_stride else (None, model.max_length)
+        _expect(inputs[CHAR_IDS], _INT_INPUTS, [time], where)
+        _expect(inputs[LENGTHS], _INT_INPUTS, [], where)
+        _expect(outputs[TEXT_EMBEDDING], _FLOAT_TENSORS, [(model.embedding_dim,)], where)
+    else:
+        _expect(inputs[NOISE], _FLOAT_TENSORS, [(model.noise_dim,)], where)
+        _expect(inputs[TEXT_EMBEDDING], _FLOAT_TENSORS, [(model.embedding_dim,)], where)
+        size = model.image_size
+        image = [(model.image_channels,), (size,), (size,)]
+        _expect(outputs[IMAGE], _FLOAT_TENSORS, image, where)
+
+
+def _expect(
+    tensor: TensorSpec,
+    dtypes: Sequence[str],
+    sizes: Sequence[tuple[int | None, ...]],
+    where: str,
+) -> None:
+    """The first axis is the batch (symbolic: the runtime varies it); `sizes` gives the sizes
+    each later axis may have, None standing for a symbolic (dynamic) one."""
+    if tensor.dtype not in dtypes:
+        raise BundleError(
+            f"{where}: tensor {tensor.name!r} is {tensor.dtype}, expected one of {list(dtypes)}"
+        )
+    ok = len(tensor.shape) == 1 + len(sizes) and isinstance(tensor.shape[0], str)
+    for dim, allowed in zip(tensor.shape[1:], sizes, strict=False):
+        ok = ok and ((None in allowed and isinstance(dim, str)) or dim in allowed)
+    if not ok:
+        wanted = [BATCH_DIM, *("dynamic" if a == (None,) else a[-1] for a in sizes)]
+        raise BundleError(
+            f"{where}: tensor {tensor.name!r} has shape {list(tensor.shape)}, the model's sizes "
+            f"need {wanted}"
         )
 
 
@@ -327,11 +518,15 @@ def _get(d: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
 
 
 def _floats(d: Mapping[str, Any], where: str) -> dict[str, float]:
+    if len(d) > MAX_METRICS:
+        raise BundleError(f"{where}: {len(d)} metrics, at most {MAX_METRICS}")
     out = {}
     for k, v in d.items():
-        if not isinstance(v, int | float) or isinstance(v, bool):
-            raise BundleError(f"{where}: {k!r} should be a number, got {v!r}")
-        out[str(k)] = float(v)
+        if not _KEY.fullmatch(k):
+            raise BundleError(f"{where}: metric name {k!r:.60} is not a plain name")
+        if not _is_finite(v):
+            raise BundleError(f"{where}: {k!r} should be a finite number, got {v!r:.40}")
+        out[k] = float(v)
     return out
 
 
@@ -345,7 +540,8 @@ def sha256_file(path: Path) -> str:
 
 
 class SessionLike(Protocol):
-    """What `load_bundle` needs of an inference session (onnxruntime.InferenceSession has it)."""
+    """What `load_bundle` needs of an inference session (onnxruntime.InferenceSession has it;
+    it accepts the model's bytes as its first argument)."""
 
     def get_inputs(self) -> Sequence[Any]: ...
     def get_outputs(self) -> Sequence[Any]: ...
@@ -359,6 +555,8 @@ class Bundle:
     manifest: Manifest
     sessions: dict[str, Any] = field(default_factory=dict)
     """Graph key → session, when `load_bundle` was given a session factory."""
+    manifest_sha256: str = ""
+    """sha256 of the manifest bytes that were parsed (the bundle's identity)."""
 
     def graph_path(self, key: str) -> Path:
         """Absolute path of graph `key`'s file."""
@@ -398,59 +596,312 @@ def _check_io(kind: str, specs: Sequence[TensorSpec], actual: Sequence[Any], whe
 
 def load_bundle(
     path: str | os.PathLike[str],
-    open_session: Callable[[Path], SessionLike] | None = None,
+    open_session: Callable[[bytes], SessionLike] | None = None,
     *,
     graphs: Sequence[str] | None = None,
 ) -> Bundle:
     """Read and verify a bundle directory; raise `BundleError` naming the file and the problem.
 
     With `open_session` (e.g. a wrapper around `onnxruntime.InferenceSession`), each verified graph
-    (or only those named in `graphs`) is opened and its inputs and outputs checked against the
-    manifest; the sessions are returned in `Bundle.sessions` so they are created once.
+    (or only those named in `graphs`) is opened from the very bytes that were hashed and its inputs
+    and outputs checked against the manifest; the sessions are returned in `Bundle.sessions` so
+    they are created once.
     """
     root = Path(path)
     manifest_path = root / MANIFEST_NAME
     if not root.is_dir():
         raise BundleError(f"{root}: bundle directory not found")
-    try:
-        raw = manifest_path.read_bytes()
-    except FileNotFoundError:
-        raise BundleError(f"{manifest_path}: missing") from None
-    except OSError as err:
-        raise BundleError(f"{manifest_path}: cannot read: {err.strerror}") from None
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise BundleError(f"{manifest_path}: not UTF-8 (byte offset {err.start})") from None
-    except json.JSONDecodeError as err:
-        raise BundleError(
-            f"{manifest_path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}"
-        ) from None
-    manifest = Manifest.from_dict(data, str(manifest_path))
+    raw = _read_regular(manifest_path, MAX_MANIFEST_BYTES, f"{manifest_path}: missing")
+    manifest = Manifest.from_dict(parse_json(raw, str(manifest_path)), str(manifest_path))
+    _check_listing(root, manifest)
     wanted = list(manifest.graphs) if graphs is None else list(graphs)
-    bundle = Bundle(path=root, manifest=manifest)
+    bundle = Bundle(path=root, manifest=manifest, manifest_sha256=hashlib.sha256(raw).hexdigest())
     for key in wanted:
         if key not in manifest.graphs:
             raise BundleError(f"{manifest_path}: no graph named {key!r}")
         spec = manifest.graphs[key]
         file = root / spec.file
-        if not file.is_file():
-            raise BundleError(f"{file}: missing (named by {MANIFEST_NAME} graphs.{key})")
-        actual = sha256_file(file)
+        data = _read_regular(
+            file, MAX_GRAPH_BYTES, f"{file}: missing (named by {MANIFEST_NAME} graphs.{key})"
+        )
+        if len(data) != spec.size_bytes:
+            raise BundleError(
+                f"{file}: {len(data)} bytes, manifest says {spec.size_bytes} "
+                "(truncated or replaced)"
+            )
+        actual = hashlib.sha256(data).hexdigest()
         if actual != spec.sha256:
             raise BundleError(
                 f"{file}: sha256 mismatch: file has {actual[:16]}…, manifest says "
                 f"{spec.sha256[:16]}… (corrupted or replaced)"
             )
+        check_embedded_weights(data, str(file))
         if open_session is not None:
             try:
-                session = open_session(file)
+                session = open_session(data)
             except Exception as err:  # onnxruntime raises its own exception types
-                raise BundleError(f"{file}: cannot be loaded: {str(err).splitlines()[0]}") from None
+                raise BundleError(f"{file}: cannot be loaded: {first_line(err)}") from None
             _check_io("inputs", spec.inputs, session.get_inputs(), str(file))
             _check_io("outputs", spec.outputs, session.get_outputs(), str(file))
             bundle.sessions[key] = session
+        del data
     return bundle
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (300 characters at most), for one-line errors."""
+    lines = str(err).strip().splitlines()
+    return lines[0][:300] if lines else type(err).__name__
+
+
+def _read_regular(path: Path, limit: int, missing: str) -> bytes:
+    """A regular file's bytes, read once through one descriptor: no symlink followed, no FIFO or
+    device opened for long (O_NONBLOCK: opening a FIFO would otherwise wait for a writer), the
+    size checked before a byte is read."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise BundleError(missing) from None
+    except OSError as err:
+        if path.is_symlink():
+            raise BundleError(f"{path}: is a symlink; a bundle holds plain files only") from None
+        raise BundleError(f"{path}: cannot read: {err.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise BundleError(f"{path}: not a regular file; a bundle holds plain files only")
+        if info.st_size > limit:
+            raise BundleError(f"{path}: {info.st_size} bytes, more than the {limit} allowed")
+        chunks = []
+        # One read of the whole file (one buffer: a graph is held once, not twice), one byte
+        # more than declared so a file growing while read is caught; smaller reads only if
+        # the kernel returns less.
+        left = min(info.st_size, limit) + 1
+        while left > 0:
+            chunk = os.read(fd, left if not chunks else min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    except OSError as err:
+        raise BundleError(f"{path}: cannot read: {err.strerror}") from None
+    finally:
+        os.close(fd)
+    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if len(data) > min(info.st_size, limit):
+        raise BundleError(f"{path}: grew while it was read; a bundle must not change in use")
+    return data
+
+
+def _check_listing(root: Path, manifest: Manifest) -> None:
+    """Every entry of the bundle directory is the manifest or a graph it names, as a plain file:
+    nothing unhashed can ride along (an external-data file, a library, a second manifest)."""
+    listed = {MANIFEST_NAME} | {g.file for g in manifest.graphs.values()}
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as err:
+        raise BundleError(f"{root}: cannot list the bundle: {err.strerror}") from None
+    if len(entries) > len(listed):
+        extra = sorted({e.name for e in entries} - listed)
+        raise BundleError(
+            f"{root / extra[0]}: not listed in {MANIFEST_NAME}; a bundle holds only the manifest "
+            "and the graphs it hashes (remove the file)"
+        )
+    for entry in entries:
+        if entry.name not in listed:
+            raise BundleError(
+                f"{root / entry.name}: not listed in {MANIFEST_NAME}; a bundle holds only the "
+                "manifest and the graphs it hashes (remove the file)"
+            )
+        if entry.is_symlink():
+            raise BundleError(f"{root / entry.name}: is a symlink; a bundle holds plain files only")
+        if not entry.is_file(follow_symlinks=False):
+            raise BundleError(f"{root / entry.name}: not a regular file")
+
+
+def parse_json(raw: bytes, where: str) -> Any:
+    """JSON with its size, nesting depth and number lengths bounded before and while parsing;
+    duplicate keys and NaN/Infinity refused. Every failure is one `BundleError` line."""
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{where}: {len(raw)} bytes, more than the {MAX_MANIFEST_BYTES} allowed")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise BundleError(f"{where}: not UTF-8 (byte offset {err.start})") from None
+    # Depth before parsing: json recurses once per level and a deep file ends in RecursionError.
+    # One linear pass over escapes, quotes and brackets (a regex for whole strings can backtrack
+    # quadratically on hostile input).
+    depth, in_string = 0, False
+    for token in _JSON_TOKENS.findall(text):
+        if token == '"':
+            in_string = not in_string
+        elif not in_string and token in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise BundleError(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        elif not in_string and token in "]}":
+            depth -= 1
+    try:
+        return json.loads(
+            text,
+            parse_int=_bounded_number(int, where),
+            parse_float=_bounded_number(float, where),
+            parse_constant=_no_constant(where),
+            object_pairs_hook=_unique_keys(where),
+        )
+    except json.JSONDecodeError as err:
+        raise BundleError(
+            f"{where}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}"
+        ) from None
+    except RecursionError:  # the depth scan above makes this unreachable; belt and braces
+        raise BundleError(f"{where}: JSON nested too deeply") from None
+
+
+_JSON_TOKENS = re.compile(r'\\.|["\[\]{}]', re.DOTALL)
+
+
+def _bounded_number(kind: Callable[[str], Any], where: str) -> Callable[[str], Any]:
+    def parse(literal: str) -> Any:
+        if len(literal) > MAX_NUMBER_CHARS:
+            raise BundleError(
+                f"{where}: a number of {len(literal)} characters (at most {MAX_NUMBER_CHARS}): "
+                f"{literal[:20]}…"
+            )
+        value = kind(literal)
+        if not math.isfinite(value):  # 1e999 parses as inf
+            raise BundleError(f"{where}: number {literal} is not finite")
+        return value
+
+    return parse
+
+
+def _no_constant(where: str) -> Callable[[str], Any]:
+    def refuse(name: str) -> Any:
+        raise BundleError(f"{where}: {name} is not a number JSON allows")
+
+    return refuse
+
+
+def _unique_keys(where: str) -> Callable[[list[tuple[str, Any]]], dict[str, Any]]:
+    def build(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(pairs)
+        if len(out) != len(pairs):
+            seen: set[str] = set()
+            for key, _ in pairs:
+                if key in seen:
+                    raise BundleError(f"{where}: key {key!r:.60} appears twice in one object")
+                seen.add(key)
+        return out
+
+    return build
+
+
+# ONNX protobuf field numbers (onnx/onnx.proto3) of every message that can hold a tensor.
+_MODEL_GRAPH, _MODEL_TRAINING, _MODEL_FUNCTIONS = 7, 20, 25
+_GRAPH_NODE, _GRAPH_INITIALIZER, _GRAPH_SPARSE = 1, 5, 15
+_NODE_ATTRIBUTE = 5
+_ATTR_TENSOR, _ATTR_GRAPH, _ATTR_TENSORS, _ATTR_GRAPHS = 5, 6, 10, 11
+_ATTR_SPARSE, _ATTR_SPARSES = 22, 23
+_TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION = 13, 14
+_SPARSE_VALUES, _SPARSE_INDICES = 1, 2
+_FUNCTION_NODE, _FUNCTION_ATTRIBUTE = 7, 11
+_TRAINING_GRAPHS = (1, 2)
+_MAX_PROTO_DEPTH = 64
+
+
+def check_embedded_weights(data: bytes, where: str) -> None:
+    """Refuse an ONNX model whose tensors live in external data files.
+
+    Such a file is not hashed by the manifest, and onnxruntime resolves its path when the model is
+    loaded (from bytes: relative to the working directory), so the weights could change under an
+    unchanged sha256. The robot cannot import `onnx`, hence this walk of the protobuf wire format
+    over exactly the messages that can hold a tensor (initializers, sparse initializers, node
+    attributes, subgraphs, functions, training graphs). Anything that does not parse is left for
+    onnxruntime to refuse.
+    """
+    try:
+        _walk(data, "model", 0)
+    except _ExternalDataError:
+        raise BundleError(
+            f"{where}: a tensor refers to an external data file; bundles embed every weight "
+            "(export without external data)"
+        ) from None
+    except (_MalformedError, IndexError):
+        return
+
+
+class _ExternalDataError(Exception):
+    pass
+
+
+class _MalformedError(Exception):
+    pass
+
+
+_CHILDREN: dict[str, dict[int, str]] = {
+    "model": {_MODEL_GRAPH: "graph", _MODEL_TRAINING: "training", _MODEL_FUNCTIONS: "function"},
+    "training": dict.fromkeys(_TRAINING_GRAPHS, "graph"),
+    "graph": {_GRAPH_NODE: "node", _GRAPH_INITIALIZER: "tensor", _GRAPH_SPARSE: "sparse"},
+    "node": {_NODE_ATTRIBUTE: "attribute"},
+    "function": {_FUNCTION_NODE: "node", _FUNCTION_ATTRIBUTE: "attribute"},
+    "attribute": {
+        _ATTR_TENSOR: "tensor",
+        _ATTR_GRAPH: "graph",
+        _ATTR_TENSORS: "tensor",
+        _ATTR_GRAPHS: "graph",
+        _ATTR_SPARSE: "sparse",
+        _ATTR_SPARSES: "sparse",
+    },
+    "sparse": {_SPARSE_VALUES: "tensor", _SPARSE_INDICES: "tensor"},
+    "tensor": {},
+}
+
+
+def _walk(data: bytes | memoryview, kind: str, depth: int) -> None:
+    if depth > _MAX_PROTO_DEPTH:
+        raise _MalformedError
+    view = memoryview(data)
+    children = _CHILDREN[kind]
+    pos, end = 0, len(view)
+    while pos < end:
+        tag, pos = _varint(view, pos)
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            value, pos = _varint(view, pos)
+            if kind == "tensor" and number == _TENSOR_DATA_LOCATION and value == 1:
+                raise _ExternalDataError  # TensorProto.DataLocation.EXTERNAL
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            length, pos = _varint(view, pos)
+            if pos + length > end:
+                raise _MalformedError
+            if kind == "tensor" and number == _TENSOR_EXTERNAL_DATA:
+                raise _ExternalDataError
+            child = children.get(number)
+            if child is not None:
+                _walk(view[pos : pos + length], child, depth + 1)
+            pos += length
+        else:
+            raise _MalformedError
+    if pos != end:
+        raise _MalformedError
+
+
+def _varint(view: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = view[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+        if shift > 63:
+            raise _MalformedError
 
 
 def write_bundle(

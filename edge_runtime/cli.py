@@ -6,7 +6,7 @@
   client    the operator's side of the serial link: send captions, fetch the images
   bench     speed and memory figures on this machine (printed, never judged)
 
-The bundle is --bundle, else $RESCUE_EDGE_BUNDLE, else /var/lib/rescue-t2i/bundle; the output
+The bundle is --bundle, else $RESCUE_EDGE_BUNDLE, else /opt/rescue-t2i/bundle; the output
 directory is --out, else $RESCUE_EDGE_OUT, else ./rescue-edge-images. Exit status: 0 done,
 1 the machine failed us (output not writable, serial port gone), 2 bad input (flags, bundle,
 caption); each failure is one line on stderr.
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_runtime import __version__, protocol, tokenizer
 from edge_runtime.bundle import BundleError, load_bundle
+from edge_runtime.stdio import bounded_lines, quiet_on_closed_pipe
 
 if TYPE_CHECKING:  # imported lazily at run time: `rescue-edge --help` stays instant
     from edge_runtime.client import OperatorClient
@@ -35,7 +36,7 @@ log = logging.getLogger("edge_runtime.cli")
 
 BUNDLE_ENV = "RESCUE_EDGE_BUNDLE"
 OUT_ENV = "RESCUE_EDGE_OUT"
-DEFAULT_BUNDLE = Path("/var/lib/rescue-t2i/bundle")
+DEFAULT_BUNDLE = Path("/opt/rescue-t2i/bundle")
 DEFAULT_OUT = Path("rescue-edge-images")
 MAX_CLI_IMAGES = 256
 
@@ -67,7 +68,7 @@ def _setup_logging(level: int) -> None:
 
 
 def default_bundle() -> Path:
-    """--bundle's default: $RESCUE_EDGE_BUNDLE, else /var/lib/rescue-t2i/bundle."""
+    """--bundle's default: $RESCUE_EDGE_BUNDLE, else /opt/rescue-t2i/bundle."""
     return Path(os.environ.get(BUNDLE_ENV) or DEFAULT_BUNDLE)
 
 
@@ -114,12 +115,12 @@ def _int_in(name: str, value: int, low: int, high: int) -> int:
 def _info(args: argparse.Namespace) -> int:
     import onnxruntime as ort
 
-    from edge_runtime.engine import Engine
+    from edge_runtime.engine import Engine, check_variants, open_session
 
     path = _bundle_path(args)
-    bundle = load_bundle(
-        path, lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
-    )
+    bundle = load_bundle(path, open_session)
+    # One real inference per variant, as the engine runs it: what `info` accepts, `serve` serves.
+    ran = check_variants(bundle)
     m = bundle.manifest
     summary: dict[str, Any] = {
         "bundle": str(bundle.path),
@@ -131,6 +132,7 @@ def _info(args: argparse.Namespace) -> int:
             for k, v in m.variants.items()
         },
         "graphs": {k: {"file": g.file, "size_bytes": g.size_bytes} for k, g in m.graphs.items()},
+        "inference_check": ran,
         "providers_available": ort.get_available_providers(),
         "onnxruntime": ort.__version__,
     }
@@ -231,18 +233,19 @@ def _serve(args: argparse.Namespace) -> int:
     from edge_runtime.service import Service, ServiceConfig, serve_lines
 
     out = args.out if args.out is not None else default_out()
+    _int_in("--max-line", args.max_line, 64, 1 << 16)
     if args.stdin:
         _int_in("-n", args.n, 1, MAX_CLI_IMAGES)
         if args.seed is not None:
             _int_in("--seed", args.seed, 0, protocol.MAX_SEED)
         engine = _engine(args)
+        lines = bounded_lines(sys.stdin, args.max_line)  # a huge line is never held whole
         failures = serve_lines(
-            engine, OutputDir(out, durable=not args.no_fsync), sys.stdin, sys.stdout,
+            engine, OutputDir(out, durable=not args.no_fsync), lines, sys.stdout,
             n=args.n, seed=args.seed,
         )  # fmt: skip
         return 1 if failures else 0
     _int_in("--queue", args.queue, 1, 1024)
-    _int_in("--max-line", args.max_line, 64, 1 << 16)
     _int_in("--max-images", args.max_images, 1, MAX_CLI_IMAGES)
     _int_in("--baud", args.baud, 50, 20_000_000)
     config = ServiceConfig(
@@ -445,7 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--baud", type=int, default=115200)
     _out_arg(serve)
     serve.add_argument("--queue", type=int, default=4, help="gen requests waiting (default 4)")
-    serve.add_argument("--max-line", type=int, default=protocol.MAX_LINE, help="bytes per line")
+    serve.add_argument(
+        "--max-line", type=int, default=protocol.MAX_LINE,
+        help="longest request line in bytes, serial or --stdin (longer ones are refused unread)",
+    )  # fmt: skip
     serve.add_argument("--max-images", type=int, default=protocol.MAX_IMAGES, help="largest n")
     serve.add_argument("--no-fsync", action="store_true", help="skip fsync of each image")
     serve.add_argument("-n", type=int, default=1, help="--stdin: images per caption")
@@ -477,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     """Parse `argv` and run the command; failures become one line on stderr (see module doc)."""
     from edge_runtime.client import ClientError

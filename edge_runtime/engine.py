@@ -33,11 +33,12 @@ from edge_runtime.bundle import (
     CHAR_IDS,
     IMAGE,
     LENGTHS,
-    MANIFEST_NAME,
     NOISE,
     TEXT_EMBEDDING,
+    Bundle,
     BundleError,
     GraphSpec,
+    ModelSpec,
     load_bundle,
 )
 
@@ -143,6 +144,70 @@ def resolve_providers(choice: str) -> list[Any]:
     return [name, CPU]
 
 
+def open_session(
+    model: bytes, threads: int = 1, providers: Sequence[Any] = (CPU,)
+) -> ort.InferenceSession:
+    """A session on a model's bytes (the bytes `load_bundle` hashed: no second read of the file),
+    with the options the engine runs under."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: onnxruntime's warnings are not operator news
+    if threads > 1:
+        # Each session owns a thread pool whose workers busy-wait after every run. The text
+        # encoder's pool then spins on the cores the generator needs next (and vice versa), so
+        # on a 2-core robot a caption took 7.1 ms p50 at 2 threads instead of 3.3-3.7 ms, and a
+        # batch of 32 unseen captions made 300-330 images/s instead of 505-600 (measured with
+        # both settings, recipe bundle, int8). One thread has no workers: nothing to turn off.
+        options.add_session_config_entry(SPIN_CONFIG_KEY, "0")
+    return ort.InferenceSession(model, options, providers=list(providers))
+
+
+def check_variants(bundle: Bundle) -> dict[str, str]:
+    """Run every variant of a bundle loaded with sessions once, as `Engine` will: a short and a
+    longest caption in one batch of two, through text encoder and generator, checking each
+    output's shape and that the images are finite. Returns variant → "ok"; raises `BundleError`
+    naming the variant and graph on the first failure (so `info` accepts only what `serve` runs).
+    """
+    model = bundle.manifest.model
+    captions = [tokenizer.encode("warm up"), tokenizer.encode("x" * tokenizer.MAX_LENGTH)]
+    results = {}
+    for name, variant in bundle.manifest.variants.items():
+        text_spec = bundle.manifest.graphs[variant.text_encoder]
+        gen_spec = bundle.manifest.graphs[variant.generator]
+        runner = _Variant(
+            precision=name,
+            text_encoder=bundle.sessions[variant.text_encoder],
+            generator=bundle.sessions[variant.generator],
+            ids_dtype=_input_dtype(text_spec, CHAR_IDS),
+            lengths_dtype=_input_dtype(text_spec, LENGTHS),
+            noise_dtype=_input_dtype(gen_spec, NOISE),
+            embedding_dtype=_input_dtype(gen_spec, TEXT_EMBEDDING),
+            gate_passed=variant.gate_passed,
+        )
+        for step, file in (("text encoder", text_spec.file), ("generator", gen_spec.file)):
+            where = f"{bundle.path / file}: variant {name} {step}"
+            try:
+                if step == "text encoder":
+                    embedding = _run_text(runner, model, captions)  # (2, E)
+                    got, expected = embedding.shape, (2, model.embedding_dim)
+                else:
+                    images = _run_generator(runner, model, embedding, [(0, 0), (0, 1)])
+                    got = images.shape  # (2, C, H, W)
+                    expected = (2, model.image_channels, model.image_size, model.image_size)
+                    to_uint8_rgb(images, model.value_range)
+            except Exception as err:  # onnxruntime raises its own exception types
+                raise BundleError(f"{where}: fails to run: {bundle_mod.first_line(err)}") from None
+            if tuple(got) != expected:
+                raise BundleError(f"{where}: produced shape {list(got)}, expected {list(expected)}")
+        if not np.isfinite(images).all():
+            raise BundleError(f"{bundle.path / gen_spec.file}: variant {name}: non-finite pixels")
+        results[name] = "ok"
+    return results
+
+
 def _provider_name(entry: Any) -> str:
     return entry[0] if isinstance(entry, tuple) else entry
 
@@ -244,7 +309,7 @@ class Engine:
         self._lock = threading.Lock()
         if warmup:
             self.warm_up()
-        manifest_sha = bundle_mod.sha256_file(Path(bundle_path) / MANIFEST_NAME)
+        manifest_sha = self.bundle.manifest_sha256
         used = self._variant_in_use.generator.get_providers()[0]
         self.info = EngineInfo(
             bundle=str(Path(bundle_path)),
@@ -258,26 +323,13 @@ class Engine:
 
     # -- loading --------------------------------------------------------------------------------
 
-    def _open_session(self, path: Path) -> ort.InferenceSession:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # errors only: onnxruntime's warnings are not operator news
-        if self.threads > 1:
-            # Each session owns a thread pool whose workers busy-wait after every run. The text
-            # encoder's pool then spins on the cores the generator needs next (and vice versa), so
-            # on a 2-core robot a caption took 7.1 ms p50 at 2 threads instead of 3.3-3.7 ms, and a
-            # batch of 32 unseen captions made 300-330 images/s instead of 505-600 (measured with
-            # both settings, recipe bundle, int8). One thread has no workers: nothing to turn off.
-            options.add_session_config_entry(SPIN_CONFIG_KEY, "0")
-        session = ort.InferenceSession(str(path), options, providers=self._providers)
+    def _open_session(self, model: bytes) -> ort.InferenceSession:
+        session = open_session(model, self.threads, self._providers)
         wanted = _provider_name(self._providers[0])
         if session.get_providers()[0] != wanted:
             # onnxruntime silently falls back to the CPU when e.g. CUDA libraries are missing.
             raise EngineError(
-                f"{path}: onnxruntime could not start {wanted} (it fell back to "
+                f"onnxruntime could not start {wanted} (it fell back to "
                 f"{session.get_providers()[0]}); check the GPU libraries or use --provider cpu"
             )
         return session
@@ -352,27 +404,12 @@ class Engine:
         return self._variant_in_use.precision
 
     def _run_text(self, variant: _Variant, encoded: Sequence[tokenizer.Encoded]) -> np.ndarray:
-        """Encoded captions → (B, E) embeddings, padded only as far as the longest needs."""
-        width = max(self.model.min_input_length(e.length) for e in encoded)
-        ids = np.zeros((len(encoded), width), dtype=variant.ids_dtype)  # (B, T), 0 = pad
-        for row, e in enumerate(encoded):
-            ids[row, : e.length] = e.ids[:width]
-        lengths = np.array([min(e.length, width) for e in encoded], dtype=variant.lengths_dtype)
-        (embedding,) = variant.text_encoder.run([TEXT_EMBEDDING], {CHAR_IDS: ids, LENGTHS: lengths})
-        return embedding  # (B, E)
+        return _run_text(variant, self.model, encoded)
 
     def _run_generator(
         self, variant: _Variant, embeddings: np.ndarray, seeds: Sequence[tuple[int, int]]
     ) -> np.ndarray:
-        """(B, E) embeddings + (seed, index) per row → (B, C, H, W) generator output."""
-        noise = np.stack(
-            [noise_for(s, i, self.model.noise_dim, variant.noise_dtype) for s, i in seeds]
-        )  # (B, noise_dim)
-        (images,) = variant.generator.run(
-            [IMAGE],
-            {NOISE: noise, TEXT_EMBEDDING: embeddings.astype(variant.embedding_dtype, copy=False)},
-        )
-        return images
+        return _run_generator(variant, self.model, embeddings, seeds)
 
     def embed(self, captions: Sequence[str]) -> np.ndarray:
         """Captions → (B, E) text embeddings, from the LRU cache (keyed by normalised text) or
@@ -465,6 +502,36 @@ class Engine:
         with self._lock:
             self._cache.clear()
             self._stats = CacheStats(capacity=self._cache_capacity)
+
+
+def _run_text(
+    variant: _Variant, model: ModelSpec, encoded: Sequence[tokenizer.Encoded]
+) -> np.ndarray:
+    """Encoded captions → (B, E) embeddings, padded only as far as the longest needs."""
+    width = max(model.min_input_length(e.length) for e in encoded)
+    ids = np.zeros((len(encoded), width), dtype=variant.ids_dtype)  # (B, T), 0 = pad
+    for row, e in enumerate(encoded):
+        ids[row, : e.length] = e.ids[:width]
+    lengths = np.array([min(e.length, width) for e in encoded], dtype=variant.lengths_dtype)
+    (embedding,) = variant.text_encoder.run([TEXT_EMBEDDING], {CHAR_IDS: ids, LENGTHS: lengths})
+    return embedding  # (B, E)
+
+
+def _run_generator(
+    variant: _Variant,
+    model: ModelSpec,
+    embeddings: np.ndarray,
+    seeds: Sequence[tuple[int, int]],
+) -> np.ndarray:
+    """(B, E) embeddings + (seed, index) per row → (B, C, H, W) generator output."""
+    noise = np.stack(
+        [noise_for(s, i, model.noise_dim, variant.noise_dtype) for s, i in seeds]
+    )  # (B, noise_dim)
+    (images,) = variant.generator.run(
+        [IMAGE],
+        {NOISE: noise, TEXT_EMBEDDING: embeddings.astype(variant.embedding_dtype, copy=False)},
+    )
+    return images
 
 
 def _return_freed_memory() -> None:

@@ -22,7 +22,7 @@ import select
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -34,6 +34,7 @@ from edge_runtime.engine import Engine
 from edge_runtime.images import OutputDir, OutputError, encode_png
 from edge_runtime.protocol import Code, ProtocolError, Request
 from edge_runtime.sdnotify import Notifier
+from edge_runtime.stdio import BadLine
 from edge_runtime.tokenizer import CaptionError
 
 log = logging.getLogger(__name__)
@@ -673,7 +674,7 @@ class Service:
 def serve_lines(
     engine: Engine,
     output: OutputDir,
-    lines: IO[str],
+    lines: Iterable[str | BadLine],  # edge_runtime.stdio.bounded_lines
     out: IO[str],
     *,
     n: int = 1,
@@ -685,6 +686,12 @@ def serve_lines(
     stderr. Returns the number of failed lines."""
     failures = 0
     for number, raw in enumerate(lines, start=1):
+        if isinstance(raw, BadLine):
+            failures += 1
+            log.error("line %d: %s", number, raw.reason)
+            out.write("\n")
+            out.flush()
+            continue
         caption = raw.rstrip("\r\n")
         if not caption.strip():
             continue

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from edge_runtime.stdio import quiet_on_closed_pipe
+
 log = logging.getLogger(__name__)
 
 EXIT_USAGE = 2
@@ -125,6 +127,7 @@ def _validate(args: argparse.Namespace) -> str | None:
     return None
 
 
+@quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, export, print the bundle path; one error line and non-zero on failure."""
     from train.cli import missing_extra

@@ -143,8 +143,9 @@ def export_generator(
     )
 
 
-def session(path: Path, threads: int = 1, optimized_path: Path | None = None) -> Any:
-    """A CPU onnxruntime session with a fixed thread count (and optionally the optimised dump)."""
+def session(path: Path | bytes, threads: int = 1, optimized_path: Path | None = None) -> Any:
+    """A CPU onnxruntime session with a fixed thread count (and optionally the optimised dump);
+    `path` may also be a model's bytes (what `edge_runtime.bundle.load_bundle` hands over)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -159,7 +160,8 @@ def session(path: Path, threads: int = 1, optimized_path: Path | None = None) ->
         options.add_session_config_entry(SPIN_CONFIG_KEY, "0")
     if optimized_path is not None:
         options.optimized_model_filepath = str(optimized_path)
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def parity_inputs(

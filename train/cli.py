@@ -11,6 +11,8 @@ import importlib.util
 import logging
 import sys
 
+from edge_runtime.stdio import quiet_on_closed_pipe
+
 # fmt: off
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("train.data.cli", "render rescue-scenes, convert CUB / Oxford-102 / birds.hdf5, inspect"),
@@ -47,6 +49,7 @@ def missing_extra(prog: str, extra: str, modules: tuple[str, ...]) -> str | None
     )
 
 
+@quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     """Route `argv[0]` to its command's `main`."""
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -36,18 +37,19 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """deploy/install.sh into a temp prefix, without root or systemd."""
-    prefix = tmp_path_factory.mktemp("robot")
+    """deploy/install.sh into a temp root (prefix root/opt, state root/state), without root or
+    systemd; returns the root."""
+    root = tmp_path_factory.mktemp("robot")
     env = dict(os.environ, PIP_CONSTRAINT=str(REPO / "constraints.txt"))
     env.pop("PYTHONPATH", None)
     command = [
-        "bash", str(DEPLOY / "install.sh"), "--prefix", str(prefix), "--state",
-        str(prefix / "state"), "--systemd-dir", str(prefix / "systemd"), "--no-service",
+        "bash", str(DEPLOY / "install.sh"), "--prefix", str(root / "opt"), "--state",
+        str(root / "state"), "--systemd-dir", str(root / "systemd"), "--no-service",
         "--bundle", str(TINY_BUNDLE), "--python", sys.executable,
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    return prefix
+    return root
 
 
 def _unit(installed: Path) -> configparser.ConfigParser:
@@ -58,12 +60,12 @@ def _unit(installed: Path) -> configparser.ConfigParser:
 
 
 def test_install_script_yields_working_rescue_edge_without_torch(installed: Path) -> None:
-    python = installed / "venv" / "bin" / "python"
+    python = installed / "opt" / "venv" / "bin" / "python"
     probe = "import importlib.util as u; print([u.find_spec(m) for m in ('torch', 'h5py')])"
     found = subprocess.run([python, "-c", probe], capture_output=True, text=True).stdout
     assert found.strip() == "[None, None]"
     info = subprocess.run(
-        [installed / "venv" / "bin" / "rescue-edge", "info", installed / "state" / "bundle"],
+        [installed / "opt" / "venv" / "bin" / "rescue-edge", "info", installed / "opt" / "bundle"],
         capture_output=True,
         text=True,
     )
@@ -71,29 +73,224 @@ def test_install_script_yields_working_rescue_edge_without_torch(installed: Path
     assert '"variants"' in info.stdout
 
 
+def test_install_places_the_bundle_read_only_outside_the_state_folder(installed: Path) -> None:
+    bundle = installed / "opt" / "bundle"
+    assert sorted(p.name for p in bundle.iterdir()) == sorted(p.name for p in TINY_BUNDLE.iterdir())
+    for path in [bundle, *bundle.iterdir()]:
+        assert not path.is_symlink()
+        assert path.stat().st_mode & 0o022 == 0  # nobody but the owner (root on a robot) writes
+    assert sorted(p.name for p in (installed / "state").iterdir()) == ["images"]
+
+
+def _install(args: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(DEPLOY / "install.sh"), *args],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def _hostile_bundle(tmp: Path, kind: str) -> str:
+    bundle = tmp / f"bundle-{kind}"
+    shutil.copytree(TINY_BUNDLE, bundle)
+    if kind == "symlinked-file":
+        (bundle / "generator.onnx").unlink()
+        (bundle / "generator.onnx").symlink_to(TINY_BUNDLE / "generator.onnx")
+    elif kind == "subfolder":
+        (bundle / "sub").mkdir()
+    elif kind == "fifo":
+        os.mkfifo(bundle / "pipe")
+    elif kind == "odd-name":
+        (bundle / "a b.onnx").write_bytes(b"x")
+    elif kind == "no-manifest":
+        (bundle / "manifest.json").unlink()
+    elif kind == "symlinked-folder":
+        (tmp / "link").symlink_to(bundle)
+        return str(tmp / "link")
+    return str(bundle)
+
+
+INJECT = "/tmp/x\nExecStartPre=+/bin/sh -c id"
+"""A value that, rendered by sed as before, added a root command to the unit."""
+HOSTILE_ARGS: list[tuple[str, str, str]] = [
+    # (flag, hostile value, what the one-line refusal says)
+    ("--prefix", "relative/p", "must be an absolute path"),
+    ("--prefix", "/tmp/a b", "must be an absolute path"),
+    ("--prefix", INJECT, "must be an absolute path"),
+    ("--prefix", "/tmp/a&b", "must be an absolute path"),
+    ("--prefix", "/tmp/a#b", "must be an absolute path"),
+    ("--prefix", "/tmp/$(id)", "must be an absolute path"),
+    ("--prefix", "/tmp/`id`", "must be an absolute path"),
+    ("--prefix", "/tmp/a;b", "must be an absolute path"),
+    ("--prefix", "/tmp/../etc", "must be an absolute path"),
+    ("--prefix", "/", "must be an absolute path"),
+    ("--prefix", "/usr", "a system folder"),
+    ("--prefix", "/opt", "a system folder"),
+    ("--state", "/var/lib", "a system folder"),
+    ("--state", "/var/lib/", "a system folder"),
+    ("--state", "/etc", "a system folder"),
+    ("--state", "/home", "a system folder"),
+    ("--state", "state", "must be an absolute path"),
+    ("--state", "/tmp/s%i", "must be an absolute path"),
+    ("--state", "/tmp/s\\x", "must be an absolute path"),
+    ("--state", "/tmp/s t", "must be an absolute path"),
+    ("--state", "@ROOT@/p/state", "inside --prefix"),
+    ("--device", "ttyUSB0", "must be an absolute path"),
+    ("--device", "/dev/tty USB0", "must be an absolute path"),
+    ("--device", "/dev/x\nExecStartPre=+/bin/sh", "must be an absolute path"),
+    ("--device", "/dev/null;id", "must be an absolute path"),
+    ("--device", "/dev/%n", "must be an absolute path"),
+    ("--device", "/etc/passwd", "must be under /dev"),
+    ("--device", "/dev/shm", "not a character device"),
+    ("--user", "root", "shared or privileged"),
+    ("--user", "nobody", "shared or privileged"),
+    ("--user", "Root", "not a valid user name"),
+    ("--user", "a b", "not a valid user name"),
+    ("--user", "x\ny", "not a valid user name"),
+    ("--user", "-rf", "not a valid user name"),
+    ("--user", "a" * 40, "not a valid user name"),
+    ("--python", "python3; rm -rf /", "not a plain interpreter"),
+    ("--python", "/nonexistent/python", "not found"),
+    ("--source", "/nonexistent/src", "not found"),
+    ("--systemd-dir", "etc/systemd/system", "must be an absolute path"),
+    ("--find-links", "@ROOT@/wheels-unpinned", "no requirements.txt"),
+    ("--bundle", "@BUNDLE:no-manifest", "no manifest.json"),
+    ("--bundle", "@BUNDLE:symlinked-folder", "is a symlink"),
+    ("--bundle", "@BUNDLE:symlinked-file", "is not a regular file"),
+    ("--bundle", "@BUNDLE:subfolder", "is not a regular file"),
+    ("--bundle", "@BUNDLE:fifo", "is not a regular file"),
+    ("--bundle", "@BUNDLE:odd-name", "is not allowed"),
+]
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), HOSTILE_ARGS)
+def test_install_script_refuses_hostile_arguments_before_writing(
+    flag: str, value: str, message: str, tmp_path: Path
+) -> None:
+    (tmp_path / "wheels-unpinned").mkdir()
+    value = value.replace("@ROOT@", str(tmp_path))
+    if value.startswith("@BUNDLE:"):
+        value = _hostile_bundle(tmp_path, value.removeprefix("@BUNDLE:"))
+    safe = [
+        "--prefix", str(tmp_path / "p"), "--state", str(tmp_path / "s"),
+        "--systemd-dir", str(tmp_path / "sd"), "--no-service", "--python", sys.executable,
+    ]  # fmt: skip
+    before = sorted(p.name for p in tmp_path.iterdir())
+    done = _install([*safe, flag, value])  # the hostile value comes last and wins
+    assert done.returncode == 2, (flag, value, done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("install.sh: ") and message in lines[0], lines
+    assert done.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # refused before writing
+
+
 def test_install_script_refuses_bad_options(tmp_path: Path) -> None:
+    assert len(HOSTILE_ARGS) >= 30
     for args, message in (
-        (["--bundle", str(tmp_path)], "no manifest.json"),
-        (["--device", "ttyUSB0"], "must be an absolute path"),
         (["--frobnicate"], "unknown option --frobnicate"),
-        ([], "needs root"),
+        (["--prefix"], "--prefix needs a value"),
+        (["--device", "/dev/rescue-radio-missing", "--dry-run"], "no such device"),
+        (["--device", "/dev/null"], "needs root"),
     ):
-        if not args and os.geteuid() == 0:
+        if message == "needs root" and os.geteuid() == 0:
             continue
-        done = subprocess.run(
-            ["bash", str(DEPLOY / "install.sh"), "--prefix", str(tmp_path / "p"), *args],
-            capture_output=True,
-            text=True,
-        )
+        done = _install(["--prefix", str(tmp_path / "p"), "--state", str(tmp_path / "s"), *args])
         assert done.returncode == 2 and message in done.stderr, (args, done.stderr)
         assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "p").exists()  # refused before touching anything
+
+
+def _render(*extra: str) -> str:
+    done = _install(["--dry-run", "--device", "/dev/null", "--python", sys.executable, *extra])
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _settings(text: str) -> dict[str, list[str]]:
+    values: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            values.setdefault(key, []).append(value)
+    return values
+
+
+def test_unit_render_fills_every_placeholder_with_the_validated_values() -> None:
+    text = _render()
+    assert not re.search(r"@[A-Z_]+@", text)
+    unit = _settings(text)
+    assert unit["ExecStart"] == [
+        "/opt/rescue-t2i/venv/bin/rescue-edge serve --serial /dev/null --baud 115200 "
+        "--bundle /opt/rescue-t2i/bundle --out /var/lib/rescue-t2i/images --precision auto"
+    ]
+    # Only the images folder is writable, made by systemd for the service user; the bundle is not.
+    assert unit["StateDirectory"] == ["rescue-t2i/images"] and "ReadWritePaths" not in unit
+    assert unit["DeviceAllow"] == ["/dev/null rw"] and unit["DevicePolicy"] == ["closed"]
+    assert unit["BindsTo"] == ["dev-null.device"]
+    hardening = (
+        "MemoryMax", "TasksMax", "SystemCallFilter", "CapabilityBoundingSet",
+        "StartLimitBurst", "StartLimitIntervalSec", "RestartPreventExitStatus",
+    )  # fmt: skip
+    assert set(hardening) <= set(unit)
+    custom = _settings(_render("--state", "/srv/rescue/state", "--prefix", "/srv/r"))
+    assert custom["ReadWritePaths"] == ["/srv/rescue/state/images"]
+    assert "StateDirectory" not in custom
+
+
+@pytest.mark.skipif(not Path("/dev/ttyS0").is_char_device(), reason="no /dev/ttyS0 here")
+def test_unit_allows_the_serial_driver_class_so_a_replugged_adapter_still_opens() -> None:
+    assert _settings(_render("--device", "/dev/ttyS0"))["DeviceAllow"] == [
+        "/dev/ttyS0 rw",
+        "char-ttyS rw",
+    ]
+    # Never a broad class: /dev/null's is "mem" (/dev/mem, /dev/kmem), /dev/tty1's "tty".
+    assert _settings(_render("--device", "/dev/null"))["DeviceAllow"] == ["/dev/null rw"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not available")
+def test_unit_exposure_is_ok_by_systemd_analyze_security(tmp_path: Path) -> None:
+    unit = tmp_path / "rescue-t2i.service"
+    unit.write_text(_render())
+    done = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(unit)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if "offline" in done.stderr and ("unrecognized" in done.stderr or "Unknown" in done.stderr):
+        pytest.skip("this systemd-analyze has no --offline (systemd < 250)")
+    match = re.search(r"exposure level for rescue-t2i.service: ([0-9.]+) (\w+)", done.stdout)
+    assert match, done.stdout[-2000:] + done.stderr
+    print(f"systemd-analyze security --offline: {match.group(1)} {match.group(2)}")
+    assert float(match.group(1)) <= 3.0
+
+
+def test_runtime_works_without_writable_executable_memory(tmp_path: Path) -> None:
+    """The unit's MemoryDenyWriteExecute=yes, in the kernel's own form (PR_SET_MDWE, Linux 6.3+),
+    on a child that loads the bundle and draws images with both variants."""
+    code = (
+        "import ctypes, sys\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "if libc.prctl(65, 1, 0, 0, 0) != 0:\n"  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN
+        "    sys.exit(77)\n"
+        "from edge_runtime.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    for precision in ("fp32", "int8"):
+        done = subprocess.run(
+            [sys.executable, "-c", code, "generate", "person in red", "-n", "2", "--seed", "1",
+             "--bundle", str(TINY_BUNDLE), "--out", str(tmp_path), "--precision", precision],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        if done.returncode == 77:
+            pytest.skip("this kernel has no PR_SET_MDWE")
+        assert done.returncode == 0, done.stderr
+        assert len(done.stdout.split()) == 2
 
 
 def test_unit_file_has_the_robot_settings(installed: Path) -> None:
     unit = _unit(installed)
     service = unit["Service"]
     assert service["Type"] == "notify"
+    assert service["ReadWritePaths"] == str(installed / "state" / "images")
+    assert f"--bundle {installed / 'opt' / 'bundle'} " in service["ExecStart"]
     assert int(service["WatchdogSec"]) > 0
     assert service["Restart"] == "on-failure"
     assert service["User"] == "rescue" and "dialout" in service["SupplementaryGroups"]
@@ -162,6 +359,14 @@ def test_robot_simulation_serial_service_as_the_unit_starts_it(
         for path in paths:
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
             assert image is not None and image.shape[2] == 3 and image.shape[0] == image.shape[1]
+        # The unit's budgets hold for the service as it runs (TasksMax counts threads).
+        status = Path(f"/proc/{service.pid}/status").read_text()
+        threads = int(re.search(r"Threads:\s+(\d+)", status).group(1))
+        peak_mb = int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
+        print(f"service after a request: {threads} threads, peak RSS {peak_mb:.0f} MB")
+        unit = _unit(installed)["Service"]
+        assert threads < int(unit["TasksMax"])
+        assert peak_mb < int(unit["MemoryMax"].removesuffix("M"))
         service.send_signal(signal.SIGTERM)
         assert service.wait(timeout=20) == 0
         _wait_for(notify_socket, "STOPPING=1", 2)
@@ -170,3 +375,41 @@ def test_robot_simulation_serial_service_as_the_unit_starts_it(
             service.kill()
             service.wait()
         cable.close()
+
+
+def test_dockerfile_pins_its_base_by_digest_and_documents_a_confined_run() -> None:
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    (base,) = re.findall(r"^FROM (\S+)", dockerfile, flags=re.MULTILINE)
+    assert re.fullmatch(r"python:3\.\d+\.\d+-slim-\w+@sha256:[0-9a-f]{64}", base), base
+    for text in (dockerfile, (DEPLOY / "DEPLOY.md").read_text()):
+        run = text[text.index("docker run") :].split("rescue-t2i-edge:arm64")[0]
+        for flag in ("--read-only", "--cap-drop ALL", "--security-opt no-new-privileges",
+                     "--memory ", "/bundle:ro"):  # fmt: skip
+            assert flag in run, flag
+
+
+def test_hash_wheels_pins_every_wheel_by_sha256(tmp_path: Path) -> None:
+    import hashlib
+
+    wheels = {
+        "rescue_t2i-0.1.0-py3-none-any.whl": b"ours",
+        "onnxruntime-1.16.3-cp311-cp311-manylinux_2_27_aarch64.whl": b"ort",
+    }
+    for name, data in wheels.items():
+        (tmp_path / name).write_bytes(data)
+    done = subprocess.run(
+        [sys.executable, str(DEPLOY / "hash_wheels.py"), str(tmp_path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = (tmp_path / "requirements.txt").read_text().splitlines()
+    assert lines == [
+        f"onnxruntime==1.16.3 --hash=sha256:{hashlib.sha256(b'ort').hexdigest()}",
+        f"rescue-t2i==0.1.0 --hash=sha256:{hashlib.sha256(b'ours').hexdigest()}",
+    ]
+    (tmp_path / "not-a-wheel.whl").write_bytes(b"x")
+    bad = subprocess.run(
+        [sys.executable, str(DEPLOY / "hash_wheels.py"), str(tmp_path)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "not a wheel file name" in bad.stderr

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_runtime import bundle as b
 from edge_runtime import tokenizer
@@ -52,8 +54,8 @@ def _manifest() -> b.Manifest:
     )
 
 
-def _open(path: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def _open(model: bytes) -> ort.InferenceSession:
+    return ort.InferenceSession(model, providers=["CPUExecutionProvider"])
 
 
 @pytest.fixture
@@ -153,8 +155,9 @@ def test_bundle_refuses_missing_manifest_and_missing_file(written: Path, tmp_pat
 
 
 def test_bundle_refuses_sha256_mismatch(written: Path) -> None:
-    with open(written / "text_encoder.onnx", "ab") as f:
-        f.write(b"\0")
+    data = bytearray((written / "text_encoder.onnx").read_bytes())
+    data[-1] ^= 1  # same size, one bit changed
+    (written / "text_encoder.onnx").write_bytes(bytes(data))
     with pytest.raises(b.BundleError, match=r"text_encoder.onnx: sha256 mismatch"):
         b.load_bundle(written)
 
@@ -163,7 +166,7 @@ def test_bundle_refuses_sha256_mismatch(written: Path) -> None:
     ("edit", "message"),
     [
         (
-            lambda g: g["inputs"][0].update(name="ids"),
+            lambda g: g["inputs"].reverse(),
             r"graph inputs are \['char_ids', 'lengths'\]",
         ),
         (
@@ -171,10 +174,10 @@ def test_bundle_refuses_sha256_mismatch(written: Path) -> None:
             "input 'char_ids' is int64, manifest says int32",
         ),
         (
-            lambda g: g["outputs"][0].update(shape=["batch", 16]),
-            "output 'text_embedding' has shape",
+            lambda g: g["inputs"][0].update(shape=["batch", 201]),
+            "input 'char_ids' has shape",
         ),
-        (lambda g: g["outputs"][0].update(shape=["batch"]), "has rank 2"),
+        (lambda g: g["inputs"][1].update(dtype="int32"), "input 'lengths' is int64"),
     ],
 )
 def test_bundle_refuses_graph_io_differing_from_manifest(written: Path, edit, message: str) -> None:
@@ -192,7 +195,7 @@ def test_bundle_refuses_unloadable_graph(tmp_path: Path, written: Path) -> None:
     _edit_manifest(
         broken,
         lambda d: d["graphs"]["generator.fp32"].update(
-            sha256=b.sha256_file(broken / "generator.onnx")
+            sha256=b.sha256_file(broken / "generator.onnx"), size_bytes=8
         ),
     )
     with pytest.raises(b.BundleError, match=r"generator.onnx: cannot be loaded"):
@@ -222,3 +225,49 @@ def test_bundle_directory_mode_follows_umask(tmp_path: Path, fixtures_dir: Path)
     finally:
         os.umask(old)
     assert (tmp_path / "bundle").stat().st_mode & 0o777 == 0o755
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    path=st.lists(st.sampled_from(["model", "graphs", "variants", "tokenizer", "generator.fp32",
+                                   "fp32", "inputs", 0, "shape", "value_range"]), max_size=4),
+    value=JSON,
+)  # fmt: skip
+def test_manifest_reader_raises_only_bundle_error_on_any_json(path, value) -> None:
+    """Any JSON value put anywhere in a valid manifest: the reader either accepts it or raises a
+    one-line BundleError — never another exception (a traceback on the robot)."""
+    data = json.loads(json.dumps(_manifest().to_dict()))
+    target = data
+    for key in path[:-1]:
+        try:
+            target = target[key]
+        except (KeyError, IndexError, TypeError):
+            break
+    try:
+        target[path[-1] if path else "model"] = value
+    except (IndexError, TypeError):
+        return
+    raw = json.dumps(data, allow_nan=True).encode()
+    try:
+        b.Manifest.from_dict(b.parse_json(raw, "manifest.json"), "manifest.json")
+    except b.BundleError as err:
+        assert "\n" not in str(err)
+
+
+@settings(max_examples=300, deadline=None)
+@given(raw=st.binary(max_size=300) | st.text(alphabet='[]{}"\\:,0123456789.eE-', max_size=300))
+def test_json_parser_raises_only_bundle_error_on_any_bytes(raw) -> None:
+    data = raw.encode() if isinstance(raw, str) else raw
+    try:
+        b.parse_json(data, "manifest.json")
+    except b.BundleError as err:
+        assert "\n" not in str(err)

@@ -32,7 +32,7 @@ import onnxruntime as ort
 sys.path.insert(0, sys.argv[1])
 from edge_runtime import bundle as b
 cpu = ["CPUExecutionProvider"]
-bundle = b.load_bundle(sys.argv[2], lambda p: ort.InferenceSession(str(p), providers=cpu))
+bundle = b.load_bundle(sys.argv[2], lambda m: ort.InferenceSession(m, providers=cpu))
 feeds = np.load(sys.argv[3])
 out = {}
 for name, variant in bundle.manifest.variants.items():

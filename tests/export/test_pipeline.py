@@ -19,8 +19,8 @@ from export.quantize import QualityGateError  # noqa: E402
 from train import checkpoint as ck  # noqa: E402
 
 
-def _open(path: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def _open(model: bytes) -> ort.InferenceSession:
+    return ort.InferenceSession(model, providers=["CPUExecutionProvider"])
 
 
 def test_export_bundle_validates_with_the_runtime_loader(

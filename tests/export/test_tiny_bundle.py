@@ -15,8 +15,8 @@ from edge_runtime import tokenizer
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "tiny_bundle"
 
 
-def _open(path: Path) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+def _open(model: bytes) -> ort.InferenceSession:
+    return ort.InferenceSession(model, providers=["CPUExecutionProvider"])
 
 
 def test_tiny_bundle_loads_with_sessions_and_is_small() -> None:

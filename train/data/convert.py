@@ -26,6 +26,7 @@ from typing import TypeVar
 
 import numpy as np
 
+from train.data import guard
 from train.data.schema import DataError, SplitData, decode_image, write_dataset
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,9 @@ def read_text_lines(path: Path, where: str | None = None) -> list[str]:
     """Non-blank, stripped lines of a UTF-8 text file; ItemError naming the file otherwise."""
     where = where or str(path)
     try:
-        data = path.read_bytes()
+        data = guard.read_regular(path)  # no FIFO, device or oversized file
+    except DataError as err:
+        raise ItemError(where, "unreadable file", str(err).removeprefix(f"{path}: ")) from None
     except FileNotFoundError:
         raise ItemError(where, "missing file") from None
     except OSError as err:
@@ -151,15 +154,18 @@ def load_source_image(
     resize to uint8 (size, size, 3) RGB."""
     if isinstance(data, Path):
         try:
-            data = data.read_bytes()
+            data = guard.read_regular(data)  # no FIFO, device or oversized file
+        except DataError as err:
+            detail = str(err).split(": ", 1)[-1]
+            raise ItemError(where, "unreadable image file", detail) from None
         except FileNotFoundError:
             raise ItemError(where, "missing image file") from None
         except OSError as err:
             raise ItemError(where, "unreadable image file", err.strerror or str(err)) from None
     try:
         image = decode_image(data, where)
-    except DataError:
-        raise ItemError(where, "undecodable image") from None
+    except DataError as err:
+        raise ItemError(where, "undecodable image", str(err).split(": ", 1)[-1]) from None
     h, w = image.shape[:2]
     if min(h, w) < MIN_SOURCE_SIDE:
         raise ItemError(where, "image too small", f"{w}×{h}, need ≥ {MIN_SOURCE_SIDE} px a side")

@@ -33,6 +33,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from train.data import guard
 from train.data.convert import (
     DEFAULT_IMAGE_SIZE,
     REAL_AUGMENTATION,
@@ -136,13 +137,8 @@ def _class_id(class_name: str) -> int | None:
 def _open(path: Path) -> h5py.File:
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        first = (str(err).splitlines() or [""])[0]
-        raise DataError(
-            f"{path}: not a readable HDF5 file (truncated or corrupted?): {first}"
-        ) from None
+    with damaged_file_guard(str(path)):
+        f = guard.open_hdf5(path)  # hostile-file checks before any payload byte is read
     try:
         with damaged_file_guard(str(path)):
             looks_right = is_peer_layout(f)

@@ -40,15 +40,13 @@ import h5py
 import numpy as np
 
 from edge_runtime.bundle import fsync_dir
+from train.data import guard
+from train.data.guard import DataError  # defined below schema so that guard can raise it
 
 SCHEMA = "rescue-t2i-captions"
 SCHEMA_VERSION = 1
 MAX_IMAGE_SIZE = 1024
 """Larger image_size values are treated as corruption (a 64×64 model stores 64 or 76)."""
-
-
-class DataError(ValueError):
-    """A dataset problem; the message names the file and the key."""
 
 
 @dataclass
@@ -207,7 +205,7 @@ def _json_attr(f: h5py.File, key: str, default: Any, where: str) -> Any:
         return default
     try:
         return json.loads(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):  # RecursionError: "[[[[..." 100k deep
         raise DataError(f"{where}: root attribute {key!r} is not valid JSON") from None
 
 
@@ -236,14 +234,8 @@ def damaged_file_guard(where: str) -> Iterator[None]:
 def _open_hdf5(path: Path) -> h5py.File:
     if not path.exists():
         raise DataError(f"{path}: dataset file not found")
-    if not path.is_file():
-        raise DataError(f"{path}: not a file")
-    try:
-        return h5py.File(path, "r")
-    except OSError as err:
-        raise DataError(
-            f"{path}: not a readable HDF5 file (truncated or corrupted?): {_first_line(err)}"
-        ) from None
+    with damaged_file_guard(str(path)):
+        return guard.open_hdf5(path)  # hostile-file checks before any payload byte is read
 
 
 def _check_ours(f: h5py.File, path: Path) -> None:
@@ -389,14 +381,18 @@ def _read_dataset(g: h5py.Group, key: str, where: str) -> np.ndarray:
 
 def _read_images(g: h5py.Group, size: int, where: str) -> np.ndarray:
     if "images" in g:
-        images = _read_dataset(g, "images", where)
-        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (size, size, 3):
+        declared = g["images"]  # checked before reading: its metadata, not its payload
+        if isinstance(declared, h5py.Dataset) and (
+            declared.dtype != np.uint8 or declared.shape[1:] != (size, size, 3)
+        ):
             raise DataError(
                 f"{where}/images: expected uint8 (N, {size}, {size}, 3) (image_size {size}), "
-                f"got {images.dtype} {images.shape}"
+                f"got {declared.dtype} {declared.shape}"
             )
-        return images
+        return _read_dataset(g, "images", where)
     if "images_encoded" in g:
+        if isinstance(g["images_encoded"], h5py.Dataset):
+            guard.expect(g["images_encoded"], f"{where}/images_encoded", "O", (None,))
         encoded = _read_dataset(g, "images_encoded", where)
         if encoded.ndim != 1:
             raise DataError(f"{where}/images_encoded: expected (N,), got {encoded.shape}")
@@ -464,6 +460,8 @@ def decode_image(data: np.ndarray | bytes, where: str, *, size: int | None = Non
 
     buffer = np.frombuffer(bytes(data), np.uint8) if isinstance(data, bytes) else data
     buffer = np.asarray(buffer, dtype=np.uint8).ravel()
+    if buffer.size:
+        guard.check_image_header(buffer, where, size)  # a 1 MB PNG may decode to gigabytes
     image = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
     if image is None:
         raise DataError(f"{where}: undecodable image bytes ({buffer.size} bytes)")
