@@ -92,8 +92,19 @@ mv "$unit.tmp" "$unit"
 echo "[install] unit written to $unit"
 
 if [ "$service" = 1 ]; then
+  # The radio's own group (deploy/99-rescue-serial.rules), so dialout members cannot open it.
+  getent group rescue-radio >/dev/null || groupadd --system rescue-radio
   if ! id "$user" >/dev/null 2>&1; then
-    useradd --system --home-dir "$state" --shell /usr/sbin/nologin --groups dialout "$user"
+    useradd --system --home-dir "$state" --shell /usr/sbin/nologin --groups rescue-radio "$user"
+  else
+    usermod -a -G rescue-radio "$user"
+  fi
+  # The operator-link key: made once, root-only; the unit hands it over as a credential.
+  key=/etc/rescue-t2i/operator.key
+  if [ ! -f "$key" ]; then
+    install -d -m 0700 /etc/rescue-t2i
+    "$prefix/venv/bin/rescue-edge" keygen "$key" >/dev/null
+    echo "[install] new operator-link key at $key: copy it to the ground station (DEPLOY.md)"
   fi
   chown -R "$user:$user" "$state"
   systemctl daemon-reload
