@@ -250,6 +250,11 @@ class Link:
     def close(self) -> None:
         """Close the port (errors ignored: it may already be gone)."""
         if self.port is not None:
+            if isinstance(self.port, serial.Serial) and self.port.is_open:
+                # TIOCEXCL outlives our descriptor while anything else holds the tty open:
+                # lift it, or this service's own restart would get EBUSY.
+                with contextlib.suppress(Exception):
+                    fcntl.ioctl(self.port.fileno(), getattr(termios, "TIOCNXCL", 0x540D))
             with contextlib.suppress(Exception):
                 self.port.close()
             self.port = None
@@ -654,6 +659,8 @@ class Service:
             return False
         body = protocol.reply_body("done", request.id, [("cmd", "ping")])
         if self._junk_bucket.take(self._reply_cost(body), self.clock()):
+            with self._counter_lock:
+                self.counters.ok += 1
             self._send(body)
         return True
 
