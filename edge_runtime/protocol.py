@@ -11,9 +11,14 @@ between ``$`` and ``*``, two upper-case hex digits), then CR LF::
     $done 7 gen n=2 seed=42 ms=6.1 infer_ms=4.0 files=...,... sha256=...,... dir=...*1F
     $err 7 BAD_ARGS n must be an integer 1..16, got 'x'*55
 
+With a key (every deployed robot), lines and replies carry a signature after the `*` instead of
+the checksum (`edge_runtime.signing`, docs/PROTOCOL.md § Signed lines); the service verifies it
+before this module parses the body (`parse_request(..., authenticated=True)`).
+
 Checks run in a fixed order, and the first failure is the reply (the fuzz tests rely on it):
-line length, checksum (when present), UTF-8, request id, command, arguments. Reply lines are
-7-bit ASCII whatever the request held, so any terminal shows them and any radio passes them.
+line length, signature or checksum (when present), UTF-8, request id, command, arguments.
+Reply lines are 7-bit ASCII whatever the request held, so any terminal shows them and any radio
+passes them.
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ HELP = (
     "<id> status                              bundle, precision, uptime, counters, last error",
     "<id> ping                                liveness check",
     "<id> help                                this list",
-    "ids: 1-16 of A-Z a-z 0-9 _ -; optional $ before the id and *HH (XOR checksum) at the end",
+    "ids: 1-16 of A-Z a-z 0-9 _ -; lines are signed (rescue-edge sign; docs/PROTOCOL.md)",
 )
 
 
