@@ -31,7 +31,7 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,15 +132,15 @@ def sign_body(key: bytes, body: str | bytes, link: int, timestamp: int) -> bytes
 class Signer:
     """Signs outgoing lines on one link with strictly increasing timestamps."""
 
-    key: bytes
+    key: bytes = field(repr=False)  # never in a log line
     link: int
     last: int = 0
-    clock: object = field(default=None, repr=False)
-    """A `() -> float` Unix-time clock (tests); None: `time.time`."""
+    clock: Callable[[], float] | None = field(default=None, repr=False)
+    """A Unix-time clock (tests); None: `time.time`."""
 
     def next_timestamp(self, floor: int = 0) -> int:
         """A timestamp newer than every one issued before and than `floor`."""
-        now = now_ticks(self.clock() if callable(self.clock) else None)
+        now = now_ticks(self.clock() if self.clock is not None else None)
         self.last = min(MAX_TIMESTAMP, max(now, self.last + 1, floor + 1))
         return self.last
 
