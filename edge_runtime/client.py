@@ -79,12 +79,19 @@ class BadReplyError(ClientError):
 # ------------------------------------------------------------------------------------------
 
 
+def _printable(text: str) -> bool:
+    """Plain ASCII without control characters: safe to print on the operator's terminal."""
+    return all(" " <= c <= "~" for c in text)
+
+
 def _raw(reply: Reply, key: str) -> str:
     if key not in reply.fields:
         raise BadReplyError(reply, f"no {key} field")
     value = reply.get(key)
     if len(value) > _MAX_FIELD and key != "b64":
         raise BadReplyError(reply, f"{key} is {len(value)} characters long")
+    if not _printable(value):  # percent-encoding can smuggle escape sequences to a terminal
+        raise BadReplyError(reply, f"{key} holds control or non-ASCII characters")
     return value
 
 
@@ -261,7 +268,9 @@ class OperatorClient:
             # behind the robot's memory of this link, a resend heals it (AUTH is resent).
             self._signer.last = max(self._signer.last, self._guard.high_water)
         if reply.kind == "err" and (
-            not _CODE_RE.fullmatch(reply.code) or len(reply.text) > 4 * _MAX_FIELD
+            not _CODE_RE.fullmatch(reply.code)
+            or len(reply.text) > 4 * _MAX_FIELD
+            or not _printable(reply.text)
         ):
             log.debug("ignoring malformed err line %r", raw[:60])
             return None
@@ -343,7 +352,9 @@ class OperatorClient:
         done = replies[-1]
         _equal(done, "cmd", command)
         for reply in replies[:-1]:
-            if reply.kind == "info" and len(reply.text) > 4 * _MAX_FIELD:
+            if reply.kind == "info" and (
+                len(reply.text) > 4 * _MAX_FIELD or not _printable(reply.text)
+            ):
                 raise BadReplyError(reply, f"info line of {len(reply.text)} characters")
         return done
 

@@ -95,7 +95,9 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 absurd = st.one_of(
-    st.sampled_from(["", "abc", "-1", "1e999", "nan", "inf", "0x10", "10" * 30, "1.5", " "]),
+    st.sampled_from(
+        ["", "abc", "-1", "1e999", "nan", "inf", "0x10", "10" * 30, "1.5", " ", "%1B[2J", "%0A"]
+    ),
     st.integers(0, 10**15).map(str),
     st.text(alphabet="0123456789abcdefxyz%/.,=", max_size=80),
 )
@@ -292,3 +294,16 @@ def test_client_fuzz_valid_replies_are_accepted(rig, tmp_path) -> None:
     result = client.generate("survivor", n=2, seed=5)
     assert result.files == [(NAME, SHA), (NAME2, SHA)]
     assert client.fetch(NAME, tmp_path, SHA).read_bytes() == PNG
+
+
+def test_client_fuzz_escape_sequences_never_reach_the_terminal(rig) -> None:
+    robot, client = rig
+    robot.respond = lambda rid, body: [robot.signed(f"done {rid} cmd=status bundle=%1B%5B2J")]
+    with pytest.raises(BadReplyError, match="bundle holds control"):
+        _bounded(client.status)
+    robot.respond = lambda rid, body: [
+        robot.signed(f"info {rid} \x1b[2J wiped"),
+        robot.signed(f"done {rid} cmd=help"),
+    ]
+    with pytest.raises(BadReplyError, match="info line"):
+        _bounded(client.help)
