@@ -361,7 +361,7 @@ def _size(text: str) -> int:
 def bench_flood(args: argparse.Namespace) -> None:
     key = signing.generate_key()
     engine = Engine(TINY, precision="fp32", threads=1)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         # "below:3M": a floor 3 MiB under the free space now, so the floor is what binds.
         floor = (
             OutputDir(tmp).free_bytes() - _size(args.min_free.split(":", 1)[1])
@@ -382,6 +382,8 @@ def bench_flood(args: argparse.Namespace) -> None:
             def sample() -> None:
                 while not stop.is_set():
                     usage = output.usage()
+                    if usage.bytes > worst["bytes"]:
+                        worst["at_max"] = usage  # type: ignore[assignment]
                     worst["bytes"] = max(worst["bytes"], usage.bytes)
                     worst["files"] = max(worst["files"], usage.files)
                     worst["min_free"] = min(worst["min_free"], usage.free_bytes)
@@ -391,12 +393,16 @@ def bench_flood(args: argparse.Namespace) -> None:
             sampler = threading.Thread(target=sample, daemon=True)
             sampler.start()
             done = 0
+            refused: dict[str, int] = {}
             start = time.monotonic()
             seed = 0
             while time.monotonic() - start < args.seconds:
                 seed += 1
-                client.generate(CAPTION, n=16, seed=seed)
-                done += 1
+                try:
+                    client.generate(CAPTION, n=16, seed=seed)
+                    done += 1
+                except ClientError as err:  # e.g. OUTPUT: the floor cannot be kept
+                    refused[err.code] = refused.get(err.code, 0) + 1
             elapsed = time.monotonic() - start
             t0 = time.perf_counter()
             result = client.generate(CAPTION, n=1, seed=10**6)
@@ -407,6 +413,7 @@ def bench_flood(args: argparse.Namespace) -> None:
             sampler.join()
             status = service.status_fields()
     print(f"flood: {done} × gen n=16 in {elapsed:.0f} s ({done * 16 / elapsed:.0f} images/s)")
+    print(f"refused: {refused or 'none'}")
     print(
         f"budget: max_bytes={budget.max_bytes} max_files={budget.max_files} "
         f"min_free={budget.min_free_bytes}"
@@ -416,6 +423,9 @@ def bench_flood(args: argparse.Namespace) -> None:
         f"lowest free={worst['min_free']} (floor {budget.min_free_bytes}; "
         f"{'kept' if worst['min_free'] >= budget.min_free_bytes else 'BROKEN'})"
     )
+    # A directory scan racing the writer can list a file deleted and one created meanwhile:
+    # bytes/files are upper bounds; free space (statvfs) is exact.
+    print(f"the sample with the most bytes (an upper bound): {worst.get('at_max')}")
     print(f"robot: images={status['images']} pruned={status['pruned']} busy={status['busy']}")
     print(f"the operator's next gen + fetch: done in {next_ms:.1f} ms ({name})")
 
@@ -436,6 +446,7 @@ def main() -> int:
     flood.add_argument("--max-bytes", default="4M")
     flood.add_argument("--max-files", type=int, default=200)
     flood.add_argument("--min-free", default="256M", help="a size, or below:SIZE (free now − SIZE)")
+    flood.add_argument("--dir", default=None, help="where the output folder goes (e.g. a tmpfs)")
     args = parser.parse_args()
     print(f"CPU: {cpu_name()}; Python {platform.python_version()}")
     {"overhead": bench_overhead, "junk": bench_junk, "flood": bench_flood}[args.mode](args)
