@@ -159,7 +159,7 @@ class _Outgoing:
 
 
 class _TokenBucket:
-    """`rate` bytes per second, at most `burst` saved up."""
+    """`rate` bytes per second, at most `burst` saved up (six lines; no library needed)."""
 
     def __init__(self, rate: float, burst: float, now: float) -> None:
         self.rate, self.burst, self.tokens, self.stamp = rate, burst, burst, now
@@ -175,7 +175,8 @@ class _TokenBucket:
 
 class _LogLimiter:
     """At most `burst` log lines per `period` seconds; the next line reports what was skipped,
-    so a 2-byte line can never buy a log line."""
+    so a 2-byte line can never buy a log line. (The stdlib's logging has no rate limit, and a
+    `logging.Filter` could not count what it drops into the next record.)"""
 
     def __init__(self, clock: Callable[[], float], burst: int = 5, period: float = 10.0) -> None:
         self.clock, self.burst, self.period = clock, burst, period
