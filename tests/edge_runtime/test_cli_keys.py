@@ -87,6 +87,10 @@ def test_cli_serve_takes_the_key_from_the_systemd_credential(
     assert config.budget.max_files == 7 and config.budget.min_free_bytes == 0
     assert config.budget.max_bytes == 1 << 30  # the default
     assert captured["status"]["auth"] == "signed"
+    assert config.link_state == tmp_path / ".link-state"  # inside --out, never served
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))  # systemd's StateDirectory=
+    assert main(argv) == 0
+    assert captured["config"].link_state == tmp_path / "state" / "link-state.json"
 
 
 def test_cli_client_needs_a_key_or_insecure(tmp_path, capsys, monkeypatch) -> None:

@@ -502,3 +502,16 @@ def test_link_security_fetch_serves_only_our_own_regular_files(signed, link, tmp
     assert answers == {n: ("NOT_FOUND", f"no such image: {n}") for n in answers}
     link.send("y fetch mine.png")
     assert link.until("y")[-1].kind == "done"
+
+
+def test_link_security_client_heals_a_clock_behind_the_robots_memory(signed, cable) -> None:
+    service = signed()
+    # The robot last saw link 1 an hour ahead of our clock (another laptop, a wrong clock).
+    ahead = signing.Signer(KEY, 1, clock=lambda: time.time() + 3600)
+    with serial.Serial(cable.operator_path, timeout=0.05) as raw:
+        raw.write(ahead.sign("early ping") + b"\r\n")
+        wait_for(lambda: service.status_fields()["ok"] == 1, what="the early ping")
+    with OperatorClient.open(cable.operator_path, timeout=2, key=KEY, link=1) as client:
+        assert client.ping() > 0  # first try: AUTH replayed or stale; the resend is newer
+    status = service.status_fields()
+    assert status["rejected"] == 1 and status["ok"] == 2
