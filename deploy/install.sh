@@ -211,9 +211,15 @@ mkdir -p "$prefix/share/rescue-t2i"
 cp "$here/DEPLOY.md" "$prefix/share/rescue-t2i/DEPLOY.md"
 mkdir -p "$state/images"
 
-if [ "$service" = 1 ] && ! id "$user" >/dev/null 2>&1; then
-  useradd --system --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin \
-    --groups dialout "$user"
+if [ "$service" = 1 ]; then
+  # The radio's own group (deploy/99-rescue-serial.rules), so dialout members cannot open it.
+  getent group rescue-radio >/dev/null || groupadd --system rescue-radio
+  if ! id "$user" >/dev/null 2>&1; then
+    useradd --system --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin \
+      --groups rescue-radio "$user"
+  else
+    usermod -a -G rescue-radio "$user"
+  fi
 fi
 
 if [ -n "$bundle" ]; then
@@ -248,6 +254,13 @@ if [ -e "$state/bundle" ]; then
   echo "[install] note: $state/bundle is left from an older install; the service now reads $prefix/bundle (remove the old one)" >&2
 fi
 if [ "$service" = 1 ]; then
+  # The operator-link key: made once, root-only; the unit hands it over as a credential.
+  key=/etc/rescue-t2i/operator.key
+  if [ ! -f "$key" ]; then
+    install -d -m 0700 /etc/rescue-t2i
+    "$prefix/venv/bin/rescue-edge" keygen "$key" >/dev/null
+    echo "[install] new operator-link key at $key: copy it to the ground station (DEPLOY.md)"
+  fi
   chown root:root "$state" && chmod 0755 "$state"  # older installs gave it to the service user
   chown "$user:$user" "$state/images"  # only the images folder; systemd keeps it so
   systemctl daemon-reload

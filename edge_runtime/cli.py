@@ -4,6 +4,8 @@
   generate  caption → PNG files (paths printed one per line)
   serve     the serial service (--serial PORT), or one caption per stdin line (--stdin)
   client    the operator's side of the serial link: send captions, fetch the images
+  keygen    write a new operator-link key file (mode 0600) for both ends of the link
+  sign      sign request lines with the key, to paste into a serial terminal
   bench     speed and memory figures on this machine (printed, never judged)
 
 The bundle is --bundle, else $RESCUE_EDGE_BUNDLE, else /opt/rescue-t2i/bundle; the output
@@ -24,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_runtime import __version__, protocol, tokenizer
+from edge_runtime import __version__, protocol, signing, tokenizer
 from edge_runtime.bundle import BundleError, load_bundle
 from edge_runtime.stdio import bounded_lines, quiet_on_closed_pipe
 
@@ -38,6 +40,14 @@ BUNDLE_ENV = "RESCUE_EDGE_BUNDLE"
 OUT_ENV = "RESCUE_EDGE_OUT"
 DEFAULT_BUNDLE = Path("/opt/rescue-t2i/bundle")
 DEFAULT_OUT = Path("rescue-edge-images")
+KEY_ENV = "RESCUE_EDGE_KEY_FILE"
+# Disk budget defaults (docs/PROTOCOL.md § Disk budget); the unit sets them through these.
+BUDGET_ENV = {
+    "max_bytes": ("RESCUE_EDGE_OUT_MAX_BYTES", "1G"),
+    "max_files": ("RESCUE_EDGE_OUT_MAX_FILES", "10000"),
+    "min_free": ("RESCUE_EDGE_OUT_MIN_FREE", "256M"),
+}
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 MAX_CLI_IMAGES = 256
 
 
@@ -98,6 +108,67 @@ def _engine(args: argparse.Namespace, *, warmup: bool = True) -> Engine:
         provider=args.provider,
         threads=args.threads,
         warmup=warmup,
+    )
+
+
+def _size(name: str, text: str, *, count: bool = False) -> int | None:
+    """'512M' → 536870912 (K, M, G, T are powers of 1024); 'none' → None (no limit)."""
+    value = text.strip().upper()
+    if value == "NONE":
+        return None
+    number, unit = (value, "") if count or value[-1:].isdigit() else (value[:-1], value[-1:])
+    if not number.isdigit() or unit not in _SIZE_UNITS:
+        what = "a count" if count else "a size such as 512M, 2G or 100000"
+        raise UsageError(f"{name}: expected {what} or 'none', got {text!r}")
+    return int(number) * _SIZE_UNITS[unit]
+
+
+def _budget(args: argparse.Namespace) -> Any:
+    from edge_runtime.images import Budget
+
+    values = {}
+    for key, (env, default) in BUDGET_ENV.items():
+        flag = f"--out-{key.replace('_', '-')}"
+        given = getattr(args, f"out_{key}")
+        text, source = (given, flag) if given is not None else (os.environ.get(env) or default, env)
+        values[key] = _size(source, text, count=key == "max_files")
+    return Budget(
+        max_bytes=values["max_bytes"],
+        max_files=values["max_files"],
+        min_free_bytes=values["min_free"] or 0,
+    )
+
+
+def _service_key(args: argparse.Namespace) -> bytes | None:
+    """The signing key: --key-file, else the systemd credential; None only with --insecure."""
+    credential = signing.credential_path()
+    if args.key_file is not None and args.insecure:
+        raise UsageError("--insecure and --key-file contradict each other; pick one")
+    if args.key_file is not None:
+        return signing.read_key_file(args.key_file)
+    if credential is not None and not args.insecure:
+        # systemd keeps credentials in a directory only the unit's user can read.
+        return signing.read_key_file(credential, private=False)
+    if args.insecure:
+        return None
+    raise UsageError(
+        "no operator-link key: pass --key-file PATH (from `rescue-edge keygen`), load it as "
+        f"the systemd credential {signing.CREDENTIAL_NAME} (LoadCredential=), or run --insecure "
+        "to accept unsigned lines from anyone in radio range"
+    )
+
+
+def _client_key(args: argparse.Namespace) -> bytes | None:
+    path = args.key_file if args.key_file is not None else os.environ.get(KEY_ENV)
+    if path and args.insecure:
+        raise UsageError("--insecure and a key file contradict each other; pick one")
+    if path:
+        return signing.read_key_file(Path(path))
+    if args.insecure:
+        return None
+    raise UsageError(
+        f"no operator-link key: pass --key-file PATH or set ${KEY_ENV} (the robot's key), or "
+        "--insecure for a robot started --insecure"
     )
 
 
@@ -248,6 +319,10 @@ def _serve(args: argparse.Namespace) -> int:
     _int_in("--queue", args.queue, 1, 1024)
     _int_in("--max-images", args.max_images, 1, MAX_CLI_IMAGES)
     _int_in("--baud", args.baud, 50, 20_000_000)
+    key = _service_key(args)
+    # A dot file: never a result name, so `fetch` cannot serve it nor the disk budget prune it
+    # (the unit's StateDirectory is the images folder itself).
+    link_state = args.link_state or out / ".link-state"
     config = ServiceConfig(
         port=args.serial,
         out_dir=out,
@@ -256,6 +331,10 @@ def _serve(args: argparse.Namespace) -> int:
         max_images=args.max_images,
         queue_size=args.queue,
         durable=not args.no_fsync,
+        key=key,
+        link_state=link_state,
+        budget=_budget(args),
+        delete_after_fetch=args.delete_after_fetch,
     )
     notifier = Notifier.from_env()
     engine = _engine(args)
@@ -295,7 +374,11 @@ def _client(args: argparse.Namespace) -> int:
     if args.seed is not None:
         _int_in("--seed", args.seed, 0, protocol.MAX_SEED)
     out = args.out if args.out is not None else Path("received")
-    client = OperatorClient.open(args.serial, args.baud, timeout=args.timeout)
+    _int_in("--link", args.link, 0, signing.MAX_OPERATOR_LINK)
+    key = _client_key(args)
+    client = OperatorClient.open(
+        args.serial, args.baud, timeout=args.timeout, key=key, link=args.link
+    )
     with client:
         if args.ping:
             print(f"{client.ping():.1f}")
@@ -353,6 +436,48 @@ def _client_caption(
         else:
             print(client.fetch(name, out, sha))
         sys.stdout.flush()
+
+
+# ------------------------------------------------------------------------------------------
+# keygen and sign
+# ------------------------------------------------------------------------------------------
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    path: Path = args.path
+    signing.write_key_file(path, signing.generate_key(), force=args.force)
+    where = path.absolute()
+    print(
+        f"""wrote a new operator-link key to {where} (mode 0600; keep it secret)
+
+robot (systemd): install it readable by root only, and let the unit load it as a credential:
+  sudo install -D -m 0600 -o root -g root {where} /etc/rescue-t2i/operator.key
+  # deploy/rescue-t2i.service: LoadCredential={signing.CREDENTIAL_NAME}:/etc/rescue-t2i/operator.key
+  sudo systemctl restart rescue-t2i
+robot (by hand):   rescue-edge serve --serial PORT --key-file {where}
+ground station:    copy it over a trusted channel (USB stick, ssh), never over the radio, then
+  rescue-edge client --serial PORT --key-file {where} --ping
+  (or export {KEY_ENV}={where})
+terminal (miniterm): rescue-edge sign --key-file {where} "1 status"   # paste the printed line
+Both ends need the same key; a new key replaces the old on both (docs/PROTOCOL.md § Rotating)."""
+    )
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    _int_in("--link", args.link, 0, signing.MAX_OPERATOR_LINK)
+    signer = signing.Signer(signing.read_key_file(args.key_file), args.link)
+    lines = args.lines or (line.rstrip("\r\n") for line in sys.stdin)
+    for line in lines:
+        text = line.strip()
+        if text.startswith("$"):
+            text = text[1:]
+        if not text:
+            continue
+        if "\r" in text or "\n" in text:
+            raise UsageError("sign: one request per line")
+        print(signer.sign(text).decode("utf-8"), flush=True)
+    return 0
 
 
 # ------------------------------------------------------------------------------------------
@@ -456,6 +581,31 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-fsync", action="store_true", help="skip fsync of each image")
     serve.add_argument("-n", type=int, default=1, help="--stdin: images per caption")
     serve.add_argument("--seed", type=int, default=None, help="--stdin: seed for every line")
+    serve.add_argument(
+        "--key-file", type=Path, default=None, metavar="PATH",
+        help=f"operator-link key (default: the systemd credential {signing.CREDENTIAL_NAME})",
+    )  # fmt: skip
+    serve.add_argument(
+        "--insecure", action="store_true",
+        help="serve without a key: anyone in radio range can command the robot",
+    )  # fmt: skip
+    serve.add_argument(
+        "--link-state", type=Path, default=None, metavar="PATH",
+        help="last timestamp per link, kept across restarts (default: OUT/.link-state)",
+    )  # fmt: skip
+    for key, (env, default) in BUDGET_ENV.items():
+        serve.add_argument(
+            f"--out-{key.replace('_', '-')}", default=None, metavar="N",
+            help={
+                "max_bytes": "largest total size of the images kept",
+                "max_files": "most images kept",
+                "min_free": "free space the filesystem keeps",
+            }[key] + f"; 'none' for no limit (default ${env}, else {default})",
+        )  # fmt: skip
+    serve.add_argument(
+        "--delete-after-fetch", action="store_true",
+        help="delete an image once all its chunks were sent (a resumed fetch then fails)",
+    )  # fmt: skip
     _engine_args(serve)
     serve.set_defaults(func=_serve)
 
@@ -472,7 +622,28 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--timeout", type=float, default=10.0, help="seconds per reply")
     client.add_argument("--ping", action="store_true", help="print a ping's round trip in ms")
     client.add_argument("--status", action="store_true", help="print the robot's status (JSON)")
+    client.add_argument(
+        "--key-file", type=Path, default=None, metavar="PATH",
+        help=f"the robot's operator-link key (default ${KEY_ENV})",
+    )  # fmt: skip
+    client.add_argument(
+        "--link", type=int, default=1, help="link id 0..127, one per ground station (default 1)"
+    )
+    client.add_argument(
+        "--insecure", action="store_true", help="no key: talk to a robot started --insecure"
+    )
     client.set_defaults(func=_client)
+
+    keygen = sub.add_parser("keygen", help="write a new operator-link key file (mode 0600)")
+    keygen.add_argument("path", type=Path, help="key file to write")
+    keygen.add_argument("--force", action="store_true", help="replace an existing key file")
+    keygen.set_defaults(func=_keygen)
+
+    sign = sub.add_parser("sign", help="sign request lines to paste into a serial terminal")
+    sign.add_argument("lines", nargs="*", help="request lines (default: one per stdin line)")
+    sign.add_argument("--key-file", type=Path, required=True, metavar="PATH")
+    sign.add_argument("--link", type=int, default=2, help="link id 0..127 (default 2)")
+    sign.set_defaults(func=_sign)
 
     from edge_runtime import bench
 
@@ -497,7 +668,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
-    except (BundleError, EngineError, UsageError, tokenizer.CaptionError) as err:
+    except (
+        BundleError, EngineError, UsageError, tokenizer.CaptionError, signing.KeyFileError,
+    ) as err:  # fmt: skip
         print(f"rescue-edge: {err}", file=sys.stderr)
         return 2
     except (OutputError, ClientError) as err:

@@ -1,19 +1,29 @@
 """The operator's side of the serial link: what a ground-station laptop runs.
 
-`OperatorClient` sends requests, waits for the replies addressed to them (checksums verified;
-corrupt lines are ignored), retries what the link garbled, and fetches results chunk by chunk —
-each chunk's CRC-32 checked, missing chunks requested again by index, the whole file checked
-against the sha256 the robot announced, then written atomically.
+`OperatorClient` signs its requests (with a key), waits for the replies addressed to them (each
+reply's signature, link and timestamp verified, or its checksum on an insecure link; anything else
+is ignored), retries what the link garbled, and fetches results chunk by chunk — each chunk's
+CRC-32 checked, missing chunks requested again by index, the whole file checked against the sha256
+the robot announced, then written atomically.
 
-    with OperatorClient.open("/dev/ttyUSB0") as client:
+Nothing a reply says is trusted: every field is checked (type, range, size, count, consistency
+with the request) before it is used, and a reply that fails is one `BadReplyError`. Every wait has
+a deadline, and the replies one request may collect are bounded, so a forged or absurd reply can
+cost a bounded wait, never a hang or a traceback (docs/PROTOCOL.md § A program's view).
+
+    with OperatorClient.open("/dev/ttyUSB0", key=read_key_file(path)) as client:
         result = client.generate("survivor in an orange jacket on rubble", n=2)
         paths = [client.fetch(name, "images", sha) for name, sha in result.files]
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import logging
+import math
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -23,14 +33,28 @@ from types import TracebackType
 
 import serial
 
-from edge_runtime import protocol
-from edge_runtime.images import write_atomic
-from edge_runtime.protocol import Code, Reply, ReplyError
+from edge_runtime import protocol, signing
+from edge_runtime.images import MAX_FILE_BYTES, write_atomic
+from edge_runtime.protocol import Code, Reply, ReplyError, SignedReplyError
 
 log = logging.getLogger(__name__)
 
-_RESEND_CODES = {Code.BAD_CHECKSUM, Code.BAD_UTF8, Code.LINE_TOO_LONG, Code.BAD_ID}
-"""Errors that mean the request was garbled on the way: send it again."""
+_RESEND_CODES = {Code.BAD_CHECKSUM, Code.BAD_UTF8, Code.LINE_TOO_LONG, Code.BAD_ID, Code.AUTH}
+"""Errors that mean the request was garbled on the way: send it again (a damaged signed line
+fails its signature; a stale one is resent newer than the robot's replies)."""
+_MAX_REPLY_LINE = 8192
+"""Longest reply line kept (a 4 KiB chunk in base64 plus fields); longer ones are dropped."""
+_MAX_EXTRA_REPLIES = 64
+"""Non-final replies (ack, info) one request may collect; each extends the wait once."""
+_MAX_CHUNK = 1 << 16
+_MAX_CHUNKS_UNACKED = 1 << 15
+_MAX_FIELD = 256
+_CODE_RE = re.compile(r"[A-Z_]{1,32}")
+_KEY_RE = re.compile(r"[a-z_][a-z0-9_]{0,31}")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_CRC_RE = re.compile(r"[0-9a-f]{8}")
+_UINT_RE = re.compile(r"[0-9]{1,20}")
+_DECIMAL_RE = re.compile(r"[0-9]{1,12}(\.[0-9]{1,6})?")
 
 
 class ClientError(Exception):
@@ -39,6 +63,63 @@ class ClientError(Exception):
     def __init__(self, message: str, code: str = "") -> None:
         super().__init__(message)
         self.code = code
+
+
+class BadReplyError(ClientError):
+    """A reply that passed its signature or checksum but breaks the protocol: a field missing,
+    malformed, out of range or inconsistent with the request (a faulty or hostile robot)."""
+
+    def __init__(self, reply: Reply, problem: str) -> None:
+        super().__init__(f"robot sent an invalid {reply.kind} for {reply.id}: {problem}")
+        self.code = "BAD_REPLY"
+
+
+# ------------------------------------------------------------------------------------------
+# Field checks: every value a reply carries passes one of these before it is used
+# ------------------------------------------------------------------------------------------
+
+
+def _printable(text: str) -> bool:
+    """Plain ASCII without control characters: safe to print on the operator's terminal."""
+    return all(" " <= c <= "~" for c in text)
+
+
+def _raw(reply: Reply, key: str) -> str:
+    if key not in reply.fields:
+        raise BadReplyError(reply, f"no {key} field")
+    value = reply.get(key)
+    if len(value) > _MAX_FIELD and key != "b64":
+        raise BadReplyError(reply, f"{key} is {len(value)} characters long")
+    if not _printable(value):  # percent-encoding can smuggle escape sequences to a terminal
+        raise BadReplyError(reply, f"{key} holds control or non-ASCII characters")
+    return value
+
+
+def _int(reply: Reply, key: str, low: int, high: int) -> int:
+    value = _raw(reply, key)
+    if not _UINT_RE.fullmatch(value) or not low <= int(value) <= high:
+        raise BadReplyError(reply, f"{key}={value[:24]!r} is not an integer {low}..{high}")
+    return int(value)
+
+
+def _decimal(reply: Reply, key: str) -> float:
+    value = _raw(reply, key)
+    if not _DECIMAL_RE.fullmatch(value) or not math.isfinite(float(value)):
+        raise BadReplyError(reply, f"{key}={value[:24]!r} is not a duration")
+    return float(value)
+
+
+def _equal(reply: Reply, key: str, expected: object) -> None:
+    value = _raw(reply, key)
+    if value != str(expected):
+        raise BadReplyError(reply, f"{key}={value[:24]!r}, the request said {expected}")
+
+
+def _matching(reply: Reply, key: str, pattern: re.Pattern[str], what: str) -> str:
+    value = _raw(reply, key)
+    if not pattern.fullmatch(value):
+        raise BadReplyError(reply, f"{key}={value[:24]!r} is not {what}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -52,7 +133,6 @@ class GenerateResult:
     ms: float
     """Robot-side time from receiving the line to files written."""
     infer_ms: float
-    directory: str
     round_trip_ms: float
     """This side's time from sending the request to reading `done`."""
 
@@ -83,26 +163,46 @@ class _Fetch:
 class OperatorClient:
     """Request/reply over an open pyserial port (any: a device, a pty, `loop://`, `socket://`).
 
-    The port's read timeout is set to 50 ms: replies are polled against the client's deadlines.
+    With `key`, requests are signed on link id `link` (0..127; give each ground station its own)
+    and only replies signed for this link (or for no link: errors to lines the robot could not
+    attribute) and newer than the session's start are read; without it (an `--insecure` robot),
+    lines are checksummed only. The port's read timeout is set to 50 ms: replies are polled
+    against the client's deadlines.
     """
 
     def __init__(
         self,
         port: serial.SerialBase,
         *,
+        key: bytes | None = None,
+        link: int = 1,
         timeout: float = 10.0,
         retries: int = 3,
         id_prefix: str | None = None,
     ) -> None:
+        if not 0 <= link <= signing.MAX_OPERATOR_LINK:
+            raise ValueError(f"link id must be 0..{signing.MAX_OPERATOR_LINK}, got {link}")
         self.port = port
         self.timeout = timeout
         """Seconds to wait for a request's final reply (and for silence within a fetch)."""
         self.retries = retries
         """Extra attempts after a garbled request, a BUSY, a timeout or a fetch without progress."""
         # A per-session prefix keeps ids of two client sessions apart in the robot's file names.
-        self.id_prefix = id_prefix if id_prefix is not None else f"c{secrets.token_hex(1)}"
+        self.id_prefix = id_prefix if id_prefix is not None else f"c{secrets.token_hex(2)}"
+        self.link = link
+        self._signer = signing.Signer(key, link) if key is not None else None
+        self._guard = (
+            signing.LinkGuard(key, links={link | signing.REPLY_BIT, signing.ANY_LINK})
+            if key is not None
+            else None
+        )
+        if self._guard is not None:
+            # Replies recorded before this session (more than the one-minute window) are refused.
+            self._guard.high_water = signing.now_ticks()
+        self._signed_replies_seen = False
         self._counter = 0
         self._buffer = bytearray()
+        self._discarding = False
         port.timeout = 0.05
 
     @classmethod
@@ -136,35 +236,77 @@ class OperatorClient:
         self._counter += 1
         return f"{self.id_prefix}{self._counter}"
 
+    def request_line(self, request_id: str, command: str, **options: object) -> bytes:
+        """The line for one request: signed with a key, checksummed without."""
+        return protocol.format_request(request_id, command, signer=self._signer, **options)  # type: ignore[arg-type]
+
     def _send(self, line: bytes) -> None:
         log.debug("→ %r", line)
-        self.port.write(line)
-        self.port.flush()
+        try:
+            self.port.write(line)
+            self.port.flush()
+        except (serial.SerialException, OSError) as err:
+            raise ClientError(f"serial port {self.port.port}: {err}") from None
+
+    def _read(self) -> bytes:
+        try:
+            return self.port.read(max(1, min(self.port.in_waiting, 1 << 16)))
+        except (serial.SerialException, OSError) as err:
+            raise ClientError(f"serial port {self.port.port}: {err}") from None
+
+    def _parse(self, raw: bytes) -> Reply | None:
+        try:
+            reply = protocol.parse_reply(raw, self._guard)
+        except SignedReplyError:
+            self._signed_replies_seen = True
+            return None
+        except ReplyError as err:
+            log.debug("ignoring line: %s", err)
+            return None
+        if self._signer is not None and self._guard is not None:
+            # Our next timestamp is newer than anything the robot has said: if our clock is
+            # behind the robot's memory of this link, a resend heals it (AUTH is resent).
+            self._signer.last = max(self._signer.last, self._guard.high_water)
+        if reply.kind == "err" and (
+            not _CODE_RE.fullmatch(reply.code)
+            or len(reply.text) > 4 * _MAX_FIELD
+            or not _printable(reply.text)
+        ):
+            log.debug("ignoring malformed err line %r", raw[:60])
+            return None
+        return reply
 
     def _replies(self, deadline: float) -> Iterator[Reply]:
-        """Replies as they arrive until `deadline` (monotonic); corrupt lines are skipped."""
+        """Replies as they arrive until `deadline` (monotonic); corrupt, forged, replayed and
+        overlong lines are skipped."""
         while True:
             newline = self._buffer.find(b"\n")
             if newline >= 0:
                 raw = bytes(self._buffer[: newline + 1])
                 del self._buffer[: newline + 1]
+                if self._discarding:  # the end of an overlong line
+                    self._discarding = False
+                    continue
                 if not raw.strip():
                     continue
-                try:
-                    reply = protocol.parse_reply(raw)
-                except ReplyError as err:
-                    log.debug("ignoring corrupt line: %s", err)
-                    continue
-                log.debug("← %r", raw)
-                yield reply
+                reply = self._parse(raw)
+                if reply is not None:
+                    log.debug("← %r", raw[:200])
+                    yield reply
                 continue
+            if len(self._buffer) > _MAX_REPLY_LINE:
+                self._buffer.clear()  # memory stays bounded whatever the link spews
+                self._discarding = True
             if time.monotonic() >= deadline:
                 return
-            data = self.port.read(max(1, self.port.in_waiting))
+            data = self._read()
             if data:
                 self._buffer += data
-                if len(self._buffer) > 1 << 20:  # a link spewing garbage without newlines
-                    del self._buffer[: -(1 << 16)]
+
+    def _silence(self) -> str:
+        if self._signed_replies_seen and self._guard is None:
+            return "the robot signs its replies and this client has no key (--key-file)"
+        return f"no reply within {self.timeout:g} s"
 
     def exchange(
         self, build: Callable[[str], bytes], *, final_kinds: tuple[str, ...] = ("done",)
@@ -186,63 +328,93 @@ class OperatorClient:
                     break
                 if reply.kind in final_kinds:
                     return replies
+                if reply.kind not in ("ack", "info") or len(replies) > _MAX_EXTRA_REPLIES:
+                    raise BadReplyError(reply, f"unexpected after {len(replies) - 1} replies")
                 deadline = time.monotonic() + self.timeout  # progress: keep waiting
             else:
-                last_problem = f"no reply within {self.timeout:g} s"
+                last_problem = self._silence()
                 log.info("%s: %s (attempt %d)", request_id, last_problem, attempt + 1)
                 continue
             err = replies[-1]
             if err.code == Code.BUSY:
-                last_problem = f"robot busy: {err.text}"
+                last_problem = f"robot busy: {err.text[:80]}"
                 time.sleep(busy_wait)
                 busy_wait = min(busy_wait * 2, 2.0)
                 continue
             if err.code in _RESEND_CODES:
-                last_problem = f"{err.code} {err.text}"
+                last_problem = f"{err.code} {err.text[:80]}"
                 log.info("%s: garbled on the way (%s); resending", request_id, last_problem)
                 continue
-            raise ClientError(f"robot refused {request_id}: {err.code} {err.text}", err.code)
+            raise ClientError(f"robot refused {request_id}: {err.code} {err.text[:200]}", err.code)
         raise ClientError(f"gave up after {self.retries + 1} attempts: {last_problem}")
+
+    def _final(self, replies: list[Reply], command: str) -> Reply:
+        done = replies[-1]
+        _equal(done, "cmd", command)
+        for reply in replies[:-1]:
+            if reply.kind == "info" and (
+                len(reply.text) > 4 * _MAX_FIELD or not _printable(reply.text)
+            ):
+                raise BadReplyError(reply, f"info line of {len(reply.text)} characters")
+        return done
 
     # -- commands -------------------------------------------------------------------------------
 
     def ping(self) -> float:
         """Round trip time of a ping, in ms."""
         t0 = time.perf_counter()
-        self.exchange(lambda rid: protocol.format_request(rid, "ping"))
+        done = self._final(self.exchange(lambda rid: self.request_line(rid, "ping")), "ping")
+        _decimal(done, "uptime_s")
         return (time.perf_counter() - t0) * 1000.0
 
     def status(self) -> dict[str, str]:
-        """The robot's status fields, decoded."""
-        (done,) = [
-            r
-            for r in self.exchange(lambda rid: protocol.format_request(rid, "status"))
-            if r.kind == "done"
-        ]
+        """The robot's status fields, decoded (names and sizes checked)."""
+        done = self._final(self.exchange(lambda rid: self.request_line(rid, "status")), "status")
+        if len(done.fields) > _MAX_EXTRA_REPLIES:
+            raise BadReplyError(done, f"{len(done.fields)} fields")
+        for key in done.fields:
+            if not _KEY_RE.fullmatch(key):
+                raise BadReplyError(done, f"field name {key[:24]!r}")
+            _raw(done, key)
         return {k: done.get(k) for k in done.fields}
 
     def help(self) -> list[str]:
         """The robot's help lines."""
-        replies = self.exchange(lambda rid: protocol.format_request(rid, "help"))
+        replies = self.exchange(lambda rid: self.request_line(rid, "help"))
+        self._final(replies, "help")
         return [r.text for r in replies if r.kind == "info"]
 
     def generate(self, caption: str, n: int = 1, seed: int | None = None) -> GenerateResult:
         """Ask for `n` images of `caption`. The seed is chosen here when not given, so a resent
         request makes exactly the same images."""
+        if not 1 <= n <= protocol.MAX_IMAGES:
+            raise ClientError(f"n must be 1..{protocol.MAX_IMAGES}, got {n}")
         seed = secrets.randbelow(protocol.MAX_SEED + 1) if seed is None else seed
         t0 = time.perf_counter()
         replies = self.exchange(
-            lambda rid: protocol.format_request(rid, "gen", caption=caption, n=n, seed=seed)
+            lambda rid: self.request_line(rid, "gen", caption=caption, n=n, seed=seed)
         )
-        done = replies[-1]
-        files = list(zip(done.values("files"), done.values("sha256"), strict=True))
+        done = self._final(replies, "gen")
+        for reply in replies:  # the ack, and the done
+            if reply.kind == "ack":
+                _equal(reply, "cmd", "gen")
+            _equal(reply, "n", n)
+            _equal(reply, "seed", seed)
+        names = done.values("files") if "files" in done.fields else []
+        digests = done.values("sha256") if "sha256" in done.fields else []
+        if len(names) != n or len(digests) != n or len(set(names)) != n:
+            raise BadReplyError(
+                done, f"{len(names)} file names and {len(digests)} digests for n={n}"
+            )
+        for name, digest in zip(names, digests, strict=True):
+            if not protocol.FILE_RE.fullmatch(name) or not _SHA256_RE.fullmatch(digest):
+                raise BadReplyError(done, f"file {name[:40]!r} / sha256 {digest[:16]!r}")
         return GenerateResult(
             request_id=done.id,
-            seed=int(done.get("seed", str(seed))),
-            files=files,
-            ms=float(done.get("ms", "nan")),
-            infer_ms=float(done.get("infer_ms", "nan")),
-            directory=done.get("dir"),
+            seed=seed,
+            files=list(zip(names, digests, strict=True)),
+            ms=_decimal(done, "ms"),
+            infer_ms=_decimal(done, "infer_ms"),
             round_trip_ms=(time.perf_counter() - t0) * 1000.0,
         )
 
@@ -262,6 +434,8 @@ class OperatorClient:
             for start, count in runs:
                 try:
                     self._fetch_run(name, start, count, state)
+                except BadReplyError:
+                    raise
                 except ClientError as err:
                     if err.code in (Code.NOT_FOUND, Code.BAD_ARGS):
                         raise
@@ -284,44 +458,94 @@ class OperatorClient:
                 f"said {state.size} bytes, {state.sha256[:12]}…"
             )
         target = Path(dest) / name
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ClientError(f"cannot create {target.parent}: {err.strerror}") from None
         write_atomic(target, data)
         return target
+
+    def _check_ack(self, reply: Reply, name: str, start: int, count: int | None) -> _Fetch:
+        _equal(reply, "cmd", "fetch")
+        _equal(reply, "file", name)
+        size = _int(reply, "bytes", 0, MAX_FILE_BYTES)
+        chunk = _int(reply, "chunk", 1, _MAX_CHUNK)
+        total = _int(reply, "chunks", 0, MAX_FILE_BYTES)
+        if total != protocol.chunk_count(size, chunk):
+            raise BadReplyError(reply, f"chunks={total} for {size} bytes in {chunk}-byte chunks")
+        _equal(reply, "from", start)
+        sent = _int(reply, "count", 0, total)
+        wanted = total - start if count is None else min(count, total - start)
+        if sent != wanted:
+            raise BadReplyError(reply, f"count={sent}, expected {wanted}")
+        sha = _matching(reply, "sha256", _SHA256_RE, "a sha256")
+        return _Fetch(size=size, chunk=chunk, total=total, sha256=sha)
+
+    def _chunk(self, reply: Reply, state: _Fetch, start: int, end: int) -> tuple[int, bytes]:
+        index = _int(reply, "i", start, max(start, end - 1))
+        crc = int(_matching(reply, "crc", _CRC_RE, "a CRC-32"), 16)
+        text = _raw(reply, "b64")
+        expected = min(state.chunk, state.size - index * state.chunk)
+        if len(text) != 4 * -(-expected // 3):
+            raise BadReplyError(reply, f"chunk {index}: {len(text)} base64 characters")
+        try:
+            chunk = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise BadReplyError(reply, f"chunk {index}: not base64") from None
+        if len(chunk) != expected or binascii.crc32(chunk) != crc:
+            # Damage that slipped past the line check (an insecure link): ask for it again.
+            raise ReplyError(f"chunk {index}: length or CRC-32 mismatch")
+        return index, chunk
 
     def _fetch_run(self, name: str, start: int, count: int | None, state: _Fetch) -> None:
         request_id = self.next_id()
         self._send(
-            protocol.format_request(
-                request_id, "fetch", file=name, start=start or None, count=count
-            )
+            self.request_line(request_id, "fetch", file=name, start=start or None, count=count)
         )
         deadline = time.monotonic() + self.timeout
+        end = -1  # one past the last chunk index this run may carry (known from the ack)
+        extra = 0
         for reply in self._replies(deadline):
             if reply.id != request_id:
                 continue
+            extra += 1
+            # Before the ack (lost on a lossy link) the run's size is unknown: a generous bound.
+            limit = end - start + 2 if end >= 0 else _MAX_CHUNKS_UNACKED
+            if extra > limit:
+                raise BadReplyError(reply, f"{extra} replies to one fetch of {name}")
             deadline = time.monotonic() + self.timeout
             if reply.kind == "err":
-                raise ClientError(f"fetch {name}: {reply.code} {reply.text}", reply.code)
-            if reply.kind == "ack":
-                sha = reply.get("sha256")
-                if state.sha256 and sha != state.sha256:
+                raise ClientError(f"fetch {name}: {reply.code} {reply.text[:200]}", reply.code)
+            if reply.kind == "ack" and end < 0:
+                announced = self._check_ack(reply, name, start, count)
+                if state.sha256 and (announced.sha256, announced.size, announced.chunk) != (
+                    state.sha256, state.size, state.chunk,
+                ):  # fmt: skip
                     # The file changed between two runs: what we hold is from another version.
                     state.parts.clear()
-                state.size = int(reply.get("bytes"))
-                state.chunk = int(reply.get("chunk"))
-                state.total = int(reply.get("chunks"))
-                state.sha256 = sha
+                state.size, state.chunk = announced.size, announced.chunk
+                state.total, state.sha256 = announced.total, announced.sha256
+                end = start + _int(reply, "count", 0, state.total)
+            elif reply.kind in ("data", "done") and end < 0:
+                log.info("fetch %s: %s before the ack (lost); will ask again", name, reply.kind)
+                if reply.kind == "done":
+                    return
             elif reply.kind == "data":
                 try:
-                    index, chunk = protocol.decode_chunk(reply)
+                    index, chunk = self._chunk(reply, state, start, end)
+                except BadReplyError:
+                    raise
                 except ReplyError as err:
                     log.info("fetch %s: %s; will ask again", name, err)
                     continue
-                if 0 <= index < max(state.total, 0):
-                    state.parts[index] = chunk
+                state.parts[index] = chunk
             elif reply.kind == "done":
+                _equal(reply, "cmd", "fetch")
+                _equal(reply, "file", name)
                 return
-        raise ClientError(f"fetch {name}: silence for {self.timeout:g} s")
+            else:
+                raise BadReplyError(reply, "out of order in a fetch")
+        raise ClientError(f"fetch {name}: {self._silence()}")
 
     def generate_and_fetch(
         self, caption: str, dest: str | Path, n: int = 1, seed: int | None = None

@@ -34,6 +34,41 @@ class OutputError(Exception):
     """The output directory cannot take a file (missing, read-only, full); one line."""
 
 
+NO_SUCH_IMAGE = "no such image"
+"""The one answer for every name `read` will not serve: missing, a link, a special file, a hard
+link, another owner's file. One wording, so the reply tells a prober nothing about which."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much of the disk the output directory may use (docs/PROTOCOL.md § Disk budget)."""
+
+    max_bytes: int | None = None
+    """Sum of result file sizes; None: no limit."""
+    max_files: int | None = None
+    """Number of result files; None: no limit."""
+    min_free_bytes: int = 0
+    """Free space the filesystem must keep after a write (for the OS, logs, other services)."""
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What the output directory holds now (results only: no temp or dot files)."""
+
+    files: int
+    bytes: int
+    fetched: int
+    free_bytes: int
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    size: int
+    mtime_ns: int
+    fetched: bool
+
+
 @dataclass(frozen=True)
 class Saved:
     """One file written to the output directory."""
@@ -162,24 +197,150 @@ class OutputDir:
         return path
 
     def read(self, name: str) -> bytes:
-        """Bytes of result `name`; FileNotFoundError when it is not a regular file in the
-        directory (symbolic links are refused: they could point anywhere)."""
+        """Bytes of result `name`. Only a file this service could have made is served: a
+        regular file directly in the directory, not a symbolic link (it could point anywhere),
+        not a hard link (its other name may be outside), owned by this process's user, at most
+        `MAX_FILE_BYTES`. Anything else raises FileNotFoundError with `NO_SUCH_IMAGE`."""
         if not FILE_RE.fullmatch(name):
-            raise FileNotFoundError(errno.ENOENT, "not a result name", name)
-        path = self.path / name
-        fd = os.open(
-            path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-        )
+            raise FileNotFoundError(errno.ENOENT, NO_SUCH_IMAGE, name)
+        try:
+            dir_fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError:
+            raise FileNotFoundError(errno.ENOENT, NO_SUCH_IMAGE, name) from None
+        try:
+            # Relative to the directory's descriptor: a name cannot escape it between checks.
+            fd = os.open(
+                name,
+                os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0),
+                dir_fd=dir_fd,
+            )
+        except OSError:
+            raise FileNotFoundError(errno.ENOENT, NO_SUCH_IMAGE, name) from None
+        finally:
+            os.close(dir_fd)
         try:
             info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise FileNotFoundError(errno.ENOENT, "not a regular file", name)
-            if info.st_size > MAX_FILE_BYTES:
-                raise FileNotFoundError(errno.EFBIG, "file too large to send", name)
+            if (
+                not stat.S_ISREG(info.st_mode)
+                or info.st_nlink != 1
+                or info.st_uid != os.geteuid()
+                or info.st_size > MAX_FILE_BYTES
+            ):
+                raise FileNotFoundError(errno.ENOENT, NO_SUCH_IMAGE, name)
             with os.fdopen(fd, "rb", closefd=False) as f:
                 return f.read(MAX_FILE_BYTES + 1)[:MAX_FILE_BYTES]
+        except OSError:
+            raise FileNotFoundError(errno.ENOENT, NO_SUCH_IMAGE, name) from None
         finally:
             os.close(fd)
+
+    # -- disk budget ----------------------------------------------------------------------------
+
+    def _entries(self) -> list[_Entry]:
+        """The results in the directory: regular files with result names (temp and dot files,
+        links and directories are not results)."""
+        entries = []
+        try:
+            scan = os.scandir(self.path)
+        except OSError:
+            return []
+        with scan:
+            for item in scan:
+                if not FILE_RE.fullmatch(item.name):
+                    continue
+                try:
+                    info = item.stat(follow_symlinks=False)
+                except OSError:
+                    continue  # deleted meanwhile
+                if stat.S_ISREG(info.st_mode):
+                    # Fetched results have their write bits cleared (`mark_fetched`): the mark
+                    # survives a restart without a side file.
+                    fetched = not info.st_mode & stat.S_IWUSR
+                    entries.append(_Entry(item.name, info.st_size, info.st_mtime_ns, fetched))
+        return entries
+
+    def free_bytes(self) -> int:
+        """Bytes an unprivileged writer may still use on the directory's filesystem."""
+        try:
+            vfs = os.statvfs(self.path)
+        except OSError:
+            return 0
+        return vfs.f_bavail * vfs.f_frsize
+
+    def usage(self) -> Usage:
+        """Files, bytes and fetched files in the directory, and the filesystem's free space."""
+        entries = self._entries()
+        return Usage(
+            files=len(entries),
+            bytes=sum(e.size for e in entries),
+            fetched=sum(e.fetched for e in entries),
+            free_bytes=self.free_bytes(),
+        )
+
+    def make_room(self, incoming: Sequence[int], budget: Budget) -> list[str]:
+        """Delete the oldest results (fetched ones first) until files of the `incoming` sizes fit
+        `budget`; returns the names deleted. Raises `OutputError` when they cannot fit even in
+        an empty directory (nothing is deleted then)."""
+        self.ensure()
+        need_bytes, need_files = sum(incoming), len(incoming)
+        # A file occupies whole blocks; 4 KiB is the common block size and errs on the safe side.
+        need_disk = sum(-(-size // 4096) * 4096 for size in incoming)
+        if budget.max_bytes is not None and need_bytes > budget.max_bytes:
+            raise OutputError(
+                f"{need_files} image(s) of {need_bytes} bytes exceed the output budget of "
+                f"{budget.max_bytes} bytes (--out-max-bytes)"
+            )
+        if budget.max_files is not None and need_files > budget.max_files:
+            raise OutputError(
+                f"{need_files} image(s) exceed the output budget of {budget.max_files} files "
+                "(--out-max-files)"
+            )
+        entries = sorted(self._entries(), key=lambda e: (not e.fetched, e.mtime_ns, e.name))
+        total, count = sum(e.size for e in entries), len(entries)
+
+        def fits(free: int) -> bool:
+            return (
+                (budget.max_bytes is None or total + need_bytes <= budget.max_bytes)
+                and (budget.max_files is None or count + need_files <= budget.max_files)
+                and free - need_disk >= budget.min_free_bytes
+            )
+
+        deleted: list[str] = []
+        free = self.free_bytes()
+        for entry in entries:
+            if fits(free):
+                break
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path / entry.name)
+            deleted.append(entry.name)
+            total, count = total - entry.size, count - 1
+            free = self.free_bytes()
+        if not fits(free):
+            raise OutputError(
+                f"{self.path}: {need_disk} bytes needed but only {free} free with a floor of "
+                f"{budget.min_free_bytes} (--out-min-free), after deleting {len(deleted)} "
+                "older image(s)"
+            )
+        return deleted
+
+    def mark_fetched(self, name: str) -> None:
+        """Record that result `name` was sent whole (its write bits are cleared)."""
+        path = self._confined(name)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK)
+        except OSError:
+            return
+        try:
+            os.fchmod(fd, stat.S_IMODE(os.fstat(fd).st_mode) & ~0o222)
+        except OSError:
+            pass  # the mark only orders deletion; a file that refuses it is pruned later
+        finally:
+            os.close(fd)
+
+    def delete(self, name: str) -> None:
+        """Remove result `name` (already gone is fine)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._confined(name))
 
 
 # ------------------------------------------------------------------------------------------

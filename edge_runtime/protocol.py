@@ -11,9 +11,14 @@ between ``$`` and ``*``, two upper-case hex digits), then CR LF::
     $done 7 gen n=2 seed=42 ms=6.1 infer_ms=4.0 files=...,... sha256=...,... dir=...*1F
     $err 7 BAD_ARGS n must be an integer 1..16, got 'x'*55
 
+With a key (every deployed robot), lines and replies carry a signature after the `*` instead of
+the checksum (`edge_runtime.signing`, docs/PROTOCOL.md § Signed lines); the service verifies it
+before this module parses the body (`parse_request(..., authenticated=True)`).
+
 Checks run in a fixed order, and the first failure is the reply (the fuzz tests rely on it):
-line length, checksum (when present), UTF-8, request id, command, arguments. Reply lines are
-7-bit ASCII whatever the request held, so any terminal shows them and any radio passes them.
+line length, signature or checksum (when present), UTF-8, request id, command, arguments.
+Reply lines are 7-bit ASCII whatever the request held, so any terminal shows them and any radio
+passes them.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote, unquote
 
-from edge_runtime import tokenizer
+from edge_runtime import signing, tokenizer
 
 MAX_LINE = 512
 """Default longest request line in bytes (terminator excluded)."""
@@ -66,7 +71,7 @@ HELP = (
     "<id> status                              bundle, precision, uptime, counters, last error",
     "<id> ping                                liveness check",
     "<id> help                                this list",
-    "ids: 1-16 of A-Z a-z 0-9 _ -; optional $ before the id and *HH (XOR checksum) at the end",
+    "ids: 1-16 of A-Z a-z 0-9 _ -; lines are signed (rescue-edge sign; docs/PROTOCOL.md)",
 )
 
 
@@ -85,6 +90,9 @@ class Code:
     OUTPUT = "OUTPUT"
     SHUTDOWN = "SHUTDOWN"
     INTERNAL = "INTERNAL"
+    AUTH = "AUTH"
+    """The line is unsigned, forged, replayed or stale (robot has a key), or signed while the
+    robot has none."""
 
 
 class ProtocolError(Exception):
@@ -252,15 +260,23 @@ class Request:
     count: int | None = None
     """`fetch`: number of chunks to send (None: to the end)."""
     checksummed: bool = False
-    """Whether the line carried a (verified) checksum."""
+    """Whether the line carried a (verified) checksum or signature."""
+    link: int | None = None
+    """The signed line's link id (None: unsigned); replies go out on `link | 0x80`."""
 
 
 def parse_request(
-    line: bytes, *, max_line: int = MAX_LINE, max_images: int = MAX_IMAGES
+    line: bytes,
+    *,
+    max_line: int = MAX_LINE,
+    max_images: int = MAX_IMAGES,
+    authenticated: bool = False,
 ) -> Request | None:
     """Parse one request line (terminator removed); None for a blank line (no reply is due).
 
-    Raises `ProtocolError` with the first problem in the documented order.
+    `authenticated`: `line` is the body of a verified signed line (`signing.split_signed`), so it
+    has no checksum of its own to look for. Raises `ProtocolError` with the first problem in the
+    documented order.
     """
     if len(line) > max_line:
         raise ProtocolError(
@@ -274,7 +290,7 @@ def parse_request(
     guessed_id = guess_id(line)  # to address the errors found before the id is read
     if line.startswith(b"$"):
         line = line[1:]
-    body, expected, digits = _split_checksum(line)
+    body, expected, digits = (line, None, b"") if authenticated else _split_checksum(line)
     if expected is not None:
         if expected < 0:
             raise ProtocolError(
@@ -321,7 +337,7 @@ def parse_request(
             f"unknown command {_printable(word)}; known: {', '.join(sorted(set(COMMANDS)))}",
             request_id,
         )
-    checksummed = expected is not None
+    checksummed = authenticated or expected is not None
     if command == "gen":
         return _parse_gen(request_id, args, max_images, checksummed)
     if command == "fetch":
@@ -442,8 +458,10 @@ def format_request(
     file: str = "",
     start: int | None = None,
     count: int | None = None,
+    signer: signing.Signer | None = None,
 ) -> bytes:
-    """A checksummed request line with CR LF, as a program (the operator client) sends it."""
+    """A request line with CR LF as a program sends it: signed by `signer` when given (the robot
+    has a key), else checksummed."""
     if not ID_RE.fullmatch(request_id.encode("ascii", "replace")):
         raise ValueError(f"bad request id {request_id!r}")
     parts = [request_id, command]
@@ -456,7 +474,10 @@ def format_request(
         parts.append(file)
         parts += [f"from={start}"] if start is not None else []
         parts += [f"count={count}"] if count is not None else []
-    return (with_checksum(" ".join(parts)) + "\r\n").encode("utf-8")
+    body = " ".join(parts)
+    if signer is not None:
+        return signer.sign(body) + b"\r\n"
+    return (with_checksum(body) + "\r\n").encode("utf-8")
 
 
 # ------------------------------------------------------------------------------------------
@@ -481,22 +502,40 @@ def _ascii_line(text: str) -> str:
     return cleaned.encode("ascii", "backslashreplace").decode("ascii")
 
 
+def reply_body(kind: str, request_id: str, fields: Sequence[tuple[str, object]] = ()) -> bytes:
+    """The ASCII body `kind id key=value ...` of an ack, done or data line (no framing)."""
+    body = " ".join([kind, request_id, *(f"{k}={encode_value(v)}" for k, v in fields)])
+    return _ascii_line(body).encode("ascii")
+
+
+def text_body(kind: str, request_id: str, text: str) -> bytes:
+    """The ASCII body `kind id free text` of an err or info line (no framing)."""
+    return _ascii_line(f"{kind} {request_id} {text}").encode("ascii")
+
+
+def error_body(request_id: str, code: str, message: str) -> bytes:
+    """The body `err id CODE message`."""
+    return text_body("err", request_id, f"{code} {message}")
+
+
+def frame(body: bytes) -> bytes:
+    """`$body*HH` CR LF: a checksummed line (the unsigned framing)."""
+    return b"$" + body + b"*%02X\r\n" % checksum(body)
+
+
 def format_reply(kind: str, request_id: str, fields: Sequence[tuple[str, object]] = ()) -> bytes:
     """A `$kind id key=value ...*HH` CR LF line (ack, done, data)."""
-    body = " ".join([kind, request_id, *(f"{k}={encode_value(v)}" for k, v in fields)])
-    raw = _ascii_line(body).encode("ascii")
-    return b"$" + raw + b"*%02X\r\n" % checksum(raw)
+    return frame(reply_body(kind, request_id, fields))
 
 
 def format_text(kind: str, request_id: str, text: str) -> bytes:
     """A `$kind id free text*HH` CR LF line (err, info)."""
-    raw = _ascii_line(f"{kind} {request_id} {text}").encode("ascii")
-    return b"$" + raw + b"*%02X\r\n" % checksum(raw)
+    return frame(text_body(kind, request_id, text))
 
 
 def format_error(request_id: str, code: str, message: str) -> bytes:
     """An `$err id CODE message*HH` line."""
-    return format_text("err", request_id, f"{code} {message}")
+    return frame(error_body(request_id, code, message))
 
 
 @dataclass(frozen=True)
@@ -527,16 +566,29 @@ class ReplyError(ValueError):
     """A reply line that is corrupt (bad or missing checksum) or not in the grammar."""
 
 
-def parse_reply(line: bytes) -> Reply:
-    """Verify a reply line's checksum and split it; raises `ReplyError`."""
+class SignedReplyError(ReplyError):
+    """A signed reply reached a reader that has no key to check it."""
+
+
+def parse_reply(line: bytes, guard: signing.LinkGuard | None = None) -> Reply:
+    """Verify a reply line's checksum (no `guard`) or signature (`guard`: tag, link direction,
+    fresh timestamp, then remembered) and split it; raises `ReplyError`."""
     line = line.strip(b"\r\n \t")
     if not line.startswith(b"$"):
         raise ReplyError(f"reply does not start with '$': {line[:40]!r}")
-    body, expected, _ = _split_checksum(line[1:])
-    if expected is None:
-        raise ReplyError(f"reply has no checksum: {line[:40]!r}")
-    if expected != checksum(body):
-        raise ReplyError(f"reply checksum mismatch: {line[:40]!r}")
+    if guard is not None:
+        try:
+            body = guard.accept(line[1:]).body
+        except signing.AuthError as err:
+            raise ReplyError(f"reply refused ({err.reason}): {line[:40]!r}") from None
+    else:
+        body, expected, _ = _split_checksum(line[1:])
+        if expected is None:
+            if signing.split_signed(line[1:]) is not None:
+                raise SignedReplyError("the robot signs its replies: this side needs its key")
+            raise ReplyError(f"reply has no checksum: {line[:40]!r}")
+        if expected != checksum(body):
+            raise ReplyError(f"reply checksum mismatch: {line[:40]!r}")
     try:
         text = body.decode("ascii")
     except UnicodeDecodeError:
@@ -571,8 +623,13 @@ def chunk_count(size: int, chunk_size: int = CHUNK_SIZE) -> int:
 
 
 def data_line(request_id: str, index: int, chunk: bytes) -> bytes:
-    """`$data id i=K crc=XXXXXXXX b64=...` for one chunk (CRC-32 of the raw bytes)."""
-    return format_reply(
+    """`$data id i=K crc=XXXXXXXX b64=...*HH` CR LF for one chunk (CRC-32 of the raw bytes)."""
+    return frame(data_body(request_id, index, chunk))
+
+
+def data_body(request_id: str, index: int, chunk: bytes) -> bytes:
+    """The body `data id i=K crc=XXXXXXXX b64=...` of one chunk's line."""
+    return reply_body(
         "data",
         request_id,
         [

@@ -87,6 +87,7 @@ def robot_session(bundle: Path, received: Path, timings: dict[str, float]) -> di
     sys.path.insert(0, str(ROOT / "scripts"))
     from pty_cable import PtyCable
 
+    from edge_runtime import signing
     from edge_runtime.client import OperatorClient
 
     say("robot: rescue-edge serve --serial on a pseudo-terminal cable, as the unit runs it")
@@ -96,14 +97,19 @@ def robot_session(bundle: Path, received: Path, timings: dict[str, float]) -> di
     cable = PtyCable(cable_dir)
     robot_out = OUT / "robot-images"
     log_file = (OUT / "robot-service.log").open("wb")
+    # One key for both ends of the link, as `rescue-edge keygen` makes it (docs/PROTOCOL.md).
+    key_file = OUT / "operator.key"
+    signing.write_key_file(key_file, signing.generate_key(), force=True)
+    key = signing.read_key_file(key_file)
     service = subprocess.Popen(
         [PY, "-m", "edge_runtime", "serve", "--serial", str(cable.robot_path),
-         "--bundle", str(bundle), "--out", str(robot_out), "--threads", "2"],
+         "--bundle", str(bundle), "--out", str(robot_out), "--threads", "2",
+         "--key-file", str(key_file)],
         stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT,
     )  # fmt: skip
     results: list[dict[str, Any]] = []
     try:
-        client = OperatorClient.open(cable.operator_path, timeout=60)
+        client = OperatorClient.open(cable.operator_path, timeout=60, key=key)
         try:
             deadline = time.monotonic() + 120
             client.timeout = 2.0  # a ping sent before the service listens is simply lost

@@ -20,6 +20,7 @@ import cv2
 import pytest
 from pty_cable import PtyCable
 
+from edge_runtime import signing
 from edge_runtime.client import OperatorClient
 
 REPO = Path(__file__).resolve().parents[2]
@@ -285,6 +286,29 @@ def test_runtime_works_without_writable_executable_memory(tmp_path: Path) -> Non
         assert len(done.stdout.split()) == 2
 
 
+def _environment(installed: Path) -> dict[str, str]:
+    """Every Environment= assignment of the unit (configparser keeps only the last line)."""
+    values: dict[str, str] = {}
+    for line in (installed / "systemd" / "rescue-t2i.service").read_text().splitlines():
+        if line.startswith("Environment="):
+            for item in shlex.split(line.removeprefix("Environment=")):
+                key, _, value = item.partition("=")
+                values[key] = value
+    return values
+
+
+def test_udev_rule_gives_the_radio_its_own_group() -> None:
+    rule = [
+        line
+        for line in (DEPLOY / "99-rescue-serial.rules").read_text().splitlines()
+        if line.startswith("SUBSYSTEM==")
+    ]
+    assert len(rule) == 1 and 'GROUP="rescue-radio"' in rule[0] and 'MODE="0660"' in rule[0]
+    assert "dialout" not in rule[0]
+    install = (DEPLOY / "install.sh").read_text()
+    assert "groupadd --system rescue-radio" in install and "keygen" in install
+
+
 def test_unit_file_has_the_robot_settings(installed: Path) -> None:
     unit = _unit(installed)
     service = unit["Service"]
@@ -293,7 +317,13 @@ def test_unit_file_has_the_robot_settings(installed: Path) -> None:
     assert f"--bundle {installed / 'opt' / 'bundle'} " in service["ExecStart"]
     assert int(service["WatchdogSec"]) > 0
     assert service["Restart"] == "on-failure"
-    assert service["User"] == "rescue" and "dialout" in service["SupplementaryGroups"]
+    assert service["User"] == "rescue" and service["SupplementaryGroups"] == "rescue-radio"
+    # The key arrives as a systemd credential, never as a command-line value.
+    assert service["LoadCredential"] == "operator-key:/etc/rescue-t2i/operator.key"
+    assert "--key-file" not in service["ExecStart"] and "--insecure" not in service["ExecStart"]
+    environment = _environment(installed)
+    assert environment["RESCUE_EDGE_OUT_MAX_BYTES"] == "1G"
+    assert environment["RESCUE_EDGE_OUT_MIN_FREE"] == "256M"
     assert unit["Unit"]["BindsTo"] == r"dev-rescue\x2dradio.device"
     assert "--serial /dev/rescue-radio" in service["ExecStart"]
 
@@ -335,17 +365,23 @@ def test_robot_simulation_serial_service_as_the_unit_starts_it(
     argv = shlex.split(_unit(installed)["Service"]["ExecStart"])
     # The udev name /dev/rescue-radio becomes the cable's symlink; everything else as the unit says.
     argv = [str(cable.robot_path) if a == "/dev/rescue-radio" else a for a in argv]
+    # LoadCredential= as systemd does it: the key in a private directory named by the variable.
+    credentials = tmp_path / "credentials"
+    credentials.mkdir(mode=0o700)
+    key = signing.generate_key()
+    signing.write_key_file(credentials / signing.CREDENTIAL_NAME, key)
     env = dict(
         os.environ,
+        **_environment(installed),
         NOTIFY_SOCKET=str(tmp_path / "notify"),
         WATCHDOG_USEC="2000000",
-        PYTHONUNBUFFERED="1",
+        CREDENTIALS_DIRECTORY=str(credentials),
     )
     service = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _wait_for(notify_socket, "READY=1", 60)
         _wait_for(notify_socket, "WATCHDOG=1", 5)
-        client = OperatorClient.open(cable.operator_path, timeout=30)
+        client = OperatorClient.open(cable.operator_path, timeout=30, key=key)
         try:
             result, paths = client.generate_and_fetch(
                 "survivor in an orange jacket lying on rubble, left side",
@@ -353,8 +389,10 @@ def test_robot_simulation_serial_service_as_the_unit_starts_it(
                 n=2,
                 seed=7,
             )
+            status = client.status()
         finally:
             client.port.close()
+        assert status["auth"] == "signed" and status["disk_max_bytes"] == str(1 << 30)
         assert len(paths) == 2 and len(set(result.files)) == 2
         for path in paths:
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)

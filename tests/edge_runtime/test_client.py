@@ -39,7 +39,7 @@ def test_client_generates_and_fetches_identical_files(serve, client, tmp_path) -
     assert result.seed == 11 and len(paths) == 2 and result.round_trip_ms >= result.ms
     for (name, digest), path in zip(result.files, paths, strict=True):
         assert path == tmp_path / "received" / name
-        robot_copy = Path(result.directory) / name
+        robot_copy = tmp_path / "out" / name
         assert path.read_bytes() == robot_copy.read_bytes()
         assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
     status = client.status()
@@ -122,6 +122,7 @@ def test_client_cli_sends_captions_and_prints_local_paths(
     _wait(lambda: service.link.is_open)
     out = tmp_path / "received"
     argv = ["client", "--serial", cable.operator_path, "--timeout", "2", "--out", str(out)]
+    argv.append("--insecure")  # the fixture's service has no key (test_link_security signs)
     assert main([*argv, CAPTION, "-n", "2", "--seed", "5"]) == 0
     paths = capsys.readouterr().out.split()
     assert len(paths) == 2 and all(Path(p).parent == out for p in paths)
@@ -143,7 +144,7 @@ def test_client_cli_sends_captions_and_prints_local_paths(
 
 
 def test_client_cli_names_the_port_it_cannot_open(tmp_path, capsys) -> None:
-    assert main(["client", "--serial", str(tmp_path / "ttyNOPE"), "--ping"]) == 1
+    assert main(["client", "--serial", str(tmp_path / "ttyNOPE"), "--ping", "--insecure"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("rescue-edge: cannot open serial port") and "ttyNOPE" in err
     assert "\n" not in err

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_runtime import protocol
+from edge_runtime import protocol, signing
 from edge_runtime.protocol import Code, LineFramer, ProtocolError, parse_reply, parse_request
 
 
@@ -250,17 +250,33 @@ def test_format_request_builds_lines_the_parser_accepts() -> None:
         protocol.format_request("a b", "ping")
 
 
+DOC_KEY = bytes(range(32))
 DOC = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
 REPLY_KINDS = ("$ack ", "$done ", "$err ", "$info ", "$data ")
 
 
 @pytest.mark.skipif(not DOC.is_file(), reason="docs/ is not part of an installed package")
+def _doc_block_after(text: str, marker: str) -> list[str]:
+    """The lines of the first ``` block after `marker` in the document."""
+    block = text.split(marker, 1)[1].split("```")[1]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def _doc_reply(line: str) -> object:
+    """A reply quoted in the doc: a checksummed one parses; a signed one verifies under the
+    worked example's key (the doc's sessions use it so that readers can check them)."""
+    parts = signing.split_signed(line.encode()[1:])
+    if parts is None:
+        return parse_reply(line.encode() + b"\r\n")
+    assert signing.verify_tag(DOC_KEY, line.encode()[1:], parts), line
+    return parts
+
+
 def test_protocol_doc_examples_are_what_the_parser_says() -> None:
-    """Every reply in docs/PROTOCOL.md has a valid checksum, and every typed request in its
-    miniterm session gets the reply shown after it."""
+    """Every reply in docs/PROTOCOL.md has a valid checksum or signature, and every request in
+    its miniterm sessions gets the reply shown after it."""
     text = DOC.read_text()
-    session = text.split("## A session in miniterm", 1)[1].split("```")[3]
-    lines = [line for line in session.splitlines() if line.strip()]
+    lines = _doc_block_after(text, "On a robot started `--insecure`")
     checked = 0
     for i, line in enumerate(lines):
         if line.startswith(REPLY_KINDS):
@@ -278,6 +294,36 @@ def test_protocol_doc_examples_are_what_the_parser_says() -> None:
                 assert reply.kind == "ack" and reply.get("n") == str(request.n)
         checked += 1
     assert checked >= 9
+    # The signed session: replayed through a robot's guard and a client's guard, in order.
+    robot = signing.LinkGuard(DOC_KEY)
+    client = signing.LinkGuard(DOC_KEY, links={0x82, signing.ANY_LINK})
+    signed = _doc_block_after(text, "In miniterm (typed or pasted lines first")
+    outcomes = []
+    for i, line in enumerate(signed):
+        if line.startswith(REPLY_KINDS):
+            client.accept(line.encode()[1:])  # every reply verifies, in order
+            continue
+        reply = parse_reply(signed[i + 1].encode() + b"\r\n", client_copy(client))
+        try:
+            verdict = "accepted" if robot.accept(line.encode().lstrip(b"$")) else ""
+        except signing.AuthError as err:
+            verdict = err.reason
+        outcomes.append((line.split()[0].lstrip("$"), verdict, reply.kind, reply.text))
+    assert outcomes == [
+        ("1", "unsigned", "done", ""),  # an unsigned ping is answered
+        ("2", "accepted", "ack", ""),
+        ("3", "unsigned", "err", "unsigned"),
+        ("2", "replayed or stale", "err", "replayed or stale"),
+        ("4", "accepted", "err", "no such image: nope.png"),
+        ("5", "accepted", "done", ""),
+    ]
     for line in text.splitlines():  # replies quoted anywhere else
         if line.startswith(REPLY_KINDS) and "…" not in line:
-            parse_reply(line.encode() + b"\r\n")
+            _doc_reply(line)
+
+
+def client_copy(guard: signing.LinkGuard) -> signing.LinkGuard:
+    """A throwaway copy, so peeking at the next reply does not consume its timestamp."""
+    copy = signing.LinkGuard(guard.key, links=guard.links)
+    copy.last, copy.high_water = dict(guard.last), guard.high_water
+    return copy

@@ -17,13 +17,12 @@ import threading
 import time
 import tty
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
 import serial
 
-from edge_runtime import protocol
+from edge_runtime import protocol, signing
 from edge_runtime.engine import Engine
 from edge_runtime.images import decode_png
 from edge_runtime.protocol import format_request
@@ -67,8 +66,8 @@ def test_service_generates_and_serves_chunks(serve, reader, engine: Engine, tmp_
     assert done.kind == "done" and float(done.get("ms")) >= float(done.get("infer_ms")) > 0
     names, digests = done.values("files"), done.values("sha256")
     assert len(names) == 3 and all("_g1_s42_" in n for n in names)
-    out = Path(done.get("dir"))
-    assert out == (tmp_path / "out").absolute()
+    assert "dir" not in done.fields  # replies name files relative to the output directory
+    out = tmp_path / "out"
     expected = engine.generate(CAPTION, n=3, seed=42)
     for k, (name, digest) in enumerate(zip(names, digests, strict=True)):
         data = (out / name).read_bytes()
@@ -193,7 +192,9 @@ def test_service_survives_10000_fuzzed_lines_with_a_correct_error_for_each(
     import random
 
     max_line = 128  # short, so overlong lines are cheap to send
-    service = serve(max_line=max_line)
+    # Unlimited replies to junk: this test checks the answer to every line (the junk share and
+    # coalescing have their own tests in test_link_security.py).
+    service = serve(max_line=max_line, junk_share=None)
     wait_for(lambda: service.link.is_open)
     rng = random.Random(20160517)
     lines = _fuzz_lines(rng, 10_000, max_line)
@@ -300,7 +301,8 @@ def test_service_reports_a_full_disk_and_keeps_serving(
     reader.send(format_request("d1", "gen", caption=CAPTION, n=3, seed=1))
     ack, err = reader.until("d1")
     assert (ack.kind, err.kind, err.code) == ("ack", "err", "OUTPUT")
-    assert "No space left on device" in err.text and str(out) in err.text
+    assert "No space left on device" in err.text and "<out>/" in err.text
+    assert str(out) not in err.text  # no absolute paths on the link
     assert list(out.iterdir()) == []  # all or nothing: the image written first was removed
     monkeypatch.undo()  # space freed
     reader.send(format_request("d2", "gen", caption=CAPTION, n=2, seed=1))
@@ -433,9 +435,14 @@ def test_service_process_notifies_systemd_and_finishes_the_current_request_on_si
     env = dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify"), WATCHDOG_USEC="200000")
     env.pop("WATCHDOG_PID", None)
     log_path = tmp_path / "stderr.log"
+    key = signing.generate_key()
+    signing.write_key_file(tmp_path / "operator.key", key)
+    signer = signing.Signer(key, link=1)
+    guard = signing.LinkGuard(key, links={1 | signing.REPLY_BIT})
     command = [
         sys.executable, "-m", "edge_runtime", "serve", "--serial", os.ttyname(slave),
         "--bundle", str(tiny_bundle), "--out", str(out), "--precision", "fp32",
+        "--key-file", str(tmp_path / "operator.key"),
     ]  # fmt: skip
     with open(log_path, "wb") as log_file:
         # cwd elsewhere: the robot venv's test then runs the installed package, not the checkout.
@@ -447,7 +454,7 @@ def test_service_process_notifies_systemd_and_finishes_the_current_request_on_si
         assert messages[0].startswith("READY=1"), messages
         while messages.count("WATCHDOG=1") < 3:
             messages.append(sock.recv(4096).decode())
-        os.write(master, b"f1 fetch big.png\r\n")
+        os.write(master, signer.sign("f1 fetch big.png") + b"\r\n")
         received = bytearray()
         deadline = time.monotonic() + 10
         while b"$ack f1" not in received:
@@ -457,7 +464,7 @@ def test_service_process_notifies_systemd_and_finishes_the_current_request_on_si
         proc.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         assert proc.poll() is None, "exited before finishing the fetch in progress"
-        os.write(master, b"g1 gen survivor on rubble\r\n")  # arrives while stopping
+        os.write(master, signer.sign("g1 gen survivor on rubble") + b"\r\n")  # while stopping
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # read until the process is gone and all is read
             exited = proc.poll() is not None
@@ -476,7 +483,8 @@ def test_service_process_notifies_systemd_and_finishes_the_current_request_on_si
         for fd in (master, slave):
             os.close(fd)
         sock.close()
-    replies = [protocol.parse_reply(raw) for raw in bytes(received).splitlines(keepends=True)]
+    lines = bytes(received).splitlines(keepends=True)
+    replies = [protocol.parse_reply(raw, guard) for raw in lines]  # every one signed, in order
     by_kind = {(r.kind, r.id) for r in replies}
     assert ("done", "f1") in by_kind
     shutdown = [r for r in replies if r.id == "g1"]
