@@ -138,3 +138,16 @@ def test_cli_quantize_with_default_data_from_the_checkpoint(
 def test_cli_argparse_errors_are_one_line_and_return_2(argv: list[str], flag: str, capsys) -> None:
     assert main(argv) == 2
     assert flag in _one_error_line(capsys)
+
+
+def test_cli_exports_a_checkpoint_written_by_the_first_release(
+    fixtures_dir: Path, tmp_path: Path
+) -> None:
+    # Written before train/ moved into rooms: checkpoints carry no module paths, so it must load.
+    path = fixtures_dir / "checkpoint_v1" / "gan.pt"
+    loaded = ck.load_checkpoint(path)
+    assert loaded["kind"] == "gan" and loaded["format_version"] == 1
+    out = tmp_path / "bundle"
+    assert main(["--checkpoint", str(path), "--out", str(out)]) == 0
+    bundle = b.load_bundle(out)
+    assert bundle.manifest.provenance["checkpoint_sha256"] == b.sha256_file(path)
