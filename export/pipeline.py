@@ -168,9 +168,9 @@ def data_path(options: ExportOptions, checkpoint: dict[str, Any]) -> Path | None
 def _read_captions(path: Path, split: str) -> tuple[list[str], np.ndarray | None]:
     # Only the captions (and attributes) are needed: reading them directly, through the schema's
     # checked opener, avoids decoding every image of a large split.
-    from train.data import schema
+    from train.data import files, schema
 
-    with schema.open_checked(path) as f:
+    with files.open_checked(path) as f:
         if split not in f:
             raise schema.DataError(f"{path}: no split {split!r} (has {sorted(f.keys())})")
         group = f[split]
@@ -203,9 +203,9 @@ def _word_prefix(caption: str, rng: np.random.Generator) -> str:
 
 def load_captions(path: Path, calibration_size: int, quality_size: int = QUALITY_BATCH) -> Captions:
     """Calibration captions from the train split; quality captions from "test" when present."""
-    from train.data import schema
+    from train.data import files, schema
 
-    info = schema.read_info(path)
+    info = files.read_info(path)
     train, _ = _read_captions(path, "train")
     valid = _encodable(train)
     rng = np.random.default_rng(NOISE_SEED)
@@ -364,7 +364,7 @@ def oracle_accuracy(
 ) -> dict[str, float]:
     """The attribute oracle's accuracy on each precision's images of the whole captions:
     `oracle_accuracy_<precision>` (mean over attributes) and `oracle_<attribute>_<precision>`."""
-    from train.oracle import accuracy_per_attribute, predict
+    from train.quality.oracle import accuracy_per_attribute, predict
 
     names = oracle.config.attribute_names
     out: dict[str, float] = {}
@@ -379,7 +379,7 @@ def oracle_accuracy(
 
 def _load_oracle(path: Path, data: Path, captions: Captions, force: bool) -> Any:
     """The oracle's network, and whether it passed its honesty checks on `data`."""
-    from train.oracle import OracleError, load_oracle
+    from train.quality.oracle import OracleError, load_oracle
 
     if captions.quality_attributes is None:
         raise ox.ExportError(f"--oracle: {data} has no attributes on its held-out captions")
@@ -529,7 +529,7 @@ class _Int8Build:
     text_fp32: Any
     gen_fp32: Any
     oracle: tuple[Any, bool] | None = None
-    """The attribute oracle (train.oracle.AttributeOracle) and whether it passed its honesty
+    """The attribute oracle (train.quality.oracle.AttributeOracle) and whether it passed its honesty
     checks, when one was given."""
 
     def run(self) -> tuple[b.Variant, dict[str, Any], dict[str, Path], tuple[Any, Any]]:

@@ -411,7 +411,7 @@ class Discriminator(nn.Module):
 
     # The two halves of `forward`, public because GAN-CLS scores the same real images against
     # their own and a mismatched caption: the trainer runs the image path (almost all of D's
-    # work) once and `match_text` twice (train/gan.py, `DiscriminatorStep`).
+    # work) once and `match_text` twice (train/gan/trainer.py, `DiscriminatorStep`).
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """The image path alone: (B, 3, 64, 64) → (B, ndf*8, 4, 4)."""
         return self.image_path(images)

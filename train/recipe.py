@@ -10,13 +10,13 @@ Stages, in one numbered run folder `<out>/NNNNN/` (its `config.json` written bef
    its 650-step default (`RecipeConfig.text_steps` says why), no final eval (the GAN evaluation
    below measures what matters here);
 2. **GAN** (`gan/`): GAN-CLS + GAN-INT (β ½) + feature matching + the text–image matching term
-   (`gan.GanTrainConfig.match_weight`) on the cached embeddings of the
+   (`GanTrainConfig.match_weight`) on the cached embeddings of the
    frozen encoder, for whatever remains of `--minutes` (setup and the embedding table count);
 3. with `--ablation`, **the plain loop** (`gan-plain/`): the same trainer with GAN-INT, feature
    matching and text–image matching switched off (`--int-weight 0 --fm-weight 0
    --match-weight 0`), for the same wall time stage 2 took;
 4. with `--oracle CKPT` (or `--train-oracle`), **evaluation** (`eval/…`) of each GAN with
-   `train.evaluate` and a `REPORT.md` with the stage timings and the ablation table.
+   `train.quality.evaluate` and a `REPORT.md` with the stage timings and the ablation table.
 
 The `--minutes` budget covers stages 1–2 (the recipe proper); 3 and 4 are measurement and are
 timed separately. Every stage's wall time goes to `recipe.jsonl`; the last stdout line is a JSON
@@ -25,7 +25,7 @@ summary.
 Why these defaults (CPU, 2 cores; see docs/QUALITY.md for the measurements):
 
 - `ngf = ndf = 32`: on this CPU the trainer ran 26 images/s at width 32 and 5.4 at width 64 in
-  the same contended benchmark (`python -m train.bench_gan`): width 64 would see ~5× fewer
+  the same contended benchmark (`python -m train.gan.bench`): width 64 would see ~5× fewer
   images in the budget. rescue-scenes is flat-shaded and 64×64; width 32 has the capacity.
 - text embeddings are computed once by the frozen encoder and cached on disk (the GAN trainer's
   `--embedding-cache`), so the ablation run reuses them; data is held in memory.
@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from train.data.files import read_info, read_split
+from train.data.schema import DataError
 from train.runs import MetricsLog, OneLineParser, new_run_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,7 @@ class RecipeConfig:
     seed: int = 0
     threads: int | None = None
     """torch threads (None: one per core)."""
-    # Stage 1: text encoder (train/text_encoder.py); None = that trainer's default
+    # Stage 1: text encoder (train/text/pretrain.py); None = that trainer's default
     text_encoder: str | None = None
     """A pretrained kind="text_encoder" checkpoint to use instead of stage 1 (its training time
     is then not part of the recipe's)."""
@@ -83,7 +85,7 @@ class RecipeConfig:
     the budget."""
     text_overrides: dict[str, Any] = field(default_factory=dict)
     """Extra `PretrainConfig` fields (tests shrink the encoders here)."""
-    # Stage 2: GAN (train/gan.py)
+    # Stage 2: GAN (train/gan/)
     ngf: int = 32
     ndf: int = 32
     gan_steps: int | None = None
@@ -126,8 +128,7 @@ def _stage(log_file: MetricsLog, name: str, started: float, **fields: Any) -> fl
 
 def run_text_encoder(config: RecipeConfig, run_dir: Path) -> Path:
     """Stage 1: pretrain the text encoder; returns its checkpoint."""
-    from train import text_encoder as te
-    from train.data.schema import read_split
+    from train.text import pretrain as te
 
     pretrain = te.PretrainConfig(
         data=config.data,
@@ -158,7 +159,8 @@ def run_gan(
     plain: bool = False,
 ) -> tuple[Path, int]:
     """Stage 2 (or 3 with `plain`): train a GAN; returns (checkpoint, steps)."""
-    from train import gan
+    from train.gan import config as gan_config
+    from train.gan import loop as gan_loop
 
     fields: dict[str, Any] = {
         "data": config.data,
@@ -179,7 +181,7 @@ def run_gan(
     }
     if plain:  # the plain GAN-CLS loop: no GAN-INT, no feature matching, no text-image matching
         fields.update(int_weight=0.0, fm_weight=0.0, match_weight=0.0)
-    result = gan.train(gan.GanTrainConfig(**fields))
+    result = gan_loop.train(gan_config.GanTrainConfig(**fields))
     if result.exit_code != 0 or result.checkpoint is None:
         raise StageFailedError(
             f"GAN training ({folder}) stopped with exit code {result.exit_code}; see its log.txt"
@@ -189,8 +191,8 @@ def run_gan(
 
 def run(config: RecipeConfig) -> dict[str, Any]:
     """The whole recipe; returns the summary (also the last stdout line of `main`)."""
-    from train.evaluate import EvalOptions, evaluate, summary
-    from train.report import ablation_table
+    from train.quality.evaluate import EvalOptions, evaluate, summary
+    from train.quality.report import ablation_table
 
     started = time.monotonic()
     run_dir = new_run_dir(config.out)
@@ -273,7 +275,7 @@ def run(config: RecipeConfig) -> dict[str, Any]:
 
 def train_oracle(config: RecipeConfig, run_dir: Path) -> Path:
     """Train an oracle into `<run>/oracle/` with `python -m train oracle`'s code path."""
-    from train import oracle as oracle_mod
+    from train.quality import oracle as oracle_mod
 
     overrides = {k: v for k, v in config.oracle_overrides.items() if k != "force"}
     argv = ["--data", config.data, "--out", str(run_dir / "oracle"), "--seed", str(config.seed)]
@@ -294,7 +296,7 @@ def _report(
     table: str,
 ) -> Path:
     """REPORT.md: the timings and, when evaluated, the ablation table."""
-    from train.report import write_bytes_atomic
+    from train.quality.report import write_bytes_atomic
 
     def minutes(key: str) -> str:
         return f"{result[key] / 60:.1f} min" if key in result else "–"
@@ -380,7 +382,6 @@ def build_parser() -> OneLineParser:
 
 def config_from_args(args: argparse.Namespace) -> RecipeConfig:
     """Validate flags up front (each problem names its flag)."""
-    from train.data.schema import read_info
 
     if not args.minutes > 0:
         raise RecipeError(f"--minutes must be > 0, got {args.minutes}")
@@ -432,10 +433,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the recipe; the last stdout line is a JSON summary. 2 on bad input."""
     from edge_runtime.tokenizer import CaptionError
     from train.checkpoint import CheckpointError
-    from train.data.schema import DataError
-    from train.evaluate import EvalError
-    from train.gan import ConfigError
-    from train.oracle import OracleError
+    from train.gan.config import ConfigError
+    from train.quality.evaluate import EvalError
+    from train.quality.oracle import OracleError
 
     args = build_parser().parse_args(argv)
     try:

@@ -185,7 +185,7 @@ def test_quantize_without_any_dataset_names_the_flag(tmp_path: Path) -> None:
 
 
 def test_oracle_accuracy_scores_each_precision_on_the_whole_captions() -> None:
-    from train.oracle import AttributeOracle, OracleConfig
+    from train.quality.oracle import AttributeOracle, OracleConfig
 
     torch.manual_seed(0)
     oracle = AttributeOracle(OracleConfig()).eval()
@@ -201,7 +201,7 @@ def test_oracle_accuracy_scores_each_precision_on_the_whole_captions() -> None:
 def test_export_refuses_an_oracle_that_fails_its_honesty_checks_unless_forced(
     tiny_checkpoint_path: Path, tmp_path: Path
 ) -> None:
-    from train.oracle import AttributeOracle, OracleConfig
+    from train.quality.oracle import AttributeOracle, OracleConfig
 
     # An untrained oracle cannot read the real test images: export must not trust it.
     path = ck.save_checkpoint(

@@ -8,10 +8,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from train import eval_text, models, text_encoder  # noqa: E402
+from train import models  # noqa: E402
 from train.checkpoint import save_checkpoint  # noqa: E402
 from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES  # noqa: E402
 from train.data.schema import write_dataset  # noqa: E402
+from train.text import evaluate as eval_text  # noqa: E402
+from train.text import pretrain as text_encoder  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,11 @@ from tiny_checkpoints import tiny_text_encoder_checkpoint  # noqa: E402
 
 from export.tiny import tiny_checkpoint  # noqa: E402
 from train import checkpoint as ck  # noqa: E402
-from train import evaluate as ev  # noqa: E402
-from train import oracle as om  # noqa: E402
 from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES, Attributes  # noqa: E402
 from train.data.captions import caption_for  # noqa: E402
 from train.data.synth import SynthConfig, synthesize  # noqa: E402
+from train.quality import evaluate as ev  # noqa: E402
+from train.quality import oracle as om  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 TINY_BUNDLE = REPO / "tests" / "fixtures" / "tiny_bundle"
@@ -321,7 +321,7 @@ def test_evaluate_dataset_without_attributes_runs_what_applies(
     # A CUB-style file (classes, captions, no attributes): R-precision and diversity run; the
     # oracle's metrics and the Inception metrics say what they would need.
     from train.data.schema import write_dataset
-    from train.gan import generated_split
+    from train.gan.trainer import generated_split
 
     data = write_dataset(
         tmp_path / "birds.h5",

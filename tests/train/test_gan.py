@@ -22,8 +22,9 @@ torch = pytest.importorskip("torch")
 from tiny_checkpoints import tiny_text_encoder_checkpoint  # noqa: E402
 
 from train import checkpoint as ck  # noqa: E402
-from train import gan  # noqa: E402
 from train.data import schema  # noqa: E402
+from train.gan import loop, losses  # noqa: E402
+from train.gan.trainer import METRIC_NAMES, generated_split  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,7 +36,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def inputs(tmp_path: Path) -> dict[str, Path]:
     data = schema.write_dataset(
         tmp_path / "tiny.h5",
-        {"train": gan.generated_split(64, captions=4, seed=0)},
+        {"train": generated_split(64, captions=4, seed=0)},
         dataset="tiny",
         image_size=64,
     )
@@ -76,7 +77,7 @@ def test_gan_dry_run_trains_one_step_and_writes_a_complete_run_folder(
 ) -> None:
     argv = ["--dry-run", "--out", str(tmp_path), "--no-progress", "--ngf", "8", "--ndf", "8",
             "--batch-size", "8", "--embedding-cache", "off", "--threads", "1"]  # fmt: skip
-    assert gan.main(argv) == 0
+    assert loop.main(argv) == 0
     run = Path(capsys.readouterr().out.strip())
     assert run == tmp_path / "00000-generated-ngf8-ndf8"
     config = json.loads((run / "config.json").read_text())
@@ -88,18 +89,18 @@ def test_gan_dry_run_trains_one_step_and_writes_a_complete_run_folder(
     assert gen(torch.randn(2, 100), torch.randn(2, 1024)).shape == (2, 3, 64, 64)
     (line,) = (run / "metrics.jsonl").read_text().splitlines()
     logged = json.loads(line)
-    assert set(gan.METRIC_NAMES) <= set(logged) and logged["step"] == 1
+    assert set(METRIC_NAMES) <= set(logged) and logged["step"] == 1
     assert not any(math.isnan(v) for v in logged.values())
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
-    assert set(gan.METRIC_NAMES) | {"lr", "speed/images_per_s"} <= set(events.Tags()["scalars"])
+    assert set(METRIC_NAMES) | {"lr", "speed/images_per_s"} <= set(events.Tags()["scalars"])
     assert {"samples/captions_x_noise", "samples/gan_int_strips"} <= set(events.Tags()["images"])
     assert (run / "samples" / "grid-0000001.png").is_file()
     assert (run / "samples" / "interp-0000001.png").is_file()
     # The next run gets the next number.
-    assert gan.main(argv) == 0
+    assert loop.main(argv) == 0
     assert capsys.readouterr().out.strip().endswith("00001-generated-ngf8-ndf8")
 
 
@@ -109,15 +110,15 @@ def test_gan_resume_is_bitwise_identical_to_an_uninterrupted_run(
     # 64 images / batch 8 = 8 steps per epoch: 10 steps cross an epoch and a learning-rate decay.
     common = ("--lr-decay-every", "1", "--checkpoint-every", "100")
     cache = ("--embedding-cache", str(tmp_path / "cache"))
-    assert gan.main(_args(inputs, *common, *cache, "--steps", "10", out=tmp_path / "a")) == 0
+    assert loop.main(_args(inputs, *common, *cache, "--steps", "10", out=tmp_path / "a")) == 0
     straight = _state(_run_dirs(tmp_path / "a")[0])
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        assert gan.main(_args(inputs, *common, *cache, "--steps", "5", out=tmp_path / "b")) == 0
+        assert loop.main(_args(inputs, *common, *cache, "--steps", "5", out=tmp_path / "b")) == 0
     assert "from cache" in caplog.text  # the second run reused the first run's embeddings
     run_b = _run_dirs(tmp_path / "b")[0]
     assert _state(run_b)["step"] == 5
-    assert gan.main(["--resume", str(run_b), "--steps", "10", "--no-progress"]) == 0
+    assert loop.main(["--resume", str(run_b), "--steps", "10", "--no-progress"]) == 0
     resumed = _state(run_b)
     _assert_same_training_state(straight, resumed)
     lrs = [json.loads(x)["lr"] for x in (run_b / "metrics.jsonl").read_text().splitlines()]
@@ -139,10 +140,10 @@ def test_gan_kill_9_while_checkpointing_leaves_a_loadable_checkpoint_and_resume_
     inputs: dict[str, Path], tmp_path: Path
 ) -> None:
     steps = "24"
-    assert (
-        gan.main(_args(inputs, "--steps", steps, "--checkpoint-every", "100", out=tmp_path / "ref"))
-        == 0
+    reference_run = _args(
+        inputs, "--steps", steps, "--checkpoint-every", "100", out=tmp_path / "ref"
     )
+    assert loop.main(reference_run) == 0
     reference = _state(_run_dirs(tmp_path / "ref")[0])
 
     out = tmp_path / "killed"
@@ -173,7 +174,7 @@ def test_gan_kill_9_while_checkpointing_leaves_a_loadable_checkpoint_and_resume_
         assert state["step"] >= last_step
         last_step = state["step"]
         argv = ["--resume", str(run), "--no-progress"]
-    assert gan.main(["--resume", str(run), "--no-progress"]) == 0
+    assert loop.main(["--resume", str(run), "--no-progress"]) == 0
     assert not list(run.glob(".checkpoint.pt.*.tmp"))  # stale temp files of killed writers removed
     _assert_same_training_state(reference, _state(run))
 
@@ -181,7 +182,7 @@ def test_gan_kill_9_while_checkpointing_leaves_a_loadable_checkpoint_and_resume_
 def test_gan_non_finite_loss_stops_with_one_line_and_keeps_last_good_checkpoint(
     inputs: dict[str, Path], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    original = gan.losses.gan_cls_discriminator_loss
+    original = losses.gan_cls_discriminator_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -192,9 +193,9 @@ def test_gan_non_finite_loss_stops_with_one_line_and_keeps_last_good_checkpoint(
             return dataclasses.replace(d, fake=d.fake * nan, total=d.total * nan)
         return d
 
-    monkeypatch.setattr(gan.losses, "gan_cls_discriminator_loss", poisoned)
+    monkeypatch.setattr(losses, "gan_cls_discriminator_loss", poisoned)
     with caplog.at_level(logging.ERROR, logger="train.gan"):
-        assert gan.main(_args(inputs, "--steps", "8", "--checkpoint-every", "2")) == 1
+        assert loop.main(_args(inputs, "--steps", "8", "--checkpoint-every", "2")) == 1
     (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
     message = record.getMessage()
     run = _run_dirs(inputs["out"])[0]
@@ -229,7 +230,7 @@ def test_gan_bad_flags_are_one_line_naming_the_flag(
     message: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert gan.main(_args(inputs, "--steps", "1", *extra)) == 2
+    assert loop.main(_args(inputs, "--steps", "1", *extra)) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and err.startswith("rescue-train gan: ")
     assert not inputs["out"].exists() or not _run_dirs(inputs["out"])  # no work was done
@@ -238,14 +239,14 @@ def test_gan_bad_flags_are_one_line_naming_the_flag(
 def test_gan_missing_inputs_and_conflicting_resume_flags_are_refused(
     inputs: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert gan.main(["--text-encoder", "random"]) == 2
+    assert loop.main(["--text-encoder", "random"]) == 2
     assert "--data is required" in capsys.readouterr().err
-    assert gan.main(["--data", str(inputs["data"])]) == 2
+    assert loop.main(["--data", str(inputs["data"])]) == 2
     assert "--text-encoder is required" in capsys.readouterr().err
-    assert gan.main(_args(inputs, "--steps", "1")) == 0
+    assert loop.main(_args(inputs, "--steps", "1")) == 0
     run = capsys.readouterr().out.strip()
-    assert gan.main(["--resume", run, "--ngf", "16"]) == 2
+    assert loop.main(["--resume", run, "--ngf", "16"]) == 2
     assert "--ngf 16: differs from the resumed run's 8" in capsys.readouterr().err
     (Path(run) / "checkpoint.pt").write_bytes(b"garbage")
-    assert gan.main(["--resume", run]) == 2
+    assert loop.main(["--resume", run]) == 2
     assert "checkpoint.pt: not a torch checkpoint" in capsys.readouterr().err

@@ -15,7 +15,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from train import checkpoint as ck  # noqa: E402
-from train import distributed, gan, models  # noqa: E402
+from train import distributed, models  # noqa: E402
+from train.gan import trainer as gan  # noqa: E402
+from train.gan.config import GanTrainConfig, validate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 4
@@ -27,11 +29,13 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 WORKER = textwrap.dedent(
     """
     import sys, torch
-    from train import distributed, gan
+    from train import distributed
+    from train.gan import trainer as gan
+    from train.gan.config import GanTrainConfig, validate
 
     out, text_encoder = sys.argv[1], sys.argv[2]
     env = distributed.init_distributed("cpu")
-    config = gan.validate(gan.GanTrainConfig(
+    config = validate(GanTrainConfig(
         text_encoder=text_encoder, ngf=8, ndf=8, batch_size=8, captions_per_sample=2,
         embedding_cache="off", progress=False, device="cpu"), env.world_size)
     trainer = gan.GanTrainer(config, env, split=gan.generated_split(64, captions=4, seed=0))
@@ -64,8 +68,8 @@ def _tiny_text_encoder(path: Path) -> Path:
 
 
 def _single_process(text_encoder: Path) -> dict:
-    config = gan.validate(
-        gan.GanTrainConfig(
+    config = validate(
+        GanTrainConfig(
             text_encoder=str(text_encoder), ngf=8, ndf=8, batch_size=8, captions_per_sample=2,
             embedding_cache="off", progress=False, device="cpu",
         )
@@ -146,7 +150,7 @@ CACHE_WORKER = textwrap.dedent(
     """
     import sys, torch
     from train import checkpoint as ck, distributed
-    from train.text_embeddings import load_or_compute
+    from train.gan.text_embeddings import load_or_compute
 
     out, text_encoder = sys.argv[1], sys.argv[2]
     env = distributed.init_distributed("cpu")
@@ -163,7 +167,7 @@ CACHE_WORKER = textwrap.dedent(
 
 
 def test_embedding_cache_on_one_node_only_does_not_hang_the_others(tmp_path: Path) -> None:
-    from train.text_embeddings import load_or_compute
+    from train.gan.text_embeddings import load_or_compute
 
     text_encoder = _tiny_text_encoder(tmp_path / "te.pt")
     encoder = ck.build_model(ck.load_checkpoint(text_encoder, kind="text_encoder"), "text_encoder")

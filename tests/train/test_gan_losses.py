@@ -12,9 +12,12 @@ from tiny_checkpoints import tiny_text_encoder_checkpoint
 torch = pytest.importorskip("torch")
 cv2 = pytest.importorskip("cv2")
 
-from train import gan, models  # noqa: E402
-from train import gan_losses as L  # noqa: E402
+from train import models  # noqa: E402
 from train.data.schema import SplitData  # noqa: E402
+from train.distributed import DistEnv  # noqa: E402
+from train.gan import losses as L  # noqa: E402
+from train.gan import trainer as gan  # noqa: E402
+from train.gan.config import GanTrainConfig, validate  # noqa: E402
 
 LOG2 = math.log(2.0)
 
@@ -115,13 +118,13 @@ def test_trainer_wrong_text_is_another_class_and_interpolation_uses_two_captions
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     split = _unique_caption_split()
-    config = gan.validate(
-        gan.GanTrainConfig(
+    config = validate(
+        GanTrainConfig(
             text_encoder="random", ngf=8, ndf=8, batch_size=8, captions_per_sample=2,
             embedding_cache="off", progress=False, device="cpu", int_beta=0.25,
         )
     )  # fmt: skip
-    trainer = gan.GanTrainer(config, gan.DistEnv(), split=split)
+    trainer = gan.GanTrainer(config, DistEnv(), split=split)
     seen: dict[str, torch.Tensor] = {}
     d_forward, g_forward = gan.DiscriminatorStep.forward, models.Generator.forward
 
@@ -172,13 +175,13 @@ def test_trainer_mismatch_image_pairs_wrong_class_images_with_the_right_text(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     split = _unique_caption_split()
-    config = gan.validate(
-        gan.GanTrainConfig(
+    config = validate(
+        GanTrainConfig(
             text_encoder="random", ngf=8, ndf=8, batch_size=8, captions_per_sample=1,
             embedding_cache="off", progress=False, device="cpu", mismatch="image",
         )
     )  # fmt: skip
-    trainer = gan.GanTrainer(config, gan.DistEnv(), split=split)
+    trainer = gan.GanTrainer(config, DistEnv(), split=split)
     seen: dict[str, torch.Tensor] = {}
     d_forward = gan.DiscriminatorStep.forward
 
@@ -234,16 +237,14 @@ def test_trainer_matching_term_uses_the_frozen_image_encoder_and_moves_only_g(
         "text_encoder": str(tiny_text_encoder_checkpoint(tmp_path / "te.pt")), "ngf": 8, "ndf": 8,
         "batch_size": 8, "embedding_cache": "off", "progress": False, "device": "cpu",
     }  # fmt: skip
-    on = gan.GanTrainer(gan.validate(gan.GanTrainConfig(**base)), gan.DistEnv(), split=split)
+    on = gan.GanTrainer(validate(GanTrainConfig(**base)), DistEnv(), split=split)
     assert on.match_encoder is not None and not on.match_encoder.training
     frozen_before = {k: v.clone() for k, v in on.match_encoder.state_dict().items()}
     values = on.train_step(next(on.loader.batches(0)))
     assert values["generator/text_image_match"].item() > 0
     for key, value in on.match_encoder.state_dict().items():
         torch.testing.assert_close(value, frozen_before[key])  # weights and BN statistics
-    off = gan.GanTrainer(
-        gan.validate(gan.GanTrainConfig(**base, match_weight=0.0)), gan.DistEnv(), split=split
-    )
+    off = gan.GanTrainer(validate(GanTrainConfig(**base, match_weight=0.0)), DistEnv(), split=split)
     assert off.match_encoder is None
     assert off.train_step(next(off.loader.batches(0)))["generator/text_image_match"].item() == 0
 
@@ -281,8 +282,8 @@ def test_trainer_mode_seeking_draws_the_first_captions_again_with_other_noise(
 
     monkeypatch.setattr(models.Generator, "forward", spy_g)
     on = gan.GanTrainer(
-        gan.validate(gan.GanTrainConfig(**base, ms_weight=1.0, ms_fraction=0.25)),
-        gan.DistEnv(),
+        validate(GanTrainConfig(**base, ms_weight=1.0, ms_fraction=0.25)),
+        DistEnv(),
         split=split,
     )
     values = on.train_step(next(on.loader.batches(0)))
@@ -293,7 +294,7 @@ def test_trainer_mode_seeking_draws_the_first_captions_again_with_other_noise(
     torch.testing.assert_close(text[b + n :], text[:m])  # the same captions ...
     assert not torch.equal(noise[b + n :], noise[:m])  # ... with noise of their own
     calls.clear()
-    off = gan.GanTrainer(gan.validate(gan.GanTrainConfig(**base)), gan.DistEnv(), split=split)
+    off = gan.GanTrainer(validate(GanTrainConfig(**base)), DistEnv(), split=split)
     values = off.train_step(next(off.loader.batches(0)))
     assert off.local_ms == 0 and values["generator/mode_seeking"].item() == 0
     assert len(calls[0][0]) == b + n  # off: the generator's batch is exactly as before

@@ -9,8 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from train import metrics as mt  # noqa: E402
-from train import oracle as om  # noqa: E402
+from train.quality import metrics as mt  # noqa: E402
+from train.quality import oracle as om  # noqa: E402
 
 
 def _gaussian(n: int, d: int, mean: float = 0.0, scale: float = 1.0, seed: int = 0) -> np.ndarray:

@@ -13,10 +13,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from train import checkpoint as ck  # noqa: E402
-from train import oracle as om  # noqa: E402
 from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES  # noqa: E402
 from train.data.schema import read_split, write_dataset  # noqa: E402
 from train.data.synth import SynthConfig, synthesize  # noqa: E402
+from train.quality import oracle as om  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -94,7 +94,7 @@ def test_oracle_load_refuses_a_dishonest_oracle_unless_forced(
     path = _save(_oracle(), tmp_path / "oracle.pt")
     with pytest.raises(om.OracleError, match=r"fails its honesty checks.*--force-oracle"):
         om.load_oracle(path, scenes, noise_count=60)
-    with caplog.at_level(logging.WARNING, logger="train.oracle"):
+    with caplog.at_level(logging.WARNING, logger="train.quality.oracle"):
         loaded = om.load_oracle(path, scenes, force=True, noise_count=60)
     assert not loaded.honesty.passed
     assert "UNTRUSTED ORACLE" in caplog.text

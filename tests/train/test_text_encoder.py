@@ -11,11 +11,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from train import models, text_encoder  # noqa: E402
+from train import models  # noqa: E402
 from train.checkpoint import build_model, load_checkpoint  # noqa: E402
 from train.data.schema import write_dataset  # noqa: E402
-from train.eval_text import EvalConfig, evaluate  # noqa: E402
-from train.joint_embedding import JointEmbedding, encode_captions  # noqa: E402
+from train.text import pretrain as text_encoder  # noqa: E402
+from train.text.evaluate import EvalConfig, evaluate  # noqa: E402
+from train.text.joint_embedding import JointEmbedding, encode_captions  # noqa: E402
 
 TINY_FLAGS = [
     "--conv-channels", "32,32,32", "--rnn-hidden", "32", "--embedding-dim", "32",

@@ -9,8 +9,8 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
 from edge_runtime import tokenizer  # noqa: E402
-from train import joint_embedding as je  # noqa: E402
 from train import models  # noqa: E402
+from train.text import joint_embedding as je  # noqa: E402
 
 TINY_TEXT = models.TextEncoderConfig(conv_channels=(32, 32, 32), rnn_hidden=32, embedding_dim=16)
 TINY_IMAGE = models.ImageEncoderConfig(channels=(8, 8, 16, 16), embedding_dim=16)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from edge_runtime import tokenizer
-from train import perturb
+from train.text import perturb
 
 CAPTION = "a survivor in an orange jacket lying on rubble at the left, no helmet"
 CLAUSES = "left side: a hiker in green clothes lying down, hard hat on, still visible"

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from train.retrieval import attribute_separation, r_precision, sample_candidates
+from train.text.retrieval import attribute_separation, r_precision, sample_candidates
 
 
 def _class_embeddings(labels: np.ndarray, classes: int) -> np.ndarray:

@@ -19,9 +19,9 @@ import numpy as np
 from train.data.attributes import all_attributes
 from train.data.captions import captions_for
 from train.data.convert import positive_int
+from train.data.files import read_split
 from train.data.peer import read_peer
 from train.data.scenes import render_scene
-from train.data.schema import read_split
 from train.data.synth import SynthConfig, synthesize
 
 CUB_IMAGES = 11_788

@@ -20,7 +20,7 @@ Two storage modes with the same batches:
 
 - in memory (default): images decoded once and resized to the load size up front; a batch is one
   vectorised gather (crop and flip folded into the index arrays), well over 5,000 samples/s on
-  2 cores (`python -m train.bench_gan --loader-only`);
+  2 cores (`python -m train.gan.bench --loader-only`);
 - lazy (`lazy=True`): HDF5 read per batch for data that does not fit in memory. The file is
   opened on first use in each process and the handle is dropped when the dataset is pickled, so
   each DataLoader worker opens its own (h5py handles must not cross a fork).
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from train.data import schema
+from train.data import files, schema
 from train.data.schema import DataError, SplitData
 
 log = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
 
 def dataset_augmentation(path: str | Path) -> dict[str, Any]:
     """The dataset's own limits on augmentation (root attribute `augmentation`), {} if none."""
-    return dict(getattr(schema.read_info(path), "augmentation", {}) or {})
+    return dict(getattr(files.read_info(path), "augmentation", {}) or {})
 
 
 def apply_dataset_limits(
@@ -252,7 +252,7 @@ class _LazyImages:
 
     def _group(self) -> Any:
         if self._file is None:
-            self._file = schema.open_checked(self.path)
+            self._file = files.open_checked(self.path)
         return self._file[self.split]
 
     def take(self, indices: np.ndarray, size: int) -> np.ndarray:
@@ -342,9 +342,9 @@ class GanClsDataset(Dataset):
         where = f"{path}:/{split}"
         config = apply_dataset_limits(config, dataset_augmentation(path), str(path))
         if not config.lazy:
-            data = schema.read_split(path, split)
+            data = files.read_split(path, split)
             return cls.from_split(data, config, where), data.captions
-        with schema.open_checked(path) as f:
+        with files.open_checked(path) as f:
             if split not in f:
                 raise DataError(f"{path}: no split {split!r} (has {sorted(f.keys())})")
             group = f[split]

@@ -20,9 +20,8 @@ Files are written to a temp file beside the target and renamed, so a failed writ
 partial dataset. Every reader error is a `DataError` whose one-line message names the file and the
 key (and the index or byte where that helps).
 
-`read_info` and `read_split` also accept the peer GAN-CLS layout (`birds.hdf5` / `flowers.hdf5`,
-see `train.data.peer`), converting it in memory; `open_checked` (lazy, per-worker access) accepts
-only our schema and says how to convert a peer file.
+This module is our schema only and imports no converter. `train.data.files` reads any file we
+accept (ours, or a peer GAN-CLS `birds.hdf5` converted in memory); use it where a user names a file.
 """
 
 from __future__ import annotations
@@ -233,7 +232,8 @@ def damaged_file_guard(where: str) -> Iterator[None]:
         ) from None
 
 
-def _open_hdf5(path: Path) -> h5py.File:
+def open_hdf5(path: Path) -> h5py.File:
+    """Open any HDF5 file read-only, with one clear line when it is missing or not HDF5."""
     if not path.exists():
         raise DataError(f"{path}: dataset file not found")
     if not path.is_file():
@@ -249,14 +249,6 @@ def _open_hdf5(path: Path) -> h5py.File:
 def _check_ours(f: h5py.File, path: Path) -> None:
     schema = f.attrs.get("schema")
     if schema != SCHEMA:
-        from train.data import peer
-
-        if peer.is_peer_layout(f):
-            raise DataError(
-                f"{path}: a GAN-CLS peer-layout file (birds.hdf5/flowers.hdf5), not schema "
-                f"{SCHEMA!r}; convert it with `python -m train data import-peer`, or load it "
-                "in memory with train.data.schema.read_split"
-            )
         raise DataError(f"{path}: root attribute 'schema' is {schema!r}, expected {SCHEMA!r}")
     version = _plain(f.attrs.get("schema_version"))
     if not isinstance(version, int) or not 1 <= version <= SCHEMA_VERSION:
@@ -274,19 +266,10 @@ def _plain(value: object) -> object:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _is_peer(path: Path) -> bool:
-    with _open_hdf5(path) as f, damaged_file_guard(str(path)):
-        if f.attrs.get("schema") == SCHEMA:
-            return False
-        from train.data import peer
-
-        return peer.is_peer_layout(f)
-
-
 def open_checked(path: str | os.PathLike[str]) -> h5py.File:
     """Open a dataset file read-only, with one clear line when it is missing or not ours."""
     path = Path(path)
-    f = _open_hdf5(path)
+    f = open_hdf5(path)
     try:
         with damaged_file_guard(str(path)):
             _check_ours(f, path)
@@ -297,13 +280,9 @@ def open_checked(path: str | os.PathLike[str]) -> h5py.File:
 
 
 def read_info(path: str | os.PathLike[str]) -> DatasetInfo:
-    """Root attributes and split names (of our schema or of a peer GAN-CLS file)."""
+    """Root attributes and split names of a file in our schema."""
     path = Path(path)
-    if _is_peer(path):
-        from train.data import peer
-
-        return peer.peer_info(path)
-    with _open_hdf5(path) as f, damaged_file_guard(str(path)):
+    with open_hdf5(path) as f, damaged_file_guard(str(path)):
         _check_ours(f, path)
         where = str(path)
         splits = sorted(k for k in f if isinstance(f[k], h5py.Group))
@@ -327,11 +306,7 @@ def read_info(path: str | os.PathLike[str]) -> DatasetInfo:
 def read_split(path: str | os.PathLike[str], split: str) -> SplitData:
     """Load a whole split into memory (images decoded once), validating every field."""
     path = Path(path)
-    if _is_peer(path):
-        from train.data import peer
-
-        return peer.read_peer_split(path, split)
-    with _open_hdf5(path) as f, damaged_file_guard(f"{path}:/{split}"):
+    with open_hdf5(path) as f, damaged_file_guard(f"{path}:/{split}"):
         return _read_split(f, path, split)
 
 

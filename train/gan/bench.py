@@ -1,4 +1,4 @@
-"""`python -m train.bench_gan`: GAN training throughput, product trainer vs a plain loop.
+"""`python -m train.gan.bench`: GAN training throughput, product trainer vs a plain loop.
 
 Measures and prints; never passes or fails on a time. Variants run round-robin, one step each
 per round, so a busy machine slows them alike and the ratios stay meaningful; the table reports
@@ -12,11 +12,11 @@ the median step time of each.
   the G step, the real features for feature matching recomputed, fp32, NCHW.
 - **plain, cached text**: the same loop fed the product's cached embeddings (shows how much of
   the gap is the text encoder).
-- **trainer**: `train.gan.GanTrainer.train_step` with its loader, exactly as `python -m train gan`
-  runs it, with the memory layout / compile variants given by the flags.
+- **trainer**: `train.gan.trainer.GanTrainer.train_step` with its loader, exactly as
+  `python -m train gan` runs it, with the memory layout / compile variants given by the flags.
 
-    python -m train.bench_gan                   # loader + ngf=ndf=64 comparison + width sweep
-    python -m train.bench_gan --widths 64 --steps 3 --compile
+    python -m train.gan.bench                   # loader + ngf=ndf=64 comparison + width sweep
+    python -m train.gan.bench --widths 64 --steps 3 --compile
 """
 
 from __future__ import annotations
@@ -34,11 +34,14 @@ import numpy as np
 import torch
 
 from edge_runtime import tokenizer
-from train import gan, models
-from train import gan_losses as losses
+from train import models
 from train.data.loader import GanClsDataset, GanClsLoader, LoaderConfig
 from train.data.schema import SplitData
 from train.distributed import DistEnv
+from train.gan import losses
+from train.gan.config import GanTrainConfig, validate
+from train.gan.text_embeddings import TextEmbeddings
+from train.gan.trainer import GanTrainer, generated_split
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +108,7 @@ class PlainLoop:
         batch_size: int = 64,
         k: int = 4,
         seed: int = 0,
-        cached: gan.TextEmbeddings | None = None,
+        cached: TextEmbeddings | None = None,
     ) -> None:
         torch.manual_seed(seed)
         self.G, self.D = models.Generator(gan_config), models.Discriminator(gan_config)
@@ -198,14 +201,14 @@ def bench_loader(split: SplitData, seconds: float = 2.0) -> list[tuple[str, floa
 
 def _trainer_stepper(
     split: SplitData, width: int, args: argparse.Namespace, **overrides: Any
-) -> tuple[Callable[[], None], gan.GanTrainer]:
-    config = gan.GanTrainConfig(
+) -> tuple[Callable[[], None], GanTrainer]:
+    config = GanTrainConfig(
         text_encoder=args.text_encoder or "random", ngf=width, ndf=width,
         batch_size=args.batch_size, embedding_cache="off", progress=False, device="cpu",
         threads=args.threads, **overrides,
     )  # fmt: skip
-    config = gan.validate(config)
-    trainer = gan.GanTrainer(config, DistEnv(), split=split)
+    config = validate(config)
+    trainer = GanTrainer(config, DistEnv(), split=split)
 
     def batches() -> Iterator[Any]:
         epoch = 0
@@ -240,7 +243,7 @@ def run_round_robin(
 def main(argv: list[str] | None = None) -> int:
     """Print the loader and training-throughput tables."""
     p = argparse.ArgumentParser(
-        prog="python -m train.bench_gan", description=__doc__.split("\n")[0]
+        prog="python -m train.gan.bench", description=__doc__.split("\n")[0]
     )
     p.add_argument("--widths", type=int, nargs="+", default=[32, 48, 64], help="ngf = ndf values")
     p.add_argument("--steps", type=int, default=4, help="measured steps per variant")
@@ -257,13 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    for name in ("train.gan", "train.text_embeddings"):
+    for name in ("train.gan", "train.gan.text_embeddings"):
         logging.getLogger(name).setLevel(logging.ERROR)
     torch.manual_seed(0)
     print(f"# torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}")  # fmt: skip
 
-    loader_split = gan.generated_split(10_000, seed=1)
+    loader_split = generated_split(10_000, seed=1)
     print("\n## GAN-CLS loader (10,000 generated 64×64 images, batch 64)\n")
     print("| mode | samples/s |\n| --- | ---: |")
     for name, rate in bench_loader(loader_split):
@@ -271,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.loader_only:
         return 0
 
-    split = gan.generated_split(args.images, seed=1)
+    split = generated_split(args.images, seed=1)
     results: list[dict[str, Any]] = []
     for width in sorted(set(args.widths), reverse=True):
         variants: dict[str, Callable[[], None]] = {}

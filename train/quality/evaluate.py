@@ -17,7 +17,7 @@ and its int8 bundle are judged on the same captions and noise. Bundles are run b
 Outputs in `--out`: `metrics.jsonl` (one JSON line per metric and split, appended; every line
 carries the run header), `report.md` with `samples.png` (real image, then one image per seed,
 framed green where the oracle finds every attribute right) and `attributes.png`. The metrics are
-described in train/metrics.py; `--metrics` picks any subset.
+described in train/quality/metrics.py; `--metrics` picks any subset.
 
 Captions file: one JSON object per line, `{"caption": "...", "attributes": {"colour": "orange",
 "terrain": "rubble", "pose": "lying", "position": "left", "helmet": "no"}}` (value names, or
@@ -41,7 +41,15 @@ from typing import Any
 
 import numpy as np
 
-from train.metrics import METRICS, EvalContext, MetricUnavailableError, SplitImages, run_metrics
+from train.data.files import read_info, read_split
+from train.data.schema import DataError
+from train.quality.metrics import (
+    METRICS,
+    EvalContext,
+    MetricUnavailableError,
+    SplitImages,
+    run_metrics,
+)
 from train.runs import MetricsLog, OneLineParser
 
 log = logging.getLogger(__name__)
@@ -218,7 +226,7 @@ class CheckpointSource:
         import torch
 
         from edge_runtime.engine import noise_for, to_uint8_rgb
-        from train.joint_embedding import encode_captions
+        from train.text.joint_embedding import encode_captions
 
         embeddings = encode_captions(self.text_encoder, captions)  # (n, E)
         noise = np.stack(
@@ -236,7 +244,7 @@ class CheckpointSource:
         """The image-text encoder pair the checkpoint carries, or None."""
         if "image_encoder" not in self.checkpoint["models"]:
             return None
-        from train.joint_embedding import JointEmbedding
+        from train.text.joint_embedding import JointEmbedding
 
         return JointEmbedding.from_checkpoint(self.checkpoint, self.path)
 
@@ -312,7 +320,7 @@ class EvalResult:
 
 def _load_retrieval(path: str) -> Any:
     from train import checkpoint as ck
-    from train.joint_embedding import JointEmbedding
+    from train.text.joint_embedding import JointEmbedding
 
     checkpoint = ck.load_checkpoint(path)
     if checkpoint.get("kind") not in ("text_encoder", "gan"):
@@ -327,7 +335,6 @@ def _load_retrieval(path: str) -> Any:
 
 def evaluate(options: EvalOptions) -> EvalResult:
     """Generate, measure, write metrics.jsonl (+ report); the library entry point."""
-    from train.data.schema import read_info, read_split
 
     started = time.perf_counter()
     source: CheckpointSource | BundleSource
@@ -371,7 +378,7 @@ def evaluate(options: EvalOptions) -> EvalResult:
 
     oracle = None
     if options.oracle:
-        from train.oracle import load_oracle
+        from train.quality.oracle import load_oracle
 
         honesty_splits = {s: v for s, v in real_splits.items() if v.attributes is not None}
         if not honesty_splits:
@@ -431,7 +438,7 @@ def evaluate(options: EvalOptions) -> EvalResult:
             out.write({**header, **record})
     result = EvalResult(records, context, options.out, header)
     if options.report:
-        from train.report import write_report
+        from train.quality.report import write_report
 
         path = write_report(result)
         log.info("report: %s", path)
@@ -523,7 +530,7 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
             "pt_inception-2015-12-05-6726825d.pth; weights are never downloaded)"
         )
     if args.inception_weights is not None:
-        from train.metrics import check_inception_weights
+        from train.quality.metrics import check_inception_weights
 
         check_inception_weights(args.inception_weights)
     out = Path(args.out)
@@ -557,8 +564,7 @@ def main(argv: list[str] | None = None) -> int:
     from edge_runtime.engine import EngineError
     from edge_runtime.tokenizer import CaptionError
     from train.checkpoint import CheckpointError
-    from train.data.schema import DataError
-    from train.oracle import OracleError
+    from train.quality.oracle import OracleError
 
     args = build_parser().parse_args(argv)
     try:

@@ -262,9 +262,9 @@ class EvalContext:
     splits: dict[str, SplitImages]
     attribute_names: tuple[str, ...] = ()
     oracle: Any = None
-    """`train.oracle.LoadedOracle` or None."""
+    """`train.quality.oracle.LoadedOracle` or None."""
     retrieval: Any = None
-    """`train.joint_embedding.JointEmbedding` (pretrained image-text encoder) or None."""
+    """`train.text.joint_embedding.JointEmbedding` (pretrained image-text encoder) or None."""
     inception_weights: Path | None = None
     seed: int = 0
     _memo: dict[tuple[str, ...], Any] = field(default_factory=dict)
@@ -273,7 +273,7 @@ class EvalContext:
         """Oracle predictions of a split's "generated" (S·n, seed-major) or "real" (n) images."""
         key = ("oracle", split, which)
         if key not in self._memo:
-            from train.oracle import predict
+            from train.quality.oracle import predict
 
             s = self.splits[split]
             if which == "generated":
@@ -355,7 +355,7 @@ def run_metrics(names: list[str], context: EvalContext) -> list[dict[str, Any]]:
 def attribute_metric(context: EvalContext) -> list[dict[str, Any]]:
     """Per split: accuracy of generated images per attribute (± std over seeds), all correct,
     oracle confidence; the real-image ceiling and the noise floor for the same labels."""
-    from train.oracle import NOISE_FAMILIES_CHECK, noise_images, predict
+    from train.quality.oracle import NOISE_FAMILIES_CHECK, noise_images, predict
 
     names = context.attribute_names
     records = []
@@ -527,7 +527,7 @@ def diversity_metric(context: EvalContext) -> list[dict[str, Any]]:
 )
 def r_precision_metric(context: EvalContext) -> list[dict[str, Any]]:
     """R-precision with the pretrained image-text encoder, per seed; real images as reference."""
-    from train.retrieval import r_precision
+    from train.text.retrieval import r_precision
 
     model = context.retrieval
     records = []

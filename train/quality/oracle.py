@@ -3,10 +3,10 @@
     python -m train oracle --data data/rescue_scenes.h5 --out runs/oracle
 
 A small CNN with one softmax head per attribute (colour, terrain, pose, position, helmet),
-trained on the real renders of the train split. Evaluation (train/evaluate.py) asks it what a
-generated image shows; its penultimate features are the feature space of FID and KID
-(train/metrics.py), since Inception weights cannot be downloaded here and an attribute-trained
-space measures exactly what rescue-scenes is about.
+trained on the real renders of the train split. Evaluation (train/quality/evaluate.py) asks it
+what a generated image shows; its penultimate features are the feature space of FID and KID
+(train/quality/metrics.py), since Inception weights cannot be downloaded here and an
+attribute-trained space measures exactly what rescue-scenes is about.
 
 An oracle is only worth its honesty, so `honesty_report` runs every time one is trained or
 loaded, and `load_oracle` refuses (unless forced) one that fails it:
@@ -51,7 +51,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from train import checkpoint as ck
-from train.data.schema import DataError, SplitData, read_info, read_split
+from train.data.files import read_info, read_split
+from train.data.schema import DataError, SplitData
 from train.models import config_from_dict
 from train.runs import MetricsLog, OneLineParser, new_run_dir, write_json_atomic
 

@@ -298,7 +298,7 @@ def markdown_tables(records: Sequence[dict[str, Any]], attribute_names: Sequence
         out += [
             "",
             "Generated images of half A's captions vs real half B, against real A vs real "
-            "B; both folds, every seed (train/metrics.py).",
+            "B; both folds, every seed (train/quality/metrics.py).",
             "",
         ]
     rows = [r for r in by_metric.get("diversity", []) if "pixel_l1" in r]

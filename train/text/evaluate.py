@@ -5,8 +5,8 @@ and 99 images of the same split whose class differs (rescue-scenes: the class id
 attribute combination, so "class differs" = "some attribute differs"; CUB: another species).
 It is retrieved when its own image scores strictly highest under θ(v)·φ(t). Measured on `test`
 (seen attribute combinations) and `test_unseen` (colour × terrain pairs never trained on), with
-clean captions and with each perturbation of `train.perturb` separately. Every variant of a split
-uses the same queries and the same candidate sets, so differences between variants are paired
+clean captions and with each perturbation of `train.text.perturb` separately. Every variant of a
+split uses the same queries and the same candidate sets, so differences between variants are paired
 and not sampling noise. Everything is seeded.
 
 Results are appended as JSON lines to `eval_text.jsonl` beside the checkpoint (the run folder),
@@ -28,11 +28,12 @@ import numpy as np
 import torch
 
 from train.checkpoint import CheckpointError, load_checkpoint
-from train.data.schema import DataError, SplitData, read_info, read_split
-from train.joint_embedding import CaptionError, JointEmbedding
-from train.perturb import PERTURBATIONS
-from train.retrieval import attribute_separation, r_precision
+from train.data.files import read_info, read_split
+from train.data.schema import DataError, SplitData
 from train.runs import MetricsLog, OneLineParser
+from train.text.joint_embedding import CaptionError, JointEmbedding
+from train.text.perturb import PERTURBATIONS
+from train.text.retrieval import attribute_separation, r_precision
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class EvalConfig:
     """Queries per image (which captions: seeded); more queries, smaller standard error."""
     seed: int = 0
     variants: tuple[str, ...] = VARIANTS
-    """"clean" and/or perturbation names from `train.perturb.PERTURBATIONS`."""
+    """"clean" and/or perturbation names from `train.text.perturb.PERTURBATIONS`."""
 
     def __post_init__(self) -> None:
         if self.candidates < 2:
@@ -212,7 +213,7 @@ def _separation_table(records: Sequence[dict[str, Any]]) -> str:
     ]
     lines.append(
         "(attribute separation, %: clean captions nearer their own attribute combination than "
-        "to every combination differing in that attribute alone; train.retrieval)"
+        "to every combination differing in that attribute alone; train.text.retrieval)"
     )
     return "\n".join(lines)
 

@@ -14,7 +14,7 @@ F(v, t) = θ(v)·φ(t) says how well a caption describes an image. Two objective
   each other: the target spreads evenly over all same-class items (a false negative would push
   apart two captions that mean the same thing).
 
-The trainer (train/text_encoder.py) measures both and picks the default; see its docstring.
+The trainer (train/text/pretrain.py) measures both and picks the default; see its docstring.
 """
 
 from __future__ import annotations

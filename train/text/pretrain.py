@@ -11,7 +11,7 @@ tokenizer, optimiser / objective / RNG state and the step; written atomically ev
 Recipe and why (measured results and wall times: docs/TEXT_ENCODER.md):
 
 - Data in memory (10k images are 123 MB of uint8), one caption sampled among the image's ten per
-  step, augmented with `train.perturb.augment` (typos, clause shuffles, stray punctuation).
+  step, augmented with `train.text.perturb.augment` (typos, clause shuffles, stray punctuation).
 - Every batch is padded only to its longest caption's `min_input_length` (exact: valid-step
   masking), ~140 instead of 201 characters on rescue-scenes.
 - The schedule is a pure function of (seed, step): which images, which captions, which
@@ -47,15 +47,8 @@ from train.checkpoint import (
     new_checkpoint,
     save_checkpoint,
 )
-from train.data.schema import DataError, SplitData, read_info, read_split
-from train.joint_embedding import (
-    JointEmbedding,
-    JointObjective,
-    batch_accuracy,
-    batch_ids,
-    images_to_tensor,
-)
-from train.perturb import AugmentConfig, augment
+from train.data.files import read_info, read_split
+from train.data.schema import DataError, SplitData
 from train.runs import (
     MetricsLog,
     OneLineParser,
@@ -64,6 +57,14 @@ from train.runs import (
     truncate_after_step,
     write_json_atomic,
 )
+from train.text.joint_embedding import (
+    JointEmbedding,
+    JointObjective,
+    batch_accuracy,
+    batch_ids,
+    images_to_tensor,
+)
+from train.text.perturb import AugmentConfig, augment
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +105,11 @@ class PretrainConfig:
     temperature: float = 0.07
     """InfoNCE initial temperature (then learned, as in CLIP)."""
     proxy_weight: float = 1.0
-    """Weight of the class-proxy term (`train.joint_embedding.ClassProxies`); 0 disables."""
+    """Weight of the class-proxy term (`train.text.joint_embedding.ClassProxies`); 0 disables."""
     num_classes: int | None = None
     """Rows of the class-proxy table; resolved from the training split (max class id + 1)."""
     attribute_weight: float = 5.0
-    """Weight of the attribute heads (`train.joint_embedding.AttributeHeads`), used where the
+    """Weight of the attribute heads (`train.text.joint_embedding.AttributeHeads`), used where the
     dataset has attributes; 0 disables."""
     attribute_sizes: tuple[int, ...] | None = None
     """Values per attribute; resolved from the training split (() when it has none)."""
@@ -435,7 +436,7 @@ class TrainState:
 
 def _monitor(state: TrainState, split: SplitData, images: int, seed: int) -> float:
     """Clean text→image R-precision on the first `images` images of a split (logging only)."""
-    from train.eval_text import EvalConfig, evaluate
+    from train.text.evaluate import EvalConfig, evaluate
 
     n = min(images, len(split))
     part = SplitData(split.images[:n], split.captions[:n], split.class_ids[:n])
@@ -883,11 +884,11 @@ def _load_splits(config: PretrainConfig) -> dict[str, SplitData]:
 
 
 def _final_eval(config: PretrainConfig, run_dir: Path, splits: dict[str, SplitData]) -> int:
-    from train.eval_text import EvalConfig, evaluate_checkpoint, format_table
+    from train.text.evaluate import EvalConfig, evaluate_checkpoint, format_table
 
     if config.dry_run:
         # The rendered test split is 120 images: fewer candidates, same code path.
-        from train.eval_text import evaluate
+        from train.text.evaluate import evaluate
 
         state_ckpt = load_checkpoint(run_dir / CHECKPOINT_FILE, kind="text_encoder")
         model = JointEmbedding.from_checkpoint(state_ckpt, str(run_dir / CHECKPOINT_FILE))

@@ -12,7 +12,8 @@ import pytest
 h5py = pytest.importorskip("h5py")
 
 from train.data import peer  # noqa: E402
-from train.data.schema import DataError, read_info, read_split  # noqa: E402
+from train.data.files import read_info, read_split  # noqa: E402
+from train.data.schema import DataError  # noqa: E402
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from train.data import info as info_command  # noqa: E402
 from train.data.schema import (  # noqa: E402
     DataError,
     SplitData,
-    open_checked,
     read_info,
     read_split,
     write_dataset,
@@ -208,17 +207,6 @@ def test_read_split_reports_a_truncated_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"truncated or corrupted") as err:
         read_split(path, "train")
     assert _one_line(err).startswith(str(path))
-
-
-def test_open_checked_points_peer_layout_files_to_import_peer(tmp_path: Path) -> None:
-    path = tmp_path / "birds.hdf5"
-    with h5py.File(path, "w") as f:
-        entry = f.create_group("train/Bird_0001_1_0")
-        entry.create_dataset("img", data=np.void(_png(8)))
-        entry.create_dataset("txt", data="a bird")
-    with pytest.raises(DataError, match="import-peer") as err:
-        open_checked(path)
-    _one_line(err)
 
 
 def test_info_command_verifies_and_reports_bad_files_in_one_line(
