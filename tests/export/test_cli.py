@@ -5,12 +5,10 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
-
-from edge_runtime import bundle as b  # noqa: E402
-from export.cli import main  # noqa: E402
-from export.tiny import tiny_checkpoint  # noqa: E402
-from train import checkpoint as ck  # noqa: E402
+from edge_runtime import bundle as b
+from export.cli import main
+from export.tiny import tiny_checkpoint
+from train import checkpoint as ck
 
 
 @pytest.fixture(scope="module")

@@ -5,18 +5,16 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-
-from edge_runtime import bundle as b  # noqa: E402
-from export import onnx_export as ox  # noqa: E402
-from export import pipeline  # noqa: E402
-from export.quantize import QualityGateError  # noqa: E402
-from train import checkpoint as ck  # noqa: E402
+from edge_runtime import bundle as b
+from export import onnx_export as ox
+from export import pipeline
+from export.quantize import QualityGateError
+from train import checkpoint as ck
 
 
 def _open(path: Path) -> ort.InferenceSession:

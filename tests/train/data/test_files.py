@@ -6,13 +6,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
+import h5py
 import numpy as np
 import pytest
 
-h5py = pytest.importorskip("h5py")
-
-from train.data import files, peer, schema  # noqa: E402
-from train.data.schema import DataError  # noqa: E402
+from train.data import files, peer, schema
+from train.data.schema import DataError
 
 
 def _tiny_peer_file(path: Path) -> Path:

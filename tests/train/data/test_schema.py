@@ -8,13 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import cv2
+import h5py
 import numpy as np
 import pytest
 
-h5py = pytest.importorskip("h5py")
-
-from train.data import info as info_command  # noqa: E402
-from train.data.schema import (  # noqa: E402
+from train.data import info as info_command
+from train.data.schema import (
     DataError,
     SplitData,
     read_info,

@@ -16,17 +16,15 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from tiny_checkpoints import tiny_text_encoder_checkpoint
 
-torch = pytest.importorskip("torch")
+from train import checkpoint as ck
+from train.data import schema
+from train.gan import loop, losses
+from train.gan.trainer import METRIC_NAMES, generated_split
 
-from tiny_checkpoints import tiny_text_encoder_checkpoint  # noqa: E402
-
-from train import checkpoint as ck  # noqa: E402
-from train.data import schema  # noqa: E402
-from train.gan import loop, losses  # noqa: E402
-from train.gan.trainer import METRIC_NAMES, generated_split  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -12,8 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("h5py")
-
 from train.data import synth
 from train.data.attributes import (
     ATTRIBUTE_NAMES,

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from train import checkpoint as ck  # noqa: E402
-from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES  # noqa: E402
-from train.data.schema import read_split, write_dataset  # noqa: E402
-from train.data.synth import SynthConfig, synthesize  # noqa: E402
-from train.quality import oracle as om  # noqa: E402
+from train import checkpoint as ck
+from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES
+from train.data.schema import read_split, write_dataset
+from train.data.synth import SynthConfig, synthesize
+from train.quality import oracle as om
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

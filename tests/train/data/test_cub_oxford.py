@@ -10,8 +10,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-pytest.importorskip("h5py")
-
 from train.data import cub, oxford
 from train.data.schema import read_info, read_split
 

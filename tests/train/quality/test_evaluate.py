@@ -9,20 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_checkpoints import tiny_text_encoder_checkpoint
 
-torch = pytest.importorskip("torch")
+from export.tiny import tiny_checkpoint
+from train import checkpoint as ck
+from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES, Attributes
+from train.data.captions import caption_for
+from train.data.synth import SynthConfig, synthesize
+from train.quality import evaluate as ev
+from train.quality import oracle as om
 
-from tiny_checkpoints import tiny_text_encoder_checkpoint  # noqa: E402
-
-from export.tiny import tiny_checkpoint  # noqa: E402
-from train import checkpoint as ck  # noqa: E402
-from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES, Attributes  # noqa: E402
-from train.data.captions import caption_for  # noqa: E402
-from train.data.synth import SynthConfig, synthesize  # noqa: E402
-from train.quality import evaluate as ev  # noqa: E402
-from train.quality import oracle as om  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TINY_BUNDLE = REPO / "tests" / "fixtures" / "tiny_bundle"
 QUICK = ["--limit", "24", "--seeds", "2", "--threads", "1"]
 

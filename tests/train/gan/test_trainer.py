@@ -11,15 +11,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
+from train import checkpoint as ck
+from train import distributed, models
+from train.gan import trainer as gan
+from train.gan.config import GanTrainConfig, validate
 
-from train import checkpoint as ck  # noqa: E402
-from train import distributed, models  # noqa: E402
-from train.gan import trainer as gan  # noqa: E402
-from train.gan.config import GanTrainConfig, validate  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 STEPS = 4
 
 

@@ -4,13 +4,13 @@ import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
+from edge_runtime import tokenizer
+from train import models
+from train.text import joint_embedding as je
+
 F = torch.nn.functional
-
-from edge_runtime import tokenizer  # noqa: E402
-from train import models  # noqa: E402
-from train.text import joint_embedding as je  # noqa: E402
 
 TINY_TEXT = models.TextEncoderConfig(conv_channels=(32, 32, 32), rnn_hidden=32, embedding_dim=16)
 TINY_IMAGE = models.ImageEncoderConfig(channels=(8, 8, 16, 16), embedding_dim=16)

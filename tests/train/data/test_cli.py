@@ -7,8 +7,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("h5py")
-
 from train import cli as train_cli
 from train.data import bench
 from train.data import cli as data_cli

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from train.quality import metrics as mt  # noqa: E402
-from train.quality import oracle as om  # noqa: E402
+from train.quality import metrics as mt
+from train.quality import oracle as om
 
 
 def _gaussian(n: int, d: int, mean: float = 0.0, scale: float = 1.0, seed: int = 0) -> np.ndarray:

@@ -5,19 +5,18 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+import torch
 from tiny_checkpoints import tiny_text_encoder_checkpoint
 
-torch = pytest.importorskip("torch")
-cv2 = pytest.importorskip("cv2")
-
-from train import models  # noqa: E402
-from train.data.schema import SplitData  # noqa: E402
-from train.distributed import DistEnv  # noqa: E402
-from train.gan import losses as L  # noqa: E402
-from train.gan import trainer as gan  # noqa: E402
-from train.gan.config import GanTrainConfig, validate  # noqa: E402
+from train import models
+from train.data.schema import SplitData
+from train.distributed import DistEnv
+from train.gan import losses as L
+from train.gan import trainer as gan
+from train.gan.config import GanTrainConfig, validate
 
 LOG2 = math.log(2.0)
 

@@ -6,14 +6,13 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import h5py
 import numpy as np
 import pytest
 
-h5py = pytest.importorskip("h5py")
-
-from train.data import peer  # noqa: E402
-from train.data.files import read_info, read_split  # noqa: E402
-from train.data.schema import DataError  # noqa: E402
+from train.data import peer
+from train.data.files import read_info, read_split
+from train.data.schema import DataError
 
 
 @pytest.fixture

@@ -6,14 +6,12 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
-
-from train import models  # noqa: E402
-from train.checkpoint import save_checkpoint  # noqa: E402
-from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES  # noqa: E402
-from train.data.schema import write_dataset  # noqa: E402
-from train.text import evaluate as eval_text  # noqa: E402
-from train.text import pretrain as text_encoder  # noqa: E402
+from train import models
+from train.checkpoint import save_checkpoint
+from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES
+from train.data.schema import write_dataset
+from train.text import evaluate as eval_text
+from train.text import pretrain as text_encoder
 
 
 @pytest.fixture(scope="module")

@@ -6,15 +6,14 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-cv2 = pytest.importorskip("cv2")
-
-from train.data import loader as ld  # noqa: E402
-from train.data import schema  # noqa: E402
-from train.data.schema import DataError, SplitData  # noqa: E402
+from train.data import loader as ld
+from train.data import schema
+from train.data.schema import DataError, SplitData
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

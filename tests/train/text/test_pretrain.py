@@ -8,15 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from train import models  # noqa: E402
-from train.checkpoint import build_model, load_checkpoint  # noqa: E402
-from train.data.schema import write_dataset  # noqa: E402
-from train.text import pretrain as text_encoder  # noqa: E402
-from train.text.evaluate import EvalConfig, evaluate  # noqa: E402
-from train.text.joint_embedding import JointEmbedding, encode_captions  # noqa: E402
+from train import models
+from train.checkpoint import build_model, load_checkpoint
+from train.data.schema import write_dataset
+from train.text import pretrain as text_encoder
+from train.text.evaluate import EvalConfig, evaluate
+from train.text.joint_embedding import JointEmbedding, encode_captions
 
 TINY_FLAGS = [
     "--conv-channels", "32,32,32", "--rnn-hidden", "32", "--embedding-dim", "32",
