@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from edge_runtime import tokenizer
+from edge_runtime import atomic, tokenizer
 from edge_runtime.bundle import sha256_file as file_sha256  # noqa: F401  (re-exported for trainers)
 from train import models
 
@@ -58,22 +57,8 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike[str]) ->
     `path`, never a truncated one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    with atomic.atomic_file(path, make_parents=True) as f:
+        torch.save(checkpoint, f)
     return path
 
 

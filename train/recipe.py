@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_runtime import atomic
 from train.data.files import read_info, read_split
 from train.data.schema import DataError
 from train.runs import MetricsLog, OneLineParser, new_run_dir, write_json_atomic
@@ -296,7 +297,6 @@ def _report(
     table: str,
 ) -> Path:
     """REPORT.md: the timings and, when evaluated, the ablation table."""
-    from train.quality.report import write_bytes_atomic
 
     def minutes(key: str) -> str:
         return f"{result[key] / 60:.1f} min" if key in result else "–"
@@ -326,7 +326,9 @@ def _report(
             "`eval/plain/report.md`.",
         ]
     lines.append("")
-    return write_bytes_atomic(run_dir / REPORT_FILE, "\n".join(lines).encode("utf-8"))
+    return atomic.write_bytes(
+        run_dir / REPORT_FILE, "\n".join(lines).encode("utf-8"), make_parents=True
+    )
 
 
 def build_parser() -> OneLineParser:

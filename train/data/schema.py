@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from edge_runtime.bundle import fsync_dir
+from edge_runtime.atomic import atomic_path
 
 SCHEMA = "rescue-t2i-captions"
 SCHEMA_VERSION = 1
@@ -116,33 +115,20 @@ def write_dataset(
     if image_encoding not in (None, "png"):
         raise ValueError(f"image_encoding must be None or 'png', got {image_encoding!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.mkstemp: it creates mode 0600, and a dataset should get the umask's mode.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        with h5py.File(tmp, "x") as f:
-            f.attrs["schema"] = SCHEMA
-            f.attrs["schema_version"] = SCHEMA_VERSION
-            f.attrs["dataset"] = dataset
-            f.attrs["image_size"] = image_size
-            f.attrs["attribute_names"] = json.dumps(list(attribute_names))
-            f.attrs["attribute_values"] = json.dumps(
-                {k: list(v) for k, v in (attribute_values or {}).items()}
-            )
-            f.attrs["class_names"] = json.dumps(list(class_names))
-            f.attrs["provenance"] = json.dumps(dict(provenance or {}))
-            f.attrs["augmentation"] = json.dumps(dict(augmentation or {}))
-            for name, split in splits.items():
-                _write_split(
-                    f.create_group(name), split, image_size, f"{path}:/{name}", image_encoding
-                )
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    with atomic_path(path, make_parents=True) as tmp, h5py.File(tmp, "x") as f:
+        f.attrs["schema"] = SCHEMA
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["dataset"] = dataset
+        f.attrs["image_size"] = image_size
+        f.attrs["attribute_names"] = json.dumps(list(attribute_names))
+        f.attrs["attribute_values"] = json.dumps(
+            {k: list(v) for k, v in (attribute_values or {}).items()}
+        )
+        f.attrs["class_names"] = json.dumps(list(class_names))
+        f.attrs["provenance"] = json.dumps(dict(provenance or {}))
+        f.attrs["augmentation"] = json.dumps(dict(augmentation or {}))
+        for name, split in splits.items():
+            _write_split(f.create_group(name), split, image_size, f"{path}:/{name}", image_encoding)
     return path
 
 

@@ -15,10 +15,8 @@ import contextlib
 import dataclasses
 import json
 import logging
-import os
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,7 @@ from train.gan.config import (
     validate,
 )
 from train.gan.trainer import GanTrainer
+from train.runs import new_run_dir, truncate_after_step, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -52,39 +51,6 @@ CHECKPOINT_NAME = "checkpoint.pt"
 # ---------------------------------------------------------------------------------------------
 
 
-def new_run_dir(out: Path, description: str) -> Path:
-    """`out/NNNNN-description`, numbered after the highest existing run (stylegan's layout)."""
-    out.mkdir(parents=True, exist_ok=True)
-    while True:
-        numbers = [int(p.name[:5]) for p in out.iterdir() if p.is_dir() and p.name[:5].isdigit()]
-        run = out / f"{max(numbers, default=-1) + 1:05d}-{description}"
-        try:
-            run.mkdir()
-            return run
-        except FileExistsError:  # another run started at the same moment: take the next number
-            continue
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _logged_step(line: str) -> int | None:
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return None  # e.g. a line cut short by a crash
-
-
 class RunLog:
     """Rank 0's outputs: TensorBoard, metrics.jsonl, sample PNGs, log.txt."""
 
@@ -94,16 +60,9 @@ class RunLog:
         self.run_dir = run_dir
         (run_dir / "samples").mkdir(exist_ok=True)
         self.metrics_path = run_dir / "metrics.jsonl"
-        if resume_step is not None and self.metrics_path.exists():
+        if resume_step is not None:
             # Drop lines a crashed run logged after the checkpoint: those steps are redone.
-            kept = [
-                line
-                for line in self.metrics_path.read_text(encoding="utf-8").splitlines()
-                if _logged_step(line) is not None and _logged_step(line) <= resume_step
-            ]
-            tmp = self.metrics_path.with_suffix(".tmp")
-            tmp.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
-            os.replace(tmp, self.metrics_path)
+            truncate_after_step(self.metrics_path, resume_step)
         purge = None if resume_step is None else resume_step + 1
         self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
         self.handler = logging.FileHandler(run_dir / "log.txt", encoding="utf-8")
@@ -169,7 +128,7 @@ def train(
     if env.is_main:
         if run_dir is None:
             name = Path(c.data).stem if c.data else "generated"
-            run_dir = new_run_dir(Path(c.out), f"{name}-ngf{c.ngf}-ndf{c.ndf}")
+            run_dir = new_run_dir(c.out, f"{name}-ngf{c.ngf}-ndf{c.ndf}")
         resolved = trainer.resolved_config()
         resolved["run"] = {
             "world_size": env.world_size,
@@ -183,7 +142,7 @@ def train(
             "torch": torch.__version__,
             "resumed_from_step": trainer.step if resume is not None else None,
         }
-        write_json_atomic(run_dir / "config.json", resolved)
+        write_json_atomic(run_dir / "config.json", resolved, sort_keys=True)
         log.info("run folder %s (config.json written)", run_dir)
     result = RunResult(trainer, run_dir, 0, None)
     runlog = RunLog(run_dir, trainer.step if resume else None) if env.is_main else None

@@ -20,7 +20,6 @@ import hashlib
 import logging
 import os
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from edge_runtime import tokenizer
+from edge_runtime import atomic, tokenizer
 from train import models
 from train.data.schema import DataError
 
@@ -203,15 +202,9 @@ def _read_cache(path: Path, shape: tuple[int, int], device: torch.device) -> tor
 
 def _save_npz(path: Path, embeddings: np.ndarray) -> None:
     """Atomic write (temp + fsync + rename); a failed cache write only costs a warning."""
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        with atomic.atomic_file(path, make_parents=True) as f:
             np.savez(f, embeddings=embeddings)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
         log.info("text embeddings cached in %s", path)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
         log.warning("%s: cannot write the embedding cache: %s", path, err)

@@ -14,7 +14,6 @@ Every file is written to a temporary name and renamed, so a report is never half
 from __future__ import annotations
 
 import os
-import tempfile
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,6 +21,8 @@ from typing import Any
 
 import cv2
 import numpy as np
+
+from edge_runtime import atomic
 
 REPORT_FILE = "report.md"
 SAMPLES_FILE = "samples.png"
@@ -37,30 +38,12 @@ _GREY = (150, 150, 150)
 _SPLIT_COLOURS = [(200, 120, 40), (40, 140, 230), (150, 80, 160), (90, 160, 90)]  # BGR
 
 
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write `data` to a temp file beside `path`, fsync, rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_png(path: str | os.PathLike[str], bgr: np.ndarray) -> Path:
     """PNG-encode a uint8 BGR image and write it atomically."""
     ok, data = cv2.imencode(".png", bgr)
     if not ok:
         raise ValueError(f"{path}: PNG encoding failed")
-    return write_bytes_atomic(path, data.tobytes())
+    return atomic.write_bytes(path, data.tobytes(), make_parents=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,7 +374,9 @@ def write_report(result: Any) -> Path:
         f"![attributes]({CHART_FILE})",
         "",
     ]
-    return write_bytes_atomic(out / REPORT_FILE, "\n".join(lines).encode("utf-8"))
+    return atomic.write_bytes(
+        out / REPORT_FILE, "\n".join(lines).encode("utf-8"), make_parents=True
+    )
 
 
 def ablation_table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
