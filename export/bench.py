@@ -37,8 +37,8 @@ from export.pipeline import (
     load_models,
 )
 from export.prepare import SUBPIXEL_FORMS, prepare_generator
-from export.timing import interleaved
 from train import models
+from train.timing import interleaved
 
 log = logging.getLogger(__name__)
 

@@ -35,6 +35,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line flags."""
+    # Lazy: these import torch, and main first says which extra is missing on a robot install.
     from export.pipeline import DEFAULT_FP32_FORM, DEFAULT_SUBPIXEL, MIN_CALIBRATION
     from export.prepare import GENERATOR_FORMS, SUBPIXEL_FORMS
 
@@ -150,12 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rescue-export: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
 
-    from edge_runtime.bundle import BundleError
-    from export.onnx_export import ExportError
+    # Lazy like build_parser's: torch and onnx load after the missing-extra check in main.
+    from export.errors import ExportError
     from export.pipeline import ExportOptions, export_bundle
-    from export.quantize import QualityGateError
-    from train.checkpoint import CheckpointError
-    from train.data.schema import DataError
+    from train.errors import BAD_INPUT, first_line
 
     options = ExportOptions(
         checkpoint=args.checkpoint,
@@ -174,9 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         export_bundle(options)
-    except (CheckpointError, DataError, ExportError, QualityGateError, BundleError) as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"rescue-export: error: {message}", file=sys.stderr)
+    except (*BAD_INPUT, ExportError) as err:
+        print(f"rescue-export: error: {first_line(err)}", file=sys.stderr)
         return EXIT_FAILED
     print(args.out)
     return 0

@@ -25,6 +25,7 @@ from torch import nn
 
 from edge_runtime import bundle as b
 from edge_runtime import tokenizer
+from export.errors import ExportError
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,6 @@ PARITY_CAPTIONS = (
     "red sleeve and right hand visible between two broken beams on the far right of the scene",
 )
 """Fixed captions for parity: short, typical, one character, and long (> 150 characters)."""
-
-
-class ExportError(RuntimeError):
-    """Export cannot produce a faithful bundle; the message names the graph and the problem."""
 
 
 class _TextEncoderGraph(nn.Module):

@@ -29,9 +29,9 @@ from edge_runtime import tokenizer
 from export import onnx_export as ox
 from export import quantize as q
 from export.prepare import GENERATOR_FORMS, SUBPIXEL_FORMS, prepare_generator
-from export.timing import interleaved
 from train import checkpoint as ck
 from train.models import CharCnnRnn, Generator
+from train.timing import interleaved
 
 log = logging.getLogger(__name__)
 

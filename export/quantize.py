@@ -24,12 +24,14 @@ from typing import Any
 import numpy as np
 import onnx
 
+from export.errors import ExportError
+
 log = logging.getLogger(__name__)
 
 Feed = dict[str, np.ndarray]
 
 
-class QualityGateError(RuntimeError):
+class QualityGateError(ExportError):
     """The int8 graphs lost too much quality against fp32; the message carries the numbers."""
 
 

@@ -30,12 +30,13 @@ import torch
 from edge_runtime import atomic, tokenizer
 from edge_runtime.bundle import sha256_file as file_sha256  # noqa: F401  (re-exported for trainers)
 from train import models
+from train.errors import InputError, first_line
 
 FORMAT = "rescue-t2i-checkpoint"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be used; the message names the file and the problem."""
 
 
@@ -81,7 +82,7 @@ def load_checkpoint(
     try:
         checkpoint = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, zip errors, ...
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise CheckpointError(f"{path}: cannot be loaded safely: {first}") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a rescue-t2i checkpoint (no format {FORMAT!r})")

@@ -47,7 +47,7 @@ from typing import Any
 
 from edge_runtime import atomic
 from train.data.files import read_info, read_split
-from train.data.schema import DataError
+from train.errors import BAD_INPUT, InputError
 from train.runs import MetricsLog, OneLineParser, new_run_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ class RecipeConfig:
     progress: bool = True
 
 
-class RecipeError(ValueError):
+class RecipeError(InputError):
     """Bad recipe input; the message names the flag."""
 
 
@@ -433,25 +433,11 @@ def config_from_args(args: argparse.Namespace) -> RecipeConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the recipe; the last stdout line is a JSON summary. 2 on bad input."""
-    from edge_runtime.tokenizer import CaptionError
-    from train.checkpoint import CheckpointError
-    from train.gan.config import ConfigError
-    from train.quality.evaluate import EvalError
-    from train.quality.oracle import OracleError
-
     args = build_parser().parse_args(argv)
     try:
         config = config_from_args(args)
         result = run(config)
-    except (
-        RecipeError,
-        DataError,
-        CheckpointError,
-        ConfigError,
-        EvalError,
-        OracleError,
-        CaptionError,
-    ) as err:
+    except BAD_INPUT as err:
         print(f"rescue-train recipe: {err}", file=sys.stderr)
         return 2
     except StageFailedError as err:

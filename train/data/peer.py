@@ -52,6 +52,7 @@ from train.data.schema import (
     damaged_file_guard,
     write_dataset,
 )
+from train.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def _scalar(entry: h5py.Group, key: str, where: str) -> object:
     try:
         value = obj[()]
     except (OSError, RuntimeError, TypeError, ValueError) as err:
-        first = (str(err).splitlines() or [""])[0]
+        first = first_line(err)
         raise ItemError(f"{where}/{key}", "unreadable (truncated file?)", first) from None
     if isinstance(value, np.ndarray) and value.dtype == object and value.size == 1:
         value = value.item()
@@ -139,7 +140,7 @@ def _open(path: Path) -> h5py.File:
     try:
         f = h5py.File(path, "r")
     except OSError as err:
-        first = (str(err).splitlines() or [""])[0]
+        first = first_line(err)
         raise DataError(
             f"{path}: not a readable HDF5 file (truncated or corrupted?): {first}"
         ) from None

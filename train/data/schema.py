@@ -38,6 +38,7 @@ import h5py
 import numpy as np
 
 from edge_runtime.atomic import atomic_path
+from train.errors import InputError, first_line
 
 SCHEMA = "rescue-t2i-captions"
 SCHEMA_VERSION = 1
@@ -45,7 +46,7 @@ MAX_IMAGE_SIZE = 1024
 """Larger image_size values are treated as corruption (a 64×64 model stores 64 or 76)."""
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A dataset problem; the message names the file and the key."""
 
 
@@ -196,11 +197,6 @@ def _json_attr(f: h5py.File, key: str, default: Any, where: str) -> Any:
         raise DataError(f"{where}: root attribute {key!r} is not valid JSON") from None
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
-
-
 @contextmanager
 def damaged_file_guard(where: str) -> Iterator[None]:
     """Turn HDF5's low-level failures on a damaged file (bad index, heap or link names) into one
@@ -214,7 +210,7 @@ def damaged_file_guard(where: str) -> Iterator[None]:
         # encoding"). The message keeps the original text in case it is our bug after all.
         raise DataError(
             f"{where}: unreadable (truncated or corrupted file?): {type(err).__name__}: "
-            f"{_first_line(err)}"
+            f"{first_line(err)}"
         ) from None
 
 
@@ -228,7 +224,7 @@ def open_hdf5(path: Path) -> h5py.File:
         return h5py.File(path, "r")
     except OSError as err:
         raise DataError(
-            f"{path}: not a readable HDF5 file (truncated or corrupted?): {_first_line(err)}"
+            f"{path}: not a readable HDF5 file (truncated or corrupted?): {first_line(err)}"
         ) from None
 
 
@@ -344,7 +340,7 @@ def _read_dataset(g: h5py.Group, key: str, where: str) -> np.ndarray:
         return obj[()]
     except (OSError, RuntimeError, TypeError, ValueError) as err:
         raise DataError(
-            f"{where}/{key}: unreadable (truncated or corrupted file?): {_first_line(err)}"
+            f"{where}/{key}: unreadable (truncated or corrupted file?): {first_line(err)}"
         ) from None
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -42,6 +41,7 @@ from train.gan import losses
 from train.gan.config import GanTrainConfig, validate
 from train.gan.text_embeddings import TextEmbeddings
 from train.gan.trainer import GanTrainer, generated_split
+from train.timing import interleaved
 
 log = logging.getLogger(__name__)
 
@@ -224,22 +224,6 @@ def _trainer_stepper(
     return step, trainer
 
 
-def run_round_robin(
-    variants: dict[str, Callable[[], None]], steps: int, warmup: int
-) -> dict[str, list[float]]:
-    """Per variant, the wall time of `steps` steps taken in turns after `warmup` each."""
-    for fn in variants.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(steps):
-        for name, fn in variants.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
 def main(argv: list[str] | None = None) -> int:
     """Print the loader and training-throughput tables."""
     p = argparse.ArgumentParser(
@@ -305,10 +289,13 @@ def main(argv: list[str] | None = None) -> int:
                 cached=trainer.embeddings,
             )  # fmt: skip
             variants["plain loop, cached text"] = cached.step
-        times = run_round_robin(variants, args.steps, args.warmup)
-        base = statistics.median(times["plain loop"]) if "plain loop" in times else None
-        for name, values in times.items():
-            median = statistics.median(values)
+        # Round-robin, so load from other processes hits every variant alike.
+        seconds = {
+            name: ms / 1000.0
+            for name, ms in interleaved(variants, rounds=args.steps, warmup=args.warmup).items()
+        }
+        base = seconds.get("plain loop")
+        for name, median in seconds.items():
             row = {
                 "ngf=ndf": width, "variant": name, "s/step": median,
                 "images/s": args.batch_size / median,

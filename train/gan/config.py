@@ -17,12 +17,9 @@ from typing import Any
 import torch
 
 from train import checkpoint as ck
+from train.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A flag (or combination) that cannot work; the message starts with the flag's name."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from edge_runtime import tokenizer
 from train import checkpoint as ck
 from train import distributed
-from train.data.schema import DataError, SplitData
+from train.data.schema import SplitData
 from train.distributed import DistEnv
+from train.errors import BAD_INPUT
 from train.gan.config import (
     RESUMABLE_OVERRIDES,
     ConfigError,
@@ -354,9 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         config, resume = resolve_config(args)
         env = distributed.init_distributed(config.device)
         result = train(config, resume_from=resume, started=started, env=env)
-    except (
-        ConfigError, DataError, ck.CheckpointError, tokenizer.CaptionError, distributed.DeviceError
-    ) as err:  # fmt: skip
+    except BAD_INPUT as err:
         print(f"rescue-train gan: {err}", file=sys.stderr)
         return 2
     finally:

@@ -45,6 +45,7 @@ from train import distributed, models
 from train.data.loader import GanClsBatch, GanClsDataset, GanClsLoader, LoaderConfig
 from train.data.schema import SplitData
 from train.distributed import DistEnv
+from train.errors import first_line
 from train.gan import losses
 from train.gan.config import GanTrainConfig, config_to_dict
 from train.gan.text_embeddings import CaptionTable, TextEmbeddings, load_or_compute
@@ -560,8 +561,9 @@ class GanTrainer:
             self.sched_d.load_state_dict(checkpoint["schedulers"]["discriminator"])
             step = int(checkpoint["step"])
         except (KeyError, RuntimeError, ValueError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
-            raise ck.CheckpointError(f"{where}: not a resumable GAN checkpoint: {first}") from None
+            raise ck.CheckpointError(
+                f"{where}: not a resumable GAN checkpoint: {first_line(err)}"
+            ) from None
         _set_rng_state(checkpoint.get("rng", {}))
         self.step = step
 

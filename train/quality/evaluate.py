@@ -42,11 +42,10 @@ from typing import Any
 import numpy as np
 
 from train.data.files import read_info, read_split
-from train.data.schema import DataError
+from train.errors import BAD_INPUT, InputError
 from train.quality.metrics import (
     METRICS,
     EvalContext,
-    MetricUnavailableError,
     SplitImages,
     run_metrics,
 )
@@ -60,7 +59,7 @@ DEFAULT_SEEDS = 4
 GENERATE_BATCH = 256
 
 
-class EvalError(ValueError):
+class EvalError(InputError):
     """Bad input to evaluate; the message names the flag, file or line."""
 
 
@@ -253,10 +252,14 @@ class BundleSource:
     """Generates with `edge_runtime.engine.Engine`: exactly what the robot runs."""
 
     def __init__(self, path: str | Path, precision: str, threads: int | None = None) -> None:
-        from edge_runtime.engine import Engine
+        # onnxruntime loads here, only when a bundle is judged (not for a checkpoint or --help).
+        from edge_runtime.engine import Engine, EngineError
 
         self.path = str(path)
-        self.engine = Engine(path, precision=precision, threads=threads or 1, cache_size=0)
+        try:
+            self.engine = Engine(path, precision=precision, threads=threads or 1, cache_size=0)
+        except EngineError as err:  # the robot's error family, reported as ours
+            raise EvalError(str(err)) from None
         self.precision = self.engine.precision
         self.description = f"bundle {self.engine.info.bundle_id} ({self.precision})"
 
@@ -560,26 +563,11 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
 
 def main(argv: list[str] | None = None) -> int:
     """Evaluate; prints one JSON summary line. 0 ok, 2 bad input (one line on stderr)."""
-    from edge_runtime.bundle import BundleError
-    from edge_runtime.engine import EngineError
-    from edge_runtime.tokenizer import CaptionError
-    from train.checkpoint import CheckpointError
-    from train.quality.oracle import OracleError
-
     args = build_parser().parse_args(argv)
     try:
         options = options_from_args(args)
         result = evaluate(options)
-    except (
-        EvalError,
-        OracleError,
-        CheckpointError,
-        DataError,
-        BundleError,
-        EngineError,
-        CaptionError,
-        MetricUnavailableError,
-    ) as err:
+    except BAD_INPUT as err:
         print(f"rescue-train evaluate: {err}", file=sys.stderr)
         return 2
     print(json.dumps(summary(result.records)))

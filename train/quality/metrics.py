@@ -41,10 +41,12 @@ from typing import Any
 
 import numpy as np
 
+from train.errors import InputError, first_line
+
 log = logging.getLogger(__name__)
 
 
-class MetricUnavailableError(RuntimeError):
+class MetricUnavailableError(InputError):
     """A metric cannot run with what was given; the message says what is missing."""
 
 
@@ -170,7 +172,7 @@ def check_inception_weights(path: str | Path) -> Path:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a foreign file
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise MetricUnavailableError(
             f"--inception-weights {path}: not a plain state dict (refusing to unpickle it): {first}"
         ) from None
@@ -195,7 +197,7 @@ def inception_metrics(
         raise MetricUnavailableError(
             "the inception metric needs torchmetrics[image] with torch-fidelity and a torchvision "
             "built for your torch (pip install -e '.[eval]'): "
-            f"{str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__}"
+            f"{first_line(err)}"
         ) from None
     weights = str(check_inception_weights(weights))
     fid = FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=weights)

@@ -52,7 +52,8 @@ from torch import nn
 
 from train import checkpoint as ck
 from train.data.files import read_info, read_split
-from train.data.schema import DataError, SplitData
+from train.data.schema import SplitData
+from train.errors import BAD_INPUT, InputError, first_line
 from train.models import config_from_dict
 from train.runs import MetricsLog, OneLineParser, new_run_dir, write_json_atomic
 
@@ -79,7 +80,7 @@ NOISE_FAMILIES_TRAIN = ("pixels", "smooth")
 NOISE_FAMILIES_CHECK = ("pixels", "smooth", "mosaic")
 
 
-class OracleError(ValueError):
+class OracleError(InputError):
     """An oracle that cannot be used (missing, wrong dataset, or dishonest); one line."""
 
 
@@ -507,7 +508,7 @@ def build_oracle(checkpoint: dict[str, Any], where: str) -> AttributeOracle:
     except KeyError:
         raise ck.CheckpointError(f"{where}: has no 'oracle' model") from None
     except (RuntimeError, ValueError, TypeError) as err:
-        first = str(err).strip().splitlines()[0]
+        first = first_line(err)
         raise ck.CheckpointError(
             f"{where}: oracle weights do not fit its config: {first}"
         ) from None
@@ -681,7 +682,7 @@ def main(argv: list[str] | None = None) -> int:
                 None if train_split.attributes is None else train_split.attributes[:n],
             )
         real = {s: read_split(args.data, s) for s in check_splits}
-    except (OracleError, DataError) as err:
+    except BAD_INPUT as err:
         print(f"rescue-train oracle: {err}", file=sys.stderr)
         return 2
     run_dir = new_run_dir(args.out)

@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from train.checkpoint import CheckpointError, load_checkpoint
+from train.checkpoint import load_checkpoint
 from train.data.files import read_info, read_split
-from train.data.schema import DataError, SplitData
+from train.data.schema import SplitData
+from train.errors import BAD_INPUT, ConfigError
 from train.runs import MetricsLog, OneLineParser
 from train.text.joint_embedding import CaptionError, JointEmbedding
 from train.text.perturb import PERTURBATIONS
@@ -58,12 +59,12 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if self.candidates < 2:
-            raise ValueError(f"candidates must be at least 2, got {self.candidates}")
+            raise ConfigError(f"candidates must be at least 2, got {self.candidates}")
         if self.captions_per_image < 1:
-            raise ValueError(f"captions_per_image must be ≥ 1, got {self.captions_per_image}")
+            raise ConfigError(f"captions_per_image must be ≥ 1, got {self.captions_per_image}")
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
-            raise ValueError(f"unknown variants {unknown} (known: {', '.join(VARIANTS)})")
+            raise ConfigError(f"unknown variants {unknown} (known: {', '.join(VARIANTS)})")
 
 
 def _stable_seed(*parts: str | int) -> list[int]:
@@ -77,7 +78,7 @@ def select_queries(
     """Seeded choice of captions: (texts, image index per text), `captions_per_image` per image."""
     per_image = min(len(c) for c in split.captions) if split.captions else 0
     if captions_per_image > per_image:
-        raise ValueError(
+        raise ConfigError(
             f"split {name!r} has {per_image} captions per image, {captions_per_image} requested "
             "(--captions-per-image)"
         )
@@ -282,25 +283,25 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.candidates < 2:
-            raise ValueError(f"--candidates must be at least 2, got {args.candidates}")
+            raise ConfigError(f"--candidates must be at least 2, got {args.candidates}")
         if args.captions_per_image < 1:
-            raise ValueError(f"--captions-per-image must be ≥ 1, got {args.captions_per_image}")
+            raise ConfigError(f"--captions-per-image must be ≥ 1, got {args.captions_per_image}")
         unknown = [v for v in args.variants if v not in VARIANTS]
         if unknown:
-            raise ValueError(f"--variants: unknown {unknown} (known: {', '.join(VARIANTS)})")
+            raise ConfigError(f"--variants: unknown {unknown} (known: {', '.join(VARIANTS)})")
         if args.threads is not None:
             if args.threads < 1:
-                raise ValueError(f"--threads must be ≥ 1, got {args.threads}")
+                raise ConfigError(f"--threads must be ≥ 1, got {args.threads}")
             torch.set_num_threads(args.threads)
         checkpoint = load_checkpoint(args.checkpoint, kind="text_encoder")
         data = args.data or checkpoint.get("config", {}).get("data")
         if not data:
-            raise ValueError("--data is required (the checkpoint names no dataset)")
+            raise ConfigError("--data is required (the checkpoint names no dataset)")
         info = read_info(data)
         splits = args.splits or [s for s in DEFAULT_SPLITS if s in info.splits]
         missing = [s for s in splits if s not in info.splits]
         if missing or not splits:
-            raise ValueError(
+            raise ConfigError(
                 f"--splits: {data} has no split {missing or list(DEFAULT_SPLITS)} "
                 f"(has {', '.join(info.splits)})"
             )
@@ -313,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         records = evaluate_checkpoint(
             args.checkpoint, data, splits, config, results_path=args.out, checkpoint=checkpoint
         )
-    except (CheckpointError, DataError, CaptionError, ValueError) as err:
+    except BAD_INPUT as err:
         print(f"eval-text: {err}", file=sys.stderr)
         return 2
     print(format_table(records))

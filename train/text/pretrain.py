@@ -49,6 +49,7 @@ from train.checkpoint import (
 )
 from train.data.files import read_info, read_split
 from train.data.schema import DataError, SplitData
+from train.errors import BAD_INPUT, ConfigError, first_line
 from train.runs import (
     MetricsLog,
     OneLineParser,
@@ -136,17 +137,17 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+            raise ConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.proxy_weight < 0 or self.attribute_weight < 0:
-            raise ValueError("proxy_weight and attribute_weight must be ≥ 0")
+            raise ConfigError("proxy_weight and attribute_weight must be ≥ 0")
         if not 0.0 <= self.augment_ramp <= 1.0:
-            raise ValueError(f"augment_ramp must be in [0, 1], got {self.augment_ramp}")
+            raise ConfigError(f"augment_ramp must be in [0, 1], got {self.augment_ramp}")
         if not 0.0 <= self.twin_fraction <= 0.5:
-            raise ValueError(f"twin_fraction must be in [0, 0.5], got {self.twin_fraction}")
+            raise ConfigError(f"twin_fraction must be in [0, 0.5], got {self.twin_fraction}")
         if self.steps is None and self.minutes is None:
-            raise ValueError("one of steps or minutes is needed")
+            raise ConfigError("one of steps or minutes is needed")
         if self.text_encoder.embedding_dim != self.image_encoder.embedding_dim:
-            raise ValueError("text and image embedding sizes differ")
+            raise ConfigError("text and image embedding sizes differ")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (nested configs included)."""
@@ -429,7 +430,7 @@ class TrainState:
             state.step = int(checkpoint["step"])
             state.elapsed_s = float(checkpoint.get("elapsed_s", 0.0))
         except (KeyError, RuntimeError, ValueError) as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+            first = first_line(err)
             raise CheckpointError(f"{where}: cannot resume from it: {first}") from None
         return state
 
@@ -766,26 +767,26 @@ def _validate_flags(args: argparse.Namespace) -> None:
     }
     for flag, value in positive.items():
         if value is not None and value < 1:
-            raise ValueError(f"{flag} must be ≥ 1, got {value}")
+            raise ConfigError(f"{flag} must be ≥ 1, got {value}")
     if args.batch_size is not None and args.batch_size < 2:
-        raise ValueError(f"--batch-size must be ≥ 2 (contrastive batches), got {args.batch_size}")
+        raise ConfigError(f"--batch-size must be ≥ 2 (contrastive batches), got {args.batch_size}")
     if args.minutes is not None and not args.minutes > 0:
-        raise ValueError(f"--minutes must be > 0, got {args.minutes}")
+        raise ConfigError(f"--minutes must be > 0, got {args.minutes}")
     if args.twin_fraction is not None and not 0.0 <= args.twin_fraction <= 0.5:
-        raise ValueError(f"--twin-fraction must be in [0, 0.5], got {args.twin_fraction}")
+        raise ConfigError(f"--twin-fraction must be in [0, 0.5], got {args.twin_fraction}")
     for flag, value in (
         ("--proxy-weight", args.proxy_weight),
         ("--attribute-weight", args.attribute_weight),
     ):
         if value is not None and value < 0:
-            raise ValueError(f"{flag} must be ≥ 0, got {value}")
+            raise ConfigError(f"{flag} must be ≥ 0, got {value}")
     for flag, value in (("--temperature", args.temperature), ("--margin", args.margin)):
         if value is not None and not value > 0:
-            raise ValueError(f"{flag} must be > 0, got {value}")
+            raise ConfigError(f"{flag} must be > 0, got {value}")
     if args.lr is not None and not args.lr > 0:
-        raise ValueError(f"--lr must be > 0, got {args.lr}")
+        raise ConfigError(f"--lr must be > 0, got {args.lr}")
     if args.monitor_every is not None and args.monitor_every < 0:
-        raise ValueError(f"--monitor-every must be ≥ 0, got {args.monitor_every}")
+        raise ConfigError(f"--monitor-every must be ≥ 0, got {args.monitor_every}")
 
 
 def _apply_flags(config: PretrainConfig, args: argparse.Namespace) -> PretrainConfig:
@@ -827,13 +828,13 @@ def _find_resume(spec: str, out: str) -> Path:
     if spec == "latest":
         candidates = [d for d in run_dirs(out) if (d / CHECKPOINT_FILE).is_file()]
         if not candidates:
-            raise ValueError(f"--resume: no run folder with a {CHECKPOINT_FILE} under {out}")
+            raise ConfigError(f"--resume: no run folder with a {CHECKPOINT_FILE} under {out}")
         return candidates[-1] / CHECKPOINT_FILE
     path = Path(spec)
     if path.is_dir():
         path = path / CHECKPOINT_FILE
     if not path.is_file():
-        raise ValueError(f"--resume: {path} not found")
+        raise ConfigError(f"--resume: {path} not found")
     return path
 
 
@@ -852,12 +853,12 @@ def _resumed_config(
             old, new = getattr(old, part), getattr(new, part)
         if old != new:
             flag = "--" + name.replace("_", "-")
-            raise ValueError(
+            raise ConfigError(
                 f"{flag}: a resumed run keeps its config ({old!r}); start a new run to change it"
             )
     for flag in ("no_augment", "no_eval", "dry_run"):
         if getattr(args, flag):
-            raise ValueError(f"--{flag.replace('_', '-')} cannot be combined with --resume")
+            raise ConfigError(f"--{flag.replace('_', '-')} cannot be combined with --resume")
     changed = {k: getattr(args, k) for k in _RESUMABLE_CHANGES if getattr(args, k) is not None}
     return resolve(dataclasses.replace(saved, **changed)) if changed else saved
 
@@ -929,7 +930,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise DataError(f"{config.data}: no 'train' split (has {', '.join(info.splits)})")
         splits = _load_splits(config)
         if len(splits["train"]) < config.batch_size:
-            raise ValueError(
+            raise ConfigError(
                 f"--batch-size {config.batch_size} exceeds the {len(splits['train'])} training "
                 f"images in {'the dry-run data' if config.dry_run else config.data}"
             )
@@ -950,6 +951,6 @@ def main(argv: list[str] | None = None) -> int:
     except FloatingPointError as err:
         print(f"text-encoder: training diverged: {err}", file=sys.stderr)
         return 1
-    except (CheckpointError, DataError, tokenizer.CaptionError, ValueError) as err:
+    except BAD_INPUT as err:
         print(f"text-encoder: {err}", file=sys.stderr)
         return 2

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from train.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class RPrecision:
@@ -49,7 +51,7 @@ def sample_candidates(
     """Candidate pool indices (Q, num_candidates): column 0 the true item, then distractors.
 
     Distractors are drawn without replacement, uniformly among pool items whose label differs
-    from the query's; raises `ValueError` when a query has too few of them.
+    from the query's; raises `ConfigError` when a query has too few of them.
     """
     query_labels = np.asarray(query_labels).astype(np.int64, copy=False)
     pool_labels = np.asarray(pool_labels).astype(np.int64, copy=False)
@@ -66,7 +68,7 @@ def sample_candidates(
         if label not in allowed:
             allowed[label] = np.flatnonzero(pool_labels != label)
             if len(allowed[label]) < num_candidates - 1:
-                raise ValueError(
+                raise ConfigError(
                     f"label {label}: only {len(allowed[label])} pool items of other labels, "
                     f"{num_candidates - 1} distractors needed"
                 )

@@ -1,4 +1,6 @@
-"""Interleaved latency measurement: variants compared in one run, as ratios, never as pass/fail.
+"""Round-robin timing: variants compared in one run, as ratios, never as pass/fail.
+
+The one home of this timer: export's speed tables and the GAN training benchmark use it.
 
 On a shared machine absolute times drift with load; running the variants round-robin (A B C A B C
 ...) exposes them to the same drift, so their ratios stay meaningful even when the milliseconds
