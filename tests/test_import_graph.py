@@ -21,7 +21,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("edge_runtime",),
     ("train.errors",),
     ("train.data",),
-    ("train.models", "train.runs", "train.distributed", "train.timing"),
+    ("train.models", "train.runs", "train.distributed", "train.timing", "train.options"),
     ("train.checkpoint",),
     ("train.text", "train.gan"),
     ("train.quality",),

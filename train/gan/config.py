@@ -17,7 +17,9 @@ from typing import Any
 import torch
 
 from train import checkpoint as ck
+from train import options
 from train.errors import ConfigError
+from train.options import option
 
 log = logging.getLogger(__name__)
 
@@ -32,34 +34,62 @@ class GanTrainConfig:
     """Everything a run depends on; resolved once, written to the run folder and the checkpoint."""
 
     # Data and inputs
-    data: str | None = None
+    data: str | None = option(None, "HDF5 dataset", group="inputs and outputs", metavar="FILE")
     """HDF5 dataset (docs/DATA_FORMAT.md); None only for --dry-run (generated data)."""
-    split: str = "train"
-    text_encoder: str | None = None
+    split: str = option("train", "split to train on", group="inputs and outputs")
+    text_encoder: str | None = option(
+        None, 'text-encoder checkpoint, or "random"', group="inputs and outputs", metavar="CKPT"
+    )
     """kind="text_encoder" checkpoint, or "random" for an untrained encoder (smoke tests)."""
-    out: str = "runs/gan"
+    out: str = option(
+        "runs/gan", "folder for numbered run folders", group="inputs and outputs", metavar="DIR"
+    )
     """Folder holding the numbered run folders."""
     # Networks (train/models.py, GANConfig)
-    ngf: int = 64
-    ndf: int = 64
-    residual: bool = False
+    ngf: int = option(64, "generator width", group="networks", at_least=1)
+    ndf: int = option(64, "discriminator width", group="networks", at_least=1)
+    residual: bool = option(False, "residual blocks at 4×4 and 8×8", group="networks")
     # Objective (train/gan/losses.py); defaults are the paper's
-    wrong_weight: float = 0.5
+    wrong_weight: float = option(
+        0.5, "GAN-CLS real+wrong-text weight", group="objective", at_least=0
+    )
     """GAN-CLS weight of real image + wrong text."""
-    fake_weight: float = 0.5
+    fake_weight: float = option(
+        0.5, "GAN-CLS fake+right-text weight", group="objective", at_least=0
+    )
     """GAN-CLS weight of fake image + right text."""
-    mismatch: str = "text"
+    mismatch: str = option(
+        "text",
+        "mismatched pair: real image + wrong text, or wrong image + right text",
+        group="objective",
+        choices=("text", "image"),
+    )
     """"text": real image + captions of another class; "image": wrong image + right text
     (Reed's released code); both pair a real image with a description of another class."""
-    int_weight: float = 1.0
+    int_weight: float = option(1.0, "GAN-INT weight (0 = off)", group="objective", at_least=0)
     """GAN-INT weight (Reed's CUB script: 1)."""
-    int_beta: float = 0.5
-    int_fraction: float = 0.5
+    int_beta: float = option(
+        0.5, "GAN-INT interpolation β", group="objective", at_least=0, at_most=1
+    )
+    int_fraction: float = option(
+        0.5,
+        "interpolated samples per batch, relative to the batch",
+        group="objective",
+        at_least=0,
+        at_most=1,
+    )
     """Interpolated samples per batch, relative to the batch (Reed: ½)."""
-    fm_weight: float = 1.0
+    fm_weight: float = option(
+        1.0, "feature-matching weight (0 = off)", group="objective", at_least=0
+    )
     """Feature matching on D's joint 4×4 features (0 = off)."""
-    l1_weight: float = 0.0
-    match_weight: float = 1.0
+    l1_weight: float = option(0.0, "L1 weight (0 = off)", group="objective", at_least=0)
+    match_weight: float = option(
+        1.0,
+        "text-image matching weight with the frozen image encoder (0 = off)",
+        group="objective",
+        at_least=0,
+    )
     """Text–image matching on generated images (0 = off): the frozen pretrained image encoder's
     embedding of G(z, t) classified against every class's mean caption embedding
     (`gan_losses.text_image_matching_loss`; after AttnGAN's DAMSM loss, Xu et al. 2018).
@@ -68,62 +98,125 @@ class GanTrainConfig:
     attribute apart (issue 4's pretraining) and hands G that gradient directly. Needs a
     text-encoder checkpoint that holds an image encoder (ours do); off, with a warning, for a
     random encoder."""
-    match_temperature: float = 0.1
+    match_temperature: float = option(
+        0.1, "temperature of the matching loss", group="objective", above=0
+    )
     """Softmax temperature of the matching loss (DAMSM: γ3 = 10, i.e. 0.1)."""
-    ms_weight: float = 0.0
+    ms_weight: float = option(
+        0.0, "mode-seeking weight (MSGAN; 0 = off)", group="objective", at_least=0
+    )
     """Mode seeking (`gan_losses.mode_seeking_loss`, MSGAN; 0 = off): G also draws
     `ms_fraction` × batch images of the batch's first captions with fresh noise, and is pushed to
     make them differ from their partners made with the batch noise. Why it exists: the default
     objective's images hardly vary with the seed (diversity 0.17–0.20 of real same-class spread,
     docs/QUALITY.md); its measured effect is in docs/QUALITY.md § 3.0."""
-    ms_fraction: float = 0.25
+    ms_fraction: float = option(
+        0.25,
+        "images per batch drawn again for mode seeking, relative to the batch",
+        group="objective",
+        at_least=0,
+        at_most=1,
+    )
     """Images per batch drawn a second time for mode seeking, relative to the batch."""
-    label_smoothing: float = 0.0
+    label_smoothing: float = option(
+        0.0,
+        "one-sided label smoothing of the real target",
+        group="objective",
+        at_least=0,
+        below=0.5,
+    )
     """One-sided: the real target becomes 1 − this."""
     # Data pipeline (train/data/loader.py)
-    captions_per_sample: int = 4
-    captions_per_image: int | None = None
+    captions_per_sample: int = option(
+        4, "captions averaged per sample (Reed: 4)", group="data pipeline", at_least=1
+    )
+    captions_per_image: int | None = option(
+        None, "use only the first N captions of each image", group="data pipeline"
+    )
     """Use only the first N captions of each image (None: all). Fewer captions to embed once:
     the embedding pass costs minutes for 100,000 captions on 2 CPU cores."""
-    flip: bool = True
-    crop: bool = True
-    lazy: bool = False
-    workers: int = 0
+    flip: bool = option(
+        True, "random horizontal flips (off when the dataset forbids them)", group="data pipeline"
+    )
+    crop: bool = option(
+        True,
+        "resize to 76 and random-crop 64 (off when the dataset forbids it)",
+        group="data pipeline",
+    )
+    lazy: bool = option(
+        False,
+        "read images from HDF5 per batch instead of holding them in memory",
+        group="data pipeline",
+    )
+    workers: int = option(0, "DataLoader workers (lazy mode)", group="data pipeline", at_least=0)
     # Optimisation
-    batch_size: int = 64
+    batch_size: int = option(64, "global batch size", group="optimisation", at_least=1)
     """Global batch (split evenly over the processes)."""
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    lr_decay_every: int = 100
+    lr: float = option(
+        2e-4, "Adam learning rate (the original study used 3.4e-4)", group="optimisation", above=0
+    )
+    beta1: float = option(0.5, "Adam β1", group="optimisation", at_least=0, at_most=1)
+    beta2: float = option(0.999, "Adam β2", group="optimisation", at_least=0, at_most=1)
+    lr_decay_every: int = option(
+        100, "epochs between learning-rate decays (0 = never)", group="optimisation", at_least=0
+    )
     """Epochs between learning-rate halvings (Reed: 100); 0 = constant."""
-    lr_decay: float = 0.5
-    epochs: int = 600
-    steps: int | None = None
+    lr_decay: float = option(
+        0.5, "learning-rate factor per decay", group="optimisation", above=0, at_most=1
+    )
+    epochs: int = option(600, "epochs to train", group="optimisation", at_least=1)
+    steps: int | None = option(
+        None, "stop after this many steps in total", group="optimisation", at_least=1
+    )
     """Stop after this many steps in total (None: `epochs`)."""
-    minutes: float | None = None
+    minutes: float | None = option(
+        None,
+        "wall-clock budget of this invocation (checkpoint at the end)",
+        group="optimisation",
+        above=0,
+    )
     """Wall-clock budget of this invocation, setup included; a checkpoint is written at the end."""
     # Engineering
-    seed: int = 0
-    device: str = "auto"
-    threads: int | None = None
+    seed: int = option(0, "random seed", group="engineering")
+    device: str = option("auto", 'device: "auto", "cpu", "cuda", "cuda:N"', group="engineering")
+    threads: int | None = option(None, "CPU threads per process", group="engineering", at_least=1)
     """CPU threads per process (torch.set_num_threads); None = torch's default. Results are
     bitwise reproducible for a given thread count."""
-    amp: str = "auto"
+    amp: str = option(
+        "auto",
+        "autocast: auto = bf16 on CUDA, fp32 on CPU",
+        group="engineering",
+        choices=("auto", "bf16", "off"),
+    )
     """"auto": bf16 autocast on CUDA, fp32 on CPU (AVX2 CPUs have no bf16 arithmetic); "off"."""
-    channels_last: bool = True
-    compile: bool = False
-    sync_bn: bool = True
+    channels_last: bool = option(True, "channels-last tensors", group="engineering")
+    compile: bool = option(
+        False,
+        "torch.compile the networks (minutes of compilation on small CPUs)",
+        group="engineering",
+    )
+    sync_bn: bool = option(True, "synchronise batch norm over processes", group="engineering")
     """Batch-norm statistics over the global batch under DDP (train/distributed.py)."""
-    deterministic: bool = False
+    deterministic: bool = option(
+        False, "deterministic CUDA kernels (exact --resume on GPU)", group="engineering"
+    )
     """Deterministic CUDA kernels (bitwise --resume on GPUs); CPU is deterministic anyway."""
-    checkpoint_every: int = 500
-    log_every: int = 20
-    sample_every: int = 500
-    embedding_cache: str = "auto"
+    checkpoint_every: int = option(
+        500, "steps between checkpoints", group="engineering", at_least=1
+    )
+    log_every: int = option(20, "steps between logged metrics", group="engineering", at_least=1)
+    sample_every: int = option(500, "steps between sample grids", group="engineering", at_least=1)
+    embedding_cache: str = option(
+        "auto", 'text-embedding cache folder, "auto" or "off"', group="engineering", metavar="DIR"
+    )
     """Folder for cached text embeddings; "auto" = <out>/text-embeddings, "off" = none."""
-    progress: bool = True
-    dry_run: bool = False
+    progress: bool = option(True, "tqdm progress bar", group="engineering")
+    dry_run: bool = option(
+        False,
+        "one real step on generated data (random encoder)",
+        show_default=False,
+        store_true=True,
+    )
 
     @property
     def use_amp(self) -> bool:
@@ -138,94 +231,17 @@ RESUMABLE_OVERRIDES = frozenset(
 )  # fmt: skip
 
 
-def _flag(field: str) -> str:
-    return "--" + field.replace("_", "-")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Flags map one-to-one onto `GanTrainConfig` fields (defaults shown are the config's)."""
-    d = GanTrainConfig()
-    p = argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="python -m train gan",
         description="Train the text-conditioned DCGAN: GAN-CLS + GAN-INT + feature matching.",
-        argument_default=argparse.SUPPRESS,
     )
 
-    groups: list[Any] = [p]
+    def resume_flag(group: Any) -> None:
+        group.add_argument("--resume", metavar="RUN", help="run folder or checkpoint to continue")
 
-    def group(title: str) -> Any:
-        groups.append(p.add_argument_group(title))
-        return groups[-1]
-
-    def add(field: str, text: str, **kw: Any) -> None:
-        default = getattr(d, field)
-        groups[-1].add_argument(_flag(field), dest=field, help=f"{text} (default: {default})", **kw)
-
-    def toggle(field: str, text: str) -> None:
-        add(field, text, action=argparse.BooleanOptionalAction)
-
-    g = group("inputs and outputs")
-    add("data", "HDF5 dataset", metavar="FILE")
-    add("split", "split to train on")
-    add("text_encoder", 'text-encoder checkpoint, or "random"', metavar="CKPT")
-    add("out", "folder for numbered run folders", metavar="DIR")
-    g.add_argument("--resume", metavar="RUN", help="run folder or checkpoint to continue")
-    g = group("networks")
-    add("ngf", "generator width", type=int)
-    add("ndf", "discriminator width", type=int)
-    toggle("residual", "residual blocks at 4×4 and 8×8")
-    g = group("objective")
-    add("wrong_weight", "GAN-CLS real+wrong-text weight", type=float)
-    add("fake_weight", "GAN-CLS fake+right-text weight", type=float)
-    add("mismatch", "mismatched pair: real image + wrong text, or wrong image + right text",
-        choices=("text", "image"))  # fmt: skip
-    add("int_weight", "GAN-INT weight (0 = off)", type=float)
-    add("int_beta", "GAN-INT interpolation β", type=float)
-    add("int_fraction", "interpolated samples per batch, relative to the batch", type=float)
-    add("fm_weight", "feature-matching weight (0 = off)", type=float)
-    add("l1_weight", "L1 weight (0 = off)", type=float)
-    add("match_weight", "text-image matching weight with the frozen image encoder (0 = off)",
-        type=float)  # fmt: skip
-    add("match_temperature", "temperature of the matching loss", type=float)
-    add("ms_weight", "mode-seeking weight (MSGAN; 0 = off)", type=float)
-    add("ms_fraction", "images per batch drawn again for mode seeking, relative to the batch",
-        type=float)  # fmt: skip
-    add("label_smoothing", "one-sided label smoothing of the real target", type=float)
-    g = group("data pipeline")
-    add("captions_per_sample", "captions averaged per sample (Reed: 4)", type=int)
-    add("captions_per_image", "use only the first N captions of each image", type=int)
-    toggle("flip", "random horizontal flips (off when the dataset forbids them)")
-    toggle("crop", "resize to 76 and random-crop 64 (off when the dataset forbids it)")
-    toggle("lazy", "read images from HDF5 per batch instead of holding them in memory")
-    add("workers", "DataLoader workers (lazy mode)", type=int)
-    g = group("optimisation")
-    add("batch_size", "global batch size", type=int)
-    add("lr", "Adam learning rate (the original study used 3.4e-4)", type=float)
-    add("beta1", "Adam β1", type=float)
-    add("beta2", "Adam β2", type=float)
-    add("lr_decay_every", "epochs between learning-rate decays (0 = never)", type=int)
-    add("lr_decay", "learning-rate factor per decay", type=float)
-    add("epochs", "epochs to train", type=int)
-    add("steps", "stop after this many steps in total", type=int)
-    add("minutes", "wall-clock budget of this invocation (checkpoint at the end)", type=float)
-    g = group("engineering")
-    add("seed", "random seed", type=int)
-    add("device", 'device: "auto", "cpu", "cuda", "cuda:N"')
-    add("threads", "CPU threads per process", type=int)
-    add("amp", "autocast: auto = bf16 on CUDA, fp32 on CPU", choices=("auto", "bf16", "off"))
-    toggle("channels_last", "channels-last tensors")
-    toggle("compile", "torch.compile the networks (minutes of compilation on small CPUs)")
-    toggle("sync_bn", "synchronise batch norm over processes")
-    toggle("deterministic", "deterministic CUDA kernels (exact --resume on GPU)")
-    add("checkpoint_every", "steps between checkpoints", type=int)
-    add("log_every", "steps between logged metrics", type=int)
-    add("sample_every", "steps between sample grids", type=int)
-    add("embedding_cache", 'text-embedding cache folder, "auto" or "off"', metavar="DIR")
-    toggle("progress", "tqdm progress bar")
-    p.add_argument(
-        "--dry-run", action="store_true", help="one real step on generated data (random encoder)"
-    )
-    return p
+    return options.build_parser(GanTrainConfig, parser, after={"out": resume_flag})
 
 
 def validate(config: GanTrainConfig, world_size: int = 1) -> GanTrainConfig:
@@ -233,41 +249,13 @@ def validate(config: GanTrainConfig, world_size: int = 1) -> GanTrainConfig:
     config with "auto" values resolved."""
 
     def fail(field: str, message: str) -> None:
-        raise ConfigError(f"{_flag(field)} {getattr(config, field)}: {message}")
+        raise ConfigError(f"{options.flag(field)} {getattr(config, field)}: {message}")
 
-    for field in ("ngf", "ndf", "batch_size", "epochs", "checkpoint_every", "log_every",
-                  "sample_every", "captions_per_sample"):  # fmt: skip
-        if getattr(config, field) < 1:
-            fail(field, "must be ≥ 1")
-    for field in ("wrong_weight", "fake_weight", "int_weight", "fm_weight", "l1_weight",
-                  "match_weight", "ms_weight", "workers", "lr_decay_every"):  # fmt: skip
-        if getattr(config, field) < 0:
-            fail(field, "must be ≥ 0")
-    if not config.lr > 0:
-        fail("lr", "must be > 0")
-    if not config.match_temperature > 0:
-        fail("match_temperature", "must be > 0")
-    for field in ("beta1", "beta2", "int_beta", "int_fraction", "ms_fraction"):
-        if not 0.0 <= getattr(config, field) <= 1.0:
-            fail(field, "must lie in [0, 1]")
-    if not 0.0 < config.lr_decay <= 1.0:
-        fail("lr_decay", "must lie in (0, 1]")
-    if not 0.0 <= config.label_smoothing < 0.5:
-        fail("label_smoothing", "must lie in [0, 0.5)")
+    options.check_ranges(config)
     if config.captions_per_image is not None and config.captions_per_image < max(
         1, config.captions_per_sample
     ):
         fail("captions_per_image", f"must be ≥ --captions-per-sample {config.captions_per_sample}")
-    if config.threads is not None and config.threads < 1:
-        fail("threads", "must be ≥ 1")
-    if config.steps is not None and config.steps < 1:
-        fail("steps", "must be ≥ 1")
-    if config.minutes is not None and not config.minutes > 0:
-        fail("minutes", "must be > 0")
-    if config.mismatch not in ("text", "image"):
-        fail("mismatch", 'must be "text" or "image"')
-    if config.amp not in ("auto", "bf16", "off"):
-        fail("amp", 'must be "auto", "bf16" or "off"')
     if config.text_encoder not in (None, "random") and not Path(config.text_encoder).is_file():
         fail("text_encoder", "no such file")
     if config.batch_size % world_size:

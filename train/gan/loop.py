@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import logging
 import sys
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 from train import checkpoint as ck
-from train import distributed
+from train import distributed, options
 from train.data.schema import SplitData
 from train.distributed import DistEnv
 from train.errors import BAD_INPUT
@@ -33,7 +32,6 @@ from train.gan.config import (
     RESUMABLE_OVERRIDES,
     ConfigError,
     GanTrainConfig,
-    _flag,
     build_parser,
     config_from_checkpoint,
     validate,
@@ -336,14 +334,7 @@ def resolve_config(args: argparse.Namespace) -> tuple[GanTrainConfig, str | None
     path = _checkpoint_path(resume)
     saved = ck.load_checkpoint(path, kind="gan")
     base = config_from_checkpoint(saved.get("config", {}), str(path))
-    for field, value in given.items():
-        if field not in RESUMABLE_OVERRIDES and value != getattr(base, field):
-            raise ConfigError(
-                f"{_flag(field)} {value}: differs from the resumed run's {getattr(base, field)!r}; "
-                "--resume continues the saved run (only stop conditions, logging and device "
-                "may change)"
-            )
-    return dataclasses.replace(base, **given), str(path)
+    return options.resume_config(base, given, RESUMABLE_OVERRIDES), str(path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from edge_runtime import tokenizer
-from train import models
+from train import models, options
 from train.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -50,6 +50,7 @@ from train.checkpoint import (
 from train.data.files import read_info, read_split
 from train.data.schema import DataError, SplitData
 from train.errors import BAD_INPUT, ConfigError, first_line
+from train.options import option
 from train.runs import (
     MetricsLog,
     OneLineParser,
@@ -221,8 +222,8 @@ class AttributeTwins:
         self.neighbours: list[list[list[int]]] = []
         for row in combos.tolist():
             per_attribute = []
-            for a, options in enumerate(values):
-                found = [index.get((*row[:a], v, *row[a + 1 :])) for v in options if v != row[a]]
+            for a, choices in enumerate(values):
+                found = [index.get((*row[:a], v, *row[a + 1 :])) for v in choices if v != row[a]]
                 per_attribute.append([c for c in found if c is not None])
             self.neighbours.append([n for n in per_attribute if n])
 
@@ -660,143 +661,140 @@ def _channels(flag: str, count: int | None) -> Any:
     return parse
 
 
-def build_parser() -> OneLineParser:
-    """The text-encoder flags; every default is None so a resume can tell what was given."""
-    d = PretrainConfig()
-    p = OneLineParser(
-        prog="python -m train text-encoder",
-        description="Pretrain the char-CNN-RNN text encoder jointly with an image encoder.",
+_D = PretrainConfig()
+
+
+def _flag(help: str, **how: Any) -> Any:
+    """A text-encoder flag: default None ("not given"), its default named in the help."""
+    return option(None, help, show_default=False, **how)
+
+
+@dataclass(frozen=True)
+class PretrainFlags:
+    """The text-encoder command line, each flag declared once; None = not given, so a resumed
+    run can tell a repeated flag from a changed one. `target` is the config field it sets."""
+
+    data: str | None = _flag(f"HDF5 dataset (default {_D.data})", target=("data",))
+    out: str = option("runs/text_encoder", "parent of numbered run folders", show_default=False)
+    objective: str | None = _flag(
+        f"default {_D.objective}", choices=OBJECTIVES, target=("objective",)
     )
-    p.add_argument("--data", help=f"HDF5 dataset (default {d.data})")
-    p.add_argument("--out", default="runs/text_encoder", help="parent of numbered run folders")
-    p.add_argument("--objective", choices=OBJECTIVES, help=f"default {d.objective}")
-    p.add_argument("--steps", type=int, help=f"optimiser steps (default {d.steps})")
-    p.add_argument(
-        "--minutes",
-        type=float,
-        help="training-time budget (alone: drives the schedule; with --steps: a cap)",
+    steps: int | None = _flag(
+        f"optimiser steps (default {_D.steps})", at_least=1, target=("steps",)
     )
-    p.add_argument("--batch-size", type=int, help=f"default {d.batch_size}")
-    p.add_argument("--twin-fraction", type=float, help=f"default {d.twin_fraction}")
-    p.add_argument("--temperature", type=float, help=f"InfoNCE initial (default {d.temperature})")
-    p.add_argument("--margin", type=float, help=f"SJE hinge margin (default {d.margin})")
-    p.add_argument(
-        "--attribute-weight",
-        type=float,
-        help=f"attribute heads (default {d.attribute_weight}; 0: off)",
+    minutes: float | None = _flag(
+        "training-time budget (alone: drives the schedule; with --steps: a cap)",
+        above=0,
+        target=("minutes",),
     )
-    p.add_argument(
-        "--proxy-weight", type=float, help=f"class-proxy term (default {d.proxy_weight}; 0: off)"
+    batch_size: int | None = _flag(
+        f"default {_D.batch_size}", at_least=2, target=("batch_size",)
+    )  # ≥ 2: contrastive batches
+    twin_fraction: float | None = _flag(
+        f"default {_D.twin_fraction}", at_least=0, at_most=0.5, target=("twin_fraction",)
     )
-    p.add_argument("--lr", type=float, help=f"default {d.lr}")
-    p.add_argument("--seed", type=int, help=f"default {d.seed}")
-    p.add_argument("--threads", type=int, help="torch threads (default: one per core)")
-    p.add_argument("--rnn", choices=("gru", "lstm"), help=f"default {d.text_encoder.rnn}")
-    p.add_argument("--embedding-dim", type=int, help=f"default {d.text_encoder.embedding_dim}")
-    p.add_argument(
-        "--conv-channels",
-        type=_channels("--conv-channels", 3),
-        help="three text-conv widths (default 384,512,512)",
+    temperature: float | None = _flag(
+        f"InfoNCE initial (default {_D.temperature})", above=0, target=("temperature",)
     )
-    p.add_argument("--rnn-hidden", type=int, help=f"default {d.text_encoder.rnn_hidden}")
-    p.add_argument(
-        "--image-channels",
-        type=_channels("--image-channels", None),
-        help="image-encoder stage widths (default 32,64,128,256)",
+    margin: float | None = _flag(
+        f"SJE hinge margin (default {_D.margin})", above=0, target=("margin",)
     )
-    p.add_argument("--no-augment", action="store_true", help="train on clean captions only")
-    p.add_argument("--checkpoint-every", type=int, help=f"default {d.checkpoint_every}")
-    p.add_argument("--monitor-every", type=int, help=f"default {d.monitor_every} (0: off)")
-    p.add_argument(
-        "--eval-splits",
+    attribute_weight: float | None = _flag(
+        f"attribute heads (default {_D.attribute_weight}; 0: off)",
+        at_least=0,
+        target=("attribute_weight",),
+    )
+    proxy_weight: float | None = _flag(
+        f"class-proxy term (default {_D.proxy_weight}; 0: off)",
+        at_least=0,
+        target=("proxy_weight",),
+    )
+    lr: float | None = _flag(f"default {_D.lr}", above=0, target=("lr",))
+    seed: int | None = _flag(f"default {_D.seed}", target=("seed",))
+    threads: int | None = _flag(
+        "torch threads (default: one per core)", at_least=1, target=("threads",)
+    )
+    rnn: str | None = _flag(
+        f"default {_D.text_encoder.rnn}", choices=("gru", "lstm"), target=("text_encoder", "rnn")
+    )
+    embedding_dim: int | None = _flag(f"default {_D.text_encoder.embedding_dim}", at_least=1)
+    """Sets both encoders' embedding size (one shared space), see `_apply_flags`."""
+    conv_channels: tuple[int, ...] | None = _flag(
+        "three text-conv widths (default 384,512,512)",
+        parse=_channels("--conv-channels", 3),
+        target=("text_encoder", "conv_channels"),
+    )
+    rnn_hidden: int | None = _flag(
+        f"default {_D.text_encoder.rnn_hidden}", at_least=1, target=("text_encoder", "rnn_hidden")
+    )
+    image_channels: tuple[int, ...] | None = _flag(
+        "image-encoder stage widths (default 32,64,128,256)",
+        parse=_channels("--image-channels", None),
+        target=("image_encoder", "channels"),
+    )
+    no_augment: bool = option(
+        False, "train on clean captions only", show_default=False, store_true=True
+    )
+    checkpoint_every: int | None = _flag(
+        f"default {_D.checkpoint_every}", at_least=1, target=("checkpoint_every",)
+    )
+    monitor_every: int | None = _flag(
+        f"default {_D.monitor_every} (0: off)", at_least=0, target=("monitor_every",)
+    )
+    eval_splits: tuple[str, ...] | None = _flag(
+        "final evaluation splits (default: test test_unseen where present)",
         nargs="+",
-        help="final evaluation splits (default: test test_unseen where present)",
+        target=("eval_splits",),
     )
-    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
-    p.add_argument(
-        "--resume",
+    no_eval: bool = option(False, "skip the final evaluation", show_default=False, store_true=True)
+    resume: str | None = _flag(
+        "continue a run: its folder or checkpoint (default: newest in --out)",
         nargs="?",
         const="latest",
         metavar="RUN",
-        help="continue a run: its folder or checkpoint (default: newest in --out)",
     )
-    p.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="one real step on rendered data; writes a normal run folder",
+    dry_run: bool = option(
+        False,
+        "one real step on rendered data; writes a normal run folder",
+        show_default=False,
+        store_true=True,
     )
-    return p
 
 
-# Flag → (config field path) for flags that map one-to-one onto the config.
-_FLAG_FIELDS: dict[str, tuple[str, ...]] = {
-    "data": ("data",),
-    "objective": ("objective",),
-    "steps": ("steps",),
-    "minutes": ("minutes",),
-    "batch_size": ("batch_size",),
-    "twin_fraction": ("twin_fraction",),
-    "temperature": ("temperature",),
-    "margin": ("margin",),
-    "proxy_weight": ("proxy_weight",),
-    "attribute_weight": ("attribute_weight",),
-    "lr": ("lr",),
-    "seed": ("seed",),
-    "threads": ("threads",),
-    "checkpoint_every": ("checkpoint_every",),
-    "monitor_every": ("monitor_every",),
-    "eval_splits": ("eval_splits",),
-    "rnn": ("text_encoder", "rnn"),
-    "conv_channels": ("text_encoder", "conv_channels"),
-    "rnn_hidden": ("text_encoder", "rnn_hidden"),
-    "image_channels": ("image_encoder", "channels"),
-}
+def build_parser() -> OneLineParser:
+    """The text-encoder flags, generated from `PretrainFlags`."""
+    parser = OneLineParser(
+        prog="python -m train text-encoder",
+        description="Pretrain the char-CNN-RNN text encoder jointly with an image encoder.",
+    )
+    return options.build_parser(PretrainFlags, parser, given_only=False)
+
+
+def parse_flags(argv: list[str] | None) -> PretrainFlags:
+    """argv → frozen `PretrainFlags`, every declared range checked (ConfigError names the flag)."""
+    flags = PretrainFlags(**vars(build_parser().parse_args(argv)))
+    if flags.eval_splits is not None:
+        flags = dataclasses.replace(flags, eval_splits=tuple(flags.eval_splits))
+    options.check_ranges(flags)
+    return flags
+
+
 # What may differ when resuming: where the data lives and how many threads compute.
 _RESUMABLE_CHANGES = {"data", "threads"}
 
 
-def _validate_flags(args: argparse.Namespace) -> None:
-    """Refuse impossible values up front, naming the flag."""
-    positive = {
-        "--steps": args.steps,
-        "--batch-size": args.batch_size,
-        "--threads": args.threads,
-        "--embedding-dim": args.embedding_dim,
-        "--rnn-hidden": args.rnn_hidden,
-        "--checkpoint-every": args.checkpoint_every,
-    }
-    for flag, value in positive.items():
-        if value is not None and value < 1:
-            raise ConfigError(f"{flag} must be ≥ 1, got {value}")
-    if args.batch_size is not None and args.batch_size < 2:
-        raise ConfigError(f"--batch-size must be ≥ 2 (contrastive batches), got {args.batch_size}")
-    if args.minutes is not None and not args.minutes > 0:
-        raise ConfigError(f"--minutes must be > 0, got {args.minutes}")
-    if args.twin_fraction is not None and not 0.0 <= args.twin_fraction <= 0.5:
-        raise ConfigError(f"--twin-fraction must be in [0, 0.5], got {args.twin_fraction}")
-    for flag, value in (
-        ("--proxy-weight", args.proxy_weight),
-        ("--attribute-weight", args.attribute_weight),
-    ):
-        if value is not None and value < 0:
-            raise ConfigError(f"{flag} must be ≥ 0, got {value}")
-    for flag, value in (("--temperature", args.temperature), ("--margin", args.margin)):
-        if value is not None and not value > 0:
-            raise ConfigError(f"{flag} must be > 0, got {value}")
-    if args.lr is not None and not args.lr > 0:
-        raise ConfigError(f"--lr must be > 0, got {args.lr}")
-    if args.monitor_every is not None and args.monitor_every < 0:
-        raise ConfigError(f"--monitor-every must be ≥ 0, got {args.monitor_every}")
+def _targets() -> dict[str, tuple[str, ...]]:
+    """flag field → the config field it sets, as declared on `PretrainFlags`."""
+    declared = options.options(PretrainFlags).items()
+    return {name: spec.target for name, (spec, _, _) in declared if spec.target is not None}
 
 
-def _apply_flags(config: PretrainConfig, args: argparse.Namespace) -> PretrainConfig:
+def _apply_flags(config: PretrainConfig, args: PretrainFlags) -> PretrainConfig:
     """`config` with every flag that was given applied."""
-    for name, path in _FLAG_FIELDS.items():
+    for name, path in _targets().items():
         value = getattr(args, name)
         if value is None:
             continue
-        if name == "eval_splits":
-            value = tuple(value)
         if len(path) == 1:
             config = dataclasses.replace(config, **{path[0]: value})
         else:
@@ -838,13 +836,11 @@ def _find_resume(spec: str, out: str) -> Path:
     return path
 
 
-def _resumed_config(
-    checkpoint: dict[str, Any], args: argparse.Namespace, where: Path
-) -> PretrainConfig:
+def _resumed_config(checkpoint: dict[str, Any], args: PretrainFlags, where: Path) -> PretrainConfig:
     """The saved config; flags may only repeat it (except data location and threads)."""
     saved = PretrainConfig.from_dict(checkpoint.get("config") or {}, f"{where}: config")
     wanted = _apply_flags(saved, args)
-    fields = {**_FLAG_FIELDS, "embedding_dim": ("text_encoder", "embedding_dim")}
+    fields = {**_targets(), "embedding_dim": ("text_encoder", "embedding_dim")}
     for name, path in fields.items():
         if getattr(args, name) is None or name in _RESUMABLE_CHANGES:
             continue
@@ -912,9 +908,8 @@ def _final_eval(config: PretrainConfig, run_dir: Path, splits: dict[str, SplitDa
 
 def main(argv: list[str] | None = None) -> int:
     """Pretrain; 0 on success, 2 on bad input (one line on stderr), 130 when interrupted."""
-    args = build_parser().parse_args(argv)
     try:
-        _validate_flags(args)
+        args = parse_flags(argv)
         checkpoint = None
         if args.resume:
             ckpt_path = _find_resume(args.resume, args.out)
