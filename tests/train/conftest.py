@@ -2,4 +2,6 @@
 
 from tiers import needs
 
-pytest_pycollect_makemodule = needs(__file__, "torch", "h5py", except_files={"test_runs.py"})
+pytest_pycollect_makemodule = needs(
+    __file__, "torch", "h5py", except_files={"test_runs.py", "test_options.py"}
+)
