@@ -50,8 +50,8 @@ PREFIX_FRACTION = 0.25
 """Calibration also sees this many (relative to the whole captions) word prefixes of training
 captions. Operators type short commands ("person in red"); training captions are all long. With
 whole captions only, activation ranges of short captions were never seen and their int8 images
-fell to 13-17 dB PSNR (tiny model, measured); with a quarter prefixes every caption stayed above
-32 dB."""
+lost most of their fidelity; a quarter prefixes fixed it (docs/EXPORT.md § What export does,
+in order)."""
 NOISE_SEED = 20160517  # Reed et al.'s ICML 2016 date: any fixed seed, recorded in the manifest
 TEXT_INT8_MIN_SPEEDUP = 1.1
 """An int8 text encoder ships only if it runs at least this much faster than fp32 here."""

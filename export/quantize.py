@@ -48,9 +48,9 @@ class GeneratorQuantization:
     exclude_last_conv: bool = False
     """Keep the final convolution (to RGB) in fp32 as well as the tanh."""
     text_projection_fp32: bool = True
-    """Keep the layer that reads the text embedding (Linear, 0.1 % of the MACs) in fp32. Per-tensor
-    8-bit input quantization of the embedding cost 5.5 dB PSNR in a measurement (33.6 → 39.1 dB on
-    the paper-sized generator): the folded batch norm amplifies the embedding's small
+    """Keep the layer that reads the text embedding (Linear, a tiny share of the MACs) in fp32.
+    Per-tensor 8-bit input quantization of the embedding cost several dB of PSNR (docs/EXPORT.md
+    § What export does, in order): the folded batch norm amplifies the embedding's small
     caption-to-caption differences, which the rounding step is not small against."""
 
     def to_dict(self) -> dict[str, Any]:

@@ -22,15 +22,14 @@ The `--minutes` budget covers stages 1–2 (the recipe proper); 3 and 4 are meas
 timed separately. Every stage's wall time goes to `recipe.jsonl`; the last stdout line is a JSON
 summary.
 
-Why these defaults (CPU, 2 cores; see docs/QUALITY.md for the measurements):
+Why these defaults (a CPU budget; the figures: docs/QUALITY.md § 4):
 
-- `ngf = ndf = 32`: on this CPU the trainer ran 26 images/s at width 32 and 5.4 at width 64 in
-  the same contended benchmark (`python -m train.gan.bench`): width 64 would see ~5× fewer
-  images in the budget. rescue-scenes is flat-shaded and 64×64; width 32 has the capacity.
+- `ngf = ndf = 32`: width 64 sees several times fewer images in the same budget on a CPU
+  (`python -m train.gan.bench`), and rescue-scenes is flat-shaded and 64×64: 32 has the capacity.
 - text embeddings are computed once by the frozen encoder and cached on disk (the GAN trainer's
   `--embedding-cache`), so the ablation run reuses them; data is held in memory.
 - no flips or crops: the dataset forbids them (position is an attribute); the loader obeys.
-- fp32: this CPU (Zen 3, AVX2) has no bf16 arithmetic (the GAN trainer measured 40× slower).
+- fp32: CPUs without bf16 arithmetic emulate it, far slower (docs/GAN_TRAINING.md § Speed on CPU).
 """
 
 from __future__ import annotations
@@ -76,14 +75,10 @@ class RecipeConfig:
     is then not part of the recipe's)."""
     text_steps: int | None = 1000
     """Text-encoder steps (None: that trainer's default, 650). Why 1,000: the 650-step encoder
-    meets issue 4's retrieval targets but tells the helmet apart poorly, and the GAN can only draw
-    what its conditioning separates. `python -m train eval-text` reports it as
-    attribute_separation (docs/TEXT_ENCODER.md): a caption is nearer its own class's text
-    prototype than the class differing only in the helmet for 77 % (test) / 86 % (test_unseen)
-    of captions at 650 steps, 100 / 100 % at 1,000 (every other attribute 100 % at both); a GAN
-    on the 650-step encoder drew the helmet right 65 % of the time after 30 minutes, the recipe
-    on the 1,000-step one 97.5 % (docs/QUALITY.md § 3.0). The 350 extra steps cost ≈ 4 minutes of
-    the budget."""
+    meets the text encoder's retrieval targets but tells the helmet apart poorly (eval-text's
+    attribute_separation), and the GAN can only draw what its conditioning separates; the
+    figures are in docs/TEXT_ENCODER.md § Measured, what the extra steps cost in docs/QUALITY.md
+    § 4."""
     text_overrides: dict[str, Any] = field(default_factory=dict)
     """Extra `PretrainConfig` fields (tests shrink the encoders here)."""
     # Stage 2: GAN (train/gan/)
@@ -92,9 +87,9 @@ class RecipeConfig:
     gan_steps: int | None = None
     """Stop the GAN after this many steps (tests); None = run for the remaining budget."""
     captions_per_image: int = 5
-    """Captions per image the GAN sees (of rescue-scenes' 10): embedding them once costs ~2.4 ms
-    per caption here, so all 100,000 would spend 4 minutes of the budget; 5 keep the grammar's
-    variety (50,000 distinct captions) for half of that."""
+    """Captions per image the GAN sees (of rescue-scenes' 10): embedding all of them once would
+    spend minutes of the budget (docs/QUALITY.md § 4); 5 keep the grammar's variety (50,000
+    distinct captions) for half of that."""
     captions_per_sample: int = 1
     """Captions averaged per GAN sample. Reed averaged 4, but the robot conditions on the one
     caption the operator typed, and an average of 4 embeddings is a smoother, shorter vector

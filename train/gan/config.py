@@ -95,7 +95,7 @@ class GanTrainConfig:
     (`gan_losses.text_image_matching_loss`; after AttnGAN's DAMSM loss, Xu et al. 2018).
     Why: D learns which caption an image matches only from its few mismatched pairs, so
     details such as a helmet or the pose reach G late; the image encoder already tells every
-    attribute apart (issue 4's pretraining) and hands G that gradient directly. Needs a
+    attribute apart (its joint pretraining) and hands G that gradient directly. Needs a
     text-encoder checkpoint that holds an image encoder (ours do); off, with a warning, for a
     random encoder."""
     match_temperature: float = option(
@@ -108,8 +108,8 @@ class GanTrainConfig:
     """Mode seeking (`gan_losses.mode_seeking_loss`, MSGAN; 0 = off): G also draws
     `ms_fraction` × batch images of the batch's first captions with fresh noise, and is pushed to
     make them differ from their partners made with the batch noise. Why it exists: the default
-    objective's images hardly vary with the seed (diversity 0.17–0.20 of real same-class spread,
-    docs/QUALITY.md); its measured effect is in docs/QUALITY.md § 3.0."""
+    objective's images hardly vary with the seed; that diversity and this term's measured effect
+    are in docs/QUALITY.md § 3.0."""
     ms_fraction: float = option(
         0.25,
         "images per batch drawn again for mode seeking, relative to the batch",
@@ -133,8 +133,8 @@ class GanTrainConfig:
     captions_per_image: int | None = option(
         None, "use only the first N captions of each image", group="data pipeline"
     )
-    """Use only the first N captions of each image (None: all). Fewer captions to embed once:
-    the embedding pass costs minutes for 100,000 captions on 2 CPU cores."""
+    """Use only the first N captions of each image (None: all). Fewer captions to embed once: on a
+    CPU the embedding pass is a real part of a short run (docs/QUALITY.md § 4)."""
     flip: bool = option(
         True, "random horizontal flips (off when the dataset forbids them)", group="data pipeline"
     )
@@ -275,7 +275,7 @@ def validate(config: GanTrainConfig, world_size: int = 1) -> GanTrainConfig:
     if amp == "bf16" and not cuda:
         log.warning(
             "--amp bf16 on CPU: only CPUs with AVX-512 BF16/AMX compute bf16 natively; on others "
-            "it is emulated and far slower (measured 40× slower than fp32 on a Zen 3)"
+            "it is emulated and far slower (docs/GAN_TRAINING.md § Speed on CPU)"
         )
     cache = config.embedding_cache
     if cache == "auto":

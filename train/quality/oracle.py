@@ -19,8 +19,7 @@ loaded, and `load_oracle` refuses (unless forced) one that fails it:
   labels of real test images is within a binomial tolerance of chance (1 / values), and (b) its
   mean confidence (top softmax probability) stays close to uniform. (a) guards against labels
   leaking into the check itself; (b) is the one a plain CNN fails — trained on people only it is
-  sure of a pose in static (measured: mean top probability 0.83–0.98 for pose, 0.69–0.87 for
-  helmet, where uniform is 0.33 and 0.5; `--noise-fraction 0`) — so the oracle is trained with
+  sure of a pose in static (docs/QUALITY.md § 3.1) — so the oracle is trained with
   outlier exposure (Hendrycks et al. 2019): noise images in every batch with a uniform target.
   The argmax of a near-uniform prediction still lands somewhere, so noise can favour one value
   (each attribute's largest share is reported: the accuracy noise would get if every caption
@@ -63,7 +62,8 @@ KIND = "oracle"
 CHECKPOINT_FILE = "checkpoint.pt"
 HONESTY_FILE = "honesty.jsonl"
 MIN_REAL_ACCURACY = 0.99
-"""Per-attribute accuracy on real test renders an oracle needs to be trusted (issue 6)."""
+"""Per-attribute accuracy on real test renders an oracle needs to be trusted (docs/QUALITY.md
+§ 1)."""
 MIN_UNSEEN_ACCURACY = 0.98
 """The same bar on `test_unseen`, one point lower: the oracle, like the GAN, trains only on the
 train split, so it has never seen these colour×terrain pairs either. Measured: its misses there

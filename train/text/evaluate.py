@@ -1,8 +1,9 @@
 """`python -m train eval-text`: text → image R-precision of a text-encoder checkpoint.
 
-Protocol (issue 4): each query is one caption of a split's image; its candidates are that image
-and 99 images of the same split whose class differs (rescue-scenes: the class id is the full
-attribute combination, so "class differs" = "some attribute differs"; CUB: another species).
+Protocol (docs/TEXT_ENCODER.md § Evaluation): each query is one caption of a split's image; its
+candidates are that image and 99 images of the same split whose class differs (rescue-scenes: the
+class id is the full attribute combination, so "class differs" = "some attribute differs"; CUB:
+another species).
 It is retrieved when its own image scores strictly highest under θ(v)·φ(t). Measured on `test`
 (seen attribute combinations) and `test_unseen` (colour × terrain pairs never trained on), with
 clean captions and with each perturbation of `train.text.perturb` separately. Every variant of a

@@ -204,9 +204,8 @@ class ClassProxies(nn.Module):
     Why, on top of the cross-modal loss: a cross-modal loss learns an attribute only once both
     encoders already react to it (the gradient on a caption is the difference of two image
     embeddings, ~0 while the image encoder ignores the attribute, and vice versa), and in-batch
-    negatives rarely differ in a small detail. Measured on rescue-scenes: after 500 InfoNCE
-    steps the caption embeddings told "helmet" from "no helmet" no better than chance (linear
-    probe 58 %), so 80 % of retrieval failures were helmet confusions. Class labels exist in
+    negatives rarely differ in a small detail: on rescue-scenes, InfoNCE alone left the helmet
+    near chance (docs/TEXT_ENCODER.md § Objective). Class labels exist in
     every dataset we train on (rescue-scenes: attribute combination; CUB: species), and
     classifying each modality against shared class directions teaches each encoder every
     distinction between classes directly, while the cross-modal loss aligns the two.

@@ -204,10 +204,9 @@ class AttributeTwins:
 
     In-batch contrastive learning only learns what tells a batch apart. With 64 random
     rescue-scenes images, two that differ only in the helmet (or only in the pose) almost never
-    meet, so the model can reach a low loss while ignoring the helmet; measured: a model at
-    88 % test R-precision had helmet at chance and pose at 70 %, and 80 % of its retrieval
-    failures were helmet confusions. Pairing each anchor with such a twin makes every attribute
-    decide some comparisons in every batch.
+    meet, so the model can reach a low loss while ignoring the helmet (measured:
+    docs/TEXT_ENCODER.md § Objective). Pairing each anchor with such a twin makes
+    every attribute decide some comparisons in every batch.
     """
 
     def __init__(self, attributes: np.ndarray) -> None:

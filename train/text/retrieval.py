@@ -128,10 +128,11 @@ def attribute_separation(
     combination that differs from it in that attribute alone.
 
     R-precision's random distractors almost never include the same scene with only the helmet
-    changed, so an encoder can score 96 % while blurring one attribute; a GAN conditioned on it
-    cannot draw what the embedding does not tell apart. Here each combination's prototype is the
-    normalised mean of its captions' embeddings, leaving out the query's own image (so a query is
-    never compared with itself); combinations present in only one image are skipped.
+    changed, so an encoder can score a high R-precision while blurring one attribute; a GAN
+    conditioned on it cannot draw what the embedding does not tell apart. Here each
+    combination's prototype is the normalised mean of its captions' embeddings, leaving out the
+    query's own image (so a query is never compared with itself); combinations present in only
+    one image are skipped.
 
     `query_embeddings` (Q, E), `query_image` (Q,) image index per query, `image_attributes`
     (N, A) value indices. Returns float (A,): the fraction of eligible queries separated, NaN for
