@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from train.cli import missing_extra
+
 log = logging.getLogger(__name__)
 
 EXIT_USAGE = 2
@@ -36,7 +38,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     """The command-line flags."""
     # Lazy: these import torch, and main first says which extra is missing on a robot install.
-    from export.pipeline import DEFAULT_FP32_FORM, DEFAULT_SUBPIXEL, MIN_CALIBRATION
+    from export.calibration import MIN_CALIBRATION
+    from export.pipeline import DEFAULT_FP32_FORM, DEFAULT_SUBPIXEL
     from export.prepare import GENERATOR_FORMS, SUBPIXEL_FORMS
 
     p = _Parser(
@@ -99,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _validate(args: argparse.Namespace) -> str | None:
     """The first flag problem, as one line, or None."""
-    from export.pipeline import MIN_CALIBRATION
+    from export.calibration import MIN_CALIBRATION  # lazy: imports torch (see build_parser)
 
     if not args.checkpoint.is_file():
         return f"--checkpoint {args.checkpoint}: file not found"
@@ -128,8 +131,6 @@ def _validate(args: argparse.Namespace) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, export, print the bundle path; one error line and non-zero on failure."""
-    from train.cli import missing_extra
-
     problem = missing_extra("rescue-export", "export", ("torch", "onnx", "h5py"))
     if problem:
         print(problem, file=sys.stderr)

@@ -16,15 +16,18 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import onnx
 
 from export.errors import ExportError
+from export.onnx_export import session
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +168,7 @@ def quantize_generator(
     ir_version: int,
 ) -> dict[str, Any]:
     """Static int8 QDQ per-channel generator; returns the details for the manifest."""
+    # Lazy, as in _as_reader: onnxruntime.quantization is slow to import, only --quantize needs it.
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     model = onnx.load(str(fp32_path))
@@ -200,7 +204,7 @@ def quantize_text_encoder_dynamic(
 
     `in_path` is the fp32 graph or one whose convolutions are already static QDQ int8
     (`quantize_text_encoder_static_convs`): the QDQ nodes are left as they are."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # lazy: see _as_reader
 
     with _quiet_advice():
         quantize_dynamic(
@@ -222,6 +226,7 @@ def quantize_text_encoder_static_convs(
     ir_version: int,
 ) -> dict[str, Any]:
     """Static int8 QDQ for the 1-D convolutions only (QLinearConv); the RNN stays fp32."""
+    # Lazy, as in _as_reader: onnxruntime.quantization is slow to import, only --quantize needs it.
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     with _quiet_advice():
@@ -270,8 +275,6 @@ def psnr_db(reference: np.ndarray, test: np.ndarray) -> float:
 
 def ssim(reference: np.ndarray, test: np.ndarray) -> float:
     """Mean SSIM of (B, C, H, W) images in [0, 1], channel by channel."""
-    import cv2
-
     c1, c2 = 0.01**2, 0.03**2
 
     def blur(x: np.ndarray) -> np.ndarray:
@@ -314,10 +317,6 @@ def embedding_quality(reference: np.ndarray, test: np.ndarray) -> dict[str, floa
 
 def op_counts(path: Path, optimized: Path | None = None) -> dict[str, int]:
     """Node types and counts of a graph as onnxruntime optimises it (dumped to `optimized`)."""
-    import tempfile
-
-    from export.onnx_export import session
-
     with tempfile.TemporaryDirectory() as tmp:
         dump = optimized or Path(tmp) / "optimized.onnx"
         session(path, optimized_path=dump)

@@ -45,9 +45,16 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime import atomic
+from train.checkpoint import load_checkpoint
 from train.data.files import read_info, read_split
 from train.errors import BAD_INPUT, InputError
+from train.gan import config as gan_config
+from train.gan import loop as gan_loop
+from train.quality import oracle as oracle_mod
+from train.quality.evaluate import EvalOptions, evaluate, summary
+from train.quality.report import ablation_table
 from train.runs import MetricsLog, OneLineParser, new_run_dir, write_json_atomic
+from train.text import pretrain as te
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +131,6 @@ def _stage(log_file: MetricsLog, name: str, started: float, **fields: Any) -> fl
 
 def run_text_encoder(config: RecipeConfig, run_dir: Path) -> Path:
     """Stage 1: pretrain the text encoder; returns its checkpoint."""
-    from train.text import pretrain as te
-
     pretrain = te.PretrainConfig(
         data=config.data,
         seed=config.seed,
@@ -155,9 +160,6 @@ def run_gan(
     plain: bool = False,
 ) -> tuple[Path, int]:
     """Stage 2 (or 3 with `plain`): train a GAN; returns (checkpoint, steps)."""
-    from train.gan import config as gan_config
-    from train.gan import loop as gan_loop
-
     fields: dict[str, Any] = {
         "data": config.data,
         "text_encoder": str(text_encoder),
@@ -187,9 +189,6 @@ def run_gan(
 
 def run(config: RecipeConfig) -> dict[str, Any]:
     """The whole recipe; returns the summary (also the last stdout line of `main`)."""
-    from train.quality.evaluate import EvalOptions, evaluate, summary
-    from train.quality.report import ablation_table
-
     started = time.monotonic()
     run_dir = new_run_dir(config.out)
     write_json_atomic(run_dir / "config.json", dataclasses.asdict(config))
@@ -271,8 +270,6 @@ def run(config: RecipeConfig) -> dict[str, Any]:
 
 def train_oracle(config: RecipeConfig, run_dir: Path) -> Path:
     """Train an oracle into `<run>/oracle/` with `python -m train oracle`'s code path."""
-    from train.quality import oracle as oracle_mod
-
     overrides = {k: v for k, v in config.oracle_overrides.items() if k != "force"}
     argv = ["--data", config.data, "--out", str(run_dir / "oracle"), "--seed", str(config.seed)]
     for key, value in overrides.items():
@@ -392,8 +389,6 @@ def config_from_args(args: argparse.Namespace) -> RecipeConfig:
     if args.oracle is not None and not Path(args.oracle).is_file():
         raise RecipeError(f"--oracle {args.oracle}: no such file")
     if args.text_encoder is not None:
-        from train.checkpoint import load_checkpoint
-
         load_checkpoint(args.text_encoder, kind="text_encoder")  # one line if it is not one
         if args.text_steps is not None:
             raise RecipeError("--text-steps: no text encoder is trained with --text-encoder")

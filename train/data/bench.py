@@ -14,6 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
+import h5py
 import numpy as np
 
 from train.data.attributes import all_attributes
@@ -49,9 +51,6 @@ def bench_render_sample(count: int) -> float:
 
 def _write_peer_like(path: Path, images: int) -> None:
     """A peer-layout file of `images` CUB-sized (500×375) JPEGs × 5 entries each."""
-    import cv2
-    import h5py
-
     rng = np.random.default_rng(0)
     text = h5py.special_dtype(vlen=str)
     with h5py.File(path, "w") as f:

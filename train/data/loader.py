@@ -34,6 +34,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -209,7 +210,6 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     """Resize uint8 (N, H, W, 3) to (N, size, size, 3): bilinear up (as Reed), area down."""
     if images.shape[1:3] == (size, size):
         return images
-    import cv2
 
     interpolation = cv2.INTER_AREA if images.shape[1] > size else cv2.INTER_LINEAR
     out = np.empty((len(images), size, size, 3), dtype=np.uint8)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import h5py
 import numpy as np
 
@@ -160,8 +161,6 @@ def _write_split(
         chunk = (max(min(n, 256), 1), *split.images.shape[1:])
         group.create_dataset("images", data=split.images, chunks=chunk if n else None)
     else:
-        import cv2
-
         encoded = group.create_dataset("images_encoded", (n,), dtype=h5py.vlen_dtype(np.uint8))
         for i, image in enumerate(split.images):
             ok, data = cv2.imencode(".png", np.ascontiguousarray(image[:, :, ::-1]))
@@ -417,8 +416,6 @@ def _check_attributes(
 
 def decode_image(data: np.ndarray | bytes, where: str, *, size: int | None = None) -> np.ndarray:
     """Decode PNG/JPEG bytes to uint8 (H, W, 3) RGB; with `size`, require H = W = size."""
-    import cv2
-
     buffer = np.frombuffer(bytes(data), np.uint8) if isinstance(data, bytes) else data
     buffer = np.asarray(buffer, dtype=np.uint8).ravel()
     image = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
@@ -72,7 +73,6 @@ class PlainDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         image = np.asarray(self.split.images[i], dtype=np.float32)
-        import cv2
 
         image = cv2.resize(image, (76, 76), interpolation=cv2.INTER_LINEAR)
         y, x = self.rng.integers(0, 13, 2)

@@ -20,8 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from train import checkpoint as ck
 from train import distributed, options
@@ -53,7 +56,7 @@ class RunLog:
     """Rank 0's outputs: TensorBoard, metrics.jsonl, sample PNGs, log.txt."""
 
     def __init__(self, run_dir: Path, resume_step: int | None) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # lazy: slow to import, rank 0 only
 
         self.run_dir = run_dir
         (run_dir / "samples").mkdir(exist_ok=True)
@@ -74,8 +77,6 @@ class RunLog:
             f.write(json.dumps({"step": step, "time": time.time(), **values}) + "\n")
 
     def images(self, step: int, grid: torch.Tensor, strips: torch.Tensor) -> None:
-        import cv2
-
         self.writer.add_image("samples/captions_x_noise", grid, step)
         self.writer.add_image("samples/gan_int_strips", strips, step)
         for name, image in (("grid", grid), ("interp", strips)):
@@ -161,9 +162,6 @@ def _loop(
     trainer: GanTrainer, runlog: RunLog | None, run_dir: Path | None, started: float
 ) -> tuple[int, Path | None]:
     """The training loop: steps, logging, samples, checkpoints, stop conditions."""
-    from tqdm import tqdm
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
     c, env = trainer.config, trainer.env
     main_rank = env.is_main
     ckpt_path = run_dir / CHECKPOINT_NAME if run_dir is not None else None

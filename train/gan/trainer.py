@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from train import checkpoint as ck
 from train import distributed, models
@@ -261,8 +262,6 @@ class GanTrainer:
         self.g_train: nn.Module = self.generator
         self.d_train: nn.Module = self.d_step_module
         if env.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
             ids = [self.device.index] if self.device.type == "cuda" else None
             # Buffers: with synchronised BN every rank's running statistics are equal already.
             ddp = {"device_ids": ids, "broadcast_buffers": not c.sync_bn}

@@ -40,16 +40,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from edge_runtime import tokenizer
+from edge_runtime.engine import Engine, EngineError, noise_for, to_uint8_rgb
+from train import checkpoint as ck
 from train.data.files import read_info, read_split
 from train.errors import BAD_INPUT, InputError
 from train.quality.metrics import (
     METRICS,
     EvalContext,
     SplitImages,
+    check_inception_weights,
     run_metrics,
 )
+from train.quality.oracle import load_oracle
+from train.quality.report import write_report
 from train.runs import MetricsLog, OneLineParser
+from train.text.joint_embedding import JointEmbedding, encode_captions
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +118,6 @@ def read_captions_file(
         raise EvalError(f"--captions {path}: not UTF-8 (byte {err.start})") from None
     except OSError as err:
         raise EvalError(f"--captions {path}: cannot read: {err.strerror}") from None
-    from edge_runtime import tokenizer
 
     problems: list[str] = []
     captions: list[str] = []
@@ -206,10 +213,6 @@ class CheckpointSource:
     """Generates with the torch networks of a kind="gan" checkpoint (eval mode)."""
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        import torch
-
-        from train import checkpoint as ck
-
         if threads:
             torch.set_num_threads(threads)
         self.path = str(path)
@@ -222,11 +225,6 @@ class CheckpointSource:
 
     def generate(self, captions: list[str], seed: int, first_index: int = 0) -> np.ndarray:
         """uint8 (n, 64, 64, 3): caption i with noise `noise_for(seed, first_index + i)`."""
-        import torch
-
-        from edge_runtime.engine import noise_for, to_uint8_rgb
-        from train.text.joint_embedding import encode_captions
-
         embeddings = encode_captions(self.text_encoder, captions)  # (n, E)
         noise = np.stack(
             [noise_for(seed, first_index + i, self.noise_dim) for i in range(len(captions))]
@@ -243,7 +241,6 @@ class CheckpointSource:
         """The image-text encoder pair the checkpoint carries, or None."""
         if "image_encoder" not in self.checkpoint["models"]:
             return None
-        from train.text.joint_embedding import JointEmbedding
 
         return JointEmbedding.from_checkpoint(self.checkpoint, self.path)
 
@@ -253,7 +250,6 @@ class BundleSource:
 
     def __init__(self, path: str | Path, precision: str, threads: int | None = None) -> None:
         # onnxruntime loads here, only when a bundle is judged (not for a checkpoint or --help).
-        from edge_runtime.engine import Engine, EngineError
 
         self.path = str(path)
         try:
@@ -322,9 +318,6 @@ class EvalResult:
 
 
 def _load_retrieval(path: str) -> Any:
-    from train import checkpoint as ck
-    from train.text.joint_embedding import JointEmbedding
-
     checkpoint = ck.load_checkpoint(path)
     if checkpoint.get("kind") not in ("text_encoder", "gan"):
         raise EvalError(
@@ -381,8 +374,6 @@ def evaluate(options: EvalOptions) -> EvalResult:
 
     oracle = None
     if options.oracle:
-        from train.quality.oracle import load_oracle
-
         honesty_splits = {s: v for s, v in real_splits.items() if v.attributes is not None}
         if not honesty_splits:
             honesty_splits = {
@@ -441,8 +432,6 @@ def evaluate(options: EvalOptions) -> EvalResult:
             out.write({**header, **record})
     result = EvalResult(records, context, options.out, header)
     if options.report:
-        from train.quality.report import write_report
-
         path = write_report(result)
         log.info("report: %s", path)
     return result
@@ -533,8 +522,6 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
             "pt_inception-2015-12-05-6726825d.pth; weights are never downloaded)"
         )
     if args.inception_weights is not None:
-        from train.quality.metrics import check_inception_weights
-
         check_inception_weights(args.inception_weights)
     out = Path(args.out)
     if out.exists() and not out.is_dir():

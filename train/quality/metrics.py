@@ -40,8 +40,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from train.errors import InputError, first_line
+from train.quality.oracle import NOISE_FAMILIES_CHECK, noise_images, predict
+from train.text.retrieval import r_precision
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +167,6 @@ def split_halves(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def check_inception_weights(path: str | Path) -> Path:
     """The weights file must exist and load as plain tensors (torch.load weights_only=True):
     torch-fidelity itself loads it with full unpickling, so we vet it first."""
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise MetricUnavailableError(f"--inception-weights {path}: no such file")
@@ -189,8 +190,7 @@ def inception_metrics(
 ) -> dict[str, float]:
     """Inception Score of `generated` and Inception-FID against `real` (uint8 (N, H, W, 3)),
     with the standard TF-ported InceptionV3 weights from a local file (never downloaded)."""
-    try:
-        import torch
+    try:  # lazy: torchmetrics is the optional `eval` extra
         from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
         from torchmetrics.image.inception import InceptionScore
     except (ImportError, RuntimeError, OSError) as err:  # torchvision ABI mismatch is RuntimeError
@@ -275,8 +275,6 @@ class EvalContext:
         """Oracle predictions of a split's "generated" (S·n, seed-major) or "real" (n) images."""
         key = ("oracle", split, which)
         if key not in self._memo:
-            from train.quality.oracle import predict
-
             s = self.splits[split]
             if which == "generated":
                 images = s.generated.reshape(-1, *s.generated.shape[2:])
@@ -357,8 +355,6 @@ def run_metrics(names: list[str], context: EvalContext) -> list[dict[str, Any]]:
 def attribute_metric(context: EvalContext) -> list[dict[str, Any]]:
     """Per split: accuracy of generated images per attribute (± std over seeds), all correct,
     oracle confidence; the real-image ceiling and the noise floor for the same labels."""
-    from train.quality.oracle import NOISE_FAMILIES_CHECK, noise_images, predict
-
     names = context.attribute_names
     records = []
     for split, s in context.splits.items():
@@ -529,8 +525,6 @@ def diversity_metric(context: EvalContext) -> list[dict[str, Any]]:
 )
 def r_precision_metric(context: EvalContext) -> list[dict[str, Any]]:
     """R-precision with the pretrained image-text encoder, per seed; real images as reference."""
-    from train.text.retrieval import r_precision
-
     model = context.retrieval
     records = []
     for split, s in context.splits.items():

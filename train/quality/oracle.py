@@ -44,10 +44,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from train import checkpoint as ck
 from train.data.files import read_info, read_split
@@ -154,8 +156,6 @@ def noise_images(family: str, count: int, seed: int) -> np.ndarray:
     """`count` uint8 (N, 64, 64, 3) images that show nothing: "pixels" (i.i.d. uniform),
     "smooth" (a random 4×4…16×16 colour field, bicubically upsampled: blobs of colour),
     "mosaic" (random 2…8-pixel colour blocks; only ever used by the check)."""
-    import cv2
-
     rng = np.random.default_rng([seed, NOISE_FAMILIES_CHECK.index(family)])
     out = np.empty((count, 64, 64, 3), np.uint8)
     for i in range(count):
@@ -402,8 +402,6 @@ def train_oracle(
     progress: bool = True,
 ) -> AttributeOracle:
     """Train an oracle on `train_split` (attributes required); returns it in eval mode."""
-    from tqdm import tqdm
-
     if train_split.attributes is None:
         raise OracleError("the training split has no attribute labels")
     torch.manual_seed(config.seed)

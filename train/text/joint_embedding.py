@@ -30,6 +30,7 @@ from torch import nn
 
 from edge_runtime import tokenizer
 from edge_runtime.tokenizer import CaptionError
+from train.checkpoint import build_model
 from train.models import CharCnnRnn, ImageEncoder, TextEncoderConfig
 
 __all__ = [
@@ -334,8 +335,6 @@ class JointEmbedding(nn.Module):
         cls, checkpoint: dict[str, Any], where: str = "checkpoint"
     ) -> JointEmbedding:
         """Rebuild both encoders (eval mode) from a checkpoint dict alone."""
-        from train.checkpoint import build_model
-
         text = build_model(checkpoint, "text_encoder", where)
         image = build_model(checkpoint, "image_encoder", where)
         assert isinstance(text, CharCnnRnn) and isinstance(image, ImageEncoder)

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from edge_runtime import tokenizer
 from train import models, options
@@ -47,8 +48,10 @@ from train.checkpoint import (
     new_checkpoint,
     save_checkpoint,
 )
+from train.data.attributes import Attributes
 from train.data.files import read_info, read_split
 from train.data.schema import DataError, SplitData
+from train.data.synth import render_items, split_class_ids
 from train.errors import BAD_INPUT, ConfigError, first_line
 from train.options import option
 from train.runs import (
@@ -59,6 +62,7 @@ from train.runs import (
     truncate_after_step,
     write_json_atomic,
 )
+from train.text.evaluate import EvalConfig, evaluate, evaluate_checkpoint, format_table
 from train.text.joint_embedding import (
     JointEmbedding,
     JointObjective,
@@ -319,9 +323,6 @@ def generated_splits(
     `counts` maps split names ("train", "test", "test_unseen") to image counts; the default is
     the dry run's 96 training and 120 test images.
     """
-    from train.data.attributes import Attributes
-    from train.data.synth import render_items, split_class_ids
-
     splits = {}
     for name, count in (counts or {"train": 96, "test": 120}).items():
         class_ids = split_class_ids(name, count, seed)
@@ -437,8 +438,6 @@ class TrainState:
 
 def _monitor(state: TrainState, split: SplitData, images: int, seed: int) -> float:
     """Clean text→image R-precision on the first `images` images of a split (logging only)."""
-    from train.text.evaluate import EvalConfig, evaluate
-
     n = min(images, len(split))
     part = SplitData(split.images[:n], split.captions[:n], split.class_ids[:n])
     model = JointEmbedding(state.text_encoder, state.image_encoder)
@@ -494,8 +493,7 @@ def train(
     checkpoint: dict[str, Any] | None = None,
 ) -> TrainState:
     """Run (or continue) pretraining in `run_dir`; returns the final state (checkpoint saved)."""
-    from torch.utils.tensorboard import SummaryWriter
-    from tqdm import tqdm
+    from torch.utils.tensorboard import SummaryWriter  # lazy: tensorboard is slow to import
 
     config = resolve_classes(config, splits["train"])
     torch.set_num_threads(config.threads)
@@ -880,11 +878,8 @@ def _load_splits(config: PretrainConfig) -> dict[str, SplitData]:
 
 
 def _final_eval(config: PretrainConfig, run_dir: Path, splits: dict[str, SplitData]) -> int:
-    from train.text.evaluate import EvalConfig, evaluate_checkpoint, format_table
-
     if config.dry_run:
         # The rendered test split is 120 images: fewer candidates, same code path.
-        from train.text.evaluate import evaluate
 
         state_ckpt = load_checkpoint(run_dir / CHECKPOINT_FILE, kind="text_encoder")
         model = JointEmbedding.from_checkpoint(state_ckpt, str(run_dir / CHECKPOINT_FILE))
