@@ -32,7 +32,6 @@ family never used in training (blocky colour mosaics), so passing it is not memo
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -52,10 +51,12 @@ from torch import nn
 from tqdm import tqdm
 
 from train import checkpoint as ck
+from train import options
 from train.data.files import read_info, read_split
 from train.data.schema import SplitData
 from train.errors import BAD_INPUT, InputError, first_line
 from train.models import config_from_dict
+from train.options import option
 from train.runs import MetricsLog, OneLineParser, new_run_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -588,61 +589,59 @@ def load_oracle(
 # --------------------------------------------------------------------------------------------
 
 
+_T = OracleTrainConfig()
+
+
+@dataclass(frozen=True)
+class OracleFlags:
+    """The oracle command line, each flag declared once (defaults: `OracleTrainConfig`'s)."""
+
+    data: str = option(
+        _T.data, f"HDF5 dataset with attributes (default {_T.data})", show_default=False
+    )
+    out: str = option("runs/oracle", "parent of numbered run folders", show_default=False)
+    epochs: int = option(_T.epochs, f"default {_T.epochs}", show_default=False, at_least=1)
+    batch_size: int = option(
+        _T.batch_size, f"default {_T.batch_size}", show_default=False, at_least=1
+    )
+    lr: float = option(_T.lr, f"peak learning rate (default {_T.lr})", show_default=False, above=0)
+    noise_fraction: float = option(
+        _T.noise_fraction,
+        f"outlier-exposure noise images per batch, relative (default {_T.noise_fraction})",
+        show_default=False,
+        at_least=0,
+        at_most=1,
+    )
+    seed: int = option(_T.seed, f"default {_T.seed}", show_default=False)
+    threads: int = option(_T.threads, "torch threads (0: per core)", show_default=False, at_least=0)
+    limit: int | None = option(
+        None,
+        "train on the first N train images only (quick experiments)",
+        show_default=False,
+        at_least=1,
+    )
+    noise_images: int = option(
+        NOISE_IMAGES,
+        f"noise images per family in the honesty check (default {NOISE_IMAGES})",
+        show_default=False,
+        at_least=20,
+    )
+
+
 def build_parser() -> OneLineParser:
-    """The oracle's flags."""
-    d = OracleTrainConfig()
-    p = OneLineParser(
+    """The oracle's flags, generated from `OracleFlags`."""
+    parser = OneLineParser(
         prog="python -m train oracle",
         description="Train the rescue-scenes attribute oracle and check its honesty.",
     )
-    p.add_argument(
-        "--data", default=d.data, help=f"HDF5 dataset with attributes (default {d.data})"
-    )
-    p.add_argument("--out", default="runs/oracle", help="parent of numbered run folders")
-    p.add_argument("--epochs", type=int, default=d.epochs, help=f"default {d.epochs}")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default {d.lr})")
-    p.add_argument(
-        "--noise-fraction",
-        type=float,
-        default=d.noise_fraction,
-        help=f"outlier-exposure noise images per batch, relative (default {d.noise_fraction})",
-    )
-    p.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
-    p.add_argument("--threads", type=int, default=d.threads, help="torch threads (0: per core)")
-    p.add_argument(
-        "--limit", type=int, help="train on the first N train images only (quick experiments)"
-    )
-    p.add_argument(
-        "--noise-images",
-        type=int,
-        default=NOISE_IMAGES,
-        help=f"noise images per family in the honesty check (default {NOISE_IMAGES})",
-    )
-    return p
-
-
-def _validate(args: argparse.Namespace) -> None:
-    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
-        if value < 1:
-            raise OracleError(f"{flag} must be ≥ 1, got {value}")
-    if args.threads < 0:
-        raise OracleError(f"--threads must be ≥ 0, got {args.threads}")
-    if not args.lr > 0:
-        raise OracleError(f"--lr must be > 0, got {args.lr}")
-    if not 0 <= args.noise_fraction <= 1:
-        raise OracleError(f"--noise-fraction must lie in [0, 1], got {args.noise_fraction}")
-    if args.limit is not None and args.limit < 1:
-        raise OracleError(f"--limit must be ≥ 1, got {args.limit}")
-    if args.noise_images < 20:
-        raise OracleError(f"--noise-images must be ≥ 20, got {args.noise_images}")
+    return options.build_parser(OracleFlags, parser, given_only=False)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Train, check, save; prints the checkpoint path. 0 honest, 1 dishonest, 2 bad input."""
-    args = build_parser().parse_args(argv)
+    args = OracleFlags(**vars(build_parser().parse_args(argv)))
     try:
-        _validate(args)
+        options.check_ranges(args)
         info = read_info(args.data)
         if not info.attribute_names:
             raise OracleError(

@@ -163,7 +163,7 @@ def test_oracle_cli_bad_input_is_one_line(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--data" in err and "attribute" in err
     assert om.main(["--data", str(plain), "--epochs", "0"]) == 2
-    assert "--epochs" in capsys.readouterr().err
+    assert "--epochs 0: must be ≥ 1" in capsys.readouterr().err
 
 
 def read_split_like():  # type: ignore[no-untyped-def]
