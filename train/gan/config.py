@@ -92,7 +92,7 @@ class GanTrainConfig:
     )
     """Text–image matching on generated images (0 = off): the frozen pretrained image encoder's
     embedding of G(z, t) classified against every class's mean caption embedding
-    (`gan_losses.text_image_matching_loss`; after AttnGAN's DAMSM loss, Xu et al. 2018).
+    (`train.gan.losses.text_image_matching_loss`; after AttnGAN's DAMSM loss, Xu et al. 2018).
     Why: D learns which caption an image matches only from its few mismatched pairs, so
     details such as a helmet or the pose reach G late; the image encoder already tells every
     attribute apart (its joint pretraining) and hands G that gradient directly. Needs a
@@ -105,7 +105,7 @@ class GanTrainConfig:
     ms_weight: float = option(
         0.0, "mode-seeking weight (MSGAN; 0 = off)", group="objective", at_least=0
     )
-    """Mode seeking (`gan_losses.mode_seeking_loss`, MSGAN; 0 = off): G also draws
+    """Mode seeking (`train.gan.losses.mode_seeking_loss`, MSGAN; 0 = off): G also draws
     `ms_fraction` × batch images of the batch's first captions with fresh noise, and is pushed to
     make them differ from their partners made with the batch noise. Why it exists: the default
     objective's images hardly vary with the seed; that diversity and this term's measured effect
