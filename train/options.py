@@ -50,6 +50,8 @@ class Option:
     const: Any = None
     target: tuple[str, ...] | None = None
     """For a flags dataclass: the config field this flag sets (nested: ("text_encoder", "rnn"))."""
+    exclusive: str | None = None
+    """Flags naming the same `exclusive` group cannot be given together (argparse says so)."""
 
     def range_problem(self, value: Any) -> str | None:
         """Why `value` is outside the declared range or choices, else None."""
@@ -132,10 +134,15 @@ def build_parser(
     None means "not given"). `after[field](group)` adds arguments right after that field's.
     """
     sections: dict[str | None, Any] = {None: parser}
+    exclusive: dict[str, Any] = {}
     for name, (spec, default, value_type) in options(config_type).items():
         if spec.group not in sections:
             sections[spec.group] = parser.add_argument_group(spec.group)
         group = sections[spec.group]
+        if spec.exclusive is not None:
+            if spec.exclusive not in exclusive:
+                exclusive[spec.exclusive] = group.add_mutually_exclusive_group()
+            group = exclusive[spec.exclusive]
         text = f"{spec.help} (default: {default})" if spec.show_default else spec.help
         kw: dict[str, Any] = {
             "dest": name,

@@ -34,7 +34,6 @@ Why these defaults (a CPU budget; the figures: docs/QUALITY.md § 4):
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -45,11 +44,13 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime import atomic
+from train import options
 from train.checkpoint import load_checkpoint
 from train.data.files import read_info, read_split
 from train.errors import BAD_INPUT, InputError
 from train.gan import config as gan_config
 from train.gan import loop as gan_loop
+from train.options import option
 from train.quality import oracle as oracle_mod
 from train.quality.evaluate import EvalOptions, evaluate, summary
 from train.quality.report import ablation_table
@@ -323,69 +324,82 @@ def _report(
     )
 
 
+_R = RecipeConfig()
+
+
+@dataclass(frozen=True)
+class RecipeFlags:
+    """The recipe's command line, each flag declared once (defaults: `RecipeConfig`'s)."""
+
+    data: str = option(_R.data, f"dataset (default {_R.data})", show_default=False)
+    out: str = option(_R.out, f"parent of numbered run folders ({_R.out})", show_default=False)
+    minutes: float = option(
+        _R.minutes,
+        f"wall-clock budget of text encoder + GAN (default {_R.minutes:g})",
+        show_default=False,
+        above=0,
+    )
+    seed: int = option(_R.seed, f"default {_R.seed}", show_default=False)
+    threads: int | None = option(
+        None, "torch threads (default: one per core)", show_default=False, at_least=1
+    )
+    ngf: int = option(_R.ngf, f"generator width ({_R.ngf})", show_default=False, at_least=1)
+    ndf: int = option(_R.ndf, f"discriminator width ({_R.ndf})", show_default=False, at_least=1)
+    text_steps: int | None = option(
+        None, f"text-encoder steps (default {_R.text_steps})", show_default=False, at_least=1
+    )
+    text_encoder: str | None = option(
+        None,
+        "reuse this pretrained text encoder instead of stage 1 (then not part of the timing)",
+        show_default=False,
+        metavar="CKPT",
+    )
+    captions_per_image: int = option(
+        _R.captions_per_image,
+        f"captions per image the GAN embeds and sees (default {_R.captions_per_image})",
+        show_default=False,
+        at_least=1,
+    )
+    captions_per_sample: int = option(
+        _R.captions_per_sample,
+        f"captions averaged per GAN sample (default {_R.captions_per_sample})",
+        show_default=False,
+        at_least=1,
+    )
+    gan_steps: int | None = option(
+        None, "stop the GAN after N steps instead of by time", show_default=False, at_least=1
+    )
+    ablation: bool = option(
+        False, "also train the plain loop for the same time", show_default=False, store_true=True
+    )
+    oracle: str | None = option(
+        None, "evaluate with this oracle", show_default=False, metavar="CKPT", exclusive="oracle"
+    )
+    train_oracle: bool = option(
+        False, "train an oracle, evaluate", show_default=False, store_true=True, exclusive="oracle"
+    )
+    oracle_epochs: int | None = option(
+        None, "--train-oracle: epochs (oracle's default)", show_default=False, at_least=1
+    )
+    eval_seeds: int = option(_R.eval_seeds, "images per caption", show_default=False, at_least=1)
+    eval_limit: int | None = option(
+        None, "captions per split in evaluation", show_default=False, at_least=1
+    )
+    no_progress: bool = option(False, "no progress bars", show_default=False, store_true=True)
+
+
 def build_parser() -> OneLineParser:
-    """The recipe's flags."""
-    d = RecipeConfig()
-    p = OneLineParser(
+    """The recipe's flags, generated from `RecipeFlags`."""
+    parser = OneLineParser(
         prog="python -m train recipe",
         description="The default rescue-scenes recipe: text encoder + GAN in one command.",
     )
-    p.add_argument("--data", default=d.data, help=f"dataset (default {d.data})")
-    p.add_argument("--out", default=d.out, help=f"parent of numbered run folders ({d.out})")
-    p.add_argument(
-        "--minutes",
-        type=float,
-        default=d.minutes,
-        help=f"wall-clock budget of text encoder + GAN (default {d.minutes:g})",
-    )
-    p.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
-    p.add_argument("--threads", type=int, help="torch threads (default: one per core)")
-    p.add_argument("--ngf", type=int, default=d.ngf, help=f"generator width ({d.ngf})")
-    p.add_argument("--ndf", type=int, default=d.ndf, help=f"discriminator width ({d.ndf})")
-    p.add_argument("--text-steps", type=int, help=f"text-encoder steps (default {d.text_steps})")
-    p.add_argument(
-        "--text-encoder",
-        metavar="CKPT",
-        help="reuse this pretrained text encoder instead of stage 1 (then not part of the timing)",
-    )
-    p.add_argument(
-        "--captions-per-image",
-        type=int,
-        default=d.captions_per_image,
-        help=f"captions per image the GAN embeds and sees (default {d.captions_per_image})",
-    )
-    p.add_argument(
-        "--captions-per-sample",
-        type=int,
-        default=d.captions_per_sample,
-        help=f"captions averaged per GAN sample (default {d.captions_per_sample})",
-    )
-    p.add_argument("--gan-steps", type=int, help="stop the GAN after N steps instead of by time")
-    p.add_argument(
-        "--ablation", action="store_true", help="also train the plain loop for the same time"
-    )
-    oracle = p.add_mutually_exclusive_group()
-    oracle.add_argument("--oracle", metavar="CKPT", help="evaluate with this oracle")
-    oracle.add_argument("--train-oracle", action="store_true", help="train an oracle, evaluate")
-    p.add_argument("--oracle-epochs", type=int, help="--train-oracle: epochs (oracle's default)")
-    p.add_argument("--eval-seeds", type=int, default=d.eval_seeds, help="images per caption")
-    p.add_argument("--eval-limit", type=int, help="captions per split in evaluation")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p
+    return options.build_parser(RecipeFlags, parser, given_only=False)
 
 
-def config_from_args(args: argparse.Namespace) -> RecipeConfig:
+def config_from_args(args: RecipeFlags) -> RecipeConfig:
     """Validate flags up front (each problem names its flag)."""
-
-    if not args.minutes > 0:
-        raise RecipeError(f"--minutes must be > 0, got {args.minutes}")
-    for flag in ("ngf", "ndf", "eval_seeds", "captions_per_image", "captions_per_sample"):
-        if getattr(args, flag) < 1:
-            raise RecipeError(f"--{flag.replace('_', '-')} must be ≥ 1, got {getattr(args, flag)}")
-    for flag in ("threads", "text_steps", "gan_steps", "eval_limit", "oracle_epochs"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise RecipeError(f"--{flag.replace('_', '-')} must be ≥ 1, got {value}")
+    options.check_ranges(args)
     if args.oracle is not None and not Path(args.oracle).is_file():
         raise RecipeError(f"--oracle {args.oracle}: no such file")
     if args.text_encoder is not None:
@@ -423,7 +437,7 @@ def config_from_args(args: argparse.Namespace) -> RecipeConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the recipe; the last stdout line is a JSON summary. 2 on bad input."""
-    args = build_parser().parse_args(argv)
+    args = RecipeFlags(**vars(build_parser().parse_args(argv)))
     try:
         config = config_from_args(args)
         result = run(config)

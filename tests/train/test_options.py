@@ -58,3 +58,20 @@ def test_options_resume_config_allows_only_the_named_overrides() -> None:
     assert resume_config(saved, {"steps": 200, "width": 16}, {"steps"}) == Toy(width=16, steps=200)
     with pytest.raises(ConfigError, match="--width 32: differs from the resumed run's 16"):
         resume_config(saved, {"width": 32}, {"steps"})
+
+
+@dataclass(frozen=True)
+class Judged:
+    oracle: str | None = option(None, "judge with this", exclusive="judge", metavar="CKPT")
+    train_oracle: bool = option(False, "train a judge", store_true=True, exclusive="judge")
+
+
+def test_options_exclusive_flags_cannot_be_given_together(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = build_parser(Judged, argparse.ArgumentParser(prog="toy"), given_only=False)
+    assert vars(parser.parse_args(["--train-oracle"])) == {"oracle": None, "train_oracle": True}
+    assert "[--oracle CKPT | --train-oracle]" in parser.format_usage()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--oracle", "o.pt", "--train-oracle"])
+    assert "not allowed with argument --oracle" in capsys.readouterr().err
