@@ -67,7 +67,7 @@ demo: $(VENV)/.stamp
 # and the GAN-CLS loader's samples/s.
 bench: $(VENV)/.stamp
 	$(PY) -m export.bench
-	$(PY) -m train.bench_gan
+	$(PY) -m train.gan.bench
 
 format: $(VENV)/.stamp
 	$(VENV)/bin/ruff check --fix .

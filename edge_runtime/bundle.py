@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from edge_runtime import tokenizer
+from edge_runtime.atomic import fsync_dir
 
 SCHEMA = "rescue-t2i-bundle"
 SCHEMA_VERSION = 1
@@ -961,17 +962,3 @@ def write_bundle(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename inside `path` durable; a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

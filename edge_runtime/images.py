@@ -13,7 +13,6 @@ import hashlib
 import math
 import os
 import re
-import secrets
 import stat
 import time
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge_runtime import atomic
 from edge_runtime.protocol import FILE_RE
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -106,30 +106,11 @@ def upscale(rgb: np.ndarray, size: int) -> np.ndarray:
 def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Write `data` to `path` through a temp file in the same directory and a rename, so a
     reader (or a power cut) never sees a partial file; raises `OutputError` naming the path."""
-    fd = -1
-    tmp = ""
     try:
-        # os.open with mode 0o666 (not mkstemp's 0o600): the result gets the usual umask.
-        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        if durable:
-            os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, path)
-        tmp = ""
+        atomic.write_bytes(path, data, durable=durable)
     except OSError as err:
         reason = err.strerror or str(err)
         raise OutputError(f"cannot write {path}: {reason}") from None
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        if tmp:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
 
 
 def safe_tag(text: str, limit: int = 16) -> str:

@@ -22,7 +22,6 @@ receiver keeps the last timestamp per link (`LinkGuard`) and refuses anything no
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
@@ -34,6 +33,8 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from edge_runtime import atomic
 
 KEY_BYTES = 32
 TAG_BYTES = 8
@@ -236,19 +237,16 @@ def write_key_file(path: Path, key: bytes, *, force: bool = False) -> None:
     replace an existing file unless `force`. Raises `KeyFileError` naming the path."""
     if path.exists() and not force:
         raise KeyFileError(f"{path}: exists; pass --force to replace it (then both ends need it)")
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
-        try:
-            os.fchmod(fd, 0o600)  # whatever the umask
-            os.write(fd, key_text(key).encode("ascii"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        with atomic.atomic_path(path) as tmp:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+            fd = os.open(tmp, flags, 0o600)
+            try:
+                os.fchmod(fd, 0o600)  # whatever the umask
+                os.write(fd, key_text(key).encode("ascii"))
+            finally:
+                os.close(fd)
     except OSError as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise KeyFileError(f"cannot write key file {path}: {err.strerror or err}") from None
 
 

@@ -29,16 +29,15 @@ import torch
 from edge_runtime import bundle as b
 from export import onnx_export as ox
 from export import quantize as q
-from export.pipeline import (
-    DEFAULT_FP32_FORM,
-    DEFAULT_SUBPIXEL,
-    calibration_feeds,
-    load_captions,
-    load_models,
-)
+from export.calibration import calibration_feeds, load_captions
+from export.int8 import _text_encoder_candidates
+from export.pipeline import DEFAULT_FP32_FORM, DEFAULT_SUBPIXEL, load_models
 from export.prepare import SUBPIXEL_FORMS, prepare_generator
-from export.timing import interleaved
+from export.tiny import batch_norm_from_data
 from train import models
+from train.checkpoint import CheckpointError
+from train.data.schema import DataError
+from train.timing import interleaved
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +48,6 @@ TEXT_FP32 = "ORT fp32"
 
 
 def _paper_generator(embeddings: np.ndarray) -> models.Generator:
-    from export.tiny import batch_norm_from_data
-
     torch.manual_seed(1)
     generator = models.Generator(models.GANConfig())
     batch_norm_from_data(generator, embeddings)
@@ -141,9 +138,6 @@ def main(argv: list[str] | None = None) -> int:
         if path is not None and not path.is_file():
             print(f"export.bench: error: {flag} {path}: file not found", file=sys.stderr)
             return 2
-
-    from train.checkpoint import CheckpointError
-    from train.data.schema import DataError
 
     data = args.data or (DEFAULT_DATA if DEFAULT_DATA.is_file() else None)
     try:
@@ -274,8 +268,6 @@ def _print_text_encoder(
     text_path: Path,
     texts: list[str],
 ) -> None:
-    from export.pipeline import _text_encoder_candidates
-
     candidates = _text_encoder_candidates(text_path, work, encoder, texts)
     graphs = {TEXT_FP32: text_path} | {f"ORT int8 {k}": p for k, (p, _) in candidates.items()}
     sizes = {name: path.stat().st_size for name, path in graphs.items()}

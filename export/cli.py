@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from edge_runtime.stdio import quiet_on_closed_pipe
+from train.cli import missing_extra
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,9 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line flags."""
-    from export.pipeline import DEFAULT_FP32_FORM, DEFAULT_SUBPIXEL, MIN_CALIBRATION
+    # Lazy: these import torch, and main first says which extra is missing on a robot install.
+    from export.calibration import MIN_CALIBRATION
+    from export.pipeline import DEFAULT_FP32_FORM, DEFAULT_SUBPIXEL
     from export.prepare import GENERATOR_FORMS, SUBPIXEL_FORMS
 
     p = _Parser(
@@ -100,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _validate(args: argparse.Namespace) -> str | None:
     """The first flag problem, as one line, or None."""
-    from export.pipeline import MIN_CALIBRATION
+    from export.calibration import MIN_CALIBRATION  # lazy: imports torch (see build_parser)
 
     if not args.checkpoint.is_file():
         return f"--checkpoint {args.checkpoint}: file not found"
@@ -130,8 +133,6 @@ def _validate(args: argparse.Namespace) -> str | None:
 @quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     """Parse flags, export, print the bundle path; one error line and non-zero on failure."""
-    from train.cli import missing_extra
-
     problem = missing_extra("rescue-export", "export", ("torch", "onnx", "h5py"))
     if problem:
         print(problem, file=sys.stderr)
@@ -153,12 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rescue-export: error: {problem}", file=sys.stderr)
         return EXIT_USAGE
 
-    from edge_runtime.bundle import BundleError
-    from export.onnx_export import ExportError
+    # Lazy like build_parser's: torch and onnx load after the missing-extra check in main.
+    from export.errors import ExportError
     from export.pipeline import ExportOptions, export_bundle
-    from export.quantize import QualityGateError
-    from train.checkpoint import CheckpointError
-    from train.data.schema import DataError
+    from train.errors import BAD_INPUT, first_line
 
     options = ExportOptions(
         checkpoint=args.checkpoint,
@@ -177,9 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         export_bundle(options)
-    except (CheckpointError, DataError, ExportError, QualityGateError, BundleError) as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"rescue-export: error: {message}", file=sys.stderr)
+    except (*BAD_INPUT, ExportError) as err:
+        print(f"rescue-export: error: {first_line(err)}", file=sys.stderr)
         return EXIT_FAILED
     print(args.out)
     return 0

@@ -20,11 +20,14 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 from torch import nn
 
 from edge_runtime import bundle as b
 from edge_runtime import tokenizer
+from edge_runtime.engine import SPIN_CONFIG_KEY
+from export.errors import ExportError
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +47,6 @@ PARITY_CAPTIONS = (
     "red sleeve and right hand visible between two broken beams on the far right of the scene",
 )
 """Fixed captions for parity: short, typical, one character, and long (> 150 characters)."""
-
-
-class ExportError(RuntimeError):
-    """Export cannot produce a faithful bundle; the message names the graph and the problem."""
 
 
 class _TextEncoderGraph(nn.Module):
@@ -146,8 +145,6 @@ def export_generator(
 def session(path: Path | bytes, threads: int = 1, optimized_path: Path | None = None) -> Any:
     """A CPU onnxruntime session with a fixed thread count (and optionally the optimised dump);
     `path` may also be a model's bytes (what `edge_runtime.bundle.load_bundle` hands over)."""
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -155,7 +152,6 @@ def session(path: Path | bytes, threads: int = 1, optimized_path: Path | None = 
     if threads > 1:
         # As on the robot (edge_runtime.engine): spinning pools of the sessions measured one
         # after another would take each other's cores.
-        from edge_runtime.engine import SPIN_CONFIG_KEY
 
         options.add_session_config_entry(SPIN_CONFIG_KEY, "0")
     if optimized_path is not None:

@@ -16,20 +16,25 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import onnx
+
+from export.errors import ExportError
+from export.onnx_export import session
 
 log = logging.getLogger(__name__)
 
 Feed = dict[str, np.ndarray]
 
 
-class QualityGateError(RuntimeError):
+class QualityGateError(ExportError):
     """The int8 graphs lost too much quality against fp32; the message carries the numbers."""
 
 
@@ -46,9 +51,9 @@ class GeneratorQuantization:
     exclude_last_conv: bool = False
     """Keep the final convolution (to RGB) in fp32 as well as the tanh."""
     text_projection_fp32: bool = True
-    """Keep the layer that reads the text embedding (Linear, 0.1 % of the MACs) in fp32. Per-tensor
-    8-bit input quantization of the embedding cost 5.5 dB PSNR in a measurement (33.6 → 39.1 dB on
-    the paper-sized generator): the folded batch norm amplifies the embedding's small
+    """Keep the layer that reads the text embedding (Linear, a tiny share of the MACs) in fp32.
+    Per-tensor 8-bit input quantization of the embedding cost several dB of PSNR (docs/EXPORT.md
+    § What export does, in order): the folded batch norm amplifies the embedding's small
     caption-to-caption differences, which the rounding step is not small against."""
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,6 +168,7 @@ def quantize_generator(
     ir_version: int,
 ) -> dict[str, Any]:
     """Static int8 QDQ per-channel generator; returns the details for the manifest."""
+    # Lazy, as in _as_reader: onnxruntime.quantization is slow to import, only --quantize needs it.
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     model = onnx.load(str(fp32_path))
@@ -198,7 +204,7 @@ def quantize_text_encoder_dynamic(
 
     `in_path` is the fp32 graph or one whose convolutions are already static QDQ int8
     (`quantize_text_encoder_static_convs`): the QDQ nodes are left as they are."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # lazy: see _as_reader
 
     with _quiet_advice():
         quantize_dynamic(
@@ -220,6 +226,7 @@ def quantize_text_encoder_static_convs(
     ir_version: int,
 ) -> dict[str, Any]:
     """Static int8 QDQ for the 1-D convolutions only (QLinearConv); the RNN stays fp32."""
+    # Lazy, as in _as_reader: onnxruntime.quantization is slow to import, only --quantize needs it.
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     with _quiet_advice():
@@ -268,8 +275,6 @@ def psnr_db(reference: np.ndarray, test: np.ndarray) -> float:
 
 def ssim(reference: np.ndarray, test: np.ndarray) -> float:
     """Mean SSIM of (B, C, H, W) images in [0, 1], channel by channel."""
-    import cv2
-
     c1, c2 = 0.01**2, 0.03**2
 
     def blur(x: np.ndarray) -> np.ndarray:
@@ -312,10 +317,6 @@ def embedding_quality(reference: np.ndarray, test: np.ndarray) -> dict[str, floa
 
 def op_counts(path: Path, optimized: Path | None = None) -> dict[str, int]:
     """Node types and counts of a graph as onnxruntime optimises it (dumped to `optimized`)."""
-    import tempfile
-
-    from export.onnx_export import session
-
     with tempfile.TemporaryDirectory() as tmp:
         dump = optimized or Path(tmp) / "optimized.onnx"
         session(path, optimized_path=dump)

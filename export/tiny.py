@@ -23,8 +23,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from edge_runtime import tokenizer
+from export.cli import main as export_main
 from train import checkpoint as ck
 from train import models
+from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES, all_attributes
+from train.data.captions import caption_for, captions_for
+from train.data.schema import SplitData, write_dataset
 
 TEXT_CONFIG = models.TextEncoderConfig(conv_channels=(32, 32, 32), rnn_hidden=32, embedding_dim=32)
 # noise_dim stays the real 100; ngf 4 and a 32-d text projection keep the bundle well under 1 MB
@@ -124,10 +129,6 @@ def tiny_checkpoint(
 
 def _embeddings(encoder: models.CharCnnRnn, seed: int, count: int = 256) -> np.ndarray:
     """Text embeddings of `count` rescue-scenes grammar captions."""
-    from edge_runtime import tokenizer
-    from train.data.attributes import all_attributes
-    from train.data.captions import caption_for
-
     rng = np.random.default_rng(seed)
     everything = all_attributes()
     captions = [caption_for(everything[i], rng) for i in rng.choice(len(everything), count)]
@@ -138,10 +139,6 @@ def _embeddings(encoder: models.CharCnnRnn, seed: int, count: int = 256) -> np.n
 
 def tiny_dataset(path: Path, train: int = 64, test: int = 8, seed: int = 0) -> Path:
     """A rescue-scenes-layout HDF5 with real grammar captions (10 per image) and blank images."""
-    from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES, all_attributes
-    from train.data.captions import captions_for
-    from train.data.schema import SplitData, write_dataset
-
     rng = np.random.default_rng(seed)
     everything = all_attributes()
 
@@ -174,7 +171,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rnn", choices=("gru", "lstm"), default="gru")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
-    from export.cli import main as export_main
 
     with tempfile.TemporaryDirectory(prefix="tiny-bundle-") as tmp:
         data = tiny_dataset(Path(tmp) / "captions.h5")

@@ -160,7 +160,7 @@ def judge_and_sheet(session: dict[str, Any], oracle_path: str, data: Path) -> di
 
     from edge_runtime.images import contact_sheet, write_atomic
     from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES
-    from train.oracle import load_oracle, predict
+    from train.quality.oracle import load_oracle, predict
 
     oracle = load_oracle(oracle_path, data, noise_count=100)
     rows, correct, total, per_attribute = [], 0, 0, dict.fromkeys(ATTRIBUTE_NAMES, 0)

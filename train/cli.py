@@ -16,11 +16,11 @@ from edge_runtime.stdio import quiet_on_closed_pipe
 # fmt: off
 COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("train.data.cli", "render rescue-scenes, convert CUB / Oxford-102 / birds.hdf5, inspect"),
-    "text-encoder": ("train.text_encoder", "pretrain the char-CNN-RNN text encoder jointly with an image encoder"),
-    "eval-text": ("train.eval_text", "text→image R-precision of a text-encoder checkpoint"),
-    "gan": ("train.gan", "train the text-conditioned DCGAN (GAN-CLS + GAN-INT + feature matching)"),
-    "oracle": ("train.oracle", "train the rescue-scenes attribute oracle used by evaluate"),
-    "evaluate": ("train.evaluate", "evaluate a GAN checkpoint or an exported bundle"),
+    "text-encoder": ("train.text.pretrain", "pretrain the char-CNN-RNN text encoder jointly with an image encoder"),
+    "eval-text": ("train.text.evaluate", "text→image R-precision of a text-encoder checkpoint"),
+    "gan": ("train.gan.loop", "train the text-conditioned DCGAN (GAN-CLS + GAN-INT + feature matching)"),
+    "oracle": ("train.quality.oracle", "train the rescue-scenes attribute oracle used by evaluate"),
+    "evaluate": ("train.quality.evaluate", "evaluate a GAN checkpoint or an exported bundle"),
     "recipe": ("train.recipe", "run the default rescue-scenes recipe end to end"),
 }
 # fmt: on

@@ -26,10 +26,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from train.errors import InputError
+
 log = logging.getLogger(__name__)
 
 
-class DeviceError(ValueError):
+class DeviceError(InputError):
     """The requested device does not exist here; the message names the flag."""
 
 

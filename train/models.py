@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from edge_runtime import tokenizer
 
@@ -166,8 +167,6 @@ class CharCnnRnn(nn.Module):
         folded = CharCnnRnn(config)
         state = {k: v for k, v in self.state_dict().items() if not k.startswith("norm")}
         if self.config.batch_norm:
-            from torch.nn.utils.fusion import fuse_conv_bn_weights
-
             for i in (1, 2, 3):
                 conv, bn = getattr(self, f"conv{i}"), getattr(self, f"norm{i}")
                 assert isinstance(bn, nn.BatchNorm1d) and bn.running_mean is not None
@@ -411,7 +410,7 @@ class Discriminator(nn.Module):
 
     # The two halves of `forward`, public because GAN-CLS scores the same real images against
     # their own and a mismatched caption: the trainer runs the image path (almost all of D's
-    # work) once and `match_text` twice (train/gan.py, `DiscriminatorStep`).
+    # work) once and `match_text` twice (train/gan/trainer.py, `DiscriminatorStep`).
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """The image path alone: (B, 3, 64, 64) → (B, ndf*8, 4, 4)."""
         return self.image_path(images)

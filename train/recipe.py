@@ -10,32 +10,30 @@ Stages, in one numbered run folder `<out>/NNNNN/` (its `config.json` written bef
    its 650-step default (`RecipeConfig.text_steps` says why), no final eval (the GAN evaluation
    below measures what matters here);
 2. **GAN** (`gan/`): GAN-CLS + GAN-INT (β ½) + feature matching + the text–image matching term
-   (`gan.GanTrainConfig.match_weight`) on the cached embeddings of the
+   (`GanTrainConfig.match_weight`) on the cached embeddings of the
    frozen encoder, for whatever remains of `--minutes` (setup and the embedding table count);
 3. with `--ablation`, **the plain loop** (`gan-plain/`): the same trainer with GAN-INT, feature
    matching and text–image matching switched off (`--int-weight 0 --fm-weight 0
    --match-weight 0`), for the same wall time stage 2 took;
 4. with `--oracle CKPT` (or `--train-oracle`), **evaluation** (`eval/…`) of each GAN with
-   `train.evaluate` and a `REPORT.md` with the stage timings and the ablation table.
+   `train.quality.evaluate` and a `REPORT.md` with the stage timings and the ablation table.
 
 The `--minutes` budget covers stages 1–2 (the recipe proper); 3 and 4 are measurement and are
 timed separately. Every stage's wall time goes to `recipe.jsonl`; the last stdout line is a JSON
 summary.
 
-Why these defaults (CPU, 2 cores; see docs/QUALITY.md for the measurements):
+Why these defaults (a CPU budget; the figures: docs/QUALITY.md § 4):
 
-- `ngf = ndf = 32`: on this CPU the trainer ran 26 images/s at width 32 and 5.4 at width 64 in
-  the same contended benchmark (`python -m train.bench_gan`): width 64 would see ~5× fewer
-  images in the budget. rescue-scenes is flat-shaded and 64×64; width 32 has the capacity.
+- `ngf = ndf = 32`: width 64 sees several times fewer images in the same budget on a CPU
+  (`python -m train.gan.bench`), and rescue-scenes is flat-shaded and 64×64: 32 has the capacity.
 - text embeddings are computed once by the frozen encoder and cached on disk (the GAN trainer's
   `--embedding-cache`), so the ablation run reuses them; data is held in memory.
 - no flips or crops: the dataset forbids them (position is an attribute); the loader obeys.
-- fp32: this CPU (Zen 3, AVX2) has no bf16 arithmetic (the GAN trainer measured 40× slower).
+- fp32: CPUs without bf16 arithmetic emulate it, far slower (docs/GAN_TRAINING.md § Speed on CPU).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -45,7 +43,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_runtime import atomic
+from train import options
+from train.checkpoint import load_checkpoint
+from train.data.files import read_info, read_split
+from train.errors import BAD_INPUT, InputError
+from train.gan import config as gan_config
+from train.gan import loop as gan_loop
+from train.options import option
+from train.quality import oracle as oracle_mod
+from train.quality.evaluate import EvalOptions, evaluate, summary
+from train.quality.report import ablation_table
 from train.runs import MetricsLog, OneLineParser, new_run_dir, write_json_atomic
+from train.text import pretrain as te
 
 log = logging.getLogger(__name__)
 
@@ -67,31 +77,27 @@ class RecipeConfig:
     seed: int = 0
     threads: int | None = None
     """torch threads (None: one per core)."""
-    # Stage 1: text encoder (train/text_encoder.py); None = that trainer's default
+    # Stage 1: text encoder (train/text/pretrain.py); None = that trainer's default
     text_encoder: str | None = None
     """A pretrained kind="text_encoder" checkpoint to use instead of stage 1 (its training time
     is then not part of the recipe's)."""
     text_steps: int | None = 1000
     """Text-encoder steps (None: that trainer's default, 650). Why 1,000: the 650-step encoder
-    meets issue 4's retrieval targets but tells the helmet apart poorly, and the GAN can only draw
-    what its conditioning separates. `python -m train eval-text` reports it as
-    attribute_separation (docs/TEXT_ENCODER.md): a caption is nearer its own class's text
-    prototype than the class differing only in the helmet for 77 % (test) / 86 % (test_unseen)
-    of captions at 650 steps, 100 / 100 % at 1,000 (every other attribute 100 % at both); a GAN
-    on the 650-step encoder drew the helmet right 65 % of the time after 30 minutes, the recipe
-    on the 1,000-step one 97.5 % (docs/QUALITY.md § 3.0). The 350 extra steps cost ≈ 4 minutes of
-    the budget."""
+    meets the text encoder's retrieval targets but tells the helmet apart poorly (eval-text's
+    attribute_separation), and the GAN can only draw what its conditioning separates; the
+    figures are in docs/TEXT_ENCODER.md § Measured, what the extra steps cost in docs/QUALITY.md
+    § 4."""
     text_overrides: dict[str, Any] = field(default_factory=dict)
     """Extra `PretrainConfig` fields (tests shrink the encoders here)."""
-    # Stage 2: GAN (train/gan.py)
+    # Stage 2: GAN (train/gan/)
     ngf: int = 32
     ndf: int = 32
     gan_steps: int | None = None
     """Stop the GAN after this many steps (tests); None = run for the remaining budget."""
     captions_per_image: int = 5
-    """Captions per image the GAN sees (of rescue-scenes' 10): embedding them once costs ~2.4 ms
-    per caption here, so all 100,000 would spend 4 minutes of the budget; 5 keep the grammar's
-    variety (50,000 distinct captions) for half of that."""
+    """Captions per image the GAN sees (of rescue-scenes' 10): embedding all of them once would
+    spend minutes of the budget (docs/QUALITY.md § 4); 5 keep the grammar's variety (50,000
+    distinct captions) for half of that."""
     captions_per_sample: int = 1
     """Captions averaged per GAN sample. Reed averaged 4, but the robot conditions on the one
     caption the operator typed, and an average of 4 embeddings is a smoother, shorter vector
@@ -108,7 +114,7 @@ class RecipeConfig:
     progress: bool = True
 
 
-class RecipeError(ValueError):
+class RecipeError(InputError):
     """Bad recipe input; the message names the flag."""
 
 
@@ -126,9 +132,6 @@ def _stage(log_file: MetricsLog, name: str, started: float, **fields: Any) -> fl
 
 def run_text_encoder(config: RecipeConfig, run_dir: Path) -> Path:
     """Stage 1: pretrain the text encoder; returns its checkpoint."""
-    from train import text_encoder as te
-    from train.data.schema import read_split
-
     pretrain = te.PretrainConfig(
         data=config.data,
         seed=config.seed,
@@ -158,8 +161,6 @@ def run_gan(
     plain: bool = False,
 ) -> tuple[Path, int]:
     """Stage 2 (or 3 with `plain`): train a GAN; returns (checkpoint, steps)."""
-    from train import gan
-
     fields: dict[str, Any] = {
         "data": config.data,
         "text_encoder": str(text_encoder),
@@ -179,7 +180,7 @@ def run_gan(
     }
     if plain:  # the plain GAN-CLS loop: no GAN-INT, no feature matching, no text-image matching
         fields.update(int_weight=0.0, fm_weight=0.0, match_weight=0.0)
-    result = gan.train(gan.GanTrainConfig(**fields))
+    result = gan_loop.train(gan_config.GanTrainConfig(**fields))
     if result.exit_code != 0 or result.checkpoint is None:
         raise StageFailedError(
             f"GAN training ({folder}) stopped with exit code {result.exit_code}; see its log.txt"
@@ -189,9 +190,6 @@ def run_gan(
 
 def run(config: RecipeConfig) -> dict[str, Any]:
     """The whole recipe; returns the summary (also the last stdout line of `main`)."""
-    from train.evaluate import EvalOptions, evaluate, summary
-    from train.report import ablation_table
-
     started = time.monotonic()
     run_dir = new_run_dir(config.out)
     write_json_atomic(run_dir / "config.json", dataclasses.asdict(config))
@@ -273,8 +271,6 @@ def run(config: RecipeConfig) -> dict[str, Any]:
 
 def train_oracle(config: RecipeConfig, run_dir: Path) -> Path:
     """Train an oracle into `<run>/oracle/` with `python -m train oracle`'s code path."""
-    from train import oracle as oracle_mod
-
     overrides = {k: v for k, v in config.oracle_overrides.items() if k != "force"}
     argv = ["--data", config.data, "--out", str(run_dir / "oracle"), "--seed", str(config.seed)]
     for key, value in overrides.items():
@@ -294,7 +290,6 @@ def _report(
     table: str,
 ) -> Path:
     """REPORT.md: the timings and, when evaluated, the ablation table."""
-    from train.report import write_bytes_atomic
 
     def minutes(key: str) -> str:
         return f"{result[key] / 60:.1f} min" if key in result else "–"
@@ -324,78 +319,90 @@ def _report(
             "`eval/plain/report.md`.",
         ]
     lines.append("")
-    return write_bytes_atomic(run_dir / REPORT_FILE, "\n".join(lines).encode("utf-8"))
+    return atomic.write_bytes(
+        run_dir / REPORT_FILE, "\n".join(lines).encode("utf-8"), make_parents=True
+    )
+
+
+_R = RecipeConfig()
+
+
+@dataclass(frozen=True)
+class RecipeFlags:
+    """The recipe's command line, each flag declared once (defaults: `RecipeConfig`'s)."""
+
+    data: str = option(_R.data, f"dataset (default {_R.data})", show_default=False)
+    out: str = option(_R.out, f"parent of numbered run folders ({_R.out})", show_default=False)
+    minutes: float = option(
+        _R.minutes,
+        f"wall-clock budget of text encoder + GAN (default {_R.minutes:g})",
+        show_default=False,
+        above=0,
+    )
+    seed: int = option(_R.seed, f"default {_R.seed}", show_default=False)
+    threads: int | None = option(
+        None, "torch threads (default: one per core)", show_default=False, at_least=1
+    )
+    ngf: int = option(_R.ngf, f"generator width ({_R.ngf})", show_default=False, at_least=1)
+    ndf: int = option(_R.ndf, f"discriminator width ({_R.ndf})", show_default=False, at_least=1)
+    text_steps: int | None = option(
+        None, f"text-encoder steps (default {_R.text_steps})", show_default=False, at_least=1
+    )
+    text_encoder: str | None = option(
+        None,
+        "reuse this pretrained text encoder instead of stage 1 (then not part of the timing)",
+        show_default=False,
+        metavar="CKPT",
+    )
+    captions_per_image: int = option(
+        _R.captions_per_image,
+        f"captions per image the GAN embeds and sees (default {_R.captions_per_image})",
+        show_default=False,
+        at_least=1,
+    )
+    captions_per_sample: int = option(
+        _R.captions_per_sample,
+        f"captions averaged per GAN sample (default {_R.captions_per_sample})",
+        show_default=False,
+        at_least=1,
+    )
+    gan_steps: int | None = option(
+        None, "stop the GAN after N steps instead of by time", show_default=False, at_least=1
+    )
+    ablation: bool = option(
+        False, "also train the plain loop for the same time", show_default=False, store_true=True
+    )
+    oracle: str | None = option(
+        None, "evaluate with this oracle", show_default=False, metavar="CKPT", exclusive="oracle"
+    )
+    train_oracle: bool = option(
+        False, "train an oracle, evaluate", show_default=False, store_true=True, exclusive="oracle"
+    )
+    oracle_epochs: int | None = option(
+        None, "--train-oracle: epochs (oracle's default)", show_default=False, at_least=1
+    )
+    eval_seeds: int = option(_R.eval_seeds, "images per caption", show_default=False, at_least=1)
+    eval_limit: int | None = option(
+        None, "captions per split in evaluation", show_default=False, at_least=1
+    )
+    no_progress: bool = option(False, "no progress bars", show_default=False, store_true=True)
 
 
 def build_parser() -> OneLineParser:
-    """The recipe's flags."""
-    d = RecipeConfig()
-    p = OneLineParser(
+    """The recipe's flags, generated from `RecipeFlags`."""
+    parser = OneLineParser(
         prog="python -m train recipe",
         description="The default rescue-scenes recipe: text encoder + GAN in one command.",
     )
-    p.add_argument("--data", default=d.data, help=f"dataset (default {d.data})")
-    p.add_argument("--out", default=d.out, help=f"parent of numbered run folders ({d.out})")
-    p.add_argument(
-        "--minutes",
-        type=float,
-        default=d.minutes,
-        help=f"wall-clock budget of text encoder + GAN (default {d.minutes:g})",
-    )
-    p.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
-    p.add_argument("--threads", type=int, help="torch threads (default: one per core)")
-    p.add_argument("--ngf", type=int, default=d.ngf, help=f"generator width ({d.ngf})")
-    p.add_argument("--ndf", type=int, default=d.ndf, help=f"discriminator width ({d.ndf})")
-    p.add_argument("--text-steps", type=int, help=f"text-encoder steps (default {d.text_steps})")
-    p.add_argument(
-        "--text-encoder",
-        metavar="CKPT",
-        help="reuse this pretrained text encoder instead of stage 1 (then not part of the timing)",
-    )
-    p.add_argument(
-        "--captions-per-image",
-        type=int,
-        default=d.captions_per_image,
-        help=f"captions per image the GAN embeds and sees (default {d.captions_per_image})",
-    )
-    p.add_argument(
-        "--captions-per-sample",
-        type=int,
-        default=d.captions_per_sample,
-        help=f"captions averaged per GAN sample (default {d.captions_per_sample})",
-    )
-    p.add_argument("--gan-steps", type=int, help="stop the GAN after N steps instead of by time")
-    p.add_argument(
-        "--ablation", action="store_true", help="also train the plain loop for the same time"
-    )
-    oracle = p.add_mutually_exclusive_group()
-    oracle.add_argument("--oracle", metavar="CKPT", help="evaluate with this oracle")
-    oracle.add_argument("--train-oracle", action="store_true", help="train an oracle, evaluate")
-    p.add_argument("--oracle-epochs", type=int, help="--train-oracle: epochs (oracle's default)")
-    p.add_argument("--eval-seeds", type=int, default=d.eval_seeds, help="images per caption")
-    p.add_argument("--eval-limit", type=int, help="captions per split in evaluation")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    return p
+    return options.build_parser(RecipeFlags, parser, given_only=False)
 
 
-def config_from_args(args: argparse.Namespace) -> RecipeConfig:
+def config_from_args(args: RecipeFlags) -> RecipeConfig:
     """Validate flags up front (each problem names its flag)."""
-    from train.data.schema import read_info
-
-    if not args.minutes > 0:
-        raise RecipeError(f"--minutes must be > 0, got {args.minutes}")
-    for flag in ("ngf", "ndf", "eval_seeds", "captions_per_image", "captions_per_sample"):
-        if getattr(args, flag) < 1:
-            raise RecipeError(f"--{flag.replace('_', '-')} must be ≥ 1, got {getattr(args, flag)}")
-    for flag in ("threads", "text_steps", "gan_steps", "eval_limit", "oracle_epochs"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise RecipeError(f"--{flag.replace('_', '-')} must be ≥ 1, got {value}")
+    options.check_ranges(args)
     if args.oracle is not None and not Path(args.oracle).is_file():
         raise RecipeError(f"--oracle {args.oracle}: no such file")
     if args.text_encoder is not None:
-        from train.checkpoint import load_checkpoint
-
         load_checkpoint(args.text_encoder, kind="text_encoder")  # one line if it is not one
         if args.text_steps is not None:
             raise RecipeError("--text-steps: no text encoder is trained with --text-encoder")
@@ -430,26 +437,11 @@ def config_from_args(args: argparse.Namespace) -> RecipeConfig:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the recipe; the last stdout line is a JSON summary. 2 on bad input."""
-    from edge_runtime.tokenizer import CaptionError
-    from train.checkpoint import CheckpointError
-    from train.data.schema import DataError
-    from train.evaluate import EvalError
-    from train.gan import ConfigError
-    from train.oracle import OracleError
-
-    args = build_parser().parse_args(argv)
+    args = RecipeFlags(**vars(build_parser().parse_args(argv)))
     try:
         config = config_from_args(args)
         result = run(config)
-    except (
-        RecipeError,
-        DataError,
-        CheckpointError,
-        ConfigError,
-        EvalError,
-        OracleError,
-        CaptionError,
-    ) as err:
+    except BAD_INPUT as err:
         print(f"rescue-train recipe: {err}", file=sys.stderr)
         return 2
     except StageFailedError as err:

@@ -1,6 +1,7 @@
 """Run folders: numbered directories holding a run's resolved config, metrics and checkpoint.
 
-stylegan3's layout: `<out>/00000/`, `<out>/00001/`, ... each created before step 0 with the
+stylegan3's layout: `<out>/00000/`, `<out>/00001/`, ... (or `<out>/00000-<description>/`, as the
+GAN names its runs) each created before step 0 with the
 resolved config inside, so a run is self-describing even if it dies in its first minute. Metrics
 are JSON lines (one object per line, appended and flushed), readable while the run is going.
 """
@@ -11,12 +12,15 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, NoReturn
 
+from edge_runtime import atomic
+
 RUN_DIGITS = 5
+_RUN_NAME = re.compile(r"(\d+)(?:-.*)?", re.DOTALL)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -27,23 +31,15 @@ class OneLineParser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
+def write_json_atomic(path: str | os.PathLike[str], data: Any, *, sort_keys: bool = False) -> Path:
     """Write JSON to a temp file beside `path`, fsync, rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a config is for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic.write_json(path, data, sort_keys=sort_keys, make_parents=True)
+
+
+def run_number(path: Path) -> int | None:
+    """The run number of a run folder's name (`00003` or `00003-description`), else None."""
+    match = _RUN_NAME.fullmatch(path.name)
+    return int(match.group(1)) if match else None
 
 
 def run_dirs(out: str | os.PathLike[str]) -> list[Path]:
@@ -51,18 +47,19 @@ def run_dirs(out: str | os.PathLike[str]) -> list[Path]:
     out = Path(out)
     if not out.is_dir():
         return []
-    found = [p for p in out.iterdir() if p.is_dir() and p.name.isdigit()]
-    return sorted(found, key=lambda p: int(p.name))
+    found = [p for p in out.iterdir() if p.is_dir() and run_number(p) is not None]
+    return sorted(found, key=lambda p: (run_number(p), p.name))
 
 
-def new_run_dir(out: str | os.PathLike[str]) -> Path:
-    """Create the next numbered folder under `out` (race-free: mkdir fails if taken)."""
+def new_run_dir(out: str | os.PathLike[str], description: str | None = None) -> Path:
+    """Create the next numbered folder under `out`, `NNNNN` or `NNNNN-description` (race-free:
+    mkdir fails if another run took the number, and the next one is tried)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    existing = run_dirs(out)
-    number = int(existing[-1].name) + 1 if existing else 0
+    number = max((run_number(p) or 0 for p in run_dirs(out)), default=-1) + 1
+    suffix = f"-{description}" if description else ""
     while True:
-        path = out / f"{number:0{RUN_DIGITS}d}"
+        path = out / f"{number:0{RUN_DIGITS}d}{suffix}"
         try:
             path.mkdir()
             return path
@@ -115,11 +112,7 @@ def truncate_after_step(path: str | os.PathLike[str], step: int) -> int:
         else:
             kept.append(line)
     if dropped:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("".join(line + "\n" for line in kept))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        atomic.write_text(path, "".join(line + "\n" for line in kept))
     return dropped
 
 

@@ -10,6 +10,10 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from tiers import needs
+
+# The committed tiny bundle is read with onnxruntime alone (the robot install runs it too).
+pytest_pycollect_makemodule = needs(__file__, "torch", except_files={"test_tiny.py"})
 
 
 @pytest.fixture(scope="session", autouse=True)

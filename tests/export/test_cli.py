@@ -5,12 +5,10 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
-
-from edge_runtime import bundle as b  # noqa: E402
-from export.cli import main  # noqa: E402
-from export.tiny import tiny_checkpoint  # noqa: E402
-from train import checkpoint as ck  # noqa: E402
+from edge_runtime import bundle as b
+from export.cli import main
+from export.tiny import tiny_checkpoint
+from train import checkpoint as ck
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +136,16 @@ def test_cli_quantize_with_default_data_from_the_checkpoint(
 def test_cli_argparse_errors_are_one_line_and_return_2(argv: list[str], flag: str, capsys) -> None:
     assert main(argv) == 2
     assert flag in _one_error_line(capsys)
+
+
+def test_cli_exports_a_checkpoint_written_by_the_first_release(
+    fixtures_dir: Path, tmp_path: Path
+) -> None:
+    # Written before train/ moved into rooms: checkpoints carry no module paths, so it must load.
+    path = fixtures_dir / "checkpoint_v1" / "gan.pt"
+    loaded = ck.load_checkpoint(path)
+    assert loaded["kind"] == "gan" and loaded["format_version"] == 1
+    out = tmp_path / "bundle"
+    assert main(["--checkpoint", str(path), "--out", str(out)]) == 0
+    bundle = b.load_bundle(out)
+    assert bundle.manifest.provenance["checkpoint_sha256"] == b.sha256_file(path)

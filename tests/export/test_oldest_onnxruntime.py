@@ -17,11 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-
-from edge_runtime import bundle as b  # noqa: E402
-from export import onnx_export as ox  # noqa: E402
-from export.quantize import image_quality  # noqa: E402
+from edge_runtime import bundle as b
+from export import onnx_export as ox
+from export.quantize import image_quality
 
 REPO = Path(__file__).resolve().parents[2]
 

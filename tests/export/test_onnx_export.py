@@ -3,17 +3,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-import onnx  # noqa: E402
-
-from edge_runtime import bundle as b  # noqa: E402
-from export import onnx_export as ox  # noqa: E402
-from export.prepare import prepare_generator  # noqa: E402
-from export.tiny import GAN_CONFIG, TEXT_CONFIG, randomize_batch_norm  # noqa: E402
-from train import models  # noqa: E402
+from edge_runtime import bundle as b
+from export import onnx_export as ox
+from export.prepare import prepare_generator
+from export.tiny import GAN_CONFIG, TEXT_CONFIG, randomize_batch_norm
+from train import models
 
 
 def _dims(value_info: onnx.ValueInfoProto) -> list[int | str]:

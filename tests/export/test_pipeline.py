@@ -5,18 +5,16 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-import onnx  # noqa: E402
-import onnxruntime as ort  # noqa: E402
-
-from edge_runtime import bundle as b  # noqa: E402
-from export import onnx_export as ox  # noqa: E402
-from export import pipeline  # noqa: E402
-from export.quantize import QualityGateError  # noqa: E402
-from train import checkpoint as ck  # noqa: E402
+from edge_runtime import bundle as b
+from export import calibration, int8, pipeline
+from export import onnx_export as ox
+from export.quantize import QualityGateError
+from train import checkpoint as ck
 
 
 def _open(model: bytes) -> ort.InferenceSession:
@@ -56,7 +54,7 @@ def test_export_bundle_records_quality_latency_and_quantization(quantized_bundle
         }
         assert all(ms > 0 for ms in variant.latency_ms.values())
     quantization = manifest.quantization
-    assert quantization["calibration"]["captions"] >= pipeline.MIN_CALIBRATION
+    assert quantization["calibration"]["captions"] >= calibration.MIN_CALIBRATION
     assert quantization["generator"]["per_channel"] and quantization["generator"]["format"] == "QDQ"
     assert any(n.endswith("Tanh") for n in quantization["generator"]["excluded_nodes"])
     assert any(n.endswith("Clip") for n in quantization["generator"]["excluded_nodes"])
@@ -112,19 +110,19 @@ def test_fp32_bundle_reproduces_torch_from_caption_to_image(
 def test_quality_gate_refuses_a_broken_calibration(
     tiny_checkpoint_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = pipeline.calibration_feeds
+    real = calibration.calibration_feeds
 
     def broken(noise: np.ndarray, embeddings: np.ndarray) -> list:
         # Activation ranges from near-silent inputs: real activations clip at every layer.
         return real(noise * 1e-3, embeddings * 1e-3)
 
-    monkeypatch.setattr(pipeline, "calibration_feeds", broken)
+    monkeypatch.setattr(calibration, "calibration_feeds", broken)
     out = tmp_path / "bundle"
     options = pipeline.ExportOptions(
         checkpoint=tiny_checkpoint_path,
         out=out,
         quantize=True,
-        calibration_size=pipeline.MIN_CALIBRATION,
+        calibration_size=calibration.MIN_CALIBRATION,
         latency_rounds=3,
     )
     with pytest.raises(QualityGateError, match=r"PSNR \d+\.\d\d dB < 30 dB \(SSIM") as info:
@@ -185,14 +183,14 @@ def test_quantize_without_any_dataset_names_the_flag(tmp_path: Path) -> None:
 
 
 def test_oracle_accuracy_scores_each_precision_on_the_whole_captions() -> None:
-    from train.oracle import AttributeOracle, OracleConfig
+    from train.quality.oracle import AttributeOracle, OracleConfig
 
     torch.manual_seed(0)
     oracle = AttributeOracle(OracleConfig()).eval()
     rng = np.random.default_rng(0)
     images = rng.uniform(-1, 1, (12, 3, 64, 64)).astype(np.float32)
     attributes = rng.integers(0, 2, (8, 5)).astype(np.int16)  # first 8 images have attributes
-    scores = pipeline.oracle_accuracy(oracle, {"fp32": images, "int8": images}, attributes)
+    scores = int8.oracle_accuracy(oracle, {"fp32": images, "int8": images}, attributes)
     assert scores["oracle_accuracy_fp32"] == scores["oracle_accuracy_int8"]
     assert 0.0 <= scores["oracle_accuracy_fp32"] <= 1.0
     assert {f"oracle_{n}_int8" for n in OracleConfig().attribute_names} <= set(scores)
@@ -201,7 +199,7 @@ def test_oracle_accuracy_scores_each_precision_on_the_whole_captions() -> None:
 def test_export_refuses_an_oracle_that_fails_its_honesty_checks_unless_forced(
     tiny_checkpoint_path: Path, tmp_path: Path
 ) -> None:
-    from train.oracle import AttributeOracle, OracleConfig
+    from train.quality.oracle import AttributeOracle, OracleConfig
 
     # An untrained oracle cannot read the real test images: export must not trust it.
     path = ck.save_checkpoint(
@@ -257,7 +255,7 @@ def test_int8_text_encoder_candidates_keep_padding_exactness_and_use_integer_ker
     fp32 = tmp_path / "text_encoder.onnx"
     ox.export_text_encoder(encoder, fp32)
     captions = [c for c in ox.PARITY_CAPTIONS for _ in range(64)]
-    candidates = pipeline._text_encoder_candidates(fp32, tmp_path, encoder, captions)
+    candidates = int8._text_encoder_candidates(fp32, tmp_path, encoder, captions)
     static_ops = q_op_counts(candidates["static-conv"][0])
     assert static_ops.get("QLinearConv", 0) == 2  # conv2, conv3 (conv1 is a gather)
     both_ops = q_op_counts(candidates["static-conv+dynamic"][0])

@@ -1,20 +1,18 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from torch import nn
 
-torch = pytest.importorskip("torch")
-
-from torch import nn  # noqa: E402
-
-from export.prepare import (  # noqa: E402
+from export.prepare import (
     GENERATOR_FORMS,
     SUBPIXEL_FORMS,
     LinearToMap,
     SubPixelConvTranspose,
     prepare_generator,
 )
-from export.tiny import randomize_batch_norm  # noqa: E402
-from train import models  # noqa: E402
+from export.tiny import randomize_batch_norm
+from train import models
 
 # Every stride-2 layer of the paper's generator (ngf 64): (C_in, C_out, input size), bias or not
 # (bias appears once batch norm is folded in; to_rgb has none).

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def tiny_text_encoder_checkpoint(path: Path, embedding_dim: int = 32) -> Path:
-    """A real (small) text-encoder checkpoint with an image encoder, as issue 4's trainer writes."""
+    """A real (small) text-encoder checkpoint with an image encoder, as its trainer writes."""
     import torch
 
     from train import checkpoint as ck

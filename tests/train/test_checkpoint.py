@@ -4,11 +4,10 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from train import checkpoint as ck  # noqa: E402
-from train import models  # noqa: E402
+from train import checkpoint as ck
+from train import models
 
 
 def _tiny_gan_checkpoint() -> dict:

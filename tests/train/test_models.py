@@ -1,12 +1,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
+from edge_runtime import tokenizer
+from train import models
+
 F = torch.nn.functional
-
-from edge_runtime import tokenizer  # noqa: E402
-from train import models  # noqa: E402
 
 
 def test_models_generator_size_matches_design() -> None:

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
-
-from train import models  # noqa: E402
-from train import recipe as rc  # noqa: E402
-from train.data.synth import SynthConfig, synthesize  # noqa: E402
+from train import models
+from train import recipe as rc
+from train.data.synth import SynthConfig, synthesize
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

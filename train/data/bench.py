@@ -14,14 +14,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
+import h5py
 import numpy as np
 
 from train.data.attributes import all_attributes
 from train.data.captions import captions_for
 from train.data.convert import positive_int
+from train.data.files import read_split
 from train.data.peer import read_peer
 from train.data.scenes import render_scene
-from train.data.schema import read_split
 from train.data.synth import SynthConfig, synthesize
 
 CUB_IMAGES = 11_788
@@ -49,9 +51,6 @@ def bench_render_sample(count: int) -> float:
 
 def _write_peer_like(path: Path, images: int) -> None:
     """A peer-layout file of `images` CUB-sized (500×375) JPEGs × 5 entries each."""
-    import cv2
-    import h5py
-
     rng = np.random.default_rng(0)
     text = h5py.special_dtype(vlen=str)
     with h5py.File(path, "w") as f:

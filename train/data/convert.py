@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import cv2
 import numpy as np
 
 from train.data import guard
@@ -134,8 +135,6 @@ def square_box(
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     """Resize uint8 (H, W, 3) to (size, size, 3), ignoring aspect as Reed's and the peer code do."""
-    import cv2
-
     h, w = image.shape[:2]
     # INTER_AREA averages when shrinking (no aliasing); it is bilinear when enlarging, where cubic
     # keeps edges sharper.

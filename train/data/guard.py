@@ -28,8 +28,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from train.errors import InputError
 
-class DataError(ValueError):
+
+class DataError(InputError):
     """A dataset problem; the message names the file and the key (re-exported by `schema`)."""
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from train.data.schema import DataError, read_info, read_split
+from train.data.files import read_info, read_split
+from train.data.schema import DataError
 
 
 def describe(path: Path, verify: bool) -> dict[str, object]:

@@ -19,8 +19,8 @@ and resuming mid-epoch needs only the epoch and the batch position, no generator
 Two storage modes with the same batches:
 
 - in memory (default): images decoded once and resized to the load size up front; a batch is one
-  vectorised gather (crop and flip folded into the index arrays), well over 5,000 samples/s on
-  2 cores (`python -m train.bench_gan --loader-only`);
+  vectorised gather (crop and flip folded into the index arrays); its speed:
+  `python -m train.gan.bench --loader-only`, docs/GAN_TRAINING.md § Data;
 - lazy (`lazy=True`): HDF5 read per batch for data that does not fit in memory. The file is
   opened on first use in each process and the handle is dropped when the dataset is pickled, so
   each DataLoader worker opens its own (h5py handles must not cross a fork).
@@ -34,11 +34,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from train.data import schema
+from train.data import files, schema
 from train.data.schema import DataError, SplitData
 
 log = logging.getLogger(__name__)
@@ -188,8 +189,8 @@ def crop_flip(images: np.ndarray, crop_yx: np.ndarray, flip: np.ndarray, size: i
     rows = crop_yx[:, :1] + offsets  # (B, size)
     cols = crop_yx[:, 1:] + offsets  # (B, size)
     cols = np.where(flip[:, None], cols[:, ::-1], cols)
-    # Flat pixel index (B, size, size) into the (B·L·L, 3) pixel rows: a single np.take is ~5×
-    # faster than three-array fancy indexing.
+    # Flat pixel index (B, size, size) into the (B·L·L, 3) pixel rows: a single np.take is
+    # several times faster than three-array fancy indexing.
     pixel = (np.arange(b)[:, None, None] * side + rows[:, :, None]) * side + cols[:, None, :]
     flat = np.take(images.reshape(-1, 3), pixel.reshape(-1), axis=0)
     return flat.reshape(b, size, size, 3)
@@ -198,7 +199,7 @@ def crop_flip(images: np.ndarray, crop_yx: np.ndarray, flip: np.ndarray, size: i
 def to_model_range(images: np.ndarray) -> torch.Tensor:
     """uint8 (B, H, W, 3) → float32 (B, 3, H, W) in [-1, 1], channels-last (no layout copy)."""
     # numpy rather than torch for the conversion: single-threaded, so it neither waits on nor
-    # spins against the trainer's OpenMP threads (torch's took 10-20× longer on a busy 2-core box).
+    # spins against the trainer's OpenMP threads (torch's conversion was far slower under load).
     scaled = np.multiply(images, np.float32(1 / 127.5), dtype=np.float32)
     scaled -= 1.0
     # Permuting NHWC is exactly the channels-last layout, which the convolutions prefer on CPU.
@@ -209,7 +210,6 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     """Resize uint8 (N, H, W, 3) to (N, size, size, 3): bilinear up (as Reed), area down."""
     if images.shape[1:3] == (size, size):
         return images
-    import cv2
 
     interpolation = cv2.INTER_AREA if images.shape[1] > size else cv2.INTER_LINEAR
     out = np.empty((len(images), size, size, 3), dtype=np.uint8)
@@ -220,7 +220,7 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
 
 def dataset_augmentation(path: str | Path) -> dict[str, Any]:
     """The dataset's own limits on augmentation (root attribute `augmentation`), {} if none."""
-    return dict(getattr(schema.read_info(path), "augmentation", {}) or {})
+    return dict(getattr(files.read_info(path), "augmentation", {}) or {})
 
 
 def apply_dataset_limits(
@@ -252,7 +252,7 @@ class _LazyImages:
 
     def _group(self) -> Any:
         if self._file is None:
-            self._file = schema.open_checked(self.path)
+            self._file = files.open_checked(self.path)
         return self._file[self.split]
 
     def take(self, indices: np.ndarray, size: int) -> np.ndarray:
@@ -342,9 +342,9 @@ class GanClsDataset(Dataset):
         where = f"{path}:/{split}"
         config = apply_dataset_limits(config, dataset_augmentation(path), str(path))
         if not config.lazy:
-            data = schema.read_split(path, split)
+            data = files.read_split(path, split)
             return cls.from_split(data, config, where), data.captions
-        with schema.open_checked(path) as f:
+        with files.open_checked(path) as f:
             if split not in f:
                 raise DataError(f"{path}: no split {split!r} (has {sorted(f.keys())})")
             group = f[split]

@@ -53,6 +53,7 @@ from train.data.schema import (
     damaged_file_guard,
     write_dataset,
 )
+from train.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def _scalar(entry: h5py.Group, key: str, where: str) -> object:
     try:
         value = obj[()]
     except (OSError, RuntimeError, TypeError, ValueError) as err:
-        first = (str(err).splitlines() or [""])[0]
+        first = first_line(err)
         raise ItemError(f"{where}/{key}", "unreadable (truncated file?)", first) from None
     if isinstance(value, np.ndarray) and value.dtype == object and value.size == 1:
         value = value.item()

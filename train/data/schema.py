@@ -20,28 +20,28 @@ Files are written to a temp file beside the target and renamed, so a failed writ
 partial dataset. Every reader error is a `DataError` whose one-line message names the file and the
 key (and the index or byte where that helps).
 
-`read_info` and `read_split` also accept the peer GAN-CLS layout (`birds.hdf5` / `flowers.hdf5`,
-see `train.data.peer`), converting it in memory; `open_checked` (lazy, per-worker access) accepts
-only our schema and says how to convert a peer file.
+This module is our schema only and imports no converter. `train.data.files` reads any file we
+accept (ours, or a peer GAN-CLS `birds.hdf5` converted in memory); use it where a user names a file.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import h5py
 import numpy as np
 
-from edge_runtime.bundle import fsync_dir
+from edge_runtime.atomic import atomic_path
 from train.data import guard
-from train.data.guard import DataError  # defined below schema so that guard can raise it
+from train.data.guard import DataError  # defined in guard (below schema) so guard can raise it
+from train.errors import first_line
 
 SCHEMA = "rescue-t2i-captions"
 SCHEMA_VERSION = 1
@@ -115,33 +115,20 @@ def write_dataset(
     if image_encoding not in (None, "png"):
         raise ValueError(f"image_encoding must be None or 'png', got {image_encoding!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.mkstemp: it creates mode 0600, and a dataset should get the umask's mode.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        with h5py.File(tmp, "x") as f:
-            f.attrs["schema"] = SCHEMA
-            f.attrs["schema_version"] = SCHEMA_VERSION
-            f.attrs["dataset"] = dataset
-            f.attrs["image_size"] = image_size
-            f.attrs["attribute_names"] = json.dumps(list(attribute_names))
-            f.attrs["attribute_values"] = json.dumps(
-                {k: list(v) for k, v in (attribute_values or {}).items()}
-            )
-            f.attrs["class_names"] = json.dumps(list(class_names))
-            f.attrs["provenance"] = json.dumps(dict(provenance or {}))
-            f.attrs["augmentation"] = json.dumps(dict(augmentation or {}))
-            for name, split in splits.items():
-                _write_split(
-                    f.create_group(name), split, image_size, f"{path}:/{name}", image_encoding
-                )
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    with atomic_path(path, make_parents=True) as tmp, h5py.File(tmp, "x") as f:
+        f.attrs["schema"] = SCHEMA
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["dataset"] = dataset
+        f.attrs["image_size"] = image_size
+        f.attrs["attribute_names"] = json.dumps(list(attribute_names))
+        f.attrs["attribute_values"] = json.dumps(
+            {k: list(v) for k, v in (attribute_values or {}).items()}
+        )
+        f.attrs["class_names"] = json.dumps(list(class_names))
+        f.attrs["provenance"] = json.dumps(dict(provenance or {}))
+        f.attrs["augmentation"] = json.dumps(dict(augmentation or {}))
+        for name, split in splits.items():
+            _write_split(f.create_group(name), split, image_size, f"{path}:/{name}", image_encoding)
     return path
 
 
@@ -172,8 +159,6 @@ def _write_split(
         chunk = (max(min(n, 256), 1), *split.images.shape[1:])
         group.create_dataset("images", data=split.images, chunks=chunk if n else None)
     else:
-        import cv2
-
         encoded = group.create_dataset("images_encoded", (n,), dtype=h5py.vlen_dtype(np.uint8))
         for i, image in enumerate(split.images):
             ok, data = cv2.imencode(".png", np.ascontiguousarray(image[:, :, ::-1]))
@@ -209,11 +194,6 @@ def _json_attr(f: h5py.File, key: str, default: Any, where: str) -> Any:
         raise DataError(f"{where}: root attribute {key!r} is not valid JSON") from None
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
-
-
 @contextmanager
 def damaged_file_guard(where: str) -> Iterator[None]:
     """Turn HDF5's low-level failures on a damaged file (bad index, heap or link names) into one
@@ -227,11 +207,12 @@ def damaged_file_guard(where: str) -> Iterator[None]:
         # encoding"). The message keeps the original text in case it is our bug after all.
         raise DataError(
             f"{where}: unreadable (truncated or corrupted file?): {type(err).__name__}: "
-            f"{_first_line(err)}"
+            f"{first_line(err)}"
         ) from None
 
 
-def _open_hdf5(path: Path) -> h5py.File:
+def open_hdf5(path: Path) -> h5py.File:
+    """Open any HDF5 file read-only, with one clear line when it is missing or not HDF5."""
     if not path.exists():
         raise DataError(f"{path}: dataset file not found")
     with damaged_file_guard(str(path)):
@@ -241,14 +222,6 @@ def _open_hdf5(path: Path) -> h5py.File:
 def _check_ours(f: h5py.File, path: Path) -> None:
     schema = f.attrs.get("schema")
     if schema != SCHEMA:
-        from train.data import peer
-
-        if peer.is_peer_layout(f):
-            raise DataError(
-                f"{path}: a GAN-CLS peer-layout file (birds.hdf5/flowers.hdf5), not schema "
-                f"{SCHEMA!r}; convert it with `python -m train data import-peer`, or load it "
-                "in memory with train.data.schema.read_split"
-            )
         raise DataError(f"{path}: root attribute 'schema' is {schema!r}, expected {SCHEMA!r}")
     version = _plain(f.attrs.get("schema_version"))
     if not isinstance(version, int) or not 1 <= version <= SCHEMA_VERSION:
@@ -266,19 +239,10 @@ def _plain(value: object) -> object:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _is_peer(path: Path) -> bool:
-    with _open_hdf5(path) as f, damaged_file_guard(str(path)):
-        if f.attrs.get("schema") == SCHEMA:
-            return False
-        from train.data import peer
-
-        return peer.is_peer_layout(f)
-
-
 def open_checked(path: str | os.PathLike[str]) -> h5py.File:
     """Open a dataset file read-only, with one clear line when it is missing or not ours."""
     path = Path(path)
-    f = _open_hdf5(path)
+    f = open_hdf5(path)
     try:
         with damaged_file_guard(str(path)):
             _check_ours(f, path)
@@ -289,13 +253,9 @@ def open_checked(path: str | os.PathLike[str]) -> h5py.File:
 
 
 def read_info(path: str | os.PathLike[str]) -> DatasetInfo:
-    """Root attributes and split names (of our schema or of a peer GAN-CLS file)."""
+    """Root attributes and split names of a file in our schema."""
     path = Path(path)
-    if _is_peer(path):
-        from train.data import peer
-
-        return peer.peer_info(path)
-    with _open_hdf5(path) as f, damaged_file_guard(str(path)):
+    with open_hdf5(path) as f, damaged_file_guard(str(path)):
         _check_ours(f, path)
         where = str(path)
         splits = sorted(k for k in f if isinstance(f[k], h5py.Group))
@@ -319,11 +279,7 @@ def read_info(path: str | os.PathLike[str]) -> DatasetInfo:
 def read_split(path: str | os.PathLike[str], split: str) -> SplitData:
     """Load a whole split into memory (images decoded once), validating every field."""
     path = Path(path)
-    if _is_peer(path):
-        from train.data import peer
-
-        return peer.read_peer_split(path, split)
-    with _open_hdf5(path) as f, damaged_file_guard(f"{path}:/{split}"):
+    with open_hdf5(path) as f, damaged_file_guard(f"{path}:/{split}"):
         return _read_split(f, path, split)
 
 
@@ -375,7 +331,7 @@ def _read_dataset(g: h5py.Group, key: str, where: str) -> np.ndarray:
         return obj[()]
     except (OSError, RuntimeError, TypeError, ValueError) as err:
         raise DataError(
-            f"{where}/{key}: unreadable (truncated or corrupted file?): {_first_line(err)}"
+            f"{where}/{key}: unreadable (truncated or corrupted file?): {first_line(err)}"
         ) from None
 
 
@@ -456,8 +412,6 @@ def _check_attributes(
 
 def decode_image(data: np.ndarray | bytes, where: str, *, size: int | None = None) -> np.ndarray:
     """Decode PNG/JPEG bytes to uint8 (H, W, 3) RGB; with `size`, require H = W = size."""
-    import cv2
-
     buffer = np.frombuffer(bytes(data), np.uint8) if isinstance(data, bytes) else data
     buffer = np.asarray(buffer, dtype=np.uint8).ravel()
     if buffer.size:

@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from train.data.attributes import (
@@ -101,8 +102,6 @@ def _render_task(
 
 
 def _worker_init() -> None:
-    import cv2
-
     cv2.setNumThreads(1)  # the pool is the parallelism; nested threads only contend
 
 

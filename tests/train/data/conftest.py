@@ -10,6 +10,12 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
+from tiers import needs
+
+# Scene rendering and the caption vocabulary are pure (the robot install runs them too).
+pytest_pycollect_makemodule = needs(
+    __file__, "torch", "h5py", except_files={"test_scenes.py", "test_vocabulary.py"}
+)
 
 CUB_CLASSES = (
     "001.Black_footed_Albatross",

@@ -1,0 +1,141 @@
+"""`python -m train data synth`: splits, labels, determinism, flags."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from train.data import synth
+from train.data.attributes import (
+    ATTRIBUTE_NAMES,
+    ATTRIBUTE_VALUES,
+    UNSEEN_PAIRS,
+    Attributes,
+)
+from train.data.schema import read_info, read_split
+
+REPO = Path(__file__).resolve().parents[3]
+SMALL = ["--train", "150", "--test", "40", "--unseen", "40"]
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synth") / "scenes.h5"
+    assert synth.main(["--out", str(out), *SMALL, "--workers", "1", "--seed", "3"]) == 0
+    return out
+
+
+def test_synth_writes_the_schema_with_vocabulary_and_provenance(small_set: Path) -> None:
+    info = read_info(small_set)
+    assert info.dataset == "rescue-scenes" and info.image_size == 64
+    assert info.splits == ["test", "test_unseen", "train"]
+    assert info.split_sizes == {"train": 150, "test": 40, "test_unseen": 40}
+    assert info.attribute_names == list(ATTRIBUTE_NAMES)
+    assert info.attribute_values == {k: list(v) for k, v in ATTRIBUTE_VALUES.items()}
+    assert len(info.class_names) == 864
+    assert info.class_names[0] == "red/rubble/standing/left/helmet=no"
+    assert info.provenance["seed"] == 3
+    assert info.provenance["generator_version"] == synth.GENERATOR_VERSION
+    assert info.provenance["unseen_pairs"] == [list(p) for p in UNSEEN_PAIRS]
+    assert info.augmentation["hflip"] is False and info.augmentation["crop"] is False
+
+
+def test_synth_labels_captions_and_class_ids_agree(small_set: Path) -> None:
+    split = read_split(small_set, "train")
+    assert split.images.shape == (150, 64, 64, 3)
+    assert split.attributes is not None and split.attributes.shape == (150, 5)
+    for class_id, row, captions in zip(
+        split.class_ids, split.attributes, split.captions, strict=True
+    ):
+        a = Attributes.from_class_id(int(class_id))
+        assert tuple(row) == a.indices
+        assert len(captions) == 10 and len(set(captions)) == 10
+        colour_words = {"red": "red scarlet", "purple": "purple violet"}.get(a.colour, a.colour)
+        assert all(set(re.findall(r"[a-z]+", c)) & set(colour_words.split()) for c in captions)
+
+
+def test_synth_test_unseen_pairs_never_occur_in_train(small_set: Path) -> None:
+    def pairs(name: str) -> set[tuple[str, str]]:
+        split = read_split(small_set, name)
+        return {
+            (Attributes.from_class_id(int(c)).colour, Attributes.from_class_id(int(c)).terrain)
+            for c in split.class_ids
+        }
+
+    unseen = set(UNSEEN_PAIRS)
+    assert not pairs("train") & unseen
+    assert not pairs("test") & unseen
+    assert pairs("test_unseen") <= unseen
+    assert len(pairs("test_unseen")) == len(unseen)
+
+
+def test_synth_split_class_ids_are_balanced() -> None:
+    ids = synth.split_class_ids("train", 10_000, seed=0)
+    counts = Counter(ids.tolist())
+    assert len(counts) == 864 - 7 * 18
+    assert max(counts.values()) - min(counts.values()) <= 1
+    unseen = synth.split_class_ids("test_unseen", 1_000, seed=0)
+    assert len(set(unseen.tolist())) == 7 * 18
+
+
+def test_synth_is_byte_identical_by_seed_whatever_the_worker_count(
+    small_set: Path, tmp_path: Path
+) -> None:
+    two = tmp_path / "two.h5"
+    assert synth.main(["--out", str(two), *SMALL, "--workers", "2", "--seed", "3"]) == 0
+    other = tmp_path / "other.h5"
+    assert synth.main(["--out", str(other), *SMALL, "--workers", "1", "--seed", "4"]) == 0
+    for name in ("train", "test", "test_unseen"):
+        a, b, c = (read_split(p, name) for p in (small_set, two, other))
+        assert np.array_equal(a.images, b.images)
+        assert a.captions == b.captions
+        assert np.array_equal(a.class_ids, b.class_ids)
+        assert np.array_equal(a.attributes, b.attributes)
+        assert not np.array_equal(a.images, c.images)
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--train", "0"], "--train"),
+        (["--workers", "0"], "--workers"),
+        (["--seed", "-1"], "--seed"),
+        (["--unseen", "many"], "--unseen"),
+    ],
+)
+def test_synth_rejects_bad_flags_naming_the_flag(
+    flags: list[str], named: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        synth.main(["--out", str(tmp_path / "x.h5"), *flags])
+    assert exit_info.value.code == 2
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_synth_refuses_a_directory_as_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert synth.main(["--out", str(tmp_path), "--train", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out" in err and "directory" in err
+
+
+def test_synth_runs_as_a_module_with_worker_processes(tmp_path: Path) -> None:
+    out = tmp_path / "m.h5"
+    result = subprocess.run(
+        [sys.executable, "-m", "train", "data", "synth", "--out", str(out),
+         "--train", "30", "--test", "5", "--unseen", "5", "--workers", "2"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["splits"] == {"train": 30, "test": 5, "test_unseen": 5}
+    assert out.stat().st_mode & 0o044, "dataset should be readable per the umask, not 0600"

@@ -1,0 +1,5 @@
+"""Quality-judging tests need the train extra."""
+
+from tiers import needs
+
+pytest_pycollect_makemodule = needs(__file__, "torch", "h5py")

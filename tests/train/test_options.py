@@ -1,0 +1,77 @@
+"""Flags declared once on a config dataclass: parser, ranges and resume all come from it."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import pytest
+
+from train.errors import ConfigError
+from train.options import build_parser, check_ranges, option, resume_config
+
+
+@dataclass(frozen=True)
+class Toy:
+    width: int = option(64, "network width", group="networks", at_least=1)
+    rate: float = option(0.5, "a fraction", at_least=0, at_most=1)
+    smoothing: float = option(0.0, "label smoothing", at_least=0, below=0.5)
+    decay: float = option(0.5, "decay factor", above=0, at_most=1)
+    mode: str = option("text", "mismatch mode", choices=("text", "image"))
+    flip: bool = option(True, "random flips")
+    steps: int | None = option(None, "step cap", at_least=1)
+    dry_run: bool = option(False, "one step", show_default=False, store_true=True)
+
+
+def test_options_parser_has_one_flag_per_field_with_type_default_and_toggles() -> None:
+    parser = build_parser(Toy, argparse.ArgumentParser(prog="toy"))
+    given = vars(parser.parse_args(["--width", "8", "--no-flip", "--steps", "3", "--dry-run"]))
+    assert given == {"width": 8, "flip": False, "steps": 3, "dry_run": True}  # only what was given
+    assert Toy(**given) == Toy(width=8, flip=False, steps=3, dry_run=True)
+    text = parser.format_help()
+    assert "network width (default: 64)" in text and "networks:" in text
+    assert "--flip, --no-flip" in text and "one step (default" not in text
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--mode", "audio"])  # choices come from the declaration
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"width": 0}, "--width 0: must be ≥ 1"),
+        ({"rate": 1.5}, "--rate 1.5: must lie in [0, 1]"),
+        ({"smoothing": 0.5}, "--smoothing 0.5: must lie in [0, 0.5)"),
+        ({"decay": 0.0}, "--decay 0.0: must lie in (0, 1]"),
+        ({"mode": "audio"}, '--mode audio: must be "text" or "image"'),
+        ({"steps": 0}, "--steps 0: must be ≥ 1"),
+    ],
+)
+def test_options_check_ranges_names_the_flag_and_the_range(changes: dict, message: str) -> None:
+    check_ranges(Toy())  # the defaults are in range
+    with pytest.raises(ConfigError) as err:
+        check_ranges(Toy(**changes))
+    assert str(err.value) == message
+
+
+def test_options_resume_config_allows_only_the_named_overrides() -> None:
+    saved = Toy(width=16, steps=100)
+    assert resume_config(saved, {"steps": 200, "width": 16}, {"steps"}) == Toy(width=16, steps=200)
+    with pytest.raises(ConfigError, match="--width 32: differs from the resumed run's 16"):
+        resume_config(saved, {"width": 32}, {"steps"})
+
+
+@dataclass(frozen=True)
+class Judged:
+    oracle: str | None = option(None, "judge with this", exclusive="judge", metavar="CKPT")
+    train_oracle: bool = option(False, "train a judge", store_true=True, exclusive="judge")
+
+
+def test_options_exclusive_flags_cannot_be_given_together(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = build_parser(Judged, argparse.ArgumentParser(prog="toy"), given_only=False)
+    assert vars(parser.parse_args(["--train-oracle"])) == {"oracle": None, "train_oracle": True}
+    assert "[--oracle CKPT | --train-oracle]" in parser.format_usage()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--oracle", "o.pt", "--train-oracle"])
+    assert "not allowed with argument --oracle" in capsys.readouterr().err

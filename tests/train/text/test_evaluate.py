@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from train import models
+from train.checkpoint import save_checkpoint
+from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES
+from train.data.schema import write_dataset
+from train.text import evaluate as eval_text
+from train.text import pretrain as text_encoder
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    splits = text_encoder.generated_splits(1, {"test": 110, "test_unseen": 110})
+    path = tmp_path_factory.mktemp("data") / "tiny.h5"
+    write_dataset(
+        path, splits, dataset="rescue-scenes", image_size=64,
+        attribute_names=ATTRIBUTE_NAMES, attribute_values=ATTRIBUTE_VALUES,
+    )  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, dataset: Path) -> Path:
+    """An untrained tiny pair, saved the way the trainer saves it."""
+    config = text_encoder.resolve(
+        text_encoder.PretrainConfig(
+            data=str(dataset),
+            threads=1,
+            text_encoder=models.TextEncoderConfig(
+                conv_channels=(16, 16, 16), rnn_hidden=16, embedding_dim=16
+            ),
+            image_encoder=models.ImageEncoderConfig(channels=(8, 8, 16, 16), embedding_dim=16),
+        )
+    )
+    state = text_encoder.TrainState.fresh(dataclasses.replace(config, num_classes=864))
+    path = tmp_path_factory.mktemp("run") / "checkpoint.pt"
+    save_checkpoint(state.checkpoint(config, {}), path)
+    return path
+
+
+def test_eval_text_appends_json_lines_and_prints_a_table(
+    checkpoint: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --data defaults to the dataset recorded in the checkpoint's config.
+    argv = ["--checkpoint", str(checkpoint), "--captions-per-image", "1", "--threads", "1"]
+    assert eval_text.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == [
+        "split", "clean", "typos", "shuffled", "upper", "punctuation", "max", "drop",
+    ]  # fmt: skip
+    assert "test_unseen" in out and "1 true among 100" in out
+    lines = (checkpoint.parent / "eval_text.jsonl").read_text().splitlines()
+    everything = [json.loads(line) for line in lines]
+    records = [r for r in everything if r["metric"] == eval_text.METRIC]
+    assert len(records) == 2 * 5
+    # rescue-scenes has attributes: their separation per split and attribute, and its table.
+    separation = [r for r in everything if r["metric"] == eval_text.SEPARATION]
+    assert {(r["split"], r["attribute"]) for r in separation} == {
+        (s, a) for s in ("test", "test_unseen")
+        for a in ("colour", "terrain", "pose", "position", "helmet")
+    }  # fmt: skip
+    assert all(r["value"] is None or 0.0 <= r["value"] <= 1.0 for r in separation)
+    assert "attribute separation" in out and "helmet" in out
+    assert {(r["split"], r["variant"]) for r in records} == {
+        (s, v) for s in ("test", "test_unseen") for v in eval_text.VARIANTS
+    }
+    for r in records:
+        assert 0.0 <= r["value"] <= 1.0 and r["queries"] == 110 and r["candidates"] == 100
+        assert r["checkpoint"] == str(checkpoint) and r["step"] == 0
+    by = {(r["split"], r["variant"]): r["value"] for r in records}
+    # The tokenizer lower-cases, and every variant shares queries and candidates: the upper-case
+    # column must equal the clean one exactly.
+    assert by["test", "upper"] == by["test", "clean"]
+
+    # Seeded: a second run appends identical numbers.
+    assert eval_text.main(argv) == 0
+    again = [json.loads(line) for line in (checkpoint.parent / "eval_text.jsonl").read_text()
+             .splitlines()[len(everything):]]  # fmt: skip
+    again = [r for r in again if r["metric"] == eval_text.METRIC]
+    assert [r["value"] for r in again] == [r["value"] for r in records]
+
+
+def test_eval_text_queries_and_perturbations_are_reproducible(dataset: Path) -> None:
+    from train.data.schema import read_split
+
+    split = read_split(dataset, "test")
+    texts_a, images_a = eval_text.select_queries(split, 2, seed=5, name="test")
+    texts_b, images_b = eval_text.select_queries(split, 2, seed=5, name="test")
+    assert texts_a == texts_b and images_a.tolist() == images_b.tolist()
+    assert images_a.tolist() == [i for i in range(110) for _ in range(2)]
+    typos = eval_text.perturb_all(texts_a, "typos", 0, "test")
+    assert typos == eval_text.perturb_all(texts_a, "typos", 0, "test")
+    assert all(t != o for t, o in zip(typos, texts_a, strict=True))
+    assert eval_text.perturb_all(texts_a, "clean", 0, "test") == texts_a
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--checkpoint", "{tmp}/none.pt"], "none.pt: checkpoint not found"),
+        (["--checkpoint", "{ckpt}", "--candidates", "1"], "--candidates must be at least 2"),
+        (["--checkpoint", "{ckpt}", "--splits", "val"], "--splits: {data} has no split ['val']"),
+        (["--checkpoint", "{ckpt}", "--variants", "lisp"], "--variants: unknown ['lisp']"),
+        (["--checkpoint", "{ckpt}", "--captions-per-image", "9"], "--captions-per-image"),
+        (["--checkpoint", "{ckpt}", "--data", "{tmp}/x.h5"], "x.h5: dataset file not found"),
+        (["--checkpoint", "{ckpt}", "--candidates", "200"], "distractors needed"),
+    ],
+)
+def test_eval_text_bad_input_gives_one_line(  # noqa: PLR0917  (pytest fixtures)
+    tmp_path: Path,
+    checkpoint: Path,
+    dataset: Path,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    message: str,
+) -> None:
+    fill = {"{tmp}": str(tmp_path), "{ckpt}": str(checkpoint), "{data}": str(dataset)}
+
+    def sub(text: str) -> str:
+        for key, value in fill.items():
+            text = text.replace(key, value)
+        return text
+
+    assert eval_text.main([*map(sub, flags), "--threads", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and sub(message) in err, err

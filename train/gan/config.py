@@ -1,0 +1,296 @@
+"""Flags and the frozen config of a GAN run: each `GanTrainConfig` field is one flag.
+
+`build_parser` generates the command line from the dataclass, `validate` checks every flag and
+flag combination before any work (the message starts with the flag's name), and
+`RESUMABLE_OVERRIDES` names what `--resume` may change on top of the saved config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from train import checkpoint as ck
+from train import options
+from train.errors import ConfigError
+from train.options import option
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GanTrainConfig:
+    """Everything a run depends on; resolved once, written to the run folder and the checkpoint."""
+
+    # Data and inputs
+    data: str | None = option(None, "HDF5 dataset", group="inputs and outputs", metavar="FILE")
+    """HDF5 dataset (docs/DATA_FORMAT.md); None only for --dry-run (generated data)."""
+    split: str = option("train", "split to train on", group="inputs and outputs")
+    text_encoder: str | None = option(
+        None, 'text-encoder checkpoint, or "random"', group="inputs and outputs", metavar="CKPT"
+    )
+    """kind="text_encoder" checkpoint, or "random" for an untrained encoder (smoke tests)."""
+    out: str = option(
+        "runs/gan", "folder for numbered run folders", group="inputs and outputs", metavar="DIR"
+    )
+    """Folder holding the numbered run folders."""
+    # Networks (train/models.py, GANConfig)
+    ngf: int = option(64, "generator width", group="networks", at_least=1)
+    ndf: int = option(64, "discriminator width", group="networks", at_least=1)
+    residual: bool = option(False, "residual blocks at 4×4 and 8×8", group="networks")
+    # Objective (train/gan/losses.py); defaults are the paper's
+    wrong_weight: float = option(
+        0.5, "GAN-CLS real+wrong-text weight", group="objective", at_least=0
+    )
+    """GAN-CLS weight of real image + wrong text."""
+    fake_weight: float = option(
+        0.5, "GAN-CLS fake+right-text weight", group="objective", at_least=0
+    )
+    """GAN-CLS weight of fake image + right text."""
+    mismatch: str = option(
+        "text",
+        "mismatched pair: real image + wrong text, or wrong image + right text",
+        group="objective",
+        choices=("text", "image"),
+    )
+    """"text": real image + captions of another class; "image": wrong image + right text
+    (Reed's released code); both pair a real image with a description of another class."""
+    int_weight: float = option(1.0, "GAN-INT weight (0 = off)", group="objective", at_least=0)
+    """GAN-INT weight (Reed's CUB script: 1)."""
+    int_beta: float = option(
+        0.5, "GAN-INT interpolation β", group="objective", at_least=0, at_most=1
+    )
+    int_fraction: float = option(
+        0.5,
+        "interpolated samples per batch, relative to the batch",
+        group="objective",
+        at_least=0,
+        at_most=1,
+    )
+    """Interpolated samples per batch, relative to the batch (Reed: ½)."""
+    fm_weight: float = option(
+        1.0, "feature-matching weight (0 = off)", group="objective", at_least=0
+    )
+    """Feature matching on D's joint 4×4 features (0 = off)."""
+    l1_weight: float = option(0.0, "L1 weight (0 = off)", group="objective", at_least=0)
+    match_weight: float = option(
+        1.0,
+        "text-image matching weight with the frozen image encoder (0 = off)",
+        group="objective",
+        at_least=0,
+    )
+    """Text–image matching on generated images (0 = off): the frozen pretrained image encoder's
+    embedding of G(z, t) classified against every class's mean caption embedding
+    (`train.gan.losses.text_image_matching_loss`; after AttnGAN's DAMSM loss, Xu et al. 2018).
+    Why: D learns which caption an image matches only from its few mismatched pairs, so
+    details such as a helmet or the pose reach G late; the image encoder already tells every
+    attribute apart (its joint pretraining) and hands G that gradient directly. Needs a
+    text-encoder checkpoint that holds an image encoder (ours do); off, with a warning, for a
+    random encoder."""
+    match_temperature: float = option(
+        0.1, "temperature of the matching loss", group="objective", above=0
+    )
+    """Softmax temperature of the matching loss (DAMSM: γ3 = 10, i.e. 0.1)."""
+    ms_weight: float = option(
+        0.0, "mode-seeking weight (MSGAN; 0 = off)", group="objective", at_least=0
+    )
+    """Mode seeking (`train.gan.losses.mode_seeking_loss`, MSGAN; 0 = off): G also draws
+    `ms_fraction` × batch images of the batch's first captions with fresh noise, and is pushed to
+    make them differ from their partners made with the batch noise. Why it exists: the default
+    objective's images hardly vary with the seed; that diversity and this term's measured effect
+    are in docs/QUALITY.md § 3.0."""
+    ms_fraction: float = option(
+        0.25,
+        "images per batch drawn again for mode seeking, relative to the batch",
+        group="objective",
+        at_least=0,
+        at_most=1,
+    )
+    """Images per batch drawn a second time for mode seeking, relative to the batch."""
+    label_smoothing: float = option(
+        0.0,
+        "one-sided label smoothing of the real target",
+        group="objective",
+        at_least=0,
+        below=0.5,
+    )
+    """One-sided: the real target becomes 1 − this."""
+    # Data pipeline (train/data/loader.py)
+    captions_per_sample: int = option(
+        4, "captions averaged per sample (Reed: 4)", group="data pipeline", at_least=1
+    )
+    captions_per_image: int | None = option(
+        None, "use only the first N captions of each image", group="data pipeline"
+    )
+    """Use only the first N captions of each image (None: all). Fewer captions to embed once: on a
+    CPU the embedding pass is a real part of a short run (docs/QUALITY.md § 4)."""
+    flip: bool = option(
+        True, "random horizontal flips (off when the dataset forbids them)", group="data pipeline"
+    )
+    crop: bool = option(
+        True,
+        "resize to 76 and random-crop 64 (off when the dataset forbids it)",
+        group="data pipeline",
+    )
+    lazy: bool = option(
+        False,
+        "read images from HDF5 per batch instead of holding them in memory",
+        group="data pipeline",
+    )
+    workers: int = option(0, "DataLoader workers (lazy mode)", group="data pipeline", at_least=0)
+    # Optimisation
+    batch_size: int = option(64, "global batch size", group="optimisation", at_least=1)
+    """Global batch (split evenly over the processes)."""
+    lr: float = option(
+        2e-4, "Adam learning rate (the original study used 3.4e-4)", group="optimisation", above=0
+    )
+    beta1: float = option(0.5, "Adam β1", group="optimisation", at_least=0, at_most=1)
+    beta2: float = option(0.999, "Adam β2", group="optimisation", at_least=0, at_most=1)
+    lr_decay_every: int = option(
+        100, "epochs between learning-rate decays (0 = never)", group="optimisation", at_least=0
+    )
+    """Epochs between learning-rate halvings (Reed: 100); 0 = constant."""
+    lr_decay: float = option(
+        0.5, "learning-rate factor per decay", group="optimisation", above=0, at_most=1
+    )
+    epochs: int = option(600, "epochs to train", group="optimisation", at_least=1)
+    steps: int | None = option(
+        None, "stop after this many steps in total", group="optimisation", at_least=1
+    )
+    """Stop after this many steps in total (None: `epochs`)."""
+    minutes: float | None = option(
+        None,
+        "wall-clock budget of this invocation (checkpoint at the end)",
+        group="optimisation",
+        above=0,
+    )
+    """Wall-clock budget of this invocation, setup included; a checkpoint is written at the end."""
+    # Engineering
+    seed: int = option(0, "random seed", group="engineering")
+    device: str = option("auto", 'device: "auto", "cpu", "cuda", "cuda:N"', group="engineering")
+    threads: int | None = option(None, "CPU threads per process", group="engineering", at_least=1)
+    """CPU threads per process (torch.set_num_threads); None = torch's default. Results are
+    bitwise reproducible for a given thread count."""
+    amp: str = option(
+        "auto",
+        "autocast: auto = bf16 on CUDA, fp32 on CPU",
+        group="engineering",
+        choices=("auto", "bf16", "off"),
+    )
+    """"auto": bf16 autocast on CUDA, fp32 on CPU (AVX2 CPUs have no bf16 arithmetic); "off"."""
+    channels_last: bool = option(True, "channels-last tensors", group="engineering")
+    compile: bool = option(
+        False,
+        "torch.compile the networks (minutes of compilation on small CPUs)",
+        group="engineering",
+    )
+    sync_bn: bool = option(True, "synchronise batch norm over processes", group="engineering")
+    """Batch-norm statistics over the global batch under DDP (train/distributed.py)."""
+    deterministic: bool = option(
+        False, "deterministic CUDA kernels (exact --resume on GPU)", group="engineering"
+    )
+    """Deterministic CUDA kernels (bitwise --resume on GPUs); CPU is deterministic anyway."""
+    checkpoint_every: int = option(
+        500, "steps between checkpoints", group="engineering", at_least=1
+    )
+    log_every: int = option(20, "steps between logged metrics", group="engineering", at_least=1)
+    sample_every: int = option(500, "steps between sample grids", group="engineering", at_least=1)
+    embedding_cache: str = option(
+        "auto", 'text-embedding cache folder, "auto" or "off"', group="engineering", metavar="DIR"
+    )
+    """Folder for cached text embeddings; "auto" = <out>/text-embeddings, "off" = none."""
+    progress: bool = option(True, "tqdm progress bar", group="engineering")
+    dry_run: bool = option(
+        False,
+        "one real step on generated data (random encoder)",
+        show_default=False,
+        store_true=True,
+    )
+
+    @property
+    def use_amp(self) -> bool:
+        return self.amp == "bf16"
+
+
+# Flags that may differ on --resume without changing the result of the steps already defined.
+RESUMABLE_OVERRIDES = frozenset(
+    {"steps", "minutes", "epochs", "checkpoint_every", "log_every", "sample_every", "progress",
+     "workers", "embedding_cache", "device", "threads", "compile", "out", "data",
+     "text_encoder"}
+)  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Flags map one-to-one onto `GanTrainConfig` fields (defaults shown are the config's)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m train gan",
+        description="Train the text-conditioned DCGAN: GAN-CLS + GAN-INT + feature matching.",
+    )
+
+    def resume_flag(group: Any) -> None:
+        group.add_argument("--resume", metavar="RUN", help="run folder or checkpoint to continue")
+
+    return options.build_parser(GanTrainConfig, parser, after={"out": resume_flag})
+
+
+def validate(config: GanTrainConfig, world_size: int = 1) -> GanTrainConfig:
+    """Check every flag and flag combination; raise ConfigError naming the flag. Returns the
+    config with "auto" values resolved."""
+
+    def fail(field: str, message: str) -> None:
+        raise ConfigError(f"{options.flag(field)} {getattr(config, field)}: {message}")
+
+    options.check_ranges(config)
+    if config.captions_per_image is not None and config.captions_per_image < max(
+        1, config.captions_per_sample
+    ):
+        fail("captions_per_image", f"must be ≥ --captions-per-sample {config.captions_per_sample}")
+    if config.text_encoder not in (None, "random") and not Path(config.text_encoder).is_file():
+        fail("text_encoder", "no such file")
+    if config.batch_size % world_size:
+        fail("batch_size", f"must be divisible by the {world_size} processes")
+    local = config.batch_size // world_size
+    interp = local * config.int_fraction
+    if config.int_weight > 0 and (interp != int(interp) or interp < 1):
+        raise ConfigError(
+            f"--int-fraction {config.int_fraction}: gives {interp:g} interpolated samples of the "
+            f"{local} per process (--batch-size {config.batch_size}); must be a whole number ≥ 1"
+        )
+    device = config.device
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        fail("device", 'must be "auto", "cpu", "cuda" or "cuda:N"')
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    amp = config.amp if config.amp != "auto" else ("bf16" if cuda else "off")
+    if amp == "bf16" and not cuda:
+        log.warning(
+            "--amp bf16 on CPU: only CPUs with AVX-512 BF16/AMX compute bf16 natively; on others "
+            "it is emulated and far slower (docs/GAN_TRAINING.md § Speed on CPU)"
+        )
+    cache = config.embedding_cache
+    if cache == "auto":
+        cache = str(Path(config.out) / "text-embeddings")
+    return dataclasses.replace(config, amp=amp, embedding_cache=cache)
+
+
+def config_to_dict(config: GanTrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def config_from_checkpoint(saved: dict[str, Any], where: str) -> GanTrainConfig:
+    """The run config stored in a checkpoint (extra keys like text_encoder_checkpoint ignored)."""
+    names = {f.name for f in dataclasses.fields(GanTrainConfig)}
+    try:
+        return GanTrainConfig(**{k: v for k, v in saved.items() if k in names})
+    except TypeError as err:
+        raise ck.CheckpointError(f"{where}: config does not fit this trainer: {err}") from None

@@ -1,0 +1,586 @@
+"""`python -m train evaluate`: judge a GAN checkpoint or an exported bundle.
+
+    python -m train evaluate --checkpoint runs/gan/00003-…/checkpoint.pt \\
+        --oracle runs/oracle/00000/checkpoint.pt --out runs/eval/gan3
+    python -m train evaluate --bundle bundles/NAME --precision int8 --data data/rescue_scenes.h5 \\
+        --oracle runs/oracle/00000/checkpoint.pt --retrieval runs/text/00000/checkpoint.pt \\
+        --out runs/eval/NAME-int8
+    python -m train evaluate … --captions my_captions.jsonl      # any labelled captions
+
+For every evaluated split (`test` and `test_unseen` by default; or the captions file) one caption
+per real image (a seeded choice among its ten) is turned into `--seeds` images. Image k of seed s
+uses the robot's own noise rule, `edge_runtime.engine.noise_for(seed0 + s, k)`, and images are
+quantised to uint8 exactly as the robot does (`to_uint8_rgb`), so a checkpoint, its fp32 bundle
+and its int8 bundle are judged on the same captions and noise. Bundles are run by
+`edge_runtime.engine.Engine`, the code the robot runs.
+
+Outputs in `--out`: `metrics.jsonl` (one JSON line per metric and split, appended; every line
+carries the run header), `report.md` with `samples.png` (real image, then one image per seed,
+framed green where the oracle finds every attribute right) and `attributes.png`. The metrics are
+described in train/quality/metrics.py; `--metrics` picks any subset.
+
+Captions file: one JSON object per line, `{"caption": "...", "attributes": {"colour": "orange",
+"terrain": "rubble", "pose": "lying", "position": "left", "helmet": "no"}}` (value names, or
+value indices). An attribute the caption does not state may be left out: it is then not scored
+for that caption ("survivor in orange, lying, left side" says nothing about a helmet). Blank
+lines and lines starting with `#` are skipped. Every malformed line is
+reported as `FILE:LINE: problem`, all of them, before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edge_runtime import tokenizer
+from edge_runtime.engine import Engine, EngineError, noise_for, to_uint8_rgb
+from train import checkpoint as ck
+from train.data.files import read_info, read_split
+from train.errors import BAD_INPUT, InputError
+from train.quality.metrics import (
+    METRICS,
+    EvalContext,
+    SplitImages,
+    check_inception_weights,
+    run_metrics,
+)
+from train.quality.oracle import load_oracle
+from train.quality.report import write_report
+from train.runs import MetricsLog, OneLineParser
+from train.text.joint_embedding import JointEmbedding, encode_captions
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "metrics.jsonl"
+DEFAULT_SPLITS = ("test", "test_unseen")
+DEFAULT_SEEDS = 4
+GENERATE_BATCH = 256
+
+
+class EvalError(InputError):
+    """Bad input to evaluate; the message names the flag, file or line."""
+
+
+# --------------------------------------------------------------------------------------------
+# Captions to evaluate
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CaptionSet:
+    """Captions of one evaluated split, with what they describe."""
+
+    name: str
+    captions: list[str]
+    class_ids: np.ndarray
+    attributes: np.ndarray | None = None
+    real: np.ndarray | None = None
+
+
+def choose_captions(split: Any, name: str, seed: int, limit: int | None = None) -> CaptionSet:
+    """One caption per image of a `SplitData` (seeded choice among its distinct captions)."""
+    n = len(split) if limit is None else min(limit, len(split))
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    counts = split.caption_counts
+    captions = []
+    for i in range(n):
+        available = int(counts[i]) if counts is not None else len(split.captions[i])
+        captions.append(split.captions[i][int(rng.integers(available))])
+    return CaptionSet(
+        name=name,
+        captions=captions,
+        class_ids=np.asarray(split.class_ids[:n], np.int64),
+        attributes=None if split.attributes is None else np.asarray(split.attributes[:n], np.int64),
+        real=split.images[:n],
+    )
+
+
+def read_captions_file(
+    path: str | Path, attribute_names: list[str], attribute_values: dict[str, list[str]]
+) -> CaptionSet:
+    """Parse a captions JSON-lines file; raises `EvalError` listing every bad line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise EvalError(f"--captions {path}: no such file") from None
+    except UnicodeDecodeError as err:
+        raise EvalError(f"--captions {path}: not UTF-8 (byte {err.start})") from None
+    except OSError as err:
+        raise EvalError(f"--captions {path}: cannot read: {err.strerror}") from None
+
+    problems: list[str] = []
+    captions: list[str] = []
+    labels: list[list[int]] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        where = f"{path}:{number}"
+        try:
+            item = json.loads(line)
+        except ValueError as err:
+            problems.append(f"{where}: not JSON ({err.msg} at column {err.colno})")
+            continue
+        if not isinstance(item, dict):
+            problems.append(f"{where}: expected an object with 'caption' and 'attributes'")
+            continue
+        caption = item.get("caption")
+        if not isinstance(caption, str) or not caption.strip():
+            problems.append(f"{where}: 'caption' missing or not a non-empty string")
+            continue
+        try:
+            tokenizer.encode(caption)
+        except tokenizer.CaptionError as err:
+            problems.append(f"{where}: caption unusable: {err}")
+            continue
+        given = item.get("attributes")
+        if not isinstance(given, dict):
+            problems.append(f"{where}: 'attributes' missing or not an object")
+            continue
+        unknown = sorted(set(given) - set(attribute_names))
+        if unknown:
+            problems.append(f"{where}: unknown attribute(s) {unknown} (known: {attribute_names})")
+            continue
+        if not any(given.get(name) is not None for name in attribute_names):
+            problems.append(f"{where}: 'attributes' names none of {attribute_names}")
+            continue
+        row = []
+        for name in attribute_names:
+            values = attribute_values[name]
+            value = given.get(name)
+            if value is None:  # not stated: that attribute is not scored for this caption
+                row.append(-1)
+                continue
+            if isinstance(value, bool) or not isinstance(value, str | int):
+                problems.append(f"{where}: attribute {name!r}: {value!r} is not a value name")
+                break
+            if isinstance(value, int):
+                if not 0 <= value < len(values):
+                    problems.append(
+                        f"{where}: attribute {name!r}: index {value} outside 0..{len(values) - 1}"
+                    )
+                    break
+                row.append(value)
+            elif value in values:
+                row.append(values.index(value))
+            else:
+                choices = ", ".join(values)
+                problems.append(
+                    f"{where}: attribute {name!r}: unknown value {value!r} (one of {choices})"
+                )
+                break
+        else:
+            captions.append(caption)
+            labels.append(row)
+    if problems:
+        shown = problems[:20]
+        more = f"\n… and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise EvalError("\n".join(shown) + more)
+    if not captions:
+        raise EvalError(f"--captions {path}: no captions in the file")
+    attributes = np.array(labels, np.int64)
+    sizes = [len(attribute_values[n]) for n in attribute_names]
+    class_ids = np.zeros(len(attributes), np.int64)
+    # Row-major id of the combination, as the dataset's; with one extra value per attribute for
+    # "not stated", so captions that state the same things share a class (R-precision's notion
+    # of "another class" is then "states something different").
+    full = (attributes >= 0).all(1)
+    for a, size in enumerate(sizes):
+        class_ids = class_ids * (size + 1) + np.where(attributes[:, a] >= 0, attributes[:, a], size)
+    dataset_ids = np.zeros(len(attributes), np.int64)
+    for a, size in enumerate(sizes):
+        dataset_ids = dataset_ids * size + np.maximum(attributes[:, a], 0)
+    class_ids = np.where(full, dataset_ids, class_ids + 10**9)
+    return CaptionSet(path.stem, captions, class_ids, attributes, None)
+
+
+# --------------------------------------------------------------------------------------------
+# Image sources: a checkpoint (torch) or a bundle (the robot's engine)
+# --------------------------------------------------------------------------------------------
+
+
+class CheckpointSource:
+    """Generates with the torch networks of a kind="gan" checkpoint (eval mode)."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
+        self.path = str(path)
+        self.checkpoint = ck.load_checkpoint(path, kind="gan")
+        self.text_encoder = ck.build_model(self.checkpoint, "text_encoder", self.path)
+        self.generator = ck.build_model(self.checkpoint, "generator", self.path)
+        self.noise_dim = self.generator.config.noise_dim
+        self.precision = "torch-fp32"
+        self.description = f"checkpoint {self.path} (step {self.checkpoint.get('step')})"
+
+    def generate(self, captions: list[str], seed: int, first_index: int = 0) -> np.ndarray:
+        """uint8 (n, 64, 64, 3): caption i with noise `noise_for(seed, first_index + i)`."""
+        embeddings = encode_captions(self.text_encoder, captions)  # (n, E)
+        noise = np.stack(
+            [noise_for(seed, first_index + i, self.noise_dim) for i in range(len(captions))]
+        )  # (n, noise_dim)
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(captions), GENERATE_BATCH):
+                stop = start + GENERATE_BATCH
+                images = self.generator(torch.from_numpy(noise[start:stop]), embeddings[start:stop])
+                out.append(to_uint8_rgb(images.numpy(), (-1.0, 1.0)))  # (b, 64, 64, 3)
+        return np.concatenate(out)
+
+    def retrieval(self) -> Any:
+        """The image-text encoder pair the checkpoint carries, or None."""
+        if "image_encoder" not in self.checkpoint["models"]:
+            return None
+
+        return JointEmbedding.from_checkpoint(self.checkpoint, self.path)
+
+
+class BundleSource:
+    """Generates with `edge_runtime.engine.Engine`: exactly what the robot runs."""
+
+    def __init__(self, path: str | Path, precision: str, threads: int | None = None) -> None:
+        # onnxruntime loads here, only when a bundle is judged (not for a checkpoint or --help).
+
+        self.path = str(path)
+        try:
+            self.engine = Engine(path, precision=precision, threads=threads or 1, cache_size=0)
+        except EngineError as err:  # the robot's error family, reported as ours
+            raise EvalError(str(err)) from None
+        self.precision = self.engine.precision
+        self.description = f"bundle {self.engine.info.bundle_id} ({self.precision})"
+
+    def generate(self, captions: list[str], seed: int, first_index: int = 0) -> np.ndarray:
+        """uint8 (n, 64, 64, 3): caption i with the engine's noise (seed, first_index + i)."""
+        items = [(c, seed, first_index + i) for i, c in enumerate(captions)]
+        return np.concatenate(
+            [
+                self.engine.generate_batch(items[start : start + GENERATE_BATCH])
+                for start in range(0, len(items), GENERATE_BATCH)
+            ]
+        )
+
+    def retrieval(self) -> Any:
+        return None  # a bundle carries no image encoder: pass --retrieval
+
+
+# --------------------------------------------------------------------------------------------
+# The evaluation
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalOptions:
+    """A resolved evaluate invocation."""
+
+    out: Path
+    checkpoint: str | None = None
+    bundle: str | None = None
+    precision: str = "fp32"
+    data: str | None = None
+    oracle: str | None = None
+    force_oracle: bool = False
+    retrieval: str | None = None
+    inception_weights: str | None = None
+    captions: str | None = None
+    splits: tuple[str, ...] = DEFAULT_SPLITS
+    seeds: int = DEFAULT_SEEDS
+    seed: int = 0
+    limit: int | None = None
+    metrics: tuple[str, ...] = tuple(METRICS)
+    threads: int | None = None
+    label: str | None = None
+    """Name of this evaluation in reports and ablation tables (default: the source)."""
+    report: bool = True
+    oracle_noise_images: int | None = None
+    """Noise images per family in the oracle's honesty check (None: the oracle's standard)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Extra fields for every record (e.g. the recipe's run name and wall time)."""
+
+
+@dataclass
+class EvalResult:
+    """What an evaluation produced."""
+
+    records: list[dict[str, Any]]
+    context: EvalContext
+    out: Path
+    header: dict[str, Any]
+
+
+def _load_retrieval(path: str) -> Any:
+    checkpoint = ck.load_checkpoint(path)
+    if checkpoint.get("kind") not in ("text_encoder", "gan"):
+        raise EvalError(
+            f"--retrieval {path}: a {checkpoint.get('kind')!r} checkpoint; need a text_encoder "
+            "or gan checkpoint carrying an image_encoder"
+        )
+    if "image_encoder" not in checkpoint["models"]:
+        raise EvalError(f"--retrieval {path}: has no image_encoder")
+    return JointEmbedding.from_checkpoint(checkpoint, path)
+
+
+def evaluate(options: EvalOptions) -> EvalResult:
+    """Generate, measure, write metrics.jsonl (+ report); the library entry point."""
+
+    started = time.perf_counter()
+    source: CheckpointSource | BundleSource
+    if options.checkpoint:
+        source = CheckpointSource(options.checkpoint, options.threads)
+    else:
+        assert options.bundle is not None
+        source = BundleSource(options.bundle, options.precision, options.threads)
+    data = options.data
+    if data is None and isinstance(source, CheckpointSource):
+        saved = (source.checkpoint.get("config") or {}).get("data")
+        if saved and Path(saved).is_file():
+            data = saved
+            log.info("data: %s (from the checkpoint's config)", data)
+    if data is None:
+        raise EvalError("--data is required (the dataset whose captions and real images to use)")
+    info = read_info(data)
+    attribute_names = list(info.attribute_names)
+    real_splits = {s: read_split(data, s) for s in options.splits if s in info.splits}
+    if options.captions:
+        if not attribute_names:
+            raise EvalError(f"--captions needs a dataset with attributes; {data} has none")
+        sets = [read_captions_file(options.captions, attribute_names, info.attribute_values)]
+        if options.limit:
+            s = sets[0]
+            sets = [
+                CaptionSet(
+                    s.name,
+                    s.captions[: options.limit],
+                    s.class_ids[: options.limit],
+                    None if s.attributes is None else s.attributes[: options.limit],
+                )
+            ]
+    else:
+        missing = [s for s in options.splits if s not in info.splits]
+        if missing:
+            raise EvalError(f"--splits: {data} has no split(s) {missing} (has {info.splits})")
+        sets = [
+            choose_captions(real_splits[s], s, options.seed, options.limit) for s in options.splits
+        ]
+
+    oracle = None
+    if options.oracle:
+        honesty_splits = {s: v for s, v in real_splits.items() if v.attributes is not None}
+        if not honesty_splits:
+            honesty_splits = {
+                s: read_split(data, s) for s in DEFAULT_SPLITS if s in info.splits
+            }  # --captions with --splits naming no labelled split
+        noise = {"noise_count": options.oracle_noise_images} if options.oracle_noise_images else {}
+        oracle = load_oracle(
+            options.oracle, data, force=options.force_oracle, real=honesty_splits, **noise
+        )
+    retrieval = _load_retrieval(options.retrieval) if options.retrieval else source.retrieval()
+
+    splits: dict[str, SplitImages] = {}
+    for s in sets:
+        t0 = time.perf_counter()
+        generated = np.stack(
+            [source.generate(s.captions, options.seed + k) for k in range(options.seeds)]
+        )  # (S, n, 64, 64, 3)
+        log.info(
+            "%s: %d captions × %d seeds generated in %.1f s",
+            s.name,
+            len(s.captions),
+            options.seeds,
+            time.perf_counter() - t0,
+        )
+        splits[s.name] = SplitImages(
+            s.name, s.captions, s.class_ids, generated, s.attributes, s.real
+        )
+
+    context = EvalContext(
+        splits=splits,
+        attribute_names=tuple(attribute_names),
+        oracle=oracle,
+        retrieval=retrieval,
+        inception_weights=Path(options.inception_weights) if options.inception_weights else None,
+        seed=options.seed,
+    )
+    records = run_metrics(list(options.metrics), context)
+    header = {
+        "time": round(time.time(), 3),
+        "label": options.label or source.description,
+        "source": options.checkpoint or options.bundle,
+        "kind": "checkpoint" if options.checkpoint else "bundle",
+        "precision": source.precision,
+        "data": str(data),
+        "captions": options.captions,
+        "seeds": options.seeds,
+        "seed": options.seed,
+        "oracle": options.oracle,
+        "oracle_honest": None if oracle is None else oracle.honesty.passed,
+        "seconds": round(time.perf_counter() - started, 1),
+        **options.extra,
+    }
+    options.out.mkdir(parents=True, exist_ok=True)
+    with MetricsLog(options.out / RESULTS_FILE) as out:
+        for record in records:
+            out.write({**header, **record})
+    result = EvalResult(records, context, options.out, header)
+    if options.report:
+        path = write_report(result)
+        log.info("report: %s", path)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def build_parser() -> OneLineParser:
+    """The evaluate flags."""
+    p = OneLineParser(
+        prog="python -m train evaluate",
+        description="Evaluate a GAN checkpoint or an exported bundle (oracle accuracy, FID/KID in "
+        "oracle space, diversity, R-precision, Inception metrics).",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", metavar="CKPT", help='a kind="gan" checkpoint')
+    src.add_argument("--bundle", metavar="DIR", help="an exported bundle (run by edge_runtime)")
+    p.add_argument("--precision", default="fp32", help="bundle variant: fp32, int8, … or auto")
+    p.add_argument("--data", metavar="FILE", help="dataset (default: the checkpoint's)")
+    p.add_argument("--oracle", metavar="CKPT", help='kind="oracle" checkpoint (rescue-scenes)')
+    p.add_argument(
+        "--force-oracle", action="store_true", help="use an oracle that fails its honesty checks"
+    )
+    p.add_argument(
+        "--retrieval",
+        metavar="CKPT",
+        help="image-text encoder for R-precision (text_encoder or gan checkpoint; default: the "
+        "GAN checkpoint's own)",
+    )
+    p.add_argument(
+        "--inception-weights",
+        metavar="FILE",
+        help="local torch-fidelity InceptionV3 weights (pt_inception-2015-12-05-6726825d.pth)",
+    )
+    p.add_argument("--captions", metavar="FILE.jsonl", help="evaluate these labelled captions")
+    p.add_argument(
+        "--splits", nargs="+", default=list(DEFAULT_SPLITS), help="dataset splits to evaluate"
+    )
+    p.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="images per caption")
+    p.add_argument("--seed", type=int, default=0, help="first noise seed and caption choice")
+    p.add_argument("--limit", type=int, help="at most N captions per split (quick looks)")
+    p.add_argument(
+        "--metrics",
+        default=",".join(METRICS),
+        help=f"comma-separated subset of {','.join(METRICS)} (default: all that can run)",
+    )
+    p.add_argument("--threads", type=int, help="torch / onnxruntime threads")
+    p.add_argument("--label", help="name of this evaluation in the report")
+    p.add_argument("--no-report", action="store_true", help="metrics.jsonl only")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for metrics.jsonl + report")
+    return p
+
+
+def options_from_args(args: argparse.Namespace) -> EvalOptions:
+    """Validate flags (each problem names its flag) and build the options."""
+    names = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    unknown = [m for m in names if m not in METRICS]
+    if unknown or not names:
+        raise EvalError(f"--metrics: unknown {unknown} (known: {', '.join(METRICS)})")
+    if args.seeds < 1:
+        raise EvalError(f"--seeds must be ≥ 1, got {args.seeds}")
+    if args.seed < 0:
+        raise EvalError(f"--seed must be ≥ 0, got {args.seed}")
+    if args.limit is not None and args.limit < 1:
+        raise EvalError(f"--limit must be ≥ 1, got {args.limit}")
+    if args.threads is not None and args.threads < 1:
+        raise EvalError(f"--threads must be ≥ 1, got {args.threads}")
+    if args.checkpoint and args.precision != "fp32":
+        raise EvalError("--precision selects a bundle variant; a checkpoint runs in torch fp32")
+    for flag in ("checkpoint", "oracle", "retrieval", "data", "captions", "inception_weights"):
+        value = getattr(args, flag)
+        if value is not None and not Path(value).is_file():
+            raise EvalError(f"--{flag.replace('_', '-')} {value}: no such file")
+    if args.bundle is not None and not Path(args.bundle).is_dir():
+        raise EvalError(f"--bundle {args.bundle}: no such directory")
+    if args.bundle is not None and args.data is None:
+        raise EvalError("--data is required with --bundle (a bundle does not name its dataset)")
+    if (
+        "inception" in names
+        and args.inception_weights is None
+        and args.metrics != ",".join(METRICS)
+    ):
+        raise EvalError(
+            "--metrics inception needs --inception-weights FILE (a local copy of torch-fidelity's "
+            "pt_inception-2015-12-05-6726825d.pth; weights are never downloaded)"
+        )
+    if args.inception_weights is not None:
+        check_inception_weights(args.inception_weights)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise EvalError(f"--out {out}: exists and is not a directory")
+    return EvalOptions(
+        out=out,
+        checkpoint=args.checkpoint,
+        bundle=args.bundle,
+        precision=args.precision,
+        data=args.data,
+        oracle=args.oracle,
+        force_oracle=args.force_oracle,
+        retrieval=args.retrieval,
+        inception_weights=args.inception_weights,
+        captions=args.captions,
+        splits=tuple(args.splits),
+        seeds=args.seeds,
+        seed=args.seed,
+        limit=args.limit,
+        metrics=names,
+        threads=args.threads,
+        label=args.label,
+        report=not args.no_report,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Evaluate; prints one JSON summary line. 0 ok, 2 bad input (one line on stderr)."""
+    args = build_parser().parse_args(argv)
+    try:
+        options = options_from_args(args)
+        result = evaluate(options)
+    except BAD_INPUT as err:
+        print(f"rescue-train evaluate: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary(result.records)))
+    return 0
+
+
+def summary(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The headline numbers of an evaluation, per split (machine-usable)."""
+    out: dict[str, Any] = {}
+    for r in records:
+        split = r.get("split")
+        if split is None or "skipped" in r:
+            continue
+        row = out.setdefault(split, {})
+        if r["metric"] == "attributes":
+            row["accuracy"] = {k: round(v, 4) for k, v in r["accuracy"].items()}
+            row["all_correct"] = round(r["all_correct"], 4)
+        elif r["metric"] in ("fid", "kid"):
+            row[r["metric"]] = round(r["value"], 4)
+            row[f"{r['metric']}_baseline"] = round(r["baseline"], 4)
+        elif r["metric"] == "r_precision":
+            row["r_precision"] = round(r["value"], 4)
+        elif r["metric"] == "diversity" and "feature_ratio" in r:
+            row["diversity_ratio"] = round(r["feature_ratio"], 4)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,402 @@
+"""The evaluation report: `report.md` with a sample grid and a per-attribute chart (PNG, OpenCV).
+
+- `samples.png`: per split, a few captions of distinct classes; each row shows the caption, the
+  real image it came from, then one generated image per seed, framed green when the oracle finds
+  every attribute right and red otherwise.
+- `attributes.png`: accuracy per attribute and split as bars, the real-image ceiling as a tick,
+  the noise floor as a grey bar, and the 95 % target as a dashed line.
+- `report.md`: the run header, the oracle's honesty, then one table per metric, with the issue's
+  rescue-scenes targets checked where they apply.
+
+Every file is written to a temporary name and renamed, so a report is never half written.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from edge_runtime import atomic
+
+REPORT_FILE = "report.md"
+SAMPLES_FILE = "samples.png"
+CHART_FILE = "attributes.png"
+
+TARGET_ATTRIBUTE = 0.95
+TARGET_ALL_CORRECT = {"test": 0.85, "test_unseen": 0.60}
+TARGET_FID_RATIO = 3.0
+
+_GREEN = (60, 170, 60)  # BGR
+_RED = (50, 50, 220)
+_GREY = (150, 150, 150)
+_SPLIT_COLOURS = [(200, 120, 40), (40, 140, 230), (150, 80, 160), (90, 160, 90)]  # BGR
+
+
+def write_png(path: str | os.PathLike[str], bgr: np.ndarray) -> Path:
+    """PNG-encode a uint8 BGR image and write it atomically."""
+    ok, data = cv2.imencode(".png", bgr)
+    if not ok:
+        raise ValueError(f"{path}: PNG encoding failed")
+    return atomic.write_bytes(path, data.tobytes(), make_parents=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------
+
+
+def _text(
+    canvas: np.ndarray,
+    text: str,
+    x: int,
+    y: int,
+    *,
+    scale: float = 0.4,
+    colour: tuple[int, int, int] = (20, 20, 20),
+) -> None:
+    cv2.putText(canvas, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)
+
+
+def pick_rows(class_ids: np.ndarray, count: int) -> np.ndarray:
+    """Indices of up to `count` items of distinct classes, spread over the set."""
+    _, first = np.unique(class_ids, return_index=True)
+    first = np.sort(first)
+    if len(first) <= count:
+        return first
+    return first[np.linspace(0, len(first) - 1, count).round().astype(np.int64)]
+
+
+def sample_grid(
+    context: Any, rows_per_split: int = 6, seeds_shown: int = 6, scale: int = 2
+) -> np.ndarray:
+    """The sample grid described in the module docstring, as a uint8 BGR image."""
+    cell = 64 * scale
+    pad = 6
+    blocks = []
+    for split, s in context.splits.items():
+        rows = pick_rows(s.class_ids, rows_per_split)
+        seeds = min(s.seeds, seeds_shown)
+        correct = None
+        if context.oracle is not None and s.attributes is not None:
+            labels = context.predictions(split, "generated").labels.reshape(s.seeds, len(s), -1)
+            truth = np.asarray(s.attributes)[None]  # (1, n, A); -1 = not stated
+            correct = ((labels == truth) | (truth < 0)).all(2)  # (S, n)
+        cols = seeds + 1
+        width = cols * (cell + pad) + pad
+        title_h, caption_h = 24, 30
+        height = title_h + len(rows) * (caption_h + cell + pad) + pad
+        block = np.full((height, max(width, 640), 3), 255, np.uint8)
+        _text(
+            block,
+            f"{split}: real | {seeds} seeds (green = oracle: all attributes right)",
+            pad,
+            17,
+            scale=0.5,
+        )
+        y = title_h
+        for i in rows:
+            for k, line in enumerate(textwrap.wrap(s.captions[i], 95)[:2]):
+                _text(block, line, pad, y + 12 + 13 * k, scale=0.38)
+            y += caption_h
+            tiles = ([s.real[i]] if s.real is not None else [None]) + [
+                s.generated[k, i] for k in range(seeds)
+            ]
+            for c, tile in enumerate(tiles):
+                x = pad + c * (cell + pad)
+                if tile is None:
+                    _text(block, "no real", x + 10, y + cell // 2)
+                    continue
+                big = cv2.resize(tile[:, :, ::-1], (cell, cell), interpolation=cv2.INTER_NEAREST)
+                block[y : y + cell, x : x + cell] = big
+                if c > 0 and correct is not None:
+                    colour = _GREEN if correct[c - 1, i] else _RED
+                    cv2.rectangle(block, (x - 2, y - 2), (x + cell + 1, y + cell + 1), colour, 2)
+            y += cell + pad
+        blocks.append(block)
+    width = max(b.shape[1] for b in blocks) if blocks else 64
+    blocks = [
+        np.pad(b, ((0, 0), (0, width - b.shape[1]), (0, 0)), constant_values=255) for b in blocks
+    ]
+    return np.concatenate(blocks) if blocks else np.full((64, 64, 3), 255, np.uint8)
+
+
+def attribute_chart(records: Sequence[dict[str, Any]], width: int = 760) -> np.ndarray:
+    """Bars of accuracy per attribute (groups) and split (colours) as a uint8 BGR image."""
+    rows = [r for r in records if r.get("metric") == "attributes" and "accuracy" in r]
+    height, left, bottom, top = 340, 50, 60, 30
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    if not rows:
+        _text(canvas, "no attribute accuracy measured", left, height // 2, scale=0.6)
+        return canvas
+    names = [*rows[0]["accuracy"], "all correct"]
+    plot_h = height - top - bottom
+    group_w = (width - left - 20) / len(names)
+    bar_w = max(int(group_w * 0.8 / len(rows)), 4)
+
+    def y_of(value: float) -> int:
+        return int(top + plot_h * (1 - min(max(value, 0.0), 1.0)))
+
+    for v in (0.0, 0.25, 0.5, 0.75, 1.0):
+        cv2.line(canvas, (left, y_of(v)), (width - 10, y_of(v)), (225, 225, 225), 1)
+        _text(canvas, f"{int(100 * v)}%", 6, y_of(v) + 4, scale=0.35)
+    for x in range(left, width - 10, 12):  # the 95 % target, dashed
+        cv2.line(canvas, (x, y_of(TARGET_ATTRIBUTE)), (x + 6, y_of(TARGET_ATTRIBUTE)), _RED, 1)
+    for g, name in enumerate(names):
+        x0 = int(left + g * group_w + group_w * 0.1)
+        for r, row in enumerate(rows):
+            colour = _SPLIT_COLOURS[r % len(_SPLIT_COLOURS)]
+            if name == "all correct":
+                value, real, noise = (
+                    row["all_correct"],
+                    row.get("real_all_correct"),
+                    row.get("noise_all_correct"),
+                )
+            else:
+                value = row["accuracy"][name]
+                real = row.get("real_accuracy", {}).get(name)
+                noise = row.get("noise_accuracy", {}).get(name)
+            x = x0 + r * bar_w
+            cv2.rectangle(canvas, (x, y_of(value)), (x + bar_w - 2, y_of(0)), colour, -1)
+            if noise is not None:  # a grey tick: what images of nothing score on these labels
+                cv2.line(canvas, (x - 1, y_of(noise)), (x + bar_w - 1, y_of(noise)), _GREY, 3)
+            if real is not None:  # a black tick: the oracle on the real images (the ceiling)
+                cv2.line(canvas, (x - 1, y_of(real)), (x + bar_w - 1, y_of(real)), (0, 0, 0), 2)
+        _text(canvas, name, int(left + g * group_w + 4), height - bottom + 18, scale=0.4)
+    for r, row in enumerate(rows):
+        colour = _SPLIT_COLOURS[r % len(_SPLIT_COLOURS)]
+        x = left + r * 150
+        cv2.rectangle(canvas, (x, height - 22), (x + 12, height - 10), colour, -1)
+        _text(canvas, str(row["split"]), x + 16, height - 11, scale=0.4)
+    x = left + len(rows) * 150
+    _text(
+        canvas,
+        "grey tick: noise floor  black tick: real images  red: 95 % target",
+        x,
+        height - 11,
+        scale=0.35,
+    )
+    return canvas
+
+
+# --------------------------------------------------------------------------------------------
+# Markdown
+# --------------------------------------------------------------------------------------------
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def _check(ok: bool) -> str:
+    return "✓" if ok else "✗"
+
+
+def markdown_tables(records: Sequence[dict[str, Any]], attribute_names: Sequence[str]) -> str:
+    """The metric tables of a report (also used by the recipe's report)."""
+    by_metric: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_metric.setdefault(r["metric"], []).append(r)
+    out: list[str] = []
+    attrs = [r for r in by_metric.get("attributes", []) if "accuracy" in r]
+    if attrs:
+        names = list(attrs[0]["accuracy"])
+        out += [
+            "### Attribute accuracy (oracle), %",
+            "",
+            "| split | " + " | ".join(names) + " | all correct | target |",
+            "|---" * (len(names) + 3) + "|",
+        ]
+        for r in attrs:
+            target_all = TARGET_ALL_CORRECT.get(r["split"])
+            ok = (
+                all(v >= TARGET_ATTRIBUTE for v in r["accuracy"].values())
+                if r["split"] == "test"
+                else True
+            )
+            if target_all is not None:
+                ok = ok and r["all_correct"] >= target_all
+            cells = [
+                f"{_pct(v)} ± {_pct(r['accuracy_std_over_seeds'][k])}"
+                for k, v in r["accuracy"].items()
+            ]
+            target = _check(ok) if target_all is not None else ""
+            out.append(
+                f"| {r['split']} generated | "
+                + " | ".join(cells)
+                + f" | {_pct(r['all_correct'])} | {target} |"
+            )
+            if "real_accuracy" in r:
+                cells = [_pct(v) for v in r["real_accuracy"].values()]
+                out.append(
+                    f"| {r['split']} real (ceiling) | "
+                    + " | ".join(cells)
+                    + f" | {_pct(r.get('real_all_correct'))} | |"
+                )
+            cells = [_pct(v) for v in r["noise_accuracy"].values()]
+            out.append(
+                f"| {r['split']} noise (floor) | "
+                + " | ".join(cells)
+                + f" | {_pct(r['noise_all_correct'])} | |"
+            )
+        out += [
+            "",
+            "Targets (rescue-scenes): every attribute ≥ 95 % on test; all correct ≥ 85 % "
+            "on test and ≥ 60 % on test_unseen. ± is the standard deviation over seeds.",
+            "",
+        ]
+    for metric, title in (("fid", "FID"), ("kid", "KID")):
+        rows = [r for r in by_metric.get(metric, []) if "value" in r]
+        if not rows:
+            continue
+        # KID is unbiased (its baseline is ~0, even negative): compare by difference, not ratio.
+        last = "ratio | target (≤ 3×)" if metric == "fid" else "excess over baseline"
+        out += [
+            f"### {title} in the oracle's feature space",
+            "",
+            f"| split | generated | real-vs-real baseline | images per set | {last} |",
+            "|---|---|---|---|---|" + ("---|" if metric == "fid" else ""),
+        ]
+        for r in rows:
+            fmt = "{:.3f}" if metric == "fid" else "{:.5f}"
+            cells = [
+                r["split"],
+                f"{fmt.format(r['value'])} ± {fmt.format(r['std'])}",
+                fmt.format(r["baseline"]),
+                str(r["images_per_set"]),
+            ]
+            if metric == "fid":
+                ratio = r.get("ratio")
+                cells += (
+                    [f"{ratio:.2f}×", _check(ratio <= TARGET_FID_RATIO)] if ratio else ["–", ""]
+                )
+            else:
+                cells.append(fmt.format(r["value"] - r["baseline"]))
+            out.append("| " + " | ".join(cells) + " |")
+        out += [
+            "",
+            "Generated images of half A's captions vs real half B, against real A vs real "
+            "B; both folds, every seed (train/quality/metrics.py).",
+            "",
+        ]
+    rows = [r for r in by_metric.get("diversity", []) if "pixel_l1" in r]
+    if rows:
+        out += [
+            "### Diversity across seeds of one caption",
+            "",
+            "| split | oracle-feature L2 | real same-class | ratio "
+            "| pixel L1 (0–255) | real same-class | ratio |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+
+            def f(key: str, fmt: str = "{:.2f}", r: dict[str, Any] = r) -> str:
+                return fmt.format(r[key]) if key in r else "–"
+
+            out.append(
+                f"| {r['split']} | {f('feature_l2')} | {f('real_feature_l2')} | "
+                f"{f('feature_ratio')} | {f('pixel_l1')} | {f('real_pixel_l1')} | "
+                f"{f('pixel_ratio')} |"
+            )
+        out.append("")
+    rows = [r for r in by_metric.get("r_precision", []) if "value" in r]
+    if rows:
+        out += [
+            "### R-precision (pretrained image-text encoder), %",
+            "",
+            "| split | generated | real images | candidates | chance |",
+            "|---|---|---|---|---|",
+        ]
+        for r in rows:
+            out.append(
+                f"| {r['split']} | {_pct(r['value'])} ± {_pct(r['std_over_seeds'])} | "
+                f"{_pct(r.get('real_value'))} | {r['candidates']} | {_pct(r['chance'])} |"
+            )
+        out.append("")
+    rows = [r for r in by_metric.get("inception", []) if "inception_score" in r]
+    if rows:
+        out += ["### Inception metrics", "", "| split | IS | FID (Inception) |", "|---|---|---|"]
+        for r in rows:
+            out.append(
+                f"| {r['split']} | {r['inception_score']:.2f} ± "
+                f"{r['inception_score_std']:.2f} | {r['fid_inception']:.2f} |"
+            )
+        out.append("")
+    skipped = [r for r in records if "skipped" in r]
+    if skipped:
+        out += ["### Not measured", ""]
+        out += [
+            f"- {r['metric']}{' (' + r['split'] + ')' if 'split' in r else ''}: {r['skipped']}"
+            for r in skipped
+        ]
+        out.append("")
+    return "\n".join(out)
+
+
+def write_report(result: Any) -> Path:
+    """Write samples.png, attributes.png and report.md into `result.out`; returns the report."""
+    out = Path(result.out)
+    context = result.context
+    write_png(out / SAMPLES_FILE, sample_grid(context))
+    write_png(out / CHART_FILE, attribute_chart(result.records))
+    h = result.header
+    lines = [
+        f"# Evaluation: {h['label']}",
+        "",
+        f"- source: `{h['source']}` ({h['kind']}, {h['precision']})",
+        f"- data: `{h['data']}`" + (f", captions `{h['captions']}`" if h.get("captions") else ""),
+        f"- seeds per caption: {h['seeds']} (first {h['seed']}); "
+        + ", ".join(f"{k}: {len(v)} captions" for k, v in context.splits.items()),
+        f"- took {h['seconds']} s",
+        "",
+    ]
+    if context.oracle is not None:
+        honesty = context.oracle.honesty
+        verdict = "passed" if honesty.passed else "**FAILED — numbers below are not trustworthy**"
+        lines += [
+            f"Oracle `{h['oracle']}`: honesty checks {verdict}.",
+            "",
+            "```",
+            honesty.summary(),
+            "```",
+            "",
+        ]
+    lines += [
+        markdown_tables(result.records, context.attribute_names),
+        "",
+        f"![samples]({SAMPLES_FILE})",
+        "",
+        f"![attributes]({CHART_FILE})",
+        "",
+    ]
+    return atomic.write_bytes(
+        out / REPORT_FILE, "\n".join(lines).encode("utf-8"), make_parents=True
+    )
+
+
+def ablation_table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    """Markdown: one row per (label, evaluate.summary(records)) — the recipe's ablation."""
+    splits = ["test", "test_unseen"]
+    header = ["run"]
+    for s in splits:
+        header += [f"{s} min attr %", f"{s} all correct %", f"{s} FID (×baseline)", f"{s} R-prec %"]
+    out = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    for label, summary in rows:
+        cells = [label]
+        for s in splits:
+            row = summary.get(s, {})
+            acc = row.get("accuracy")
+            cells.append(_pct(min(acc.values())) if acc else "–")
+            cells.append(_pct(row.get("all_correct")))
+            if "fid" in row and row.get("fid_baseline"):
+                cells.append(f"{row['fid']:.2f} ({row['fid'] / row['fid_baseline']:.1f}×)")
+            else:
+                cells.append("–")
+            cells.append(_pct(row.get("r_precision")))
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)

@@ -1,0 +1,1 @@
+"""Text-encoder pretraining and its judges: char-CNN-RNN + image encoder, retrieval metrics."""

@@ -1,0 +1,322 @@
+"""`python -m train eval-text`: text → image R-precision of a text-encoder checkpoint.
+
+Protocol (docs/TEXT_ENCODER.md § Evaluation): each query is one caption of a split's image; its
+candidates are that image and 99 images of the same split whose class differs (rescue-scenes: the
+class id is the full attribute combination, so "class differs" = "some attribute differs"; CUB:
+another species).
+It is retrieved when its own image scores strictly highest under θ(v)·φ(t). Measured on `test`
+(seen attribute combinations) and `test_unseen` (colour × terrain pairs never trained on), with
+clean captions and with each perturbation of `train.text.perturb` separately. Every variant of a
+split uses the same queries and the same candidate sets, so differences between variants are paired
+and not sampling noise. Everything is seeded.
+
+Results are appended as JSON lines to `eval_text.jsonl` beside the checkpoint (the run folder),
+and a table goes to stdout.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from train.checkpoint import load_checkpoint
+from train.data.files import read_info, read_split
+from train.data.schema import SplitData
+from train.errors import BAD_INPUT, ConfigError
+from train.runs import MetricsLog, OneLineParser
+from train.text.joint_embedding import CaptionError, JointEmbedding
+from train.text.perturb import PERTURBATIONS
+from train.text.retrieval import attribute_separation, r_precision
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SPLITS = ("test", "test_unseen")
+VARIANTS = ("clean", *PERTURBATIONS)
+RESULTS_FILE = "eval_text.jsonl"
+METRIC = "r_precision_text_to_image"
+SEPARATION = "attribute_separation"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What one evaluation measures."""
+
+    candidates: int = 100
+    """Candidates per query, the true image included (chance = 1 / candidates)."""
+    captions_per_image: int = 2
+    """Queries per image (which captions: seeded); more queries, smaller standard error."""
+    seed: int = 0
+    variants: tuple[str, ...] = VARIANTS
+    """"clean" and/or perturbation names from `train.text.perturb.PERTURBATIONS`."""
+
+    def __post_init__(self) -> None:
+        if self.candidates < 2:
+            raise ConfigError(f"candidates must be at least 2, got {self.candidates}")
+        if self.captions_per_image < 1:
+            raise ConfigError(f"captions_per_image must be ≥ 1, got {self.captions_per_image}")
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown:
+            raise ConfigError(f"unknown variants {unknown} (known: {', '.join(VARIANTS)})")
+
+
+def _stable_seed(*parts: str | int) -> list[int]:
+    """A numpy seed sequence from strings and ints (crc32: stable across processes)."""
+    return [p if isinstance(p, int) else zlib.crc32(p.encode()) for p in parts]
+
+
+def select_queries(
+    split: SplitData, captions_per_image: int, seed: int, name: str
+) -> tuple[list[str], np.ndarray]:
+    """Seeded choice of captions: (texts, image index per text), `captions_per_image` per image."""
+    per_image = min(len(c) for c in split.captions) if split.captions else 0
+    if captions_per_image > per_image:
+        raise ConfigError(
+            f"split {name!r} has {per_image} captions per image, {captions_per_image} requested "
+            "(--captions-per-image)"
+        )
+    rng = np.random.default_rng(_stable_seed(seed, name, "queries"))
+    texts: list[str] = []
+    images: list[int] = []
+    for i, row in enumerate(split.captions):
+        for c in rng.choice(len(row), captions_per_image, replace=False):
+            texts.append(row[int(c)])
+            images.append(i)
+    return texts, np.asarray(images, dtype=np.int64)
+
+
+def perturb_all(texts: Sequence[str], variant: str, seed: int, name: str) -> list[str]:
+    """The captions under one variant, reproducibly ("clean" returns them unchanged)."""
+    if variant == "clean":
+        return list(texts)
+    rng = np.random.default_rng(_stable_seed(seed, name, variant))
+    return [PERTURBATIONS[variant](t, rng) for t in texts]
+
+
+def evaluate(
+    model: JointEmbedding,
+    splits: Mapping[str, SplitData],
+    config: EvalConfig,
+    attribute_names: Sequence[str] = (),
+) -> list[dict[str, Any]]:
+    """R-precision per split and variant, one record (dict) each; where a split has attributes,
+    also the clean captions' `attribute_separation` per attribute (named by `attribute_names`)."""
+    records: list[dict[str, Any]] = []
+    model.eval()
+    for name, split in splits.items():
+        started = time.perf_counter()
+        image_embeddings = model.encode_images(split.images).numpy()  # (N, E)
+        texts, image_of = select_queries(split, config.captions_per_image, config.seed, name)
+        labels = np.asarray(split.class_ids)
+        for variant in config.variants:
+            queries = perturb_all(texts, variant, config.seed, name)
+            try:
+                text_embeddings = model.encode_texts(queries).numpy()  # (Q, E)
+            except CaptionError as err:
+                raise CaptionError(f"split {name!r}, variant {variant!r}: {err}") from None
+            result = r_precision(
+                text_embeddings,
+                image_embeddings,
+                labels[image_of],
+                labels,
+                true_index=image_of,
+                num_candidates=config.candidates,
+                seed=zlib.crc32(f"{config.seed}:{name}".encode()),  # same candidates per variant
+            )
+            records.append(
+                {
+                    "metric": METRIC,
+                    "split": name,
+                    "variant": variant,
+                    "value": result.value,
+                    "stderr": result.stderr,
+                    "queries": result.queries,
+                    "candidates": result.candidates,
+                    "captions_per_image": config.captions_per_image,
+                    "seed": config.seed,
+                }
+            )
+            if variant == "clean" and split.attributes is not None:
+                separation = attribute_separation(text_embeddings, image_of, split.attributes)
+                for a, value in enumerate(separation.tolist()):
+                    name_a = attribute_names[a] if a < len(attribute_names) else f"attribute {a}"
+                    records.append(
+                        {
+                            "metric": SEPARATION,
+                            "split": name,
+                            "attribute": name_a,
+                            "value": None if np.isnan(value) else value,
+                            "queries": len(texts),
+                            "seed": config.seed,
+                        }
+                    )
+        log.info(
+            "%s: %d queries × %d variants in %.1f s",
+            name,
+            len(texts),
+            len(config.variants),
+            time.perf_counter() - started,
+        )
+    return records
+
+
+def format_table(records: Sequence[dict[str, Any]]) -> str:
+    """Rows = splits, columns = variants, in percent; plus the largest drop from clean; then the
+    attribute separation table where there is one."""
+    separation = [r for r in records if r.get("metric") == SEPARATION]
+    records = [r for r in records if r.get("metric", METRIC) == METRIC]
+    splits = list(dict.fromkeys(r["split"] for r in records))
+    variants = list(dict.fromkeys(r["variant"] for r in records))
+    value = {(r["split"], r["variant"]): 100.0 * r["value"] for r in records}
+    show_drop = "clean" in variants and len(variants) > 1
+    header = ["split", *variants, *(["max drop"] if show_drop else [])]
+    rows = []
+    for s in splits:
+        row = [s] + [f"{value[s, v]:.1f}" if (s, v) in value else "-" for v in variants]
+        if show_drop:
+            drops = [value[s, "clean"] - value[s, v] for v in variants if v != "clean"]
+            row.append(f"{max(drops):.1f}")
+        rows.append(row)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    lines = [
+        "  ".join(str(x).rjust(w) for x, w in zip(r, widths, strict=True)) for r in [header, *rows]
+    ]
+    queries = records[0]["queries"] if records else 0
+    candidates = records[0]["candidates"] if records else 0
+    lines.append(
+        f"(text→image R-precision, %; 1 true among {candidates}, chance "
+        f"{100.0 / max(candidates, 1):.0f} %; {queries} queries per split)"
+    )
+    if separation:
+        lines += ["", _separation_table(separation)]
+    return "\n".join(lines)
+
+
+def _separation_table(records: Sequence[dict[str, Any]]) -> str:
+    splits = list(dict.fromkeys(r["split"] for r in records))
+    names = list(dict.fromkeys(r["attribute"] for r in records))
+    value = {(r["split"], r["attribute"]): r["value"] for r in records}
+    header = ["split", *names]
+    rows = [
+        [s] + ["-" if value.get((s, a)) is None else f"{100.0 * value[s, a]:.1f}" for a in names]
+        for s in splits
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    lines = [
+        "  ".join(str(x).rjust(w) for x, w in zip(r, widths, strict=True)) for r in [header, *rows]
+    ]
+    lines.append(
+        "(attribute separation, %: clean captions nearer their own attribute combination than "
+        "to every combination differing in that attribute alone; train.text.retrieval)"
+    )
+    return "\n".join(lines)
+
+
+def evaluate_checkpoint(
+    checkpoint_path: str | Path,
+    data: str | Path,
+    splits: Sequence[str],
+    config: EvalConfig,
+    *,
+    results_path: str | Path | None = None,
+    checkpoint: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Load, evaluate, append records (with provenance) to `results_path` (default: beside it)."""
+    checkpoint_path = Path(checkpoint_path)
+    if checkpoint is None:
+        checkpoint = load_checkpoint(checkpoint_path, kind="text_encoder")
+    model = JointEmbedding.from_checkpoint(checkpoint, str(checkpoint_path))
+    loaded = {name: read_split(data, name) for name in splits}
+    records = evaluate(model, loaded, config, read_info(data).attribute_names)
+    results_path = Path(results_path or checkpoint_path.parent / RESULTS_FILE)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    with MetricsLog(results_path) as out:
+        for r in records:
+            r.update(
+                checkpoint=str(checkpoint_path),
+                step=int(checkpoint.get("step", 0)),
+                data=str(data),
+                time=stamp,
+            )
+            out.write(r)
+    return records
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def build_parser() -> OneLineParser:
+    """The eval-text flags."""
+    p = OneLineParser(
+        prog="python -m train eval-text",
+        description="Text→image R-precision of a text-encoder checkpoint (clean and perturbed "
+        "captions); appends JSON lines beside the checkpoint and prints a table.",
+    )
+    p.add_argument("--checkpoint", required=True, help="text-encoder checkpoint.pt")
+    p.add_argument("--data", help="HDF5 dataset (default: the one the checkpoint trained on)")
+    p.add_argument("--splits", nargs="+", help=f"splits (default: {' '.join(DEFAULT_SPLITS)})")
+    p.add_argument("--candidates", type=int, default=EvalConfig.candidates)
+    p.add_argument("--captions-per-image", type=int, default=EvalConfig.captions_per_image)
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        help=f"clean and/or perturbations ({', '.join(VARIANTS)})",
+    )
+    p.add_argument("--seed", type=int, default=EvalConfig.seed)
+    p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    p.add_argument("--out", help=f"results file (default: {RESULTS_FILE} beside the checkpoint)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Evaluate; 0 on success, 2 on bad input (one line on stderr)."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.candidates < 2:
+            raise ConfigError(f"--candidates must be at least 2, got {args.candidates}")
+        if args.captions_per_image < 1:
+            raise ConfigError(f"--captions-per-image must be ≥ 1, got {args.captions_per_image}")
+        unknown = [v for v in args.variants if v not in VARIANTS]
+        if unknown:
+            raise ConfigError(f"--variants: unknown {unknown} (known: {', '.join(VARIANTS)})")
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ConfigError(f"--threads must be ≥ 1, got {args.threads}")
+            torch.set_num_threads(args.threads)
+        checkpoint = load_checkpoint(args.checkpoint, kind="text_encoder")
+        data = args.data or checkpoint.get("config", {}).get("data")
+        if not data:
+            raise ConfigError("--data is required (the checkpoint names no dataset)")
+        info = read_info(data)
+        splits = args.splits or [s for s in DEFAULT_SPLITS if s in info.splits]
+        missing = [s for s in splits if s not in info.splits]
+        if missing or not splits:
+            raise ConfigError(
+                f"--splits: {data} has no split {missing or list(DEFAULT_SPLITS)} "
+                f"(has {', '.join(info.splits)})"
+            )
+        config = EvalConfig(
+            candidates=args.candidates,
+            captions_per_image=args.captions_per_image,
+            seed=args.seed,
+            variants=tuple(args.variants),
+        )
+        records = evaluate_checkpoint(
+            args.checkpoint, data, splits, config, results_path=args.out, checkpoint=checkpoint
+        )
+    except BAD_INPUT as err:
+        print(f"eval-text: {err}", file=sys.stderr)
+        return 2
+    print(format_table(records))
+    return 0

@@ -1,0 +1,945 @@
+"""`python -m train text-encoder`: pretrain φ (char-CNN-RNN) jointly with θ (image CNN).
+
+    python -m train text-encoder --data data/rescue_scenes.h5 --out runs/text_encoder
+
+Creates `<out>/NNNNN/` holding `config.json` (the resolved `PretrainConfig`, written before step
+0), `checkpoint.pt` (kind "text_encoder": both encoders, their configs, the config again, the
+tokenizer, optimiser / objective / RNG state and the step; written atomically every
+`checkpoint_every` steps, on Ctrl-C and at the end), `metrics.jsonl`, TensorBoard events in
+`tensorboard/`, and — unless `--no-eval` — `eval_text.jsonl` with the final R-precision table.
+
+Recipe and why (measured results and wall times: docs/TEXT_ENCODER.md):
+
+- Data in memory (10k images are 123 MB of uint8), one caption sampled among the image's ten per
+  step, augmented with `train.text.perturb.augment` (typos, clause shuffles, stray punctuation).
+- Every batch is padded only to its longest caption's `min_input_length` (exact: valid-step
+  masking), ~140 instead of 201 characters on rescue-scenes.
+- The schedule is a pure function of (seed, step): which images, which captions, which
+  perturbations. Resume therefore continues exactly (bit-identical weights after N steps with or
+  without an interruption, tested) without replaying a data loader.
+- AdamW, linear warm-up then cosine decay to zero over the run (`--steps`, or `--minutes` of
+  training time), gradient clipping at 5 (Reed's value).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from edge_runtime import tokenizer
+from train import models, options
+from train.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    new_checkpoint,
+    save_checkpoint,
+)
+from train.data.attributes import Attributes
+from train.data.files import read_info, read_split
+from train.data.schema import DataError, SplitData
+from train.data.synth import render_items, split_class_ids
+from train.errors import BAD_INPUT, ConfigError, first_line
+from train.options import option
+from train.runs import (
+    MetricsLog,
+    OneLineParser,
+    new_run_dir,
+    run_dirs,
+    truncate_after_step,
+    write_json_atomic,
+)
+from train.text.evaluate import EvalConfig, evaluate, evaluate_checkpoint, format_table
+from train.text.joint_embedding import (
+    JointEmbedding,
+    JointObjective,
+    batch_accuracy,
+    batch_ids,
+    images_to_tensor,
+)
+from train.text.perturb import AugmentConfig, augment
+
+log = logging.getLogger(__name__)
+
+OBJECTIVES = ("sje", "infonce")
+CHECKPOINT_FILE = "checkpoint.pt"
+CONFIG_FILE = "config.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration: resolved once, saved twice (config.json and inside every checkpoint)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Everything that determines a pretraining run."""
+
+    data: str = "data/rescue_scenes.h5"
+    """HDF5 dataset (schema rescue-t2i-captions); the "train" split is trained on."""
+    objective: str = "infonce"
+    """"infonce" (default: better measured retrieval) or "sje" (Reed et al. 2016a)."""
+    steps: int | None = 650
+    """Optimiser steps; the learning-rate schedule spans them. None: run for `minutes`."""
+    minutes: float | None = None
+    """Training-time budget. Alone it drives the schedule (not bit-reproducible); with `steps`
+    it only caps the run (the schedule still spans `steps`)."""
+    batch_size: int = 64
+    twin_fraction: float = 0.5
+    """Share of each batch that are attribute twins of other members (see `AttributeTwins`);
+    used only where the dataset has attributes."""
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    weight_decay: float = 1e-4
+    """AdamW decay on weight matrices and kernels only (not biases, norms or temperature)."""
+    grad_clip: float = 5.0
+    margin: float = 1.0
+    """SJE hinge margin Δ."""
+    temperature: float = 0.07
+    """InfoNCE initial temperature (then learned, as in CLIP)."""
+    proxy_weight: float = 1.0
+    """Weight of the class-proxy term (`train.text.joint_embedding.ClassProxies`); 0 disables."""
+    num_classes: int | None = None
+    """Rows of the class-proxy table; resolved from the training split (max class id + 1)."""
+    attribute_weight: float = 5.0
+    """Weight of the attribute heads (`train.text.joint_embedding.AttributeHeads`), used where the
+    dataset has attributes; 0 disables."""
+    attribute_sizes: tuple[int, ...] | None = None
+    """Values per attribute; resolved from the training split (() when it has none)."""
+    seed: int = 0
+    threads: int = 0
+    """torch intra-op threads; 0 = one per core."""
+    checkpoint_every: int = 200
+    log_every: int = 10
+    monitor_every: int = 200
+    """Every this many steps, clean R-precision on a slice of `monitor_split` (logged only;
+    nothing is selected on it). 0 disables."""
+    monitor_split: str = "test"
+    monitor_images: int = 500
+    eval_splits: tuple[str, ...] = ("test", "test_unseen")
+    """Splits the final evaluation (eval-text) runs on, where the dataset has them."""
+    dry_run: bool = False
+    """One step on rendered rescue-scenes data instead of `data`."""
+    augment_ramp: float = 0.3
+    """Augmentation strength rises linearly from 0 to 1 over this fraction of the run: clean
+    captions first teach the attributes fast, perturbed ones then teach robustness."""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    text_encoder: models.TextEncoderConfig = field(default_factory=models.TextEncoderConfig)
+    image_encoder: models.ImageEncoderConfig = field(default_factory=models.ImageEncoderConfig)
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.proxy_weight < 0 or self.attribute_weight < 0:
+            raise ConfigError("proxy_weight and attribute_weight must be ≥ 0")
+        if not 0.0 <= self.augment_ramp <= 1.0:
+            raise ConfigError(f"augment_ramp must be in [0, 1], got {self.augment_ramp}")
+        if not 0.0 <= self.twin_fraction <= 0.5:
+            raise ConfigError(f"twin_fraction must be in [0, 0.5], got {self.twin_fraction}")
+        if self.steps is None and self.minutes is None:
+            raise ConfigError("one of steps or minutes is needed")
+        if self.text_encoder.embedding_dim != self.image_encoder.embedding_dim:
+            raise ConfigError("text and image embedding sizes differ")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (nested configs included)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "config") -> PretrainConfig:
+        """Inverse of `to_dict`; unknown fields are refused."""
+        data = dict(data)
+        nested = {
+            "augment": AugmentConfig,
+            "text_encoder": models.TextEncoderConfig,
+            "image_encoder": models.ImageEncoderConfig,
+        }
+        for key, config_cls in nested.items():
+            if key in data:
+                data[key] = models.config_from_dict(config_cls, data[key], f"{where}.{key}")
+        return models.config_from_dict(cls, data, where)
+
+
+def resolve(config: PretrainConfig) -> PretrainConfig:
+    """Fill what depends on the machine and the objective (threads, output normalisation)."""
+    threads = config.threads or os.cpu_count() or 1
+    # InfoNCE compares cosines: the encoders output unit vectors, so θ(v)·φ(t) is the cosine
+    # at retrieval too, and the generator sees the same normalised vector the objective shaped.
+    normalize = config.objective == "infonce"
+    return dataclasses.replace(
+        config,
+        threads=threads,
+        text_encoder=dataclasses.replace(config.text_encoder, normalize=normalize),
+        image_encoder=dataclasses.replace(config.image_encoder, normalize=normalize),
+    )
+
+
+def resolve_classes(config: PretrainConfig, train_split: SplitData) -> PretrainConfig:
+    """Fill `num_classes` and `attribute_sizes` from the training split (kept if set)."""
+    if config.num_classes is None:
+        config = dataclasses.replace(config, num_classes=int(np.max(train_split.class_ids)) + 1)
+    if config.attribute_sizes is None:
+        rows = train_split.attributes
+        sizes = () if rows is None else tuple(int(v) + 1 for v in np.max(rows, axis=0))
+        config = dataclasses.replace(config, attribute_sizes=sizes)
+    return config
+
+
+# --------------------------------------------------------------------------------------------
+# Data: a pure function of (seed, step)
+# --------------------------------------------------------------------------------------------
+
+
+class AttributeTwins:
+    """For an image, the images whose attributes differ from its own in exactly one attribute.
+
+    In-batch contrastive learning only learns what tells a batch apart. With 64 random
+    rescue-scenes images, two that differ only in the helmet (or only in the pose) almost never
+    meet, so the model can reach a low loss while ignoring the helmet (measured:
+    docs/TEXT_ENCODER.md § Objective). Pairing each anchor with such a twin makes
+    every attribute decide some comparisons in every batch.
+    """
+
+    def __init__(self, attributes: np.ndarray) -> None:
+        rows = np.asarray(attributes, dtype=np.int64)  # (N, A)
+        combos, inverse = np.unique(rows, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        self.combo_of = inverse  # (N,): which attribute combination each image has
+        self.images_of = [np.flatnonzero(inverse == c) for c in range(len(combos))]
+        index = {tuple(row): c for c, row in enumerate(combos.tolist())}
+        values = [np.unique(rows[:, a]).tolist() for a in range(rows.shape[1])]
+        # neighbours[c][a]: combinations that differ from c in attribute a only (present in N).
+        self.neighbours: list[list[list[int]]] = []
+        for row in combos.tolist():
+            per_attribute = []
+            for a, choices in enumerate(values):
+                found = [index.get((*row[:a], v, *row[a + 1 :])) for v in choices if v != row[a]]
+                per_attribute.append([c for c in found if c is not None])
+            self.neighbours.append([n for n in per_attribute if n])
+
+    def twin(self, image: int, rng: np.random.Generator) -> int | None:
+        """A random image differing from `image` in one attribute (attribute drawn uniformly)."""
+        options = self.neighbours[self.combo_of[image]]
+        if not options:
+            return None
+        combos = options[int(rng.integers(len(options)))]
+        images = self.images_of[combos[int(rng.integers(len(combos)))]]
+        return int(images[int(rng.integers(len(images)))])
+
+
+class BatchSchedule:
+    """Which images, captions and perturbations step `s` uses, from (seed, s) alone.
+
+    A batch is `anchors` images taken in order from per-epoch permutations, then (where the
+    split has attributes) one `AttributeTwins` twin for each of the first `twins` anchors.
+    """
+
+    def __init__(
+        self,
+        split: SplitData,
+        batch_size: int,
+        seed: int,
+        augment: AugmentConfig,
+        twin_fraction: float = 0.0,
+    ) -> None:
+        if len(split) < batch_size:
+            raise DataError(f"train split has {len(split)} images, fewer than the batch size")
+        self.split = split
+        self.images = torch.from_numpy(np.ascontiguousarray(split.images))  # uint8 (N, H, W, 3)
+        self.labels = torch.from_numpy(np.asarray(split.class_ids, dtype=np.int64))
+        self.attributes = (
+            None
+            if split.attributes is None
+            else torch.from_numpy(split.attributes.astype(np.int64))
+        )
+        self.batch_size = batch_size
+        self.seed = seed
+        self.augment = augment
+        self.twins_of = AttributeTwins(split.attributes) if split.attributes is not None else None
+        self.twins = round(batch_size * twin_fraction) if self.twins_of else 0
+        self.twins = min(self.twins, batch_size // 2)
+        self.anchors = batch_size - self.twins
+        self._perms: dict[int, np.ndarray] = {}
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        if epoch not in self._perms:
+            # A batch spans at most two epochs: keep the previous permutation, drop older ones.
+            self._perms = {e: p for e, p in self._perms.items() if e == epoch - 1}
+            rng = np.random.default_rng([self.seed, epoch, 0])
+            self._perms[epoch] = rng.permutation(len(self.split))
+        return self._perms[epoch]
+
+    def indices(self, step: int) -> np.ndarray:
+        """Image indices of `step` (B,): the anchors, then the twins of the first anchors."""
+        n = len(self.split)
+        positions = step * self.anchors + np.arange(self.anchors)
+        anchors = [int(self._perm(int(p // n))[int(p % n)]) for p in positions]
+        rng = np.random.default_rng([self.seed, step, 2])
+        twins = []
+        for anchor in anchors[: self.twins]:
+            assert self.twins_of is not None
+            twin = self.twins_of.twin(anchor, rng)
+            twins.append(twin if twin is not None else int(rng.integers(n)))
+        return np.array(anchors + twins, dtype=np.int64)
+
+    def batch(
+        self, step: int, strength: float = 1.0
+    ) -> tuple[list[tokenizer.Encoded], torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(encoded captions, images (B, 3, H, W) in [-1, 1], class ids (B,), attributes (B, A)
+        int64 or None) of `step`; `strength` scales the augmentation probabilities."""
+        idx = self.indices(step)
+        rng = np.random.default_rng([self.seed, step, 1])
+        encoded = []
+        for i in idx:
+            row = self.split.captions[int(i)]
+            caption = row[int(rng.integers(len(row)))]
+            try:
+                encoded.append(tokenizer.encode(augment(caption, rng, self.augment, strength)))
+            except tokenizer.CaptionError:
+                # Typos can delete a one-letter caption entirely; train on the original then.
+                encoded.append(tokenizer.encode(caption))
+        attributes = None if self.attributes is None else self.attributes[idx]
+        return encoded, images_to_tensor(self.images[idx]), self.labels[idx], attributes
+
+
+def generated_splits(
+    seed: int, counts: dict[str, int] | None = None, captions_per_image: int = 4
+) -> dict[str, SplitData]:
+    """Small rescue-scenes splits rendered on the fly (dry runs and tests), attributes included.
+
+    `counts` maps split names ("train", "test", "test_unseen") to image counts; the default is
+    the dry run's 96 training and 120 test images.
+    """
+    splits = {}
+    for name, count in (counts or {"train": 96, "test": 120}).items():
+        class_ids = split_class_ids(name, count, seed)
+        images, captions = render_items(seed, name, 0, class_ids, captions_per_image)
+        attributes = np.array(
+            [Attributes.from_class_id(int(c)).indices for c in class_ids], dtype=np.int16
+        )
+        splits[name] = SplitData(images, captions, class_ids, attributes)
+    return splits
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+
+
+def learning_rate(config: PretrainConfig, step: int, progress: float) -> float:
+    """Linear warm-up over `warmup_steps`, then cosine from `lr` to 0 as progress goes 0 → 1."""
+    warm = min(1.0, (step + 1) / max(config.warmup_steps, 1))
+    return config.lr * warm * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
+
+
+def _param_groups(
+    encoders: list[nn.Module], objective: nn.Module, weight_decay: float
+) -> list[dict[str, Any]]:
+    """Decay the encoders' matrices and kernels; never biases, norms, proxies or temperature."""
+    decay, no_decay = [], list(objective.parameters())
+    for module in encoders:
+        for p in module.parameters():
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+@dataclass
+class TrainState:
+    """Everything that changes during a run."""
+
+    text_encoder: models.CharCnnRnn
+    image_encoder: models.ImageEncoder
+    objective: JointObjective
+    """The loss and its parameters (InfoNCE temperature, class proxies)."""
+    optimizer: torch.optim.Optimizer
+    step: int = 0
+    elapsed_s: float = 0.0
+    """Training time so far (across resumes)."""
+
+    @classmethod
+    def fresh(cls, config: PretrainConfig) -> TrainState:
+        """New models initialised from `config.seed`."""
+        torch.manual_seed(config.seed)
+        text = models.CharCnnRnn(config.text_encoder)
+        image = models.ImageEncoder(config.image_encoder)
+        if config.proxy_weight > 0 and config.num_classes is None:
+            raise ValueError("num_classes must be resolved before building the class proxies")
+        objective = JointObjective(
+            config.objective,
+            config.num_classes or 0,
+            config.text_encoder.embedding_dim,
+            temperature=config.temperature,
+            margin=config.margin,
+            proxy_weight=config.proxy_weight,
+            attribute_sizes=config.attribute_sizes or (),
+            attribute_weight=config.attribute_weight,
+        )
+        optimizer = torch.optim.AdamW(
+            _param_groups([text, image], objective, config.weight_decay), lr=config.lr
+        )
+        return cls(text, image, objective, optimizer)
+
+    def checkpoint(self, config: PretrainConfig, metrics: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint dict (docs/ARCHITECTURE.md, kind "text_encoder")."""
+        return new_checkpoint(
+            "text_encoder",
+            models={
+                "text_encoder": self.text_encoder.state_dict(),
+                "image_encoder": self.image_encoder.state_dict(),
+            },
+            model_configs={
+                "text_encoder": dataclasses.asdict(self.text_encoder.config),
+                "image_encoder": dataclasses.asdict(self.image_encoder.config),
+            },
+            config=config.to_dict(),
+            step=self.step,
+            elapsed_s=self.elapsed_s,
+            optimizer=self.optimizer.state_dict(),
+            objective=self.objective.state_dict(),
+            rng={"torch": torch.get_rng_state()},
+            metrics=metrics,
+        )
+
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint: dict[str, Any], config: PretrainConfig, where: str
+    ) -> TrainState:
+        """Rebuild the state a checkpoint saved, to continue it."""
+        state = cls.fresh(config)
+        try:
+            state.text_encoder.load_state_dict(checkpoint["models"]["text_encoder"])
+            state.image_encoder.load_state_dict(checkpoint["models"]["image_encoder"])
+            state.objective.load_state_dict(checkpoint["objective"])
+            state.optimizer.load_state_dict(checkpoint["optimizer"])
+            torch.set_rng_state(checkpoint["rng"]["torch"])
+            state.step = int(checkpoint["step"])
+            state.elapsed_s = float(checkpoint.get("elapsed_s", 0.0))
+        except (KeyError, RuntimeError, ValueError) as err:
+            first = first_line(err)
+            raise CheckpointError(f"{where}: cannot resume from it: {first}") from None
+        return state
+
+
+def _monitor(state: TrainState, split: SplitData, images: int, seed: int) -> float:
+    """Clean text→image R-precision on the first `images` images of a split (logging only)."""
+    n = min(images, len(split))
+    part = SplitData(split.images[:n], split.captions[:n], split.class_ids[:n])
+    model = JointEmbedding(state.text_encoder, state.image_encoder)
+    candidates = min(100, len(np.unique(part.class_ids)))
+    records = evaluate(
+        model,
+        {"monitor": part},
+        EvalConfig(candidates=candidates, captions_per_image=1, seed=seed, variants=("clean",)),
+    )
+    model.train()
+    return float(records[0]["value"])
+
+
+class InterruptedTrainingError(Exception):
+    """Training stopped by SIGINT/SIGTERM at a step boundary, after saving a checkpoint."""
+
+
+class _StopRequest:
+    """SIGINT/SIGTERM handlers that ask the loop to stop at the next step boundary.
+
+    Stopping mid-step could save weights already updated by a step the checkpoint does not
+    count; a second signal stops at once (the last periodic checkpoint stays valid).
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def install(self) -> None:
+        """Take over SIGINT and SIGTERM (only possible in the main thread)."""
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self.uninstall()
+
+    def uninstall(self) -> None:
+        """Restore the previous handlers."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+def train(
+    config: PretrainConfig,
+    run_dir: Path,
+    splits: dict[str, SplitData],
+    checkpoint: dict[str, Any] | None = None,
+) -> TrainState:
+    """Run (or continue) pretraining in `run_dir`; returns the final state (checkpoint saved)."""
+    from torch.utils.tensorboard import SummaryWriter  # lazy: tensorboard is slow to import
+
+    config = resolve_classes(config, splits["train"])
+    torch.set_num_threads(config.threads)
+    ckpt_path = run_dir / CHECKPOINT_FILE
+    if checkpoint is None:
+        state = TrainState.fresh(config)
+    else:
+        state = TrainState.from_checkpoint(checkpoint, config, str(ckpt_path))
+        dropped = truncate_after_step(run_dir / "metrics.jsonl", state.step)
+        log.info(
+            "resuming %s at step %d (%d later metric lines dropped)", run_dir, state.step, dropped
+        )
+    schedule = BatchSchedule(
+        splits["train"], config.batch_size, config.seed, config.augment, config.twin_fraction
+    )
+    monitor = splits.get(config.monitor_split) if config.monitor_every else None
+    total_steps = 1 if config.dry_run else config.steps
+    budget_s = None if config.minutes is None else config.minutes * 60.0
+    writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=state.step or None)
+    metrics = MetricsLog(run_dir / "metrics.jsonl")
+    last: dict[str, Any] = {}
+    progress_bar = tqdm(
+        total=total_steps, initial=state.step, unit="step", desc="text-encoder", disable=None
+    )
+    state.text_encoder.train()
+    state.image_encoder.train()
+    window_start, window_steps = time.perf_counter(), 0
+    progress_every = max(1, (total_steps or 1000) // 10)
+
+    def save() -> None:
+        save_checkpoint(state.checkpoint(config, last), ckpt_path)
+
+    stop = _StopRequest()
+    try:
+        stop.install()
+        while True:
+            if stop.signum is not None:
+                # At a step boundary, so the checkpoint resumes exactly.
+                save()
+                log.warning(
+                    "stopped by signal %d: checkpoint at step %d saved to %s",
+                    stop.signum,
+                    state.step,
+                    ckpt_path,
+                )
+                raise InterruptedTrainingError(state.step)
+            if total_steps is not None and state.step >= total_steps:
+                break
+            if budget_s is not None and state.elapsed_s >= budget_s:
+                log.info(
+                    "training-time budget of %.1f min reached at step %d",
+                    config.minutes,
+                    state.step,
+                )
+                break
+            started = time.perf_counter()
+            progress = (
+                state.step / total_steps
+                if total_steps is not None
+                else state.elapsed_s / (budget_s or 1.0)
+            )
+            lr = learning_rate(config, state.step, progress)
+            for group in state.optimizer.param_groups:
+                group["lr"] = lr
+
+            strength = min(1.0, progress / config.augment_ramp) if config.augment_ramp else 1.0
+            encoded, images, labels, attributes = schedule.batch(state.step, strength)
+            ids, lengths = batch_ids(encoded, config.text_encoder)  # (B, T ≤ 201), (B,)
+            text_emb = state.text_encoder(ids, lengths)  # (B, E)
+            image_emb = state.image_encoder(images)  # (B, E)
+            loss, parts = state.objective(text_emb, image_emb, labels, attributes)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {state.step}")
+            state.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(
+                [p for g in state.optimizer.param_groups for p in g["params"]], config.grad_clip
+            )
+            state.optimizer.step()
+            state.step += 1
+            state.elapsed_s += time.perf_counter() - started
+            window_steps += 1
+            progress_bar.update(1)
+
+            if state.step % config.log_every == 0 or state.step == total_steps:
+                now = time.perf_counter()
+                last = {
+                    "step": state.step,
+                    "loss": float(loss.detach()),
+                    "batch_accuracy": batch_accuracy(text_emb.detach(), image_emb.detach(), labels),
+                    "lr": lr,
+                    "grad_norm": float(grad_norm),
+                    "chars": int(ids.shape[1]),
+                    "elapsed_s": round(state.elapsed_s, 2),
+                    # CPU seconds of this process: comparable across runs on a shared machine,
+                    # where wall time depends on what else is running.
+                    "process_cpu_s": round(time.process_time(), 1),
+                    "steps_per_s": window_steps / max(now - window_start, 1e-9),
+                }
+                last.update({f"loss_{k}" if k != "logit_scale" else k: v for k, v in parts.items()})
+                window_start, window_steps = now, 0
+                metrics.write(last)
+                for key, value in last.items():
+                    if key != "step":
+                        writer.add_scalar(f"train/{key}", value, state.step)
+                progress_bar.set_postfix(
+                    loss=f"{last['loss']:.3f}", acc=f"{last['batch_accuracy']:.2f}"
+                )
+            if state.step % progress_every == 0 and progress_bar.disable:
+                # Without a terminal (logs, `make demo`) the bar is off: a line per tenth instead.
+                log.info(
+                    "step %d%s: loss %.3f, batch accuracy %.2f, %.1f min",
+                    state.step,
+                    f"/{total_steps}" if total_steps else "",
+                    float(loss.detach()),
+                    batch_accuracy(text_emb.detach(), image_emb.detach(), labels),
+                    state.elapsed_s / 60,
+                )
+            if monitor is not None and state.step % config.monitor_every == 0:
+                value = _monitor(state, monitor, config.monitor_images, config.seed)
+                metrics.write(
+                    {"step": state.step, f"monitor/{config.monitor_split}_r_precision": value}
+                )
+                writer.add_scalar(f"monitor/{config.monitor_split}_r_precision", value, state.step)
+                log.info(
+                    "step %d: %s R-precision (clean, %d images) %.1f %%",
+                    state.step,
+                    config.monitor_split,
+                    config.monitor_images,
+                    100 * value,
+                )
+            if state.step % config.checkpoint_every == 0:
+                save()
+    finally:
+        stop.uninstall()
+        progress_bar.close()
+        writer.close()
+        metrics.close()
+    save()
+    log.info(
+        "step %d: %.1f min of training; checkpoint %s", state.step, state.elapsed_s / 60, ckpt_path
+    )
+    return state
+
+
+# --------------------------------------------------------------------------------------------
+# Command line: flags → validated config → train → evaluate
+# --------------------------------------------------------------------------------------------
+
+
+def _channels(flag: str, count: int | None) -> Any:
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} wants comma-separated integers") from None
+        if (count is not None and len(values) != count) or any(v < 1 for v in values):
+            want = f"{count} positive" if count else "positive"
+            raise argparse.ArgumentTypeError(f"{flag} wants {want} integers, got {text!r}")
+        return values
+
+    return parse
+
+
+_D = PretrainConfig()
+
+
+def _flag(help: str, **how: Any) -> Any:
+    """A text-encoder flag: default None ("not given"), its default named in the help."""
+    return option(None, help, show_default=False, **how)
+
+
+@dataclass(frozen=True)
+class PretrainFlags:
+    """The text-encoder command line, each flag declared once; None = not given, so a resumed
+    run can tell a repeated flag from a changed one. `target` is the config field it sets."""
+
+    data: str | None = _flag(f"HDF5 dataset (default {_D.data})", target=("data",))
+    out: str = option("runs/text_encoder", "parent of numbered run folders", show_default=False)
+    objective: str | None = _flag(
+        f"default {_D.objective}", choices=OBJECTIVES, target=("objective",)
+    )
+    steps: int | None = _flag(
+        f"optimiser steps (default {_D.steps})", at_least=1, target=("steps",)
+    )
+    minutes: float | None = _flag(
+        "training-time budget (alone: drives the schedule; with --steps: a cap)",
+        above=0,
+        target=("minutes",),
+    )
+    batch_size: int | None = _flag(
+        f"default {_D.batch_size}", at_least=2, target=("batch_size",)
+    )  # ≥ 2: contrastive batches
+    twin_fraction: float | None = _flag(
+        f"default {_D.twin_fraction}", at_least=0, at_most=0.5, target=("twin_fraction",)
+    )
+    temperature: float | None = _flag(
+        f"InfoNCE initial (default {_D.temperature})", above=0, target=("temperature",)
+    )
+    margin: float | None = _flag(
+        f"SJE hinge margin (default {_D.margin})", above=0, target=("margin",)
+    )
+    attribute_weight: float | None = _flag(
+        f"attribute heads (default {_D.attribute_weight}; 0: off)",
+        at_least=0,
+        target=("attribute_weight",),
+    )
+    proxy_weight: float | None = _flag(
+        f"class-proxy term (default {_D.proxy_weight}; 0: off)",
+        at_least=0,
+        target=("proxy_weight",),
+    )
+    lr: float | None = _flag(f"default {_D.lr}", above=0, target=("lr",))
+    seed: int | None = _flag(f"default {_D.seed}", target=("seed",))
+    threads: int | None = _flag(
+        "torch threads (default: one per core)", at_least=1, target=("threads",)
+    )
+    rnn: str | None = _flag(
+        f"default {_D.text_encoder.rnn}", choices=("gru", "lstm"), target=("text_encoder", "rnn")
+    )
+    embedding_dim: int | None = _flag(f"default {_D.text_encoder.embedding_dim}", at_least=1)
+    """Sets both encoders' embedding size (one shared space), see `_apply_flags`."""
+    conv_channels: tuple[int, ...] | None = _flag(
+        "three text-conv widths (default 384,512,512)",
+        parse=_channels("--conv-channels", 3),
+        target=("text_encoder", "conv_channels"),
+    )
+    rnn_hidden: int | None = _flag(
+        f"default {_D.text_encoder.rnn_hidden}", at_least=1, target=("text_encoder", "rnn_hidden")
+    )
+    image_channels: tuple[int, ...] | None = _flag(
+        "image-encoder stage widths (default 32,64,128,256)",
+        parse=_channels("--image-channels", None),
+        target=("image_encoder", "channels"),
+    )
+    no_augment: bool = option(
+        False, "train on clean captions only", show_default=False, store_true=True
+    )
+    checkpoint_every: int | None = _flag(
+        f"default {_D.checkpoint_every}", at_least=1, target=("checkpoint_every",)
+    )
+    monitor_every: int | None = _flag(
+        f"default {_D.monitor_every} (0: off)", at_least=0, target=("monitor_every",)
+    )
+    eval_splits: tuple[str, ...] | None = _flag(
+        "final evaluation splits (default: test test_unseen where present)",
+        nargs="+",
+        target=("eval_splits",),
+    )
+    no_eval: bool = option(False, "skip the final evaluation", show_default=False, store_true=True)
+    resume: str | None = _flag(
+        "continue a run: its folder or checkpoint (default: newest in --out)",
+        nargs="?",
+        const="latest",
+        metavar="RUN",
+    )
+    dry_run: bool = option(
+        False,
+        "one real step on rendered data; writes a normal run folder",
+        show_default=False,
+        store_true=True,
+    )
+
+
+def build_parser() -> OneLineParser:
+    """The text-encoder flags, generated from `PretrainFlags`."""
+    parser = OneLineParser(
+        prog="python -m train text-encoder",
+        description="Pretrain the char-CNN-RNN text encoder jointly with an image encoder.",
+    )
+    return options.build_parser(PretrainFlags, parser, given_only=False)
+
+
+def parse_flags(argv: list[str] | None) -> PretrainFlags:
+    """argv → frozen `PretrainFlags`, every declared range checked (ConfigError names the flag)."""
+    flags = PretrainFlags(**vars(build_parser().parse_args(argv)))
+    if flags.eval_splits is not None:
+        flags = dataclasses.replace(flags, eval_splits=tuple(flags.eval_splits))
+    options.check_ranges(flags)
+    return flags
+
+
+# What may differ when resuming: where the data lives and how many threads compute.
+_RESUMABLE_CHANGES = {"data", "threads"}
+
+
+def _targets() -> dict[str, tuple[str, ...]]:
+    """flag field → the config field it sets, as declared on `PretrainFlags`."""
+    declared = options.options(PretrainFlags).items()
+    return {name: spec.target for name, (spec, _, _) in declared if spec.target is not None}
+
+
+def _apply_flags(config: PretrainConfig, args: PretrainFlags) -> PretrainConfig:
+    """`config` with every flag that was given applied."""
+    for name, path in _targets().items():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if len(path) == 1:
+            config = dataclasses.replace(config, **{path[0]: value})
+        else:
+            inner = dataclasses.replace(getattr(config, path[0]), **{path[1]: value})
+            config = dataclasses.replace(config, **{path[0]: inner})
+    if args.minutes is not None and args.steps is None and not args.resume:
+        config = dataclasses.replace(config, steps=None)  # --minutes alone drives the schedule
+    if args.no_augment:
+        config = dataclasses.replace(
+            config, augment=AugmentConfig(typo_prob=0.0, shuffle_prob=0.0, punctuation_prob=0.0)
+        )
+    if args.no_eval:
+        config = dataclasses.replace(config, eval_splits=())
+    if args.dry_run:
+        config = dataclasses.replace(config, dry_run=True, monitor_every=0)
+    if args.embedding_dim is not None:  # one shared embedding size: set both encoders at once
+        config = dataclasses.replace(
+            config,
+            text_encoder=dataclasses.replace(config.text_encoder, embedding_dim=args.embedding_dim),
+            image_encoder=dataclasses.replace(
+                config.image_encoder, embedding_dim=args.embedding_dim
+            ),
+        )
+    return config
+
+
+def _find_resume(spec: str, out: str) -> Path:
+    """--resume value → checkpoint path (a run folder, a checkpoint, or "latest" in --out)."""
+    if spec == "latest":
+        candidates = [d for d in run_dirs(out) if (d / CHECKPOINT_FILE).is_file()]
+        if not candidates:
+            raise ConfigError(f"--resume: no run folder with a {CHECKPOINT_FILE} under {out}")
+        return candidates[-1] / CHECKPOINT_FILE
+    path = Path(spec)
+    if path.is_dir():
+        path = path / CHECKPOINT_FILE
+    if not path.is_file():
+        raise ConfigError(f"--resume: {path} not found")
+    return path
+
+
+def _resumed_config(checkpoint: dict[str, Any], args: PretrainFlags, where: Path) -> PretrainConfig:
+    """The saved config; flags may only repeat it (except data location and threads)."""
+    saved = PretrainConfig.from_dict(checkpoint.get("config") or {}, f"{where}: config")
+    wanted = _apply_flags(saved, args)
+    fields = {**_targets(), "embedding_dim": ("text_encoder", "embedding_dim")}
+    for name, path in fields.items():
+        if getattr(args, name) is None or name in _RESUMABLE_CHANGES:
+            continue
+        old, new = saved, wanted
+        for part in path:
+            old, new = getattr(old, part), getattr(new, part)
+        if old != new:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(
+                f"{flag}: a resumed run keeps its config ({old!r}); start a new run to change it"
+            )
+    for flag in ("no_augment", "no_eval", "dry_run"):
+        if getattr(args, flag):
+            raise ConfigError(f"--{flag.replace('_', '-')} cannot be combined with --resume")
+    changed = {k: getattr(args, k) for k in _RESUMABLE_CHANGES if getattr(args, k) is not None}
+    return resolve(dataclasses.replace(saved, **changed)) if changed else saved
+
+
+def _load_splits(config: PretrainConfig) -> dict[str, SplitData]:
+    """The train split (and the monitor split, where present), or rendered data for a dry run."""
+    if config.dry_run:
+        return generated_splits(config.seed)
+    info = read_info(config.data)
+    if "train" not in info.splits:
+        raise DataError(f"{config.data}: no 'train' split (has {', '.join(info.splits)})")
+    names = ["train"]
+    if config.monitor_every and config.monitor_split in info.splits:
+        names.append(config.monitor_split)
+    started = time.perf_counter()
+    splits = {name: read_split(config.data, name) for name in names}
+    log.info(
+        "loaded %s (%s) in %.1f s",
+        config.data,
+        ", ".join(f"{k}: {len(v)}" for k, v in splits.items()),
+        time.perf_counter() - started,
+    )
+    return splits
+
+
+def _final_eval(config: PretrainConfig, run_dir: Path, splits: dict[str, SplitData]) -> int:
+    if config.dry_run:
+        # The rendered test split is 120 images: fewer candidates, same code path.
+
+        state_ckpt = load_checkpoint(run_dir / CHECKPOINT_FILE, kind="text_encoder")
+        model = JointEmbedding.from_checkpoint(state_ckpt, str(run_dir / CHECKPOINT_FILE))
+        records = evaluate(model, {"test": splits["test"]}, EvalConfig(candidates=20))
+        print(format_table(records))
+        return 0
+    if not config.eval_splits:
+        return 0
+    info = read_info(config.data)
+    names = [s for s in config.eval_splits if s in info.splits]
+    if not names:
+        log.warning("no evaluation: %s has none of the splits %s", config.data, config.eval_splits)
+        return 0
+    started = time.perf_counter()
+    records = evaluate_checkpoint(run_dir / CHECKPOINT_FILE, config.data, names, EvalConfig())
+    log.info("evaluation took %.1f s", time.perf_counter() - started)
+    print(format_table(records))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Pretrain; 0 on success, 2 on bad input (one line on stderr), 130 when interrupted."""
+    try:
+        args = parse_flags(argv)
+        checkpoint = None
+        if args.resume:
+            ckpt_path = _find_resume(args.resume, args.out)
+            checkpoint = load_checkpoint(ckpt_path, kind="text_encoder")
+            config = _resumed_config(checkpoint, args, ckpt_path)
+            run_dir = ckpt_path.parent
+        else:
+            config = resolve(_apply_flags(PretrainConfig(), args))
+            run_dir = None
+        if not config.dry_run:
+            info = read_info(config.data)  # a missing or foreign file fails here, before work
+            if "train" not in info.splits:
+                raise DataError(f"{config.data}: no 'train' split (has {', '.join(info.splits)})")
+        splits = _load_splits(config)
+        if len(splits["train"]) < config.batch_size:
+            raise ConfigError(
+                f"--batch-size {config.batch_size} exceeds the {len(splits['train'])} training "
+                f"images in {'the dry-run data' if config.dry_run else config.data}"
+            )
+        config = resolve_classes(config, splits["train"])
+        if run_dir is None:
+            run_dir = new_run_dir(args.out)
+            write_json_atomic(run_dir / CONFIG_FILE, config.to_dict())
+        log.info(
+            "run folder %s (objective %s, %s)",
+            run_dir,
+            config.objective,
+            f"{config.steps} steps" if config.steps else f"{config.minutes} min",
+        )
+        train(config, run_dir, splits, checkpoint)
+        return _final_eval(config, run_dir, splits)
+    except (KeyboardInterrupt, InterruptedTrainingError):
+        return 130
+    except FloatingPointError as err:
+        print(f"text-encoder: training diverged: {err}", file=sys.stderr)
+        return 1
+    except BAD_INPUT as err:
+        print(f"text-encoder: {err}", file=sys.stderr)
+        return 2
