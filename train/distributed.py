@@ -54,6 +54,16 @@ class DistEnv:
         return self.world_size > 1
 
 
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic in hardware (AVX-512 BF16 or AMX), so that CPU bf16
+    autocast speeds training up instead of emulating bf16 far slower than fp32
+    (docs/GAN_TRAINING.md § Speed on CPU). Other families (Arm bf16) are not measured: False."""
+    # torch's own probes (private but stable since 2.1); a torch without them gets False, the
+    # safe answer: fp32 is never the slow path.
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
 def launched_by_torchrun() -> bool:
     """True when torchrun (or another launcher) set the process-group environment."""
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ

@@ -36,7 +36,7 @@ WORKER = textwrap.dedent(
     env = distributed.init_distributed("cpu")
     config = validate(GanTrainConfig(
         text_encoder=text_encoder, ngf=8, ndf=8, batch_size=8, captions_per_sample=2,
-        embedding_cache="off", progress=False, device="cpu"), env.world_size)
+        embedding_cache="off", progress=False, device="cpu", amp="off"), env.world_size)
     trainer = gan.GanTrainer(config, env, split=gan.generated_split(64, captions=4, seed=0))
     record = {}
     for i, batch in enumerate(trainer.loader.batches(0)):
@@ -70,7 +70,7 @@ def _single_process(text_encoder: Path) -> dict:
     config = validate(
         GanTrainConfig(
             text_encoder=str(text_encoder), ngf=8, ndf=8, batch_size=8, captions_per_sample=2,
-            embedding_cache="off", progress=False, device="cpu",
+            embedding_cache="off", progress=False, device="cpu", amp="off",
         )
     )  # fmt: skip
     trainer = gan.GanTrainer(
