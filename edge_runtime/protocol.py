@@ -623,12 +623,12 @@ def chunk_count(size: int, chunk_size: int = CHUNK_SIZE) -> int:
 
 
 def data_line(request_id: str, index: int, chunk: bytes) -> bytes:
-    """`$data id i=K crc=XXXXXXXX b64=...*HH` CR LF for one chunk (CRC-32 of the raw bytes)."""
+    """`$data id i=K crc=<8 hex> b64=...*HH` CR LF for one chunk (CRC-32 of the raw bytes)."""
     return frame(data_body(request_id, index, chunk))
 
 
 def data_body(request_id: str, index: int, chunk: bytes) -> bytes:
-    """The body `data id i=K crc=XXXXXXXX b64=...` of one chunk's line."""
+    """The body `data id i=K crc=<8 hex> b64=...` of one chunk's line."""
     return reply_body(
         "data",
         request_id,
