@@ -328,7 +328,7 @@ def _telegraphic(person: str, slots: list[_Slot], rng: np.random.Generator) -> s
 def _subject_last(person: str, slots: list[_Slot], rng: np.random.Generator) -> str:
     *lead, last = slots
     head = ", ".join(s.terse for s in lead)
-    body = f"{_pick(rng, ('one', 'a', 'single'))} {person} {last.inline}"
+    body = f"{_pick(rng, ('one ' + person, _a(person), 'a single ' + person))} {last.inline}"
     return f"{head} - {body}" if head else f"need eyes on {_a(person)} {last.inline}"
 
 
