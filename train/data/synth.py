@@ -81,7 +81,8 @@ class SynthConfig:
     train: int = 10_000
     test: int = 1_000
     test_unseen: int = 1_000
-    test_phrasing: int = 1_000
+    test_phrasing: int | None = None
+    """test_phrasing images; None: as many as `test` (0: no such split)."""
     workers: int = 2
     captions_per_image: int = CAPTIONS_PER_IMAGE
     partial_fraction: float = 0.0
@@ -90,8 +91,9 @@ class SynthConfig:
     def counts(self) -> dict[str, int]:
         """Images per split, in split order (test_phrasing only when asked for)."""
         counts = {"train": self.train, "test": self.test, "test_unseen": self.test_unseen}
-        if self.test_phrasing:
-            counts[PHRASING_SPLIT] = self.test_phrasing
+        phrasing = self.test if self.test_phrasing is None else self.test_phrasing
+        if phrasing:
+            counts[PHRASING_SPLIT] = phrasing
         return counts
 
 
@@ -331,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         train=args.train,
         test=args.test,
         test_unseen=args.unseen,
-        test_phrasing=args.test if args.phrasing is None else args.phrasing,
+        test_phrasing=args.phrasing,
         partial_fraction=args.partial_fraction,
         workers=args.workers,
         captions_per_image=args.captions_per_image,
