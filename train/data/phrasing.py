@@ -72,25 +72,46 @@ ALL_STATED = (1 << len(ATTRIBUTE_NAMES)) - 1
 # --------------------------------------------------------------------------------------------
 
 _TRAIN_COLOURS_EXTRA: dict[str, tuple[str, ...]] = {
-    "red": ("bright red",), "orange": ("bright orange",), "yellow": ("bright yellow",),
-    "green": ("dark green",), "blue": ("dark blue",), "purple": ("deep purple",),
-    "white": ("pure white",), "black": ("all black",),
-}  # fmt: skip
+    "red": ("bright red", "dark red", "blood red"),
+    "orange": ("bright orange", "safety orange", "dark orange"),
+    "yellow": ("bright yellow", "golden yellow", "pale yellow"),
+    "green": ("dark green", "forest green", "bright green"),
+    "blue": ("dark blue", "royal blue", "light blue"),
+    "purple": ("deep purple", "dark purple", "plum"),
+    "white": ("pure white", "bright white", "plain white"),
+    "black": ("all black", "solid black", "dark black"),
+}
 HELDOUT_COLOURS: dict[str, tuple[str, ...]] = {
     "red": ("crimson", "cherry red"), "orange": ("tangerine", "hi-vis orange"),
     "yellow": ("mustard", "lemon yellow"), "green": ("lime green", "emerald"),
     "blue": ("navy", "sky blue"), "purple": ("lilac", "mauve"),
     "white": ("off-white", "ivory"), "black": ("jet black", "pitch black"),
 }  # fmt: skip
-_TRAIN_GARMENTS_EXTRA: tuple[str, ...] = ("pullover", "overcoat", "cardigan")
-HELDOUT_GARMENTS: tuple[str, ...] = ("top", "vest", "windbreaker", "fleece", "anorak", "tracksuit")
-_TRAIN_PEOPLE_EXTRA: tuple[str, ...] = ("adult", "resident", "rescuer")
-HELDOUT_PEOPLE: tuple[str, ...] = ("subject", "patient", "climber", "walker", "evacuee", "guy")
+_TRAIN_GARMENTS_EXTRA: tuple[str, ...] = (
+    "pullover", "overcoat", "cardigan", "blouse", "smock", "uniform", "boiler suit", "poncho",
+    "gilet", "waterproof",
+)  # fmt: skip
+HELDOUT_GARMENTS: tuple[str, ...] = (
+    "top", "vest", "windbreaker", "fleece", "anorak", "tracksuit", "overalls", "cagoule",
+    "hi-vis", "coverall", "shell jacket",
+)  # fmt: skip
+_TRAIN_PEOPLE_EXTRA: tuple[str, ...] = (
+    "adult", "resident", "rescuer", "stranded person", "missing person", "injured person",
+    "local", "traveller", "passer-by", "villager",
+)  # fmt: skip
+HELDOUT_PEOPLE: tuple[str, ...] = (
+    "subject", "patient", "climber", "walker", "evacuee", "guy", "lady", "fella", "occupant",
+    "straggler", "target", "bloke",
+)  # fmt: skip
 
 _TRAIN_TERRAIN_EXTRA: dict[str, tuple[str, ...]] = {
-    "rubble": ("on the rubble",), "grass": ("on grassland",), "sand": ("on a beach",),
-    "snow": ("on the snow",), "water": ("in the flood",), "mud": ("on mud",),
-}  # fmt: skip
+    "rubble": ("on the rubble", "in a collapsed building", "on debris", "among broken bricks"),
+    "grass": ("on grassland", "in a field", "on green grass", "in a pasture"),
+    "sand": ("on a beach", "in the desert", "on the sand dunes", "on dry sand"),
+    "snow": ("on the snow", "on a snowy slope", "in fresh snow", "on packed snow"),
+    "water": ("in the flood", "in murky water", "in a flooded street", "standing in water"),
+    "mud": ("on mud", "in a muddy field", "in the mire", "on a mudflat"),
+}
 HELDOUT_TERRAIN: dict[str, tuple[str, ...]] = {
     "rubble": ("in the wreckage", "on a debris pile", "amid collapsed masonry"),
     "grass": ("on the turf", "in tall weeds", "in a grass field"),
@@ -100,10 +121,12 @@ HELDOUT_TERRAIN: dict[str, tuple[str, ...]] = {
     "mud": ("in the muck", "stuck in the mud", "in a mudslide"),
 }
 _TRAIN_POSE_EXTRA: dict[str, tuple[str, ...]] = {
-    "standing": ("standing still",), "sitting": ("sitting still",), "lying": ("lying still",),
-}  # fmt: skip
+    "standing": ("standing still", "standing upright", "on foot", "standing firm"),
+    "sitting": ("sitting still", "sitting on the ground", "seated on the ground", "sat"),
+    "lying": ("lying still", "lying on the ground", "lying on their side", "laid flat"),
+}
 HELDOUT_POSES: dict[str, tuple[str, ...]] = {
-    "standing": ("up and walking", "standing tall", "still standing"),
+    "standing": ("up and walking", "standing tall", "up on two feet"),
     "sitting": ("sat down", "crouched", "propped up"),
     "lying": ("face down", "passed out", "sprawled out", "flat on their back"),
 }
