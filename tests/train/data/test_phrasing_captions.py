@@ -9,6 +9,7 @@ import pytest
 
 from train.data import phrasing_captions, synth
 from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES, Attributes
+from train.data.info import describe
 from train.data.phrasing import read_back, stated_mask
 from train.data.schema import read_split
 
@@ -97,3 +98,11 @@ def test_phrasing_captions_bad_input_is_one_line(
     assert phrasing_captions.main(["--data", str(missing), "--out", str(out)]) == 1
     assert "not found" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_info_verify_counts_partial_captions(scenes: Path) -> None:
+    splits = describe(scenes, verify=True)["splits"]
+    stated = read_split(scenes, "test_phrasing").caption_stated
+    assert stated is not None
+    assert splits["test_phrasing"]["partial_captions"] == int((stated != 31).sum()) > 0  # type: ignore[index]
+    assert splits["test"]["partial_captions"] is None  # type: ignore[index]
