@@ -7,6 +7,8 @@ from itertools import combinations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_runtime import tokenizer
 from train.data import phrasing
@@ -133,3 +135,19 @@ def test_phrasing_heldout_captions_for_an_image_are_distinct_with_masks() -> Non
     assert len(set(captions)) == 10 and len(masks) == 10
     for caption, mask in zip(captions, masks, strict=True):
         assert phrasing.stated_mask(read_back(caption)) == mask, caption
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    class_id=st.integers(0, 863),
+    mask=st.integers(1, 31),
+    family=st.sampled_from(list(Family)),
+)
+def test_phrasing_any_draw_reads_back_as_its_labels(
+    seed: int, class_id: int, mask: int, family: Family
+) -> None:
+    a = ATTRIBUTES[class_id]
+    p = phrase_for(a, phrasing.stated_names(mask), family, np.random.default_rng(seed))
+    assert p.mask == mask
+    assert read_back(p.caption) == {n: getattr(a, n) for n in p.stated}, p.caption
