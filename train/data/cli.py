@@ -10,6 +10,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert-cub": ("train.data.cub", "CUB-200-2011 + Reed's text_c10 captions → our HDF5"),
     "convert-oxford": ("train.data.oxford", "Oxford-102 flowers + Reed's text_c10 → our HDF5"),
     "import-peer": ("train.data.peer", "a GAN-CLS birds.hdf5 / flowers.hdf5 → our HDF5"),
+    "phrasing-captions": (
+        "train.data.phrasing_captions",
+        "a split's labelled captions (test_phrasing) → JSON lines for `evaluate --captions`",
+    ),
     "info": ("train.data.info", "describe (and optionally verify) a dataset file"),
     "bench": ("train.data.bench", "time rendering and reading (prints, never asserts)"),
 }

@@ -15,6 +15,8 @@ Layout (documented for users in docs/DATA_FORMAT.md)::
         attributes           int16 (N, A): index into attribute_values[attribute_names[a]]
                              (optional: only where attributes are known, e.g. rescue-scenes)
         names                vlen UTF-8 str (N,): source file / image id (optional)
+        caption_stated       uint8 (N, C): bit a set = caption states attribute_names[a]
+                             (optional extension, issue 17; absent = every caption states all)
 
 Files are written to a temp file beside the target and renamed, so a failed write never leaves a
 partial dataset. Every reader error is a `DataError` whose one-line message names the file and the
@@ -66,6 +68,10 @@ class SplitData:
     caption_counts: np.ndarray | None = None
     """int16 (N,): captions[i][:caption_counts[i]] are distinct, the rest repeat them to pad to C
     (sources with fewer captions for some images); None when all C are distinct."""
+    caption_stated: np.ndarray | None = None
+    """uint8 (N, C): bit a of [i, j] set when caption j of image i states attribute a (in
+    `attribute_names` order); None when every caption states every attribute. An optional
+    extension of schema v1: readers that do not know it ignore it (docs/DATA_FORMAT.md)."""
 
     def __len__(self) -> int:
         return len(self.images)
@@ -174,6 +180,13 @@ def _write_split(
         group.create_dataset("caption_counts", data=counts)
     if split.attributes is not None:
         group.create_dataset("attributes", data=np.asarray(split.attributes, dtype=np.int16))
+    if split.caption_stated is not None:
+        stated = np.asarray(split.caption_stated)
+        if stated.shape != captions.shape or not np.issubdtype(stated.dtype, np.integer):
+            raise DataError(f"{where}/caption_stated: expected integer {captions.shape}")
+        if stated.size and (stated.min() < 1 or stated.max() > 255):
+            raise DataError(f"{where}/caption_stated: values must be bitmasks in 1..255")
+        group.create_dataset("caption_stated", data=stated.astype(np.uint8))
     if split.names is not None:
         group.create_dataset(
             "names", data=np.array(split.names, dtype=object), dtype=h5py.string_dtype("utf-8")
@@ -318,7 +331,31 @@ def _read_split(f: h5py.File, path: Path, split: str) -> SplitData:
         c = len(captions[0]) if captions else 0
         if counts.shape != (n,) or (n and (counts.min() < 1 or counts.max() > c)):
             raise DataError(f"{where}/caption_counts: expected ({n},) values in 1..{c}")
-    return SplitData(images, captions, class_ids.astype(np.int64), attributes, names, counts)
+    stated = None
+    if "caption_stated" in g:
+        stated = _read_stated(g, n, len(captions[0]) if captions else 0, attribute_names, where)
+    return SplitData(
+        images, captions, class_ids.astype(np.int64), attributes, names, counts, stated
+    )
+
+
+def _read_stated(
+    g: h5py.Group, n: int, c: int, attribute_names: list[str], where: str
+) -> np.ndarray:
+    """The optional caption_stated bitmasks, declared shape checked before the read."""
+    if isinstance(g["caption_stated"], h5py.Dataset):
+        guard.expect(g["caption_stated"], f"{where}/caption_stated", "ui", (n, c))
+    stated = _read_dataset(g, "caption_stated", where)
+    if stated.shape != (n, c):
+        raise DataError(f"{where}/caption_stated: expected ({n}, {c}), got {stated.shape}")
+    limit = (1 << len(attribute_names)) - 1 if attribute_names else 255
+    if stated.size and (stated.min() < 1 or stated.max() > limit):
+        bad = np.argwhere((stated < 1) | (stated > limit))[0]
+        raise DataError(
+            f"{where}/caption_stated[{bad[0]}][{bad[1]}]: {int(stated[tuple(bad)])} is not a "
+            f"non-empty bitmask over {len(attribute_names)} attributes (1..{limit})"
+        )
+    return stated.astype(np.uint8)
 
 
 def _read_dataset(g: h5py.Group, key: str, where: str) -> np.ndarray:

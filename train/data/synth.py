@@ -5,10 +5,15 @@ Splits (docs/DATA_FORMAT.md):
 - `train`: every class whose colour×terrain pair is not in `UNSEEN_PAIRS` (41 pairs, 738 classes),
   balanced to within one image per class;
 - `test`: the same classes, different images;
-- `test_unseen`: only the 7 held-out pairs (126 classes), never seen in train.
+- `test_unseen`: only the 7 held-out pairs (126 classes), never seen in train;
+- `test_phrasing`: classes as in `test`, captions only from the held-out phrasing family
+  (`train.data.phrasing`), full and partial, with per-caption `caption_stated` labels.
 
 Image `i` of split `k` is rendered from `numpy.random.default_rng([seed, k, i, 0])` and captioned
 from `default_rng([seed, k, i, 1])`, so arrays are byte-identical for a seed whatever `--workers`.
+`--partial-fraction` replaces that share of train captions by partial ones drawn from
+`default_rng([seed, k, i, 3])`, a stream of its own: at 0 (the default) no draw is made and the
+three original splits are byte-identical to GENERATOR_VERSION 1's.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import multiprocessing
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,15 +43,28 @@ from train.data.attributes import (
 )
 from train.data.captions import captions_for
 from train.data.convert import check_out_path, positive_int
+from train.data.phrasing import (
+    ALL_STATED,
+    Family,
+    draw_stated,
+    heldout_captions_for,
+    phrase_for,
+)
 from train.data.scenes import IMAGE_SIZE, render_scene
 from train.data.schema import SplitData, write_dataset
 
 log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
-"""Bump when a change to the renderer or grammar changes the images or captions for a seed."""
+"""Bump when a change to the renderer or grammar changes the images or captions for a seed.
+Adding `test_phrasing` (issue 17) did not: train, test and test_unseen are unchanged, and the new
+split is named by `PHRASING_VERSION`."""
+PHRASING_VERSION = 1
+"""Bump when `train.data.phrasing` changes what a seed produces (test_phrasing, partial ones)."""
 DATASET_NAME = "rescue-scenes"
-SPLITS: tuple[str, ...] = ("train", "test", "test_unseen")
+SPLITS: tuple[str, ...] = ("train", "test", "test_unseen", "test_phrasing")
+"""In split-index order (`k` of the seed rule): new splits are appended, never inserted."""
+PHRASING_SPLIT = "test_phrasing"
 CAPTIONS_PER_IMAGE = 10
 # The loader must not flip (left/right is an attribute) nor random-crop (a crop shifts the figure
 # across a third's boundary); see docs/DATA_FORMAT.md, "augmentation".
@@ -62,12 +81,20 @@ class SynthConfig:
     train: int = 10_000
     test: int = 1_000
     test_unseen: int = 1_000
+    test_phrasing: int | None = None
+    """test_phrasing images; None: as many as `test` (0: no such split)."""
     workers: int = 2
     captions_per_image: int = CAPTIONS_PER_IMAGE
+    partial_fraction: float = 0.0
+    """Share of train captions replaced by partial ones of the training phrasing family."""
 
     def counts(self) -> dict[str, int]:
-        """Images per split, in split order."""
-        return {"train": self.train, "test": self.test, "test_unseen": self.test_unseen}
+        """Images per split, in split order (test_phrasing only when asked for)."""
+        counts = {"train": self.train, "test": self.test, "test_unseen": self.test_unseen}
+        phrasing = self.test if self.test_phrasing is None else self.test_phrasing
+        if phrasing:
+            counts[PHRASING_SPLIT] = phrasing
+        return counts
 
 
 def split_class_ids(split: str, count: int, seed: int) -> np.ndarray:
@@ -84,21 +111,66 @@ def render_items(
     seed: int, split: str, start: int, class_ids: np.ndarray, captions_per_image: int
 ) -> tuple[np.ndarray, list[list[str]]]:
     """Render images start.. of a split: uint8 (n, 64, 64, 3) and their captions."""
+    images, captions, _ = render_items_stated(seed, split, start, class_ids, captions_per_image)
+    return images, captions
+
+
+def _partial_captions(
+    attributes: Attributes, captions: list[str], rng: np.random.Generator, fraction: float
+) -> tuple[list[str], list[int]]:
+    """Replace about `fraction` of `captions` by distinct partial training-family captions."""
+    out, masks = list(captions), [ALL_STATED] * len(captions)
+    for j in range(len(out)):
+        if rng.random() >= fraction:
+            continue
+        for _ in range(20):  # a partial phrase may repeat one already there; redraw
+            phrase = phrase_for(attributes, draw_stated(rng), Family.TRAIN, rng)
+            if phrase.caption not in out:
+                out[j], masks[j] = phrase.caption, phrase.mask
+                break
+    return out, masks
+
+
+def render_items_stated(
+    seed: int,
+    split: str,
+    start: int,
+    class_ids: np.ndarray,
+    captions_per_image: int,
+    *,
+    partial_fraction: float = 0.0,
+) -> tuple[np.ndarray, list[list[str]], list[list[int]]]:
+    """`render_items` plus each caption's `caption_stated` bitmask (ALL_STATED for full ones).
+
+    `test_phrasing` draws held-out captions; `partial_fraction` > 0 makes partial captions in
+    the other splits (the caller asks for it on train only)."""
     k = SPLITS.index(split)
     images = np.empty((len(class_ids), IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-    captions = []
+    captions: list[list[str]] = []
+    stated: list[list[int]] = []
     for j, class_id in enumerate(class_ids):
         attributes = Attributes.from_class_id(int(class_id))
         images[j], _ = render_scene(attributes, np.random.default_rng([seed, k, start + j, 0]))
         rng = np.random.default_rng([seed, k, start + j, 1])
-        captions.append(captions_for(attributes, captions_per_image, rng))
-    return images, captions
+        if split == PHRASING_SPLIT:
+            row, masks = heldout_captions_for(attributes, captions_per_image, rng)
+        else:
+            row = captions_for(attributes, captions_per_image, rng)
+            masks = [ALL_STATED] * len(row)
+            if partial_fraction > 0:
+                partial_rng = np.random.default_rng([seed, k, start + j, 3])
+                row, masks = _partial_captions(attributes, row, partial_rng, partial_fraction)
+        captions.append(row)
+        stated.append(masks)
+    return images, captions, stated
 
 
-def _render_task(
-    args: tuple[int, str, int, np.ndarray, int],
-) -> tuple[np.ndarray, list[list[str]]]:
-    return render_items(*args)
+_Task = tuple[int, str, int, np.ndarray, int, float]
+
+
+def _render_task(args: _Task) -> tuple[np.ndarray, list[list[str]], list[list[int]]]:
+    *head, fraction = args
+    return render_items_stated(*head, partial_fraction=fraction)
 
 
 def _worker_init() -> None:
@@ -109,7 +181,7 @@ def synthesize(config: SynthConfig) -> dict[str, object]:
     """Render all splits and write them atomically to `config.out`; returns a summary."""
     started = time.perf_counter()
     splits: dict[str, SplitData] = {}
-    tasks: list[tuple[int, str, int, np.ndarray, int]] = []
+    tasks: list[_Task] = []
     for split, count in config.counts().items():
         ids = split_class_ids(split, count, config.seed)
         splits[split] = SplitData(
@@ -121,8 +193,9 @@ def synthesize(config: SynthConfig) -> dict[str, object]:
             ).reshape(count, len(ATTRIBUTE_NAMES)),
             names=[f"{split}/{i:06d}" for i in range(count)],
         )
+        fraction = config.partial_fraction if split == "train" else 0.0
         tasks += [
-            (config.seed, split, s, ids[s : s + _CHUNK], config.captions_per_image)
+            (config.seed, split, s, ids[s : s + _CHUNK], config.captions_per_image, fraction)
             for s in range(0, count, _CHUNK)
         ]
     total = sum(config.counts().values())
@@ -135,26 +208,38 @@ def synthesize(config: SynthConfig) -> dict[str, object]:
         pool = multiprocessing.get_context("spawn").Pool(config.workers, _worker_init)
         results = pool.imap(_render_task, tasks)
     try:
-        captions: dict[str, list[list[str]]] = {s: [] for s in SPLITS}
-        for (_, split, start, ids, _), (images, caps) in zip(tasks, results, strict=True):
+        captions: dict[str, list[list[str]]] = {s: [] for s in config.counts()}
+        stated: dict[str, list[list[int]]] = {s: [] for s in config.counts()}
+        for (_, split, start, ids, *_), (images, caps, masks) in zip(tasks, results, strict=True):
             splits[split].images[start : start + len(ids)] = images
             captions[split] += caps
+            stated[split] += masks
     finally:
         if pool is not None:
             pool.close()
             pool.join()
-    for split in SPLITS:
+    for split, count in config.counts().items():
         splits[split].captions = captions[split]
+        masks = np.asarray(stated[split], np.uint8).reshape(count, config.captions_per_image)
+        # Stored only where some caption is partial: absent means "every caption states all",
+        # so files without partial captions stay as GENERATOR_VERSION 1 wrote them.
+        if (masks != ALL_STATED).any():
+            splits[split].caption_stated = masks
     render_seconds = time.perf_counter() - started
     provenance = {
         "generator": "train.data.synth",
         "generator_version": GENERATOR_VERSION,
+        "phrasing_version": PHRASING_VERSION,
+        "partial_fraction": config.partial_fraction,
         "seed": config.seed,
         "counts": config.counts(),
         "captions_per_image": config.captions_per_image,
         "unseen_pairs": [list(p) for p in UNSEEN_PAIRS],
         "image_seed_rule": "numpy.random.default_rng([seed, split_index, image_index, 0|1])",
         "split_order": list(SPLITS),
+        "partial_caption_seed_rule": (
+            "numpy.random.default_rng([seed, split_index, image_index, 3])"
+        ),
     }
     write_dataset(
         config.out,
@@ -179,6 +264,21 @@ def synthesize(config: SynthConfig) -> dict[str, object]:
     }
 
 
+def fraction_flag(flag: str) -> Callable[[str], float]:
+    """argparse `type=`: a number in [0, 1], rejected naming `flag`."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag}: {text!r} is not a number") from None
+        if not 0.0 <= value <= 1.0:
+            raise argparse.ArgumentTypeError(f"{flag}: {value} is outside 0..1")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command's flags."""
     p = argparse.ArgumentParser(
@@ -193,6 +293,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=positive_int("--test", 0), default=1_000, help="test images")
     p.add_argument(
         "--unseen", type=positive_int("--unseen", 0), default=1_000, help="test_unseen images"
+    )
+    p.add_argument(
+        "--phrasing",
+        type=positive_int("--phrasing", 0),
+        help="test_phrasing images (held-out phrasing family; default: as many as --test; "
+        "0: no such split)",
+    )
+    p.add_argument(
+        "--partial-fraction",
+        type=fraction_flag("--partial-fraction"),
+        default=0.0,
+        help="share of train captions that state only 1-4 attributes (default 0)",
     )
     p.add_argument(
         "--captions-per-image",
@@ -221,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         train=args.train,
         test=args.test,
         test_unseen=args.unseen,
+        test_phrasing=args.phrasing,
+        partial_fraction=args.partial_fraction,
         workers=args.workers,
         captions_per_image=args.captions_per_image,
     )

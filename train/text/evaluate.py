@@ -10,6 +10,12 @@ clean captions and with each perturbation of `train.text.perturb` separately. Ev
 split uses the same queries and the same candidate sets, so differences between variants are paired
 and not sampling noise. Everything is seeded.
 
+A split with per-caption `caption_stated` labels (`test_phrasing`, measured by default where the
+file has it; docs/DATA_FORMAT.md § Operator phrasing) gives two rows: `<split>` from its full
+captions, as above, and `<split>:partial` from its partial ones, whose distractors must contradict
+a *stated* attribute (`train.text.retrieval.partial_r_precision`): an image differing only in what
+the caption leaves open fits it as well as the true one.
+
 Results are appended as JSON lines to `eval_text.jsonl` beside the checkpoint (the run folder),
 and a table goes to stdout.
 """
@@ -30,16 +36,21 @@ import torch
 
 from train.checkpoint import load_checkpoint
 from train.data.files import read_info, read_split
+from train.data.phrasing import ALL_STATED
 from train.data.schema import SplitData
+from train.data.synth import PHRASING_SPLIT
 from train.errors import BAD_INPUT, ConfigError
 from train.runs import MetricsLog, OneLineParser
 from train.text.joint_embedding import CaptionError, JointEmbedding
 from train.text.perturb import PERTURBATIONS
-from train.text.retrieval import attribute_separation, r_precision
+from train.text.retrieval import attribute_separation, partial_r_precision, r_precision
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SPLITS = ("test", "test_unseen")
+OPTIONAL_SPLITS = (PHRASING_SPLIT,)
+"""Measured by default when the file has them (older files do not)."""
+PARTIAL_SUFFIX = ":partial"
 VARIANTS = ("clean", *PERTURBATIONS)
 RESULTS_FILE = "eval_text.jsonl"
 METRIC = "r_precision_text_to_image"
@@ -93,6 +104,26 @@ def select_queries(
     return texts, np.asarray(images, dtype=np.int64)
 
 
+def select_stated_queries(
+    split: SplitData, captions_per_image: int, seed: int, name: str, *, full: bool
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Like `select_queries` among an image's full (or partial) captions only: (texts, image
+    index per text, stated bitmask per text); an image with fewer such captions gives fewer."""
+    assert split.caption_stated is not None
+    rng = np.random.default_rng(_stable_seed(seed, name, "full" if full else "partial"))
+    texts: list[str] = []
+    images: list[int] = []
+    masks: list[int] = []
+    for i, row in enumerate(split.captions):
+        stated = split.caption_stated[i]
+        pool = [j for j in range(len(row)) if (int(stated[j]) == ALL_STATED) == full]
+        for j in rng.permutation(pool)[:captions_per_image] if pool else []:
+            texts.append(row[int(j)])
+            images.append(i)
+            masks.append(int(stated[int(j)]))
+    return texts, np.asarray(images, dtype=np.int64), np.asarray(masks, dtype=np.int64)
+
+
 def perturb_all(texts: Sequence[str], variant: str, seed: int, name: str) -> list[str]:
     """The captions under one variant, reproducibly ("clean" returns them unchanged)."""
     if variant == "clean":
@@ -114,8 +145,15 @@ def evaluate(
     for name, split in splits.items():
         started = time.perf_counter()
         image_embeddings = model.encode_images(split.images).numpy()  # (N, E)
-        texts, image_of = select_queries(split, config.captions_per_image, config.seed, name)
         labels = np.asarray(split.class_ids)
+        if split.caption_stated is None:
+            texts, image_of = select_queries(split, config.captions_per_image, config.seed, name)
+        else:
+            texts, image_of, _ = select_stated_queries(
+                split, config.captions_per_image, config.seed, name, full=True
+            )
+            if split.attributes is not None:
+                records += _partial_records(model, split, image_embeddings, config, name)
         for variant in config.variants:
             queries = perturb_all(texts, variant, config.seed, name)
             try:
@@ -164,6 +202,53 @@ def evaluate(
             len(texts),
             len(config.variants),
             time.perf_counter() - started,
+        )
+    return records
+
+
+def _partial_records(
+    model: JointEmbedding,
+    split: SplitData,
+    image_embeddings: np.ndarray,
+    config: EvalConfig,
+    name: str,
+) -> list[dict[str, Any]]:
+    """`<name>:partial` R-precision records, one per variant (see the module docstring)."""
+    texts, image_of, stated = select_stated_queries(
+        split, config.captions_per_image, config.seed, name, full=False
+    )
+    if not texts:
+        return []
+    records = []
+    row = name + PARTIAL_SUFFIX
+    for variant in config.variants:
+        queries = perturb_all(texts, variant, config.seed, row)
+        try:
+            text_embeddings = model.encode_texts(queries).numpy()  # (Q, E)
+        except CaptionError as err:
+            raise CaptionError(f"split {row!r}, variant {variant!r}: {err}") from None
+        result = partial_r_precision(
+            text_embeddings,
+            image_embeddings,
+            stated,
+            np.asarray(split.attributes),
+            true_index=image_of,
+            num_candidates=config.candidates,
+            seed=zlib.crc32(f"{config.seed}:{row}".encode()),  # same candidates per variant
+        )
+        records.append(
+            {
+                "metric": METRIC,
+                "split": row,
+                "variant": variant,
+                "value": result.value,
+                "stderr": result.stderr,
+                "queries": result.queries,
+                "candidates": result.candidates,
+                "captions_per_image": config.captions_per_image,
+                "seed": config.seed,
+                "distractors": "contradict a stated attribute",
+            }
         )
     return records
 
@@ -264,7 +349,12 @@ def build_parser() -> OneLineParser:
     )
     p.add_argument("--checkpoint", required=True, help="text-encoder checkpoint.pt")
     p.add_argument("--data", help="HDF5 dataset (default: the one the checkpoint trained on)")
-    p.add_argument("--splits", nargs="+", help=f"splits (default: {' '.join(DEFAULT_SPLITS)})")
+    p.add_argument(
+        "--splits",
+        nargs="+",
+        help=f"splits (default: {' '.join(DEFAULT_SPLITS)}, and {' '.join(OPTIONAL_SPLITS)} "
+        "where present)",
+    )
     p.add_argument("--candidates", type=int, default=EvalConfig.candidates)
     p.add_argument("--captions-per-image", type=int, default=EvalConfig.captions_per_image)
     p.add_argument(
@@ -299,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         if not data:
             raise ConfigError("--data is required (the checkpoint names no dataset)")
         info = read_info(data)
-        splits = args.splits or [s for s in DEFAULT_SPLITS if s in info.splits]
+        default = (*DEFAULT_SPLITS, *OPTIONAL_SPLITS)
+        splits = args.splits or [s for s in default if s in info.splits]
         missing = [s for s in splits if s not in info.splits]
         if missing or not splits:
             raise ConfigError(

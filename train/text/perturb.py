@@ -1,6 +1,6 @@
 """Caption perturbations: how operators really type, for evaluation and for training augmentation.
 
-Four perturbations, each a pure function of (text, rng) so evaluation is reproducible from a seed:
+Six perturbations, each a pure function of (text, rng) so evaluation is reproducible from a seed:
 
 - `typo_each_word`: one random character edit (delete, insert, substitute or swap two neighbours)
   in *every* word — far harsher than real typing, which is why it is the robustness target.
@@ -8,6 +8,11 @@ Four perturbations, each a pure function of (text, rng) so evaluation is reprodu
 - `upper_case`: the whole caption in capitals. The shared tokenizer lower-cases, so this one is
   a no-op by construction; it is evaluated anyway so the table shows that, not assumes it.
 - `extra_punctuation`: stray marks ("!", "...", "?!", ...) after some words and at the end.
+- `doubled_letters`: a key held too long — one letter doubled in about a third of the words.
+- `missing_spaces`: a space bar missed — about a third of the spaces dropped ("inthe mud").
+
+The last two came with issue 17 (operators typing under stress); they are measured, not yet
+used by `augment`, whose mix the next measured training run decides.
 
 `augment` draws a random mix of them for training (Reed trained on clean captions only; without
 augmentation a char-CNN trained on a small grammar has never seen a misspelt word. Trained with
@@ -97,11 +102,40 @@ def extra_punctuation(text: str, rng: np.random.Generator, rate: float = 0.3) ->
     return _WORD.sub(mark, text).rstrip() + _MARKS[int(rng.integers(len(_MARKS)))]
 
 
+def doubled_letters(text: str, rng: np.random.Generator, rate: float = 0.35) -> str:
+    """One letter doubled in each word with probability `rate`, and in at least one word."""
+    words = list(_WORD.finditer(text))
+    if not words:
+        return text
+    chosen = {i for i in range(len(words)) if rng.random() < rate}
+    chosen = chosen or {int(rng.integers(len(words)))}
+    out, last = [], 0
+    for i, match in enumerate(words):
+        word = match.group(0)
+        if i in chosen:
+            k = int(rng.integers(len(word)))
+            word = word[: k + 1] + word[k] + word[k + 1 :]
+        out += [text[last : match.start()], word]
+        last = match.end()
+    return "".join([*out, text[last:]])
+
+
+def missing_spaces(text: str, rng: np.random.Generator, rate: float = 0.3) -> str:
+    """Each space dropped with probability `rate`, and at least one (if there is one)."""
+    spaces = [i for i, c in enumerate(text) if c == " "]
+    if not spaces:
+        return text
+    drop = {i for i in spaces if rng.random() < rate} or {spaces[int(rng.integers(len(spaces)))]}
+    return "".join(c for i, c in enumerate(text) if i not in drop)
+
+
 PERTURBATIONS: dict[str, Callable[[str, np.random.Generator], str]] = {
     "typos": typo_each_word,
     "shuffled": shuffle_clauses,
     "upper": upper_case,
     "punctuation": extra_punctuation,
+    "doubled": doubled_letters,
+    "joined": missing_spaces,
 }
 """Evaluation perturbations by name (the names used in eval-text's results)."""
 

@@ -188,3 +188,55 @@ def attribute_separation(
                 separated[a] += bool((full[others] @ q[k] < own_score).all())
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(tested > 0, separated / np.maximum(tested, 1), np.nan)
+
+
+def partial_r_precision(
+    query_embeddings: np.ndarray,
+    pool_embeddings: np.ndarray,
+    query_stated: Sequence[int] | np.ndarray,
+    pool_attributes: np.ndarray,
+    *,
+    true_index: Sequence[int] | np.ndarray,
+    num_candidates: int = 100,
+    seed: int = 0,
+) -> RPrecision:
+    """R-precision of captions that state only some attributes (issue 17).
+
+    `query_stated[q]` is q's bitmask over the attribute columns of `pool_attributes` (N, A).
+    A distractor must contradict the caption in at least one *stated* attribute: an image that
+    differs only in what the caption leaves open fits the caption as well as the true one, so
+    it cannot count against it. Queries are grouped by mask; each group is `r_precision` with
+    labels = the pool's attributes projected onto the stated columns.
+    """
+    queries = np.asarray(query_embeddings, dtype=np.float32)
+    stated = np.asarray(query_stated, dtype=np.int64)
+    attributes = np.asarray(pool_attributes, dtype=np.int64)
+    true_index = np.asarray(true_index, dtype=np.int64)
+    if stated.shape != (len(queries),) or true_index.shape != (len(queries),):
+        raise ValueError("query_stated and true_index must be (Q,) like the queries")
+    if attributes.ndim != 2 or np.any(stated < 1) or np.any(stated >> attributes.shape[1]):
+        raise ValueError("query_stated must be non-empty bitmasks over pool_attributes' columns")
+    base = int(attributes.max(initial=0)) + 1
+    hits = np.zeros(len(queries), dtype=bool)
+    for mask in np.unique(stated).tolist():
+        picked = np.flatnonzero(stated == mask)
+        labels = np.zeros(len(attributes), dtype=np.int64)
+        for a in range(attributes.shape[1]):
+            if mask >> a & 1:
+                labels = labels * base + attributes[:, a]  # (N,): id of the stated values
+        result = r_precision(
+            queries[picked],
+            pool_embeddings,
+            labels[true_index[picked]],
+            labels,
+            true_index=true_index[picked],
+            num_candidates=num_candidates,
+            seed=seed + mask,
+        )
+        hits[picked] = result.hits
+    return RPrecision(
+        value=float(hits.mean()) if len(hits) else 0.0,
+        queries=len(hits),
+        candidates=num_candidates,
+        hits=hits,
+    )

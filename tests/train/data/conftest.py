@@ -14,7 +14,10 @@ from tiers import needs
 
 # Scene rendering and the caption vocabulary are pure (the robot install runs them too).
 pytest_pycollect_makemodule = needs(
-    __file__, "torch", "h5py", except_files={"test_scenes.py", "test_vocabulary.py"}
+    __file__,
+    "torch",
+    "h5py",
+    except_files={"test_scenes.py", "test_vocabulary.py", "test_phrasing.py"},
 )
 
 CUB_CLASSES = (

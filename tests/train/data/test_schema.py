@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -59,11 +60,47 @@ def test_write_dataset_round_trips_every_field(tmp_path: Path, encoding: str | N
     assert np.array_equal(loaded.attributes, original.attributes)
     assert loaded.names == original.names
     assert np.array_equal(loaded.caption_counts, original.caption_counts)
+    assert loaded.caption_stated is None  # files without the issue-17 extension still load
     info = read_info(path)
     assert (info.dataset, info.image_size, info.splits) == ("toy", 16, ["test", "train"])
     assert info.split_sizes == {"train": 4, "test": 2}
     assert info.class_names == ["zero", "one"] and info.provenance == {"made_by": "test"}
     assert info.augmentation == {"hflip": True}
+
+
+def test_caption_stated_round_trips_and_is_an_optional_extension(tmp_path: Path) -> None:
+    split = _split()
+    split.caption_stated = np.array([[3, 1, 2]] * 4, np.uint8)  # bit a: attribute a stated
+    path = write_dataset(
+        tmp_path / "stated.h5", {"train": split, "test": _split(2)}, dataset="toy",
+        image_size=16, attribute_names=["a", "b"],
+        attribute_values={"a": ["x", "y"], "b": ["u", "v"]},
+    )  # fmt: skip
+    loaded = read_split(path, "train")
+    assert loaded.caption_stated is not None and loaded.caption_stated.dtype == np.uint8
+    assert np.array_equal(loaded.caption_stated, split.caption_stated)
+    assert read_split(path, "test").caption_stated is None
+    with h5py.File(path) as f:  # a reader that knows nothing of it sees an ordinary split
+        assert f["train/captions"].shape == f["train/caption_stated"].shape == (4, 3)
+
+
+def test_write_dataset_rejects_bad_caption_stated(tmp_path: Path) -> None:
+    for bad, expected in (
+        (np.ones((4, 2), np.uint8), "expected integer (4, 3)"),
+        (np.zeros((4, 3), np.uint8), "bitmasks in 1..255"),
+    ):
+        split = _split()
+        split.caption_stated = bad
+        with pytest.raises(DataError, match=re.escape(expected)):
+            write_dataset(tmp_path / "x.h5", {"train": split}, dataset="toy", image_size=16)
+        assert not (tmp_path / "x.h5").exists()
+
+
+def _add(key: str, data: object) -> Callable[[h5py.File], None]:
+    def fn(f: h5py.File) -> None:
+        f.create_dataset(key, data=data)
+
+    return fn
 
 
 def test_write_dataset_respects_the_umask_not_0600(tmp_path: Path) -> None:
@@ -164,6 +201,26 @@ BAD_FILES: dict[str, tuple[Callable[[h5py.File], None], str | None, str]] = {
         _replace("train/attributes", np.array([[0, 0], [0, 5], [0, 0], [0, 0]], np.int16)),
         None,
         r"/train/attributes\[1\]\[1\]: b index 5 outside 0..1",
+    ),
+    "caption_stated of the wrong shape": (
+        _add("train/caption_stated", np.ones((4, 2), np.uint8)),
+        None,
+        r"/train/caption_stated: declared uint8 \(4, 2\), expected kind 'ui' \(4, 3\)",
+    ),
+    "caption_stated of floats": (
+        _add("train/caption_stated", np.ones((4, 3), np.float32)),
+        None,
+        r"/train/caption_stated: declared float32",
+    ),
+    "caption_stated naming an attribute the file lacks": (
+        _add("train/caption_stated", np.array([[1, 1, 1]] * 3 + [[1, 4, 1]], np.uint8)),
+        None,
+        r"/train/caption_stated\[3\]\[1\]: 4 is not a non-empty bitmask over 2 attributes",
+    ),
+    "caption_stated stating nothing": (
+        _add("train/caption_stated", np.zeros((4, 3), np.uint8)),
+        None,
+        r"/train/caption_stated\[0\]\[0\]: 0 is not a non-empty bitmask",
     ),
     "wrong schema": (lambda f: f.attrs.__setitem__("schema", "other"), None,
                      r"root attribute 'schema' is 'other'"),

@@ -18,11 +18,14 @@ from train.data.attributes import (
     ATTRIBUTE_VALUES,
     UNSEEN_PAIRS,
     Attributes,
+    is_unseen,
 )
+from train.data.captions import captions_for
+from train.data.phrasing import ALL_STATED, read_back, stated_names
 from train.data.schema import read_info, read_split
 
 REPO = Path(__file__).resolve().parents[3]
-SMALL = ["--train", "150", "--test", "40", "--unseen", "40"]
+SMALL = ["--train", "150", "--test", "40", "--unseen", "40", "--phrasing", "30"]
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +38,8 @@ def small_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_synth_writes_the_schema_with_vocabulary_and_provenance(small_set: Path) -> None:
     info = read_info(small_set)
     assert info.dataset == "rescue-scenes" and info.image_size == 64
-    assert info.splits == ["test", "test_unseen", "train"]
-    assert info.split_sizes == {"train": 150, "test": 40, "test_unseen": 40}
+    assert info.splits == ["test", "test_phrasing", "test_unseen", "train"]
+    assert info.split_sizes == {"train": 150, "test": 40, "test_unseen": 40, "test_phrasing": 30}
     assert info.attribute_names == list(ATTRIBUTE_NAMES)
     assert info.attribute_values == {k: list(v) for k, v in ATTRIBUTE_VALUES.items()}
     assert len(info.class_names) == 864
@@ -92,12 +95,15 @@ def test_synth_is_byte_identical_by_seed_whatever_the_worker_count(
     assert synth.main(["--out", str(two), *SMALL, "--workers", "2", "--seed", "3"]) == 0
     other = tmp_path / "other.h5"
     assert synth.main(["--out", str(other), *SMALL, "--workers", "1", "--seed", "4"]) == 0
-    for name in ("train", "test", "test_unseen"):
+    for name in ("train", "test", "test_unseen", "test_phrasing"):
         a, b, c = (read_split(p, name) for p in (small_set, two, other))
         assert np.array_equal(a.images, b.images)
         assert a.captions == b.captions
         assert np.array_equal(a.class_ids, b.class_ids)
         assert np.array_equal(a.attributes, b.attributes)
+        assert (a.caption_stated is None) == (b.caption_stated is None)
+        if a.caption_stated is not None:
+            assert np.array_equal(a.caption_stated, b.caption_stated)
         assert not np.array_equal(a.images, c.images)
 
 
@@ -137,5 +143,80 @@ def test_synth_runs_as_a_module_with_worker_processes(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["splits"] == {"train": 30, "test": 5, "test_unseen": 5}
+    assert summary["splits"] == {"train": 30, "test": 5, "test_unseen": 5, "test_phrasing": 5}
     assert out.stat().st_mode & 0o044, "dataset should be readable per the umask, not 0600"
+
+
+def test_synth_keeps_the_grammar_captions_of_generator_version_1(small_set: Path) -> None:
+    # The seed rule of docs/DATA_FORMAT.md, re-derived: adding test_phrasing changed nothing here.
+    for k, name in enumerate(("train", "test", "test_unseen")):
+        split = read_split(small_set, name)
+        assert split.caption_stated is None
+        for i in (0, 7, len(split) - 1):
+            a = Attributes.from_class_id(int(split.class_ids[i]))
+            rng = np.random.default_rng([3, k, i, 1])
+            assert split.captions[i] == captions_for(a, 10, rng)
+
+
+def test_synth_test_phrasing_has_seen_pairs_and_heldout_captions_with_stated_labels(
+    small_set: Path,
+) -> None:
+    split = read_split(small_set, "test_phrasing")
+    assert split.caption_stated is not None and split.caption_stated.shape == (30, 10)
+    assert not any(is_unseen(Attributes.from_class_id(int(c))) for c in split.class_ids)
+    masks = split.caption_stated.ravel().tolist()
+    assert 0.2 < masks.count(ALL_STATED) / len(masks) < 0.6  # full and partial both present
+    training = {c for row in read_split(small_set, "train").captions for c in row}
+    for i, row in enumerate(split.captions):
+        a = Attributes.from_class_id(int(split.class_ids[i]))
+        assert len(set(row)) == len(row)
+        for caption, mask in zip(row, split.caption_stated[i], strict=True):
+            stated = stated_names(int(mask))
+            assert read_back(caption) == {n: getattr(a, n) for n in stated}, caption
+            assert caption not in training
+
+
+def test_synth_partial_fraction_replaces_train_captions_only(
+    small_set: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "partial.h5"
+    flags = [*SMALL, "--seed", "3", "--partial-fraction", "0.5"]
+    assert synth.main(["--out", str(out), *flags, "--workers", "2"]) == 0
+    full, partial = read_split(small_set, "train"), read_split(out, "train")
+    assert partial.caption_stated is not None and full.caption_stated is None
+    is_partial = partial.caption_stated != ALL_STATED
+    assert 0.35 < is_partial.mean() < 0.65
+    for i in range(len(full)):
+        a = Attributes.from_class_id(int(full.class_ids[i]))
+        assert len(set(partial.captions[i])) == 10
+        for j in range(10):
+            if is_partial[i, j]:
+                stated = stated_names(int(partial.caption_stated[i, j]))
+                assert read_back(partial.captions[i][j]) == {n: getattr(a, n) for n in stated}
+            else:  # the full captions are the grammar's, where they were
+                assert partial.captions[i][j] == full.captions[i][j]
+    for name in ("test", "test_unseen", "test_phrasing"):
+        assert read_split(out, name).captions == read_split(small_set, name).captions
+    assert read_info(out).provenance["partial_fraction"] == 0.5
+    again = tmp_path / "again.h5"
+    assert synth.main(["--out", str(again), *flags, "--workers", "1"]) == 0
+    one = read_split(again, "train")
+    assert one.captions == partial.captions
+    assert np.array_equal(one.caption_stated, partial.caption_stated)
+
+
+def test_synth_without_phrasing_writes_no_such_split(tmp_path: Path) -> None:
+    out = tmp_path / "none.h5"
+    assert synth.main(["--out", str(out), "--train", "5", "--test", "2", "--unseen", "2",
+                       "--phrasing", "0", "--workers", "1"]) == 0  # fmt: skip
+    assert "test_phrasing" not in read_info(out).splits
+
+
+@pytest.mark.parametrize("value", ["-0.1", "1.5", "nan", "half"])
+def test_synth_rejects_a_bad_partial_fraction(
+    value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        synth.main(["--out", str(tmp_path / "x.h5"), "--partial-fraction", value])
+    assert exit_info.value.code == 2
+    assert "--partial-fraction" in capsys.readouterr().err

@@ -4,12 +4,14 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from train import models
 from train.checkpoint import save_checkpoint
-from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES
-from train.data.schema import write_dataset
+from train.data import synth
+from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES, Attributes
+from train.data.schema import SplitData, read_split, write_dataset
 from train.text import evaluate as eval_text
 from train.text import pretrain as text_encoder
 
@@ -52,13 +54,14 @@ def test_eval_text_appends_json_lines_and_prints_a_table(
     assert eval_text.main(argv) == 0
     out = capsys.readouterr().out
     assert out.splitlines()[0].split() == [
-        "split", "clean", "typos", "shuffled", "upper", "punctuation", "max", "drop",
+        "split", "clean", "typos", "shuffled", "upper", "punctuation", "doubled", "joined", "max",
+        "drop",
     ]  # fmt: skip
     assert "test_unseen" in out and "1 true among 100" in out
     lines = (checkpoint.parent / "eval_text.jsonl").read_text().splitlines()
     everything = [json.loads(line) for line in lines]
     records = [r for r in everything if r["metric"] == eval_text.METRIC]
-    assert len(records) == 2 * 5
+    assert len(records) == 2 * len(eval_text.VARIANTS)
     # rescue-scenes has attributes: their separation per split and attribute, and its table.
     separation = [r for r in everything if r["metric"] == eval_text.SEPARATION]
     assert {(r["split"], r["attribute"]) for r in separation} == {
@@ -130,3 +133,50 @@ def test_eval_text_bad_input_gives_one_line(  # noqa: PLR0917  (pytest fixtures)
     assert eval_text.main([*map(sub, flags), "--threads", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and sub(message) in err, err
+
+
+@pytest.fixture(scope="module")
+def phrasing_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    splits = text_encoder.generated_splits(2, {"test": 60})
+    ids = synth.split_class_ids("test_phrasing", 60, seed=2)
+    images, captions, stated = synth.render_items_stated(2, "test_phrasing", 0, ids, 6)
+    splits["test_phrasing"] = SplitData(
+        images, captions, ids,
+        np.array([Attributes.from_class_id(int(c)).indices for c in ids], np.int16),
+        caption_stated=np.array(stated, np.uint8),
+    )  # fmt: skip
+    path = tmp_path_factory.mktemp("phrasing") / "tiny.h5"
+    write_dataset(
+        path, splits, dataset="rescue-scenes", image_size=64,
+        attribute_names=ATTRIBUTE_NAMES, attribute_values=ATTRIBUTE_VALUES,
+    )  # fmt: skip
+    return path
+
+
+def test_eval_text_measures_test_phrasing_full_and_partial_when_present(
+    checkpoint: Path, phrasing_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out_file = tmp_path / "eval.jsonl"
+    argv = ["--checkpoint", str(checkpoint), "--data", str(phrasing_dataset),
+            "--candidates", "12", "--variants", "clean", "typos", "--threads", "1",
+            "--out", str(out_file)]  # fmt: skip
+    assert eval_text.main(argv) == 0
+    table = capsys.readouterr().out
+    assert "test_phrasing:partial" in table
+    records = [json.loads(line) for line in out_file.read_text().splitlines()]
+    rp = {(r["split"], r["variant"]): r for r in records if r["metric"] == eval_text.METRIC}
+    assert set(rp) == {
+        (s, v)
+        for s in ("test", "test_phrasing", "test_phrasing:partial")
+        for v in ("clean", "typos")
+    }  # fmt: skip
+    split = read_split(phrasing_dataset, "test_phrasing")
+    assert split.caption_stated is not None
+    full = (split.caption_stated == 31).sum(1)
+    assert rp["test_phrasing", "clean"]["queries"] == int(np.minimum(full, 2).sum())
+    assert rp["test_phrasing:partial", "clean"]["queries"] == int(np.minimum(6 - full, 2).sum())
+    assert all(0.0 <= r["value"] <= 1.0 and r["candidates"] == 12 for r in rp.values())
+    texts, images, masks = eval_text.select_stated_queries(split, 2, 0, "x", full=False)
+    assert all(m != 31 for m in masks) and all(
+        t in split.captions[i] for t, i in zip(texts, images, strict=True)
+    )

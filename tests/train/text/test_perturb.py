@@ -97,3 +97,20 @@ def test_perturb_augment_varies_captions_and_keeps_them_encodable() -> None:
 def test_perturb_augment_config_rejects_bad_probability() -> None:
     with pytest.raises(ValueError, match="shuffle_prob"):
         perturb.AugmentConfig(shuffle_prob=1.5)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_perturb_doubled_letters_only_doubles_letters(seed: int) -> None:
+    out = perturb.doubled_letters(CAPTION, np.random.default_rng(seed))
+    assert out != CAPTION and len(out) > len(CAPTION)
+    assert re.sub(r"([a-z])\1", r"\1", out) == re.sub(r"([a-z])\1", r"\1", CAPTION)
+    for before, after in zip(_words(CAPTION), _words(out), strict=True):
+        assert len(after) - len(before) in (0, 1)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_perturb_missing_spaces_only_drops_spaces(seed: int) -> None:
+    out = perturb.missing_spaces(CAPTION, np.random.default_rng(seed))
+    assert out.replace(" ", "") == CAPTION.replace(" ", "")
+    assert 0 < CAPTION.count(" ") - out.count(" ") < CAPTION.count(" ")
+    assert perturb.missing_spaces("mud", np.random.default_rng(seed)) == "mud"

@@ -3,7 +3,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from train.text.retrieval import attribute_separation, r_precision, sample_candidates
+from train.text.retrieval import (
+    attribute_separation,
+    partial_r_precision,
+    r_precision,
+    sample_candidates,
+)
 
 
 def _class_embeddings(labels: np.ndarray, classes: int) -> np.ndarray:
@@ -101,3 +106,41 @@ def test_attribute_separation_leaves_the_query_image_out_and_skips_lone_combinat
     queries = np.eye(4)
     result = attribute_separation(queries, np.arange(4), attributes)
     assert np.isnan(result).all()
+
+
+def _one_hots(attributes: np.ndarray, sizes: tuple[int, ...], mask: np.ndarray) -> np.ndarray:
+    """(N, sum(sizes)): one-hot of each attribute whose bit is set in the row's mask."""
+    blocks = []
+    for a, size in enumerate(sizes):
+        on = ((mask >> a) & 1).astype(np.float32)[:, None]
+        blocks.append(np.eye(size, dtype=np.float32)[attributes[:, a]] * on)
+    return np.concatenate(blocks, axis=1)
+
+
+def test_partial_r_precision_counts_only_distractors_that_contradict_a_stated_attribute() -> None:
+    rng = np.random.default_rng(0)
+    sizes = (8, 6, 3)
+    attributes = np.stack([rng.integers(0, s, 600) for s in sizes], 1)
+    images = _one_hots(attributes, sizes, np.full(600, 7))
+    true_index = rng.integers(0, 600, 400)
+    stated = rng.integers(1, 7, 400)  # 1..6: partial masks over three attributes
+    # A caption that encodes exactly what it states scores its image highest against every
+    # image contradicting it; images that agree on all it states tie with the true one.
+    queries = _one_hots(attributes[true_index], sizes, stated)
+    partial = partial_r_precision(
+        queries, images, stated, attributes, true_index=true_index, num_candidates=20
+    )
+    assert partial.value == 1.0 and partial.queries == 400
+    classes = attributes @ np.array([18, 3, 1])
+    plain = r_precision(queries, images, classes[true_index], classes, true_index=true_index,
+                        num_candidates=20)  # fmt: skip
+    assert plain.value < 0.5  # the class-id protocol punishes what the caption never said
+
+
+def test_partial_r_precision_rejects_masks_outside_the_attributes() -> None:
+    emb = np.eye(4, dtype=np.float32)
+    attributes = np.zeros((4, 2), np.int64)
+    with pytest.raises(ValueError, match="bitmasks"):
+        partial_r_precision(emb, emb, [4, 1, 1, 1], attributes, true_index=[0, 1, 2, 3])
+    with pytest.raises(ValueError, match="bitmasks"):
+        partial_r_precision(emb, emb, [0, 1, 1, 1], attributes, true_index=[0, 1, 2, 3])

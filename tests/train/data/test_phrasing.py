@@ -1,0 +1,153 @@
+"""Operator phrasing (issue 17): partial captions, the held-out family, their labels."""
+
+from __future__ import annotations
+
+import re
+from itertools import combinations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge_runtime import tokenizer
+from train.data import phrasing
+from train.data.attributes import ATTRIBUTE_NAMES, all_attributes
+from train.data.captions import caption_for
+from train.data.phrasing import Family, phrase_for, read_back
+
+ATTRIBUTES = all_attributes()
+SUBSETS = [
+    frozenset(c) for k in range(1, len(ATTRIBUTE_NAMES)) for c in combinations(ATTRIBUTE_NAMES, k)
+]
+
+
+def _sample(family: Family, count: int, seed: int) -> list[phrasing.Phrase]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        a = ATTRIBUTES[int(rng.integers(len(ATTRIBUTES)))]
+        stated = ATTRIBUTE_NAMES if i % 5 == 0 else phrasing.draw_stated(rng)
+        out.append(phrase_for(a, stated, family, rng))
+    return out
+
+
+@pytest.fixture(scope="module")
+def training_output() -> list[str]:
+    """What training can see: the grammar's full captions and training-family partial ones."""
+    rng = np.random.default_rng(11)
+    full = [caption_for(ATTRIBUTES[int(rng.integers(864))], rng) for _ in range(4000)]
+    partial = [
+        phrasing.training_caption(ATTRIBUTES[int(rng.integers(864))], rng, 1.0)[0]
+        for _ in range(4000)
+    ]
+    return full + partial + [p.caption for p in _sample(Family.TRAIN, 2000, 12)]
+
+
+def test_phrasing_training_family_uses_only_training_tags() -> None:
+    for p in _sample(Family.TRAIN, 3000, 1):
+        assert all(t.endswith(":train") for t in p.tags), (p.caption, p.tags)
+
+
+def test_phrasing_heldout_captions_always_use_a_heldout_form_and_often_heldout_words() -> None:
+    sample = _sample(Family.HELDOUT, 3000, 2)
+    assert all("form:heldout" in p.tags for p in sample)
+    word_tags = [t for p in sample for t in p.tags if not t.startswith(("form:", "filler:"))]
+    share = sum(t.endswith(":heldout") for t in word_tags) / len(word_tags)
+    assert 0.5 < share < 0.9  # HELDOUT_WORD_PROB = 0.7, with an operator's plain words beside
+    assert any("filler:heldout" in p.tags for p in sample)
+
+
+def test_phrasing_no_heldout_phrase_appears_in_training_output(training_output: list[str]) -> None:
+    text = "\n".join(training_output)
+    found = [
+        phrase
+        for phrase in phrasing.heldout_phrases()
+        if re.search(rf"(?<![a-z-]){re.escape(phrase)}(?![a-z-])", text)
+    ]
+    assert not found, f"held-out phrases occur in training output: {found}"
+    # Held-out forms leave marks of their own no training caption carries.
+    assert "?" not in text and not re.search(r"\b(show me|anyone|someone)\b", text)
+
+
+def test_phrasing_heldout_output_does_use_the_heldout_phrases() -> None:
+    text = "\n".join(p.caption for p in _sample(Family.HELDOUT, 6000, 3))
+    used = [p for p in phrasing.heldout_phrases() if p in text]
+    assert len(used) >= 0.9 * len(phrasing.heldout_phrases())
+    assert "?" in text and "show me" in text and "helmet: none" in text
+
+
+@pytest.mark.parametrize("family", list(Family))
+def test_phrasing_partial_captions_state_exactly_the_labelled_attributes(family: Family) -> None:
+    rng = np.random.default_rng(4)
+    for stated in [*SUBSETS, frozenset(ATTRIBUTE_NAMES)]:
+        for _ in range(30):
+            a = ATTRIBUTES[int(rng.integers(len(ATTRIBUTES)))]
+            p = phrase_for(a, stated, family, rng)
+            assert p.stated == stated
+            assert read_back(p.caption) == {n: getattr(a, n) for n in stated}, p.caption
+
+
+def test_phrasing_captions_fit_the_tokenizer() -> None:
+    for p in _sample(Family.HELDOUT, 2000, 5) + _sample(Family.TRAIN, 2000, 6):
+        assert tokenizer.encode(p.caption).text == p.caption
+        assert len(p.caption) <= tokenizer.MAX_LENGTH
+
+
+def test_phrasing_draw_stated_covers_every_partial_subset() -> None:
+    rng = np.random.default_rng(7)
+    drawn = {phrasing.draw_stated(rng) for _ in range(3000)}
+    assert drawn == set(SUBSETS)
+
+
+def test_phrasing_stated_mask_round_trips_in_attribute_order() -> None:
+    assert phrasing.stated_mask({"colour"}) == 1 and phrasing.stated_mask({"helmet"}) == 16
+    assert phrasing.stated_mask(ATTRIBUTE_NAMES) == phrasing.ALL_STATED == 31
+    for s in SUBSETS:
+        assert phrasing.stated_names(phrasing.stated_mask(s)) == s
+
+
+def test_phrasing_is_a_pure_function_of_the_rng() -> None:
+    a = ATTRIBUTES[100]
+    stated = {"colour", "pose"}
+    one = [phrase_for(a, stated, Family.HELDOUT, np.random.default_rng(s)) for s in range(20)]
+    two = [phrase_for(a, stated, Family.HELDOUT, np.random.default_rng(s)) for s in range(20)]
+    assert one == two and len({p.caption for p in one}) > 10
+
+
+def test_phrasing_rejects_an_empty_or_unknown_stated_set() -> None:
+    with pytest.raises(ValueError, match="non-empty subset"):
+        phrase_for(ATTRIBUTES[0], set(), Family.TRAIN, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="non-empty subset"):
+        phrase_for(ATTRIBUTES[0], {"hat"}, Family.TRAIN, np.random.default_rng(0))
+
+
+def test_phrasing_read_back_refuses_a_contradiction_and_reads_nothing_off_domain() -> None:
+    with pytest.raises(ValueError, match="colour"):
+        read_back("a man in red and blue")
+    assert read_back("draw a cat on a sofa") == {}
+    assert read_back("no hard hat on them") == {"helmet": "no"}
+    assert read_back("hard hat on") == {"helmet": "yes"}
+
+
+def test_phrasing_heldout_captions_for_an_image_are_distinct_with_masks() -> None:
+    captions, masks = phrasing.heldout_captions_for(ATTRIBUTES[5], 10, np.random.default_rng(8))
+    assert len(set(captions)) == 10 and len(masks) == 10
+    for caption, mask in zip(captions, masks, strict=True):
+        assert phrasing.stated_mask(read_back(caption)) == mask, caption
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    class_id=st.integers(0, 863),
+    mask=st.integers(1, 31),
+    family=st.sampled_from(list(Family)),
+)
+def test_phrasing_any_draw_reads_back_as_its_labels(
+    seed: int, class_id: int, mask: int, family: Family
+) -> None:
+    a = ATTRIBUTES[class_id]
+    p = phrase_for(a, phrasing.stated_names(mask), family, np.random.default_rng(seed))
+    assert p.mask == mask
+    assert read_back(p.caption) == {n: getattr(a, n) for n in p.stated}, p.caption

@@ -1,0 +1,498 @@
+"""Operator phrasing: partial captions and a held-out phrasing family (issue 17).
+
+Operators do not speak the training grammar (`train.data.captions`): they state one to four
+attributes ("anyone in yellow?", "figure collapsed in the mud", "red top, near the left edge") in
+words and orders the grammar never produced. This module renders such captions with labels
+saying which attributes they state, in two families that never share a form or a synonym:
+
+- `Family.TRAIN`: the grammar's own tables plus more synonyms, in the grammar's forms (subject
+  first, an optional "find"/"search for" prefix, the radio-style comma list, a position label
+  before a colon), with the grammar's clause orders. Full training captions stay
+  `captions.caption_for`'s, byte for byte.
+- `Family.HELDOUT`: forms the grammar never uses — questions, "show me …" imperatives,
+  telegraphic clauses without a subject ("red top, near the left edge"), "helmet: none"-style
+  slot labels, filler words ("uh", "copy that", "please", "over") and free clause orders — with
+  synonyms of their own (each slot takes a held-out synonym with probability `HELDOUT_WORD_PROB`,
+  else a training one: an operator still says "red" and "left"). It renders only into the
+  `test_phrasing` split, so evaluation measures generalisation to wording, not memory of it.
+
+Every lexicon item and form is tagged with its family and every rendered caption reports the
+tags it used (`Phrase.tags`), so a test proves no held-out item reaches training output; the
+held-out synonym tables are literal strings, so a second test checks that at the string level.
+
+Lexicon: hand-curated. WordNet would be the obvious source, but `wn` and NLTK's `wordnet` both
+download their data at run time (not allowed here) and no well-kept PyPI wheel ships it; its
+synsets also cross our value boundaries ("red" → "reddish", "carmine", "Red"; "lie" → "lie
+down", "rest"), and a synonym that names another value would corrupt a label.
+docs/DATA_FORMAT.md § Operator phrasing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES, Attributes
+from train.data.captions import (
+    COLOUR_WORDS,
+    GARMENTS,
+    HELMET_PHRASES,
+    HELMET_TAGS,
+    PEOPLE,
+    POSE_PHRASES,
+    POSITION_LABELS,
+    POSITION_PHRASES,
+    PREFIXES,
+    TERRAIN_PHRASES,
+    caption_for,
+)
+
+
+class Family(str, Enum):
+    """Which phrasing family a form, synonym or caption belongs to."""
+
+    TRAIN = "train"
+    HELDOUT = "heldout"
+
+
+HELDOUT_WORD_PROB = 0.7
+"""Chance that a held-out caption's slot takes a held-out synonym rather than a training one."""
+FULL_CAPTION_PROB = 0.4
+"""Share of full (all five attributes) captions among `test_phrasing`'s captions."""
+ALL_STATED = (1 << len(ATTRIBUTE_NAMES)) - 1
+"""The `caption_stated` bitmask of a caption that states every attribute."""
+
+# --------------------------------------------------------------------------------------------
+# Lexicon: value → phrases, per family. "inline" phrases follow a subject ("a man <in red>");
+# "terse" phrases stand alone as a clause ("red top", "helmet: none").
+# --------------------------------------------------------------------------------------------
+
+_TRAIN_COLOURS_EXTRA: dict[str, tuple[str, ...]] = {
+    "red": ("bright red", "dark red", "blood red"),
+    "orange": ("bright orange", "safety orange", "dark orange"),
+    "yellow": ("bright yellow", "golden yellow", "pale yellow"),
+    "green": ("dark green", "forest green", "bright green"),
+    "blue": ("dark blue", "royal blue", "light blue"),
+    "purple": ("deep purple", "dark purple", "plum"),
+    "white": ("pure white", "bright white", "plain white"),
+    "black": ("all black", "solid black", "dark black"),
+}
+HELDOUT_COLOURS: dict[str, tuple[str, ...]] = {
+    "red": ("crimson", "cherry red"), "orange": ("tangerine", "hi-vis orange"),
+    "yellow": ("mustard", "lemon yellow"), "green": ("lime green", "emerald"),
+    "blue": ("navy", "sky blue"), "purple": ("lilac", "mauve"),
+    "white": ("off-white", "ivory"), "black": ("jet black", "pitch black"),
+}  # fmt: skip
+_TRAIN_GARMENTS_EXTRA: tuple[str, ...] = (
+    "pullover", "overcoat", "cardigan", "blouse", "smock", "uniform", "boiler suit", "poncho",
+    "gilet", "waterproof",
+)  # fmt: skip
+HELDOUT_GARMENTS: tuple[str, ...] = (
+    "top", "vest", "windbreaker", "fleece", "anorak", "tracksuit", "overalls", "cagoule",
+    "hi-vis", "coverall", "shell jacket",
+)  # fmt: skip
+_TRAIN_PEOPLE_EXTRA: tuple[str, ...] = (
+    "adult", "resident", "rescuer", "stranded person", "missing person", "injured person",
+    "local", "traveller", "passer-by", "villager",
+)  # fmt: skip
+HELDOUT_PEOPLE: tuple[str, ...] = (
+    "subject", "patient", "climber", "walker", "evacuee", "guy", "lady", "fella", "occupant",
+    "straggler", "target", "bloke",
+)  # fmt: skip
+
+_TRAIN_TERRAIN_EXTRA: dict[str, tuple[str, ...]] = {
+    "rubble": ("on the rubble", "in a collapsed building", "on debris", "among broken bricks"),
+    "grass": ("on grassland", "in a field", "on green grass", "in a pasture"),
+    "sand": ("on a beach", "in the desert", "on the sand dunes", "on dry sand"),
+    "snow": ("on the snow", "on a snowy slope", "in fresh snow", "on packed snow"),
+    "water": ("in the flood", "in murky water", "in a flooded street", "standing in water"),
+    "mud": ("on mud", "in a muddy field", "in the mire", "on a mudflat"),
+}
+HELDOUT_TERRAIN: dict[str, tuple[str, ...]] = {
+    "rubble": ("in the wreckage", "on a debris pile", "amid collapsed masonry"),
+    "grass": ("on the turf", "in tall weeds", "in a grass field"),
+    "sand": ("in the sand dunes", "on the shore sand", "in a sandpit"),
+    "snow": ("in a snowdrift", "in the drifts", "on snow-covered ground"),
+    "water": ("waist-deep in water", "in the river", "in the floodwaters"),
+    "mud": ("in the muck", "stuck in the mud", "in a mudslide"),
+}
+_TRAIN_POSE_EXTRA: dict[str, tuple[str, ...]] = {
+    "standing": ("standing still", "standing upright", "on foot", "standing firm"),
+    "sitting": ("sitting still", "sitting on the ground", "seated on the ground", "sat"),
+    "lying": ("lying still", "lying on the ground", "lying on their side", "laid flat"),
+}
+HELDOUT_POSES: dict[str, tuple[str, ...]] = {
+    "standing": ("up and walking", "standing tall", "up on two feet"),
+    "sitting": ("sat down", "crouched", "propped up"),
+    "lying": ("face down", "passed out", "sprawled out", "flat on their back"),
+}
+_TRAIN_POSITION_EXTRA: dict[str, tuple[str, ...]] = {
+    "left": ("on the left hand side",), "center": ("in the centre of the image",),
+    "right": ("on the right hand side",),
+}  # fmt: skip
+HELDOUT_POSITIONS: dict[str, tuple[str, ...]] = {
+    "left": ("near the left edge", "far left", "over on the left", "left-hand side"),
+    "center": ("dead center", "middle of the shot", "straight ahead", "centre of the picture"),
+    "right": ("near the right edge", "far right", "over on the right", "right-hand side"),
+}
+HELDOUT_HELMET_INLINE: dict[str, tuple[str, ...]] = {
+    "yes": ("with a hard hat strapped on", "with head protection", "wearing headgear"),
+    "no": ("with a bare head", "with no head protection", "without headgear", "hatless"),
+}
+HELDOUT_HELMET_TERSE: dict[str, tuple[str, ...]] = {
+    "yes": ("helmet: yes", "hard hat: on", "helmet on head"),
+    "no": ("helmet: none", "no hard hat on them", "hard hat: none", "helmet: no"),
+}
+HELDOUT_FILLER_PREFIXES: tuple[str, ...] = ("uh, ", "um, ", "ok so ", "copy that, ", "robot, ")
+HELDOUT_FILLER_SUFFIXES: tuple[str, ...] = (", please", ", over", " asap", ", thanks")
+
+
+@dataclass(frozen=True)
+class _Table:
+    """One attribute's phrases for one family: value → inline phrases, value → terse phrases."""
+
+    inline: Mapping[str, tuple[str, ...]]
+    terse: Mapping[str, tuple[str, ...]]
+
+
+def _merge(*tables: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+    keys = tables[0].keys()
+    return {k: tuple(p for t in tables for p in t.get(k, ())) for k in keys}
+
+
+TRAIN_COLOURS = _merge(COLOUR_WORDS, _TRAIN_COLOURS_EXTRA)
+TRAIN_GARMENTS = GARMENTS + _TRAIN_GARMENTS_EXTRA
+TRAIN_PEOPLE = PEOPLE + _TRAIN_PEOPLE_EXTRA
+_TABLES: dict[Family, dict[str, _Table]] = {
+    Family.TRAIN: {
+        "terrain": _Table(
+            _merge(TERRAIN_PHRASES, _TRAIN_TERRAIN_EXTRA),
+            _merge(TERRAIN_PHRASES, _TRAIN_TERRAIN_EXTRA),
+        ),
+        "pose": _Table(
+            _merge(POSE_PHRASES, _TRAIN_POSE_EXTRA), _merge(POSE_PHRASES, _TRAIN_POSE_EXTRA)
+        ),
+        "position": _Table(_merge(POSITION_PHRASES, _TRAIN_POSITION_EXTRA), POSITION_LABELS),
+        "helmet": _Table(HELMET_PHRASES, HELMET_TAGS),
+    },
+    Family.HELDOUT: {
+        "terrain": _Table(HELDOUT_TERRAIN, HELDOUT_TERRAIN),
+        "pose": _Table(HELDOUT_POSES, HELDOUT_POSES),
+        "position": _Table(HELDOUT_POSITIONS, HELDOUT_POSITIONS),
+        "helmet": _Table(HELDOUT_HELMET_INLINE, HELDOUT_HELMET_TERSE),
+    },
+}
+
+for _family in Family:
+    for _name, _table in _TABLES[_family].items():
+        assert set(_table.inline) == set(_table.terse) == set(ATTRIBUTE_VALUES[_name])
+assert set(HELDOUT_COLOURS) == set(TRAIN_COLOURS) == set(ATTRIBUTE_VALUES["colour"])
+
+
+def heldout_phrases() -> list[str]:
+    """Every literal held-out synonym and filler (for the no-overlap test and documentation)."""
+    phrases: list[str] = [w for ws in HELDOUT_COLOURS.values() for w in ws]
+    phrases += [*HELDOUT_GARMENTS, *HELDOUT_PEOPLE]
+    for table in _TABLES[Family.HELDOUT].values():
+        phrases += [p for ps in (*table.inline.values(), *table.terse.values()) for p in ps]
+    phrases += [p.strip(" ,") for p in (*HELDOUT_FILLER_PREFIXES, *HELDOUT_FILLER_SUFFIXES)]
+    phrases += [p.strip() for _, p in _HELDOUT_COLOUR_MARKERS]
+    return list(dict.fromkeys(phrases))
+
+
+def value_phrases() -> dict[str, dict[str, tuple[str, ...]]]:
+    """attribute → value → every phrase (both families) that states it; colour words are bare
+    colour names. The keyword parser of the tests reads captions back with this."""
+    out: dict[str, dict[str, tuple[str, ...]]] = {"colour": _merge(TRAIN_COLOURS, HELDOUT_COLOURS)}
+    for name in ("terrain", "pose", "position", "helmet"):
+        parts = [
+            t
+            for family in Family
+            for t in (_TABLES[family][name].inline, _TABLES[family][name].terse)
+        ]
+        out[name] = {v: tuple(dict.fromkeys(p for t in parts for p in t[v])) for v in parts[0]}
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Slots: one stated attribute rendered as an inline and a terse phrase
+# --------------------------------------------------------------------------------------------
+
+
+def _pick(rng: np.random.Generator, options: tuple[str, ...] | list[str]) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def _a(phrase: str) -> str:
+    return f"{'an' if phrase[0] in 'aeiou' else 'a'} {phrase}"
+
+
+# Colour phrasings: (family, template over colour word c and garment g).
+_TRAIN_COLOUR_INLINE: tuple[str, ...] = (
+    "in {c}", "in {a_cg}", "wearing {a_cg}", "dressed in {c}", "in {c} clothes",
+)  # fmt: skip
+_HELDOUT_COLOUR_INLINE: tuple[str, ...] = (
+    "clad in {c}", "with {a_cg} on", "wearing something {c}", "in {c} gear",
+)  # fmt: skip
+_HELDOUT_COLOUR_TERSE: tuple[str, ...] = ("{c} {g}", "{c} clothing", "{c} {g}")
+# Fixed words of the held-out colour phrasings: none occurs in training output (tested).
+_HELDOUT_COLOUR_MARKERS: tuple[tuple[str, str], ...] = (
+    ("clad in {c}", "clad in"), ("wearing something {c}", "wearing something"),
+    ("in {c} gear", " gear"), ("{c} clothing", "clothing"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Slot:
+    name: str
+    inline: str
+    terse: str
+    tags: tuple[str, ...]
+
+
+def _word(
+    rng: np.random.Generator, family: Family, train: tuple[str, ...], heldout: tuple[str, ...]
+) -> tuple[str, Family]:
+    if family is Family.HELDOUT and rng.random() < HELDOUT_WORD_PROB:
+        return _pick(rng, heldout), Family.HELDOUT
+    return _pick(rng, train), Family.TRAIN
+
+
+def _slot(name: str, a: Attributes, family: Family, rng: np.random.Generator) -> _Slot:
+    value = getattr(a, name)
+    if name == "colour":
+        c, cf = _word(rng, family, TRAIN_COLOURS[value], HELDOUT_COLOURS[value])
+        g, gf = _word(rng, family, TRAIN_GARMENTS, HELDOUT_GARMENTS)
+        if family is Family.TRAIN:
+            inline_t, terse_t = _pick(rng, _TRAIN_COLOUR_INLINE), "in {c}"
+        else:
+            inline_t = _pick(rng, _HELDOUT_COLOUR_INLINE + _TRAIN_COLOUR_INLINE[:2])
+            terse_t = _pick(rng, _HELDOUT_COLOUR_TERSE)
+        fields = {"c": c, "g": g, "a_cg": _a(f"{c} {g}")}
+        tags = (f"colour-word:{cf.value}", f"garment:{gf.value}", f"colour-form:{family.value}")
+        return _Slot(name, inline_t.format(**fields), terse_t.format(**fields), tags)
+    own = _TABLES[family][name]
+    base = _TABLES[Family.TRAIN][name]
+    if family is Family.HELDOUT and rng.random() < HELDOUT_WORD_PROB:
+        inline, terse, used = _pick(rng, own.inline[value]), _pick(rng, own.terse[value]), family
+    else:
+        inline, terse, used = _pick(rng, base.inline[value]), _pick(rng, base.terse[value]), None
+    return _Slot(name, inline, terse, (f"{name}:{(used or Family.TRAIN).value}",))
+
+
+# --------------------------------------------------------------------------------------------
+# Forms: how slots become a sentence
+# --------------------------------------------------------------------------------------------
+
+# The grammar's clause orders (its templates' orders, restricted to the stated attributes).
+TRAIN_ORDERS: tuple[tuple[str, ...], ...] = (
+    ("colour", "pose", "terrain", "position", "helmet"),
+    ("pose", "terrain", "position", "colour", "helmet"),
+    ("helmet", "colour", "pose", "terrain", "position"),
+)
+
+
+def _ordered(slots: list[_Slot], family: Family, rng: np.random.Generator) -> list[_Slot]:
+    if family is Family.TRAIN:
+        order = TRAIN_ORDERS[int(rng.integers(len(TRAIN_ORDERS)))]
+        return sorted(slots, key=lambda s: order.index(s.name))
+    return [slots[int(i)] for i in rng.permutation(len(slots))]
+
+
+def _inline(slots: list[_Slot]) -> str:
+    return " ".join(s.inline for s in slots)
+
+
+@dataclass(frozen=True)
+class _Form:
+    name: str
+    family: Family
+    render: Callable[[str, list[_Slot], np.random.Generator], str]
+    """(person word, ordered slots, rng) → caption."""
+
+
+def _train_subject(person: str, slots: list[_Slot], rng: np.random.Generator) -> str:
+    return f"{_pick(rng, PREFIXES)}{_a(person)} {_inline(slots)}"
+
+
+def _train_list(person: str, slots: list[_Slot], rng: np.random.Generator) -> str:
+    return ", ".join([person, *(s.terse for s in slots)])
+
+
+def _train_position_first(person: str, slots: list[_Slot], rng: np.random.Generator) -> str:
+    lead = [s for s in slots if s.name == "position"]
+    if not lead:
+        return _train_subject(person, slots, rng)
+    rest = [s for s in slots if s.name != "position"]
+    return f"{lead[0].terse}: {_a(person)}" + (f" {_inline(rest)}" if rest else "")
+
+
+def _question(person: str, slots: list[_Slot], rng: np.random.Generator) -> str:
+    opener = _pick(
+        rng, ("anyone", "is there anyone", "any " + person, "do you see " + _a(person), "someone")
+    )
+    return f"{opener} {_inline(slots)}?"
+
+
+def _imperative(person: str, slots: list[_Slot], rng: np.random.Generator) -> str:
+    verb = _pick(rng, ("show me", "get me a picture of", "i need", "draw me", "give me"))
+    return f"{verb} {_a(person)} {_inline(slots)}"
+
+
+def _telegraphic(person: str, slots: list[_Slot], rng: np.random.Generator) -> str:
+    del person
+    return _pick(rng, (", ", " - ", "; ")).join(s.terse for s in slots)
+
+
+def _subject_last(person: str, slots: list[_Slot], rng: np.random.Generator) -> str:
+    *lead, last = slots
+    head = ", ".join(s.terse for s in lead)
+    body = f"{_pick(rng, ('one ' + person, _a(person), 'a single ' + person))} {last.inline}"
+    return f"{head} - {body}" if head else f"need eyes on {_a(person)} {last.inline}"
+
+
+def _bare_subject(person: str, slots: list[_Slot], rng: np.random.Generator) -> str:
+    # Radio shorthand without an article: "figure collapsed in the mud".
+    return f"{person} {_inline(slots)}"
+
+
+FORMS: tuple[_Form, ...] = (
+    _Form("subject", Family.TRAIN, _train_subject),
+    _Form("list", Family.TRAIN, _train_list),
+    _Form("position-first", Family.TRAIN, _train_position_first),
+    _Form("question", Family.HELDOUT, _question),
+    _Form("imperative", Family.HELDOUT, _imperative),
+    _Form("telegraphic", Family.HELDOUT, _telegraphic),
+    _Form("subject-last", Family.HELDOUT, _subject_last),
+    _Form("bare-subject", Family.HELDOUT, _bare_subject),
+)
+_FORMS_BY_FAMILY = {f: tuple(x for x in FORMS if x.family is f) for f in Family}
+HELDOUT_FILLER_PROB = 0.35
+
+
+@dataclass(frozen=True)
+class Phrase:
+    """One rendered caption with what it states and what it was built from."""
+
+    caption: str
+    stated: frozenset[str]
+    """Attribute names the caption states; the others it leaves open."""
+    family: Family
+    tags: tuple[str, ...]
+    """`kind:family` of the form and of every synonym used (the no-overlap test reads them)."""
+
+    @property
+    def mask(self) -> int:
+        """`stated` as a bitmask over `ATTRIBUTE_NAMES` (bit i = attribute i stated)."""
+        return stated_mask(self.stated)
+
+
+def stated_mask(stated: Iterable[str]) -> int:
+    """Bitmask over `ATTRIBUTE_NAMES` order (the `caption_stated` dataset's encoding)."""
+    return sum(1 << ATTRIBUTE_NAMES.index(n) for n in set(stated))
+
+
+def stated_names(mask: int) -> frozenset[str]:
+    """Inverse of `stated_mask`."""
+    return frozenset(n for i, n in enumerate(ATTRIBUTE_NAMES) if mask >> i & 1)
+
+
+def draw_stated(rng: np.random.Generator) -> frozenset[str]:
+    """A random partial subset: 1–4 attributes, size uniform, then names uniform."""
+    size = int(rng.integers(1, len(ATTRIBUTE_NAMES)))
+    picked = rng.choice(len(ATTRIBUTE_NAMES), size, replace=False)
+    return frozenset(ATTRIBUTE_NAMES[int(i)] for i in picked)
+
+
+def phrase_for(
+    attributes: Attributes, stated: Iterable[str], family: Family, rng: np.random.Generator
+) -> Phrase:
+    """A caption stating exactly `stated` (non-empty) of `attributes`, in `family`'s phrasing."""
+    stated = frozenset(stated)
+    if not stated or not stated <= set(ATTRIBUTE_NAMES):
+        raise ValueError(f"stated must be a non-empty subset of {ATTRIBUTE_NAMES}, got {stated}")
+    person, person_family = _word(rng, family, TRAIN_PEOPLE, HELDOUT_PEOPLE)
+    slots = [_slot(n, attributes, family, rng) for n in ATTRIBUTE_NAMES if n in stated]
+    slots = _ordered(slots, family, rng)
+    form = _pick(rng, _FORMS_BY_FAMILY[family])  # type: ignore[arg-type]
+    caption = form.render(person, slots, rng)
+    tags = [f"form:{form.family.value}", f"person:{person_family.value}"]
+    if family is Family.HELDOUT and rng.random() < HELDOUT_FILLER_PROB:
+        if rng.random() < 0.5:
+            caption = _pick(rng, HELDOUT_FILLER_PREFIXES) + caption
+        else:
+            caption = caption.rstrip("?") + _pick(rng, HELDOUT_FILLER_SUFFIXES)
+        tags.append("filler:heldout")
+    tags += [t for s in slots for t in s.tags]
+    return Phrase(caption, stated, family, tuple(tags))
+
+
+def training_caption(
+    attributes: Attributes, rng: np.random.Generator, partial_fraction: float
+) -> tuple[str, frozenset[str]]:
+    """A training caption: with probability `partial_fraction` a partial one of the training
+    family, else the grammar's full caption (`captions.caption_for`)."""
+    if partial_fraction > 0 and rng.random() < partial_fraction:
+        phrase = phrase_for(attributes, draw_stated(rng), Family.TRAIN, rng)
+        return phrase.caption, phrase.stated
+    return caption_for(attributes, rng), frozenset(ATTRIBUTE_NAMES)
+
+
+def heldout_phrase(attributes: Attributes, rng: np.random.Generator) -> Phrase:
+    """A `test_phrasing` caption: full with probability `FULL_CAPTION_PROB`, else partial."""
+    full = rng.random() < FULL_CAPTION_PROB
+    stated = frozenset(ATTRIBUTE_NAMES) if full else draw_stated(rng)
+    return phrase_for(attributes, stated, Family.HELDOUT, rng)
+
+
+def heldout_captions_for(
+    attributes: Attributes, count: int, rng: np.random.Generator
+) -> tuple[list[str], list[int]]:
+    """`count` distinct held-out captions for one image and their `caption_stated` masks."""
+    captions: list[str] = []
+    masks: list[int] = []
+    for _ in range(count * 50):
+        phrase = heldout_phrase(attributes, rng)
+        if phrase.caption not in captions:
+            captions.append(phrase.caption)
+            masks.append(phrase.mask)
+            if len(captions) == count:
+                break
+    while len(captions) < count:  # only a grammar trimmed far below today's could get here
+        phrase = heldout_phrase(attributes, rng)
+        captions.append(phrase.caption)
+        masks.append(phrase.mask)
+    return captions, masks
+
+
+_PHRASE_CACHE: list[tuple[str, str, re.Pattern[str]]] = []
+
+
+def read_back(caption: str) -> dict[str, str]:
+    """Keyword reading of a caption over the lexicon: attribute → value for every attribute a
+    phrase of the lexicon states (longest phrases first, each span read once). A reference for
+    tests and a baseline, not the robot's read-back; a conflicting caption raises ValueError."""
+    if not _PHRASE_CACHE:
+        entries = [
+            (name, value, phrase)
+            for name, values in value_phrases().items()
+            for value, phrases in values.items()
+            for phrase in phrases
+        ]
+        entries.sort(key=lambda e: -len(e[2]))
+        _PHRASE_CACHE.extend(
+            (n, v, re.compile(rf"(?<![a-z-]){re.escape(p)}(?![a-z-])")) for n, v, p in entries
+        )
+    text = caption.lower()
+    found: dict[str, str] = {}
+    for name, value, pattern in _PHRASE_CACHE:
+        for match in pattern.finditer(text):
+            if found.get(name, value) != value:
+                raise ValueError(f"{caption!r}: {name} reads as both {found[name]} and {value}")
+            found[name] = value
+            text = text[: match.start()] + "#" * (match.end() - match.start()) + text[match.end() :]
+    return found
