@@ -368,7 +368,7 @@ def run_metrics(names: list[str], context: EvalContext) -> list[dict[str, Any]]:
 
 def judge_name(loaded: Any) -> str:
     """How a report names a judge: its design and file."""
-    return f"{loaded.model.config.design} `{loaded.path}`"
+    return f"design {loaded.model.config.design}, `{loaded.path}`"
 
 
 @register("attributes", "oracle accuracy per attribute and all-correct rate", needs_oracle=True)
@@ -406,7 +406,7 @@ def _attribute_records(context: EvalContext, metric: str, by: str) -> list[dict[
         record: dict[str, Any] = {
             "metric": metric,
             "split": split,
-            "judge": judge_name(loaded),
+            "judged_by": judge_name(loaded),  # not "judge": the run header's field
             "design": loaded.model.config.design,
             "honest": loaded.honesty.passed,
             "images": int(correct.shape[0] * correct.shape[1]),

@@ -205,7 +205,7 @@ def _attribute_table(attrs: list[dict[str, Any]], role: str) -> list[str]:
         return out
     names = list(attrs[0]["accuracy"])
     honest = "" if attrs[0].get("honest", True) else " — FAILED its honesty checks"
-    judge = f" {attrs[0]['judge']}" if "judge" in attrs[0] else ""
+    judge = f": {attrs[0]['judged_by']}" if "judged_by" in attrs[0] else ""
     out += [
         f"### Attribute accuracy ({role}{judge}{honest}), %",
         "",

@@ -126,7 +126,8 @@ def test_evaluate_tiny_checkpoint_writes_metrics_and_report(
     by = {(r["metric"], r.get("split")): r for r in records}
     for split in ("test", "test_unseen"):
         judged = by[("attributes_judge", split)]
-        assert judged["design"] == "judge" and str(files["judge"]) in judged["judge"]
+        assert judged["design"] == "judge" and str(files["judge"]) in judged["judged_by"]
+        assert judged["judge"] == str(files["judge"])  # the run header's field, intact
         assert by[("attributes", split)]["design"] == "cnn"
         assert set(judged["accuracy"]) == set(ATTRIBUTE_NAMES) and judged["images"] == 2 * 24
         assert 0 <= summary[split]["judge_all_correct"] <= 1
@@ -136,7 +137,7 @@ def test_evaluate_tiny_checkpoint_writes_metrics_and_report(
         assert by[("diversity", split)]["seeds"] == 2
     assert all(r["judge_honest"] is False for r in records)
     report = (out / "report.md").read_text()
-    assert "Attribute accuracy (second judge judge" in report
+    assert f"Attribute accuracy (second judge: design judge, `{files['judge']}`" in report
     assert "The two judges side by side" in report and "High-frequency energy" in report
     # A separately trained encoder (not the GAN's own image encoder) is marked independent.
     assert by[("r_precision", "test")]["independent"] is True
