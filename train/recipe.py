@@ -317,8 +317,12 @@ def _report(
             "",
             table,
             "",
-            "min attr: the lowest per-attribute accuracy; FID in the oracle's feature space "
-            "(×: over the real-vs-real baseline). Full reports: `eval/default/report.md`, "
+            "min attr: the lowest per-attribute accuracy (oracle); 2nd judge: the independent "
+            "second judge (`--judge`, docs/QUALITY.md § 1.1); FID in the oracle's feature space "
+            "(×: over the real-vs-real baseline); HF: mean |Laplacian| of generated ÷ real "
+            "(1 = as sharp as the renders); diversity: spread of a caption's seeds ÷ real "
+            "same-class spread (oracle features); R-precision by the GAN's own image encoder is "
+            "marked not independent. Full reports: `eval/default/report.md`, "
             "`eval/plain/report.md`.",
         ]
     lines.append("")

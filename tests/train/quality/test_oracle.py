@@ -164,6 +164,13 @@ def test_oracle_cli_bad_input_is_one_line(
     assert len(err.splitlines()) == 1 and "--data" in err and "attribute" in err
     assert om.main(["--data", str(plain), "--epochs", "0"]) == 2
     assert "--epochs 0: must be ≥ 1" in capsys.readouterr().err
+    assert om.main(["--data", str(plain), "--blur", "-1"]) == 2
+    assert "--blur -1.0: must be ≥ 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        om.main(["--data", str(plain), "--design", "resnet"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--design" in err and "'judge'" in err
 
 
 def read_split_like():  # type: ignore[no-untyped-def]
