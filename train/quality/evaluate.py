@@ -60,7 +60,8 @@ from train.quality.metrics import (
     check_inception_weights,
     run_metrics,
 )
-from train.quality.oracle import load_oracle
+from train.quality.oracle import KIND as ORACLE_KIND
+from train.quality.oracle import build_oracle, load_oracle
 from train.quality.report import write_report
 from train.runs import MetricsLog, OneLineParser
 from train.text.joint_embedding import JointEmbedding, encode_captions
@@ -361,18 +362,17 @@ def retrieval_independence(
 
 def load_judge(options: EvalOptions, data: str | Path, honesty_splits: dict[str, Any]) -> Any:
     """The second judge, honesty-checked like the oracle; refused when of the oracle's design."""
-    noise = {"noise_count": options.oracle_noise_images} if options.oracle_noise_images else {}
     assert options.judge is not None
-    judge = load_oracle(
-        options.judge, data, force=options.force_judge, real=honesty_splits, **noise
-    )
-    if not judge.model.config.independent_of_image_encoder:
+    # The design first: a refusal should not wait for an honesty check (a few seconds).
+    config = build_oracle(ck.load_checkpoint(options.judge, kind=ORACLE_KIND), options.judge).config
+    if not config.independent_of_image_encoder:
         raise EvalError(
-            f"--judge {options.judge}: design {judge.model.config.design!r} is the oracle's (and "
-            "the generator's image encoder's); the second judge must be of another design "
+            f"--judge {options.judge}: design {config.design!r} is the oracle's (and the "
+            "generator's image encoder's); the second judge must be of another design "
             "(python -m train oracle --design judge)"
         )
-    return judge
+    noise = {"noise_count": options.oracle_noise_images} if options.oracle_noise_images else {}
+    return load_oracle(options.judge, data, force=options.force_judge, real=honesty_splits, **noise)
 
 
 def evaluate(options: EvalOptions) -> EvalResult:

@@ -446,7 +446,6 @@ def test_evaluate_refuses_a_judge_of_the_oracles_design(
             str(files["data"]),
             "--judge",
             str(files["oracle"]),
-            "--force-judge",
             "--out",
             str(tmp_path / "out"),
             *QUICK,
