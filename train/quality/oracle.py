@@ -245,7 +245,8 @@ class AttributeJudge(nn.Module):
             *(_ResidualBlock(a, b) for a, b in itertools.pairwise(config.channels))
         )
         self.features = nn.Sequential(
-            nn.Linear(config.channels[-1] + 2 * config.channels[-1], config.feature_dim),
+            # Per channel: its mean activation and where it fires (x, y).
+            nn.Linear(3 * config.channels[-1], config.feature_dim),
             nn.LayerNorm(config.feature_dim),
             nn.GELU(),
         )
