@@ -131,10 +131,15 @@ class OracleConfig:
     design: str = "cnn"
     """"cnn" (the oracle: `AttributeOracle`) or "judge" (`AttributeJudge`); checkpoints written
     before the judge existed have no such field and are "cnn"."""
+    low_pass: float = JUDGE_LOW_PASS
+    """The judge's fixed blur σ (pixels) before its downsampling; saved with the weights so a
+    judge is rebuilt exactly as trained. Unused by "cnn"."""
 
     def __post_init__(self) -> None:
         if self.design not in DESIGNS:
             raise ValueError(f"design must be one of {DESIGNS}, got {self.design!r}")
+        if not 0 < self.low_pass <= 2:
+            raise ValueError(f"low_pass σ must lie in (0, 2] pixels, got {self.low_pass}")
         if len(self.attribute_names) != len(self.attribute_sizes):
             raise ValueError("attribute_names and attribute_sizes differ in length")
         if any(k < 2 for k in self.attribute_sizes):
@@ -229,7 +234,7 @@ class AttributeJudge(nn.Module):
         # 8-pixel helmet survives it.
         self.register_buffer(
             "low_pass",
-            gaussian_kernel(torch.full((1,), JUDGE_LOW_PASS), 5).expand(3, 5, 5)[:, None].clone(),
+            gaussian_kernel(torch.full((1,), config.low_pass), 5).expand(3, 5, 5)[:, None].clone(),
             False,
         )
         side = config.image_size // 2
