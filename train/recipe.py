@@ -108,6 +108,8 @@ class RecipeConfig:
     ablation: bool = False
     oracle: str | None = None
     train_oracle: bool = False
+    judge: str | None = None
+    """The second judge (`python -m train oracle --design judge`), reported beside the oracle."""
     oracle_overrides: dict[str, Any] = field(default_factory=dict)
     eval_seeds: int = 4
     eval_limit: int | None = None
@@ -254,6 +256,7 @@ def run(config: RecipeConfig) -> dict[str, Any]:
                         oracle=oracle,
                         force_oracle=bool(config.oracle_overrides.get("force")),
                         oracle_noise_images=config.oracle_overrides.get("noise_images"),
+                        judge=config.judge,
                         seeds=config.eval_seeds,
                         seed=config.seed,
                         limit=config.eval_limit,
@@ -314,8 +317,12 @@ def _report(
             "",
             table,
             "",
-            "min attr: the lowest per-attribute accuracy; FID in the oracle's feature space "
-            "(×: over the real-vs-real baseline). Full reports: `eval/default/report.md`, "
+            "min attr: the lowest per-attribute accuracy (oracle); 2nd judge: the independent "
+            "second judge (`--judge`, docs/QUALITY.md § 1.1); FID in the oracle's feature space "
+            "(×: over the real-vs-real baseline); HF: mean |Laplacian| of generated ÷ real "
+            "(1 = as sharp as the renders); diversity: spread of a caption's seeds ÷ real "
+            "same-class spread (oracle features); R-precision by the GAN's own image encoder is "
+            "marked not independent. Full reports: `eval/default/report.md`, "
             "`eval/plain/report.md`.",
         ]
     lines.append("")
@@ -378,6 +385,12 @@ class RecipeFlags:
     train_oracle: bool = option(
         False, "train an oracle, evaluate", show_default=False, store_true=True, exclusive="oracle"
     )
+    judge: str | None = option(
+        None,
+        "evaluate with this second judge too (python -m train oracle --design judge)",
+        show_default=False,
+        metavar="CKPT",
+    )
     oracle_epochs: int | None = option(
         None, "--train-oracle: epochs (oracle's default)", show_default=False, at_least=1
     )
@@ -402,6 +415,10 @@ def config_from_args(args: RecipeFlags) -> RecipeConfig:
     options.check_ranges(args)
     if args.oracle is not None and not Path(args.oracle).is_file():
         raise RecipeError(f"--oracle {args.oracle}: no such file")
+    if args.judge is not None and not Path(args.judge).is_file():
+        raise RecipeError(f"--judge {args.judge}: no such file")
+    if args.judge is not None and not (args.oracle or args.train_oracle):
+        raise RecipeError("--judge is reported beside the oracle: give --oracle or --train-oracle")
     if args.text_encoder is not None:
         load_checkpoint(args.text_encoder, kind="text_encoder")  # one line if it is not one
         if args.text_steps is not None:
@@ -428,6 +445,7 @@ def config_from_args(args: RecipeFlags) -> RecipeConfig:
         ablation=args.ablation,
         oracle=args.oracle,
         train_oracle=args.train_oracle,
+        judge=args.judge,
         oracle_overrides={} if args.oracle_epochs is None else {"epochs": args.oracle_epochs},
         eval_seeds=args.eval_seeds,
         eval_limit=args.eval_limit,

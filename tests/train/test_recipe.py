@@ -94,6 +94,7 @@ def test_recipe_bad_flags_are_one_line(
         (["--minutes", "0"], "--minutes"),
         (["--ngf", "0"], "--ngf"),
         (["--oracle", str(tmp_path / "none.pt")], "--oracle"),
+        (["--judge", str(tmp_path / "none.pt")], "--judge"),
         (["--text-encoder", str(scenes)], "scenes.h5"),
     ):
         assert rc.main(["--data", str(scenes), "--out", str(tmp_path / "r"), *argv]) == 2

@@ -6,6 +6,7 @@
         --oracle runs/oracle/00000/checkpoint.pt --retrieval runs/text/00000/checkpoint.pt \\
         --out runs/eval/NAME-int8
     python -m train evaluate … --captions my_captions.jsonl      # any labelled captions
+    python -m train evaluate … --judge runs/judge/00000/checkpoint.pt  # + the second judge
 
 For every evaluated split (`test` and `test_unseen` by default; or the captions file) one caption
 per real image (a seeded choice among its ten) is turned into `--seeds` images. Image k of seed s
@@ -18,6 +19,11 @@ Outputs in `--out`: `metrics.jsonl` (one JSON line per metric and split, appende
 carries the run header), `report.md` with `samples.png` (real image, then one image per seed,
 framed green where the oracle finds every attribute right) and `attributes.png`. The metrics are
 described in train/quality/metrics.py; `--metrics` picks any subset.
+
+Every figure names its judge (docs/QUALITY.md § 1.1): attribute accuracy is printed per judge
+(`--oracle`, and `--judge`, which must be of another design than the oracle), and R-precision
+says whether its image encoder is one the generator trained against ("not independent": the GAN
+checkpoint's own encoder, or a `--retrieval` checkpoint with the same image-encoder weights).
 
 Captions file: one JSON object per line, `{"caption": "...", "attributes": {"colour": "orange",
 "terrain": "rubble", "pose": "lying", "position": "left", "helmet": "no"}}` (value names, or
@@ -54,7 +60,8 @@ from train.quality.metrics import (
     check_inception_weights,
     run_metrics,
 )
-from train.quality.oracle import load_oracle
+from train.quality.oracle import KIND as ORACLE_KIND
+from train.quality.oracle import build_oracle, load_oracle
 from train.quality.report import write_report
 from train.runs import MetricsLog, OneLineParser
 from train.text.joint_embedding import JointEmbedding, encode_captions
@@ -289,6 +296,9 @@ class EvalOptions:
     data: str | None = None
     oracle: str | None = None
     force_oracle: bool = False
+    judge: str | None = None
+    """The second judge's checkpoint (`python -m train oracle --design judge`)."""
+    force_judge: bool = False
     retrieval: str | None = None
     inception_weights: str | None = None
     captions: str | None = None
@@ -317,7 +327,7 @@ class EvalResult:
     header: dict[str, Any]
 
 
-def _load_retrieval(path: str) -> Any:
+def _load_retrieval(path: str) -> tuple[Any, dict[str, Any]]:
     checkpoint = ck.load_checkpoint(path)
     if checkpoint.get("kind") not in ("text_encoder", "gan"):
         raise EvalError(
@@ -326,7 +336,43 @@ def _load_retrieval(path: str) -> Any:
         )
     if "image_encoder" not in checkpoint["models"]:
         raise EvalError(f"--retrieval {path}: has no image_encoder")
-    return JointEmbedding.from_checkpoint(checkpoint, path)
+    return JointEmbedding.from_checkpoint(checkpoint, path), checkpoint["models"]["image_encoder"]
+
+
+def same_weights(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two state dicts hold the same tensors under the same names."""
+    return a.keys() == b.keys() and all(
+        a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a
+    )
+
+
+def retrieval_independence(
+    source: CheckpointSource | BundleSource, image_encoder: dict[str, Any] | None
+) -> bool | None:
+    """Whether R-precision's image encoder is not the one the generator trained against:
+    `image_encoder` is the `--retrieval` weights (None: the GAN checkpoint's own, not
+    independent). A bundle does not carry its encoder, so there it is unknown (None)."""
+    if image_encoder is None:
+        return False
+    if isinstance(source, CheckpointSource):
+        own = source.checkpoint["models"].get("image_encoder")
+        return own is None or not same_weights(own, image_encoder)
+    return None
+
+
+def load_judge(options: EvalOptions, data: str | Path, honesty_splits: dict[str, Any]) -> Any:
+    """The second judge, honesty-checked like the oracle; refused when of the oracle's design."""
+    assert options.judge is not None
+    # The design first: a refusal should not wait for an honesty check (a few seconds).
+    config = build_oracle(ck.load_checkpoint(options.judge, kind=ORACLE_KIND), options.judge).config
+    if not config.independent_of_image_encoder:
+        raise EvalError(
+            f"--judge {options.judge}: design {config.design!r} is the oracle's (and the "
+            "generator's image encoder's); the second judge must be of another design "
+            "(python -m train oracle --design judge)"
+        )
+    noise = {"noise_count": options.oracle_noise_images} if options.oracle_noise_images else {}
+    return load_oracle(options.judge, data, force=options.force_judge, real=honesty_splits, **noise)
 
 
 def evaluate(options: EvalOptions) -> EvalResult:
@@ -372,18 +418,25 @@ def evaluate(options: EvalOptions) -> EvalResult:
             choose_captions(real_splits[s], s, options.seed, options.limit) for s in options.splits
         ]
 
-    oracle = None
-    if options.oracle:
+    oracle = judge = None
+    if options.oracle or options.judge:
         honesty_splits = {s: v for s, v in real_splits.items() if v.attributes is not None}
         if not honesty_splits:
             honesty_splits = {
                 s: read_split(data, s) for s in DEFAULT_SPLITS if s in info.splits
             }  # --captions with --splits naming no labelled split
+    if options.oracle:
         noise = {"noise_count": options.oracle_noise_images} if options.oracle_noise_images else {}
         oracle = load_oracle(
             options.oracle, data, force=options.force_oracle, real=honesty_splits, **noise
         )
-    retrieval = _load_retrieval(options.retrieval) if options.retrieval else source.retrieval()
+    if options.judge:
+        judge = load_judge(options, data, honesty_splits)
+    if options.retrieval:
+        retrieval, image_encoder = _load_retrieval(options.retrieval)
+        independent = retrieval_independence(source, image_encoder)
+    else:
+        retrieval, independent = source.retrieval(), False
 
     splits: dict[str, SplitImages] = {}
     for s in sets:
@@ -406,7 +459,9 @@ def evaluate(options: EvalOptions) -> EvalResult:
         splits=splits,
         attribute_names=tuple(attribute_names),
         oracle=oracle,
+        judge=judge,
         retrieval=retrieval,
+        retrieval_independent=independent,
         inception_weights=Path(options.inception_weights) if options.inception_weights else None,
         seed=options.seed,
     )
@@ -423,6 +478,10 @@ def evaluate(options: EvalOptions) -> EvalResult:
         "seed": options.seed,
         "oracle": options.oracle,
         "oracle_honest": None if oracle is None else oracle.honesty.passed,
+        "judge": options.judge,
+        "judge_honest": None if judge is None else judge.honesty.passed,
+        "retrieval": options.retrieval or (None if retrieval is None else "the GAN checkpoint's"),
+        "retrieval_independent": None if retrieval is None else independent,
         "seconds": round(time.perf_counter() - started, 1),
         **options.extra,
     }
@@ -457,6 +516,15 @@ def build_parser() -> OneLineParser:
     p.add_argument("--oracle", metavar="CKPT", help='kind="oracle" checkpoint (rescue-scenes)')
     p.add_argument(
         "--force-oracle", action="store_true", help="use an oracle that fails its honesty checks"
+    )
+    p.add_argument(
+        "--judge",
+        metavar="CKPT",
+        help="second attribute judge of another design (python -m train oracle --design judge), "
+        "reported beside the oracle",
+    )
+    p.add_argument(
+        "--force-judge", action="store_true", help="use a judge that fails its honesty checks"
     )
     p.add_argument(
         "--retrieval",
@@ -504,7 +572,15 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
         raise EvalError(f"--threads must be ≥ 1, got {args.threads}")
     if args.checkpoint and args.precision != "fp32":
         raise EvalError("--precision selects a bundle variant; a checkpoint runs in torch fp32")
-    for flag in ("checkpoint", "oracle", "retrieval", "data", "captions", "inception_weights"):
+    for flag in (
+        "checkpoint",
+        "oracle",
+        "judge",
+        "retrieval",
+        "data",
+        "captions",
+        "inception_weights",
+    ):
         value = getattr(args, flag)
         if value is not None and not Path(value).is_file():
             raise EvalError(f"--{flag.replace('_', '-')} {value}: no such file")
@@ -534,6 +610,8 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
         data=args.data,
         oracle=args.oracle,
         force_oracle=args.force_oracle,
+        judge=args.judge,
+        force_judge=args.force_judge,
         retrieval=args.retrieval,
         inception_weights=args.inception_weights,
         captions=args.captions,
@@ -572,11 +650,17 @@ def summary(records: list[dict[str, Any]]) -> dict[str, Any]:
         if r["metric"] == "attributes":
             row["accuracy"] = {k: round(v, 4) for k, v in r["accuracy"].items()}
             row["all_correct"] = round(r["all_correct"], 4)
+        elif r["metric"] == "attributes_judge":
+            row["judge_accuracy"] = {k: round(v, 4) for k, v in r["accuracy"].items()}
+            row["judge_all_correct"] = round(r["all_correct"], 4)
+        elif r["metric"] == "hf_energy" and r.get("ratio") is not None:
+            row["hf_ratio"] = round(r["ratio"], 4)
         elif r["metric"] in ("fid", "kid"):
             row[r["metric"]] = round(r["value"], 4)
             row[f"{r['metric']}_baseline"] = round(r["baseline"], 4)
         elif r["metric"] == "r_precision":
             row["r_precision"] = round(r["value"], 4)
+            row["r_precision_independent"] = r.get("independent")
         elif r["metric"] == "diversity" and "feature_ratio" in r:
             row["diversity_ratio"] = round(r["feature_ratio"], 4)
     return out

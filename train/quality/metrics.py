@@ -5,14 +5,20 @@ any subset, so every metric also runs on its own.
 - `attributes` (oracle, labels): per-attribute accuracy and all-attributes-correct rate of the
   generated images, with the oracle's accuracy on the real images (the ceiling) and on noise
   paired with the same labels (the floor);
+- `attributes_judge` (`--judge`, labels): the same, by the second judge of another design
+  (train/quality/oracle.py, "Two designs"): the oracle's design is the generator's image
+  encoder's, so every attribute figure is printed by both;
 - `fid` (oracle, real images): Fréchet distance in the oracle's feature space, with a
   real-vs-real baseline;
 - `kid` (oracle, real images): kernel distance (unbiased MMD², cubic polynomial kernel) in the
   same space and design;
 - `diversity` (≥ 2 seeds): how different one caption's images are across seeds, in oracle
   features and in pixels, against real images of one class;
+- `hf_energy` (real images): mean |Laplacian| of the generated images' grey levels ÷ that of the
+  real images of the same captions: speckle and fringes push it above 1, blur below;
 - `r_precision` (image-text encoder): AttnGAN's R-precision, generated image → its caption among
-  99 captions of other classes;
+  99 captions of other classes; marked "not independent" when the encoder is the one the
+  generator trained against (`EvalContext.retrieval_independent`);
 - `inception` (`--inception-weights`): Inception Score and Inception-FID (torchmetrics; CUB-style
   data).
 
@@ -39,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 
@@ -265,15 +272,20 @@ class EvalContext:
     attribute_names: tuple[str, ...] = ()
     oracle: Any = None
     """`train.quality.oracle.LoadedOracle` or None."""
+    judge: Any = None
+    """The second judge (a `LoadedOracle` of design "judge") or None."""
     retrieval: Any = None
     """`train.text.joint_embedding.JointEmbedding` (pretrained image-text encoder) or None."""
+    retrieval_independent: bool | None = None
+    """False: the generator trained against `retrieval`'s image encoder; None: unknown."""
     inception_weights: Path | None = None
     seed: int = 0
     _memo: dict[tuple[str, ...], Any] = field(default_factory=dict)
 
-    def predictions(self, split: str, which: str) -> Any:
-        """Oracle predictions of a split's "generated" (S·n, seed-major) or "real" (n) images."""
-        key = ("oracle", split, which)
+    def predictions(self, split: str, which: str, by: str = "oracle") -> Any:
+        """Predictions by the oracle (or `by="judge"`) of a split's "generated" (S·n,
+        seed-major) or "real" (n) images."""
+        key = (by, split, which)
         if key not in self._memo:
             s = self.splits[split]
             if which == "generated":
@@ -282,7 +294,7 @@ class EvalContext:
                 images = s.real
             else:
                 raise MetricUnavailableError(f"split {split}: no {which} images")
-            self._memo[key] = predict(self.oracle.model, images)
+            self._memo[key] = predict(getattr(self, by).model, images)
         return self._memo[key]
 
 
@@ -296,6 +308,7 @@ class Metric:
     name: str
     fn: MetricFn
     needs_oracle: bool = False
+    needs_judge: bool = False
     needs_real: bool = False
     needs_retrieval: bool = False
     needs_inception: bool = False
@@ -320,6 +333,8 @@ def missing_requirements(metric: Metric, context: EvalContext) -> str | None:
     """Why `metric` cannot run on `context` (one phrase), or None."""
     if metric.needs_oracle and context.oracle is None:
         return "needs --oracle"
+    if metric.needs_judge and context.judge is None:
+        return "needs --judge (a second judge: python -m train oracle --design judge)"
     if metric.needs_retrieval and context.retrieval is None:
         return "needs an image-text encoder (--retrieval, or a GAN checkpoint carrying one)"
     if metric.needs_inception and context.inception_weights is None:
@@ -351,26 +366,49 @@ def run_metrics(names: list[str], context: EvalContext) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------
 
 
+def judge_name(loaded: Any) -> str:
+    """How a report names a judge: its design and file."""
+    return f"design {loaded.model.config.design}, `{loaded.path}`"
+
+
 @register("attributes", "oracle accuracy per attribute and all-correct rate", needs_oracle=True)
 def attribute_metric(context: EvalContext) -> list[dict[str, Any]]:
     """Per split: accuracy of generated images per attribute (± std over seeds), all correct,
     oracle confidence; the real-image ceiling and the noise floor for the same labels."""
+    return _attribute_records(context, "attributes", "oracle")
+
+
+@register(
+    "attributes_judge",
+    "the same by the second judge (another design than the generator's image encoder)",
+    needs_judge=True,
+)
+def attribute_judge_metric(context: EvalContext) -> list[dict[str, Any]]:
+    """`attributes`, judged by the second judge."""
+    return _attribute_records(context, "attributes_judge", "judge")
+
+
+def _attribute_records(context: EvalContext, metric: str, by: str) -> list[dict[str, Any]]:
     names = context.attribute_names
+    loaded = getattr(context, by)
     records = []
     for split, s in context.splits.items():
         if s.attributes is None:
-            records.append({"metric": "attributes", "split": split, "skipped": "no labels"})
+            records.append({"metric": metric, "split": split, "skipped": "no labels"})
             continue
         truth = np.asarray(s.attributes, np.int64)  # (n, A); -1: the caption does not say
         stated = truth >= 0  # (n, A)
-        pred = context.predictions(split, "generated")
+        pred = context.predictions(split, "generated", by)
         labels = pred.labels.reshape(s.seeds, len(s), -1)  # (S, n, A)
         correct = (labels == truth[None]) | ~stated[None]  # (S, n, A): unstated cannot be wrong
         per_seed = _masked_mean(correct, stated[None])  # (S, A)
         all_correct = correct.all(2).mean(1)  # (S,)
         record: dict[str, Any] = {
-            "metric": "attributes",
+            "metric": metric,
             "split": split,
+            "judged_by": judge_name(loaded),  # not "judge": the run header's field
+            "design": loaded.model.config.design,
+            "honest": loaded.honesty.passed,
             "images": int(correct.shape[0] * correct.shape[1]),
             "seeds": s.seeds,
             "accuracy": {n: float(per_seed[:, a].mean()) for a, n in enumerate(names)},
@@ -392,7 +430,7 @@ def attribute_metric(context: EvalContext) -> list[dict[str, Any]]:
             for a, n in enumerate(names)
         }
         if s.real is not None:
-            real = context.predictions(split, "real")
+            real = context.predictions(split, "real", by)
             ok = (real.labels == truth) | ~stated
             record["real_accuracy"] = _per_name(_masked_mean(ok, stated), names)
             record["real_all_correct"] = float(ok.all(1).mean())
@@ -400,7 +438,7 @@ def attribute_metric(context: EvalContext) -> list[dict[str, Any]]:
         noise = np.concatenate(
             [noise_images(f, max(len(s) // 3, 1), context.seed + 99) for f in NOISE_FAMILIES_CHECK]
         )
-        noise_pred = predict(context.oracle.model, noise)
+        noise_pred = predict(loaded.model, noise)
         rows = np.arange(len(noise)) % len(s)
         ok = (noise_pred.labels == truth[rows]) | ~stated[rows]
         record["noise_accuracy"] = _per_name(_masked_mean(ok, stated[rows]), names)
@@ -520,6 +558,47 @@ def diversity_metric(context: EvalContext) -> list[dict[str, Any]]:
     return records
 
 
+def laplacian_energy(images: np.ndarray) -> float:
+    """Mean |Laplacian| (3×3, 4-neighbour) of the grey levels of uint8 (N, H, W, 3) RGB images."""
+    flat = np.asarray(images).reshape(-1, *np.asarray(images).shape[-3:])  # (N, H, W, 3)
+    if not len(flat):
+        raise ValueError("no images")
+    total = 0.0
+    for image in flat:
+        grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY).astype(np.float32)
+        total += float(np.abs(cv2.Laplacian(grey, cv2.CV_32F)).mean())
+    return total / len(flat)
+
+
+@register(
+    "hf_energy",
+    "high-frequency energy: mean |Laplacian| of generated ÷ real (1 = as sharp as reality)",
+    needs_real=True,
+)
+def hf_energy_metric(context: EvalContext) -> list[dict[str, Any]]:
+    """Per split: mean |Laplacian| of all generated images, of the real ones, and their ratio
+    (> 1: speckle or fringes the renders do not have; < 1: blur)."""
+    records = []
+    for split, s in context.splits.items():
+        if s.real is None:
+            records.append({"metric": "hf_energy", "split": split, "skipped": "no real images"})
+            continue
+        per_seed = [laplacian_energy(s.generated[k]) for k in range(s.seeds)]
+        real = laplacian_energy(s.real)
+        value = float(np.mean(per_seed))
+        records.append(
+            {
+                "metric": "hf_energy",
+                "split": split,
+                "value": value,
+                "std_over_seeds": float(np.std(per_seed)),
+                "real": real,
+                "ratio": value / real if real > 0 else None,
+            }
+        )
+    return records
+
+
 @register(
     "r_precision", "generated image → its caption among 99 of other classes", needs_retrieval=True
 )
@@ -557,6 +636,7 @@ def r_precision_metric(context: EvalContext) -> list[dict[str, Any]]:
             "std_over_seeds": float(np.std(values)),
             "candidates": candidates,
             "chance": 1.0 / candidates,
+            "independent": context.retrieval_independent,
         }
         if s.real is not None:
             real = model.encode_images(s.real).numpy()

@@ -1,6 +1,7 @@
 """`python -m train oracle`: the rescue-scenes attribute oracle that judges generated images.
 
     python -m train oracle --data data/rescue_scenes.h5 --out runs/oracle
+    python -m train oracle --design judge --data data/rescue_scenes.h5 --out runs/judge
 
 A small CNN with one softmax head per attribute (colour, terrain, pose, position, helmet),
 trained on the real renders of the train split. Evaluation (train/quality/evaluate.py) asks it
@@ -28,11 +29,22 @@ loaded, and `load_oracle` refuses (unless forced) one that fails it:
 
 The noise seen in training and in the check come from different seeds; the check also has a
 family never used in training (blocky colour mosaics), so passing it is not memorisation.
+
+**Two designs** (`OracleConfig.design`; docs/QUALITY.md § 1.1). The oracle ("cnn") shares its
+body's design (stride-2 4×4 convolutions, batch norm, LeakyReLU, flattened 4×4 map) with
+`models.ImageEncoder`, which the generator trains against, so a generator could learn to please
+that family of networks rather than to draw the scene. The second judge ("judge") shares none of
+it: a fixed Gaussian blur and 2× downsampling in front (it never sees the finest pixels), then 3×3
+residual blocks with group norm and SiLU, coordinate channels and global average pooling (position
+is read from the coordinates, not from a flattened map), trained with random blur and strong pixel
+noise so that it reads shapes and colours, not texture. Both pass the same honesty checks, with
+the same code, and load through the same `load_oracle`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import math
@@ -81,6 +93,17 @@ NOISE_ACCURACY_SIGMAS = 4.0
 """Noise accuracy may differ from chance by this many binomial standard errors (+ 1 point)."""
 NOISE_FAMILIES_TRAIN = ("pixels", "smooth")
 NOISE_FAMILIES_CHECK = ("pixels", "smooth", "mosaic")
+DESIGNS = ("cnn", "judge")
+"""`OracleConfig.design`: the oracle's CNN, or the second judge (module docstring)."""
+JUDGE_CHANNELS = (48, 96, 192)
+"""The judge's widths: a stem at 32×32, then residual stages 16×16 and 8×8 (wider and shallower
+than the oracle's four stride-2 stages)."""
+JUDGE_BLUR = 1.0
+"""Largest σ (pixels) of the judge's random training blur."""
+JUDGE_LOW_PASS = 0.8
+"""σ (pixels) of the judge's fixed blur in front of its 2× downsampling."""
+JUDGE_PIXEL_NOISE = 0.15
+"""Largest σ of the judge's additive training noise, in [-1, 1] units (the oracle's: 0.03)."""
 
 
 class OracleError(InputError):
@@ -105,16 +128,32 @@ class OracleConfig:
     """Penultimate width: the FID/KID feature space. 128 keeps the 128×128 covariances well
     conditioned from the 500-image halves evaluate compares."""
     image_size: int = 64
+    design: str = "cnn"
+    """"cnn" (the oracle: `AttributeOracle`) or "judge" (`AttributeJudge`); checkpoints written
+    before the judge existed have no such field and are "cnn"."""
+    low_pass: float = JUDGE_LOW_PASS
+    """The judge's fixed blur σ (pixels) before its downsampling; saved with the weights so a
+    judge is rebuilt exactly as trained. Unused by "cnn"."""
 
     def __post_init__(self) -> None:
+        if self.design not in DESIGNS:
+            raise ValueError(f"design must be one of {DESIGNS}, got {self.design!r}")
+        if not 0 < self.low_pass <= 2:
+            raise ValueError(f"low_pass σ must lie in (0, 2] pixels, got {self.low_pass}")
         if len(self.attribute_names) != len(self.attribute_sizes):
             raise ValueError("attribute_names and attribute_sizes differ in length")
         if any(k < 2 for k in self.attribute_sizes):
             raise ValueError(f"every attribute needs ≥ 2 values, got {self.attribute_sizes}")
+        # The judge halves the image once in front and its stem keeps the size: same count.
         if self.image_size % 2 ** len(self.channels):
             raise ValueError(
                 f"image_size {self.image_size} not divisible by 2^{len(self.channels)}"
             )
+
+    @property
+    def independent_of_image_encoder(self) -> bool:
+        """Whether this design differs from `models.ImageEncoder`'s (the generator's critic)."""
+        return self.design != "cnn"
 
 
 class AttributeOracle(nn.Module):
@@ -146,6 +185,99 @@ class AttributeOracle(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         features = self.features(self.trunk(images))  # (B, F)
         return [head(features) for head in self.heads], features
+
+
+def gaussian_kernel(sigma: torch.Tensor, size: int) -> torch.Tensor:
+    """Normalised 2-D Gaussian kernels (N, size, size) for σ (N,); σ = 0 gives a delta."""
+    r = torch.arange(size, dtype=torch.float32) - (size - 1) / 2  # (size,)
+    s = sigma.float().clamp(min=1e-3)[:, None]  # (N, 1)
+    g = torch.exp(-0.5 * (r[None] / s) ** 2)  # (N, size)
+    g = g / g.sum(1, keepdim=True)
+    return g[:, :, None] * g[:, None, :]  # (N, size, size)
+
+
+def blur(images: torch.Tensor, sigma: torch.Tensor, size: int = 5) -> torch.Tensor:
+    """Blur each image (B, C, H, W) with its own σ (B,): one grouped convolution, reflect-padded."""
+    b, c, h, w = images.shape
+    kernels = gaussian_kernel(sigma, size).repeat_interleave(c, 0)[:, None]  # (B·C, 1, k, k)
+    padded = F.pad(images.reshape(1, b * c, h, w), (size // 2,) * 4, mode="reflect")
+    return F.conv2d(padded, kernels, groups=b * c).reshape(b, c, h, w)
+
+
+class _ResidualBlock(nn.Module):
+    """3×3 conv → GN → SiLU → 3×3 conv → GN, plus a pooled 1×1 shortcut; halves the size."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c_in, c_out, 3, 2, 1, bias=False),
+            nn.GroupNorm(8, c_out),
+            nn.SiLU(),
+            nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False),
+            nn.GroupNorm(8, c_out),
+        )
+        self.shortcut = nn.Sequential(nn.AvgPool2d(2), nn.Conv2d(c_in, c_out, 1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.silu(self.body(x) + self.shortcut(x))
+
+
+class AttributeJudge(nn.Module):
+    """The second judge (module docstring): image (B, 3, 64, 64) in [-1, 1] → per-attribute
+    logits [(B, K_a)] and features (B, F), like `AttributeOracle`, by another design."""
+
+    def __init__(self, config: OracleConfig) -> None:
+        super().__init__()
+        self.config = config
+        # A fixed blur before 2× area downsampling: single-pixel detail (speckle, fringes) cannot
+        # reach the judge. Not a parameter: nothing can learn it away. σ stays below 1 px so an
+        # 8-pixel helmet survives it.
+        self.register_buffer(
+            "low_pass",
+            gaussian_kernel(torch.full((1,), config.low_pass), 5).expand(3, 5, 5)[:, None].clone(),
+            False,
+        )
+        side = config.image_size // 2
+        ramp = torch.linspace(-1, 1, side)
+        ys, xs = torch.meshgrid(ramp, ramp, indexing="ij")
+        # CoordConv (Liu et al. 2018): with global pooling, position is read from these.
+        self.register_buffer("coords", torch.stack([xs, ys])[None], False)  # (1, 2, s, s)
+        c0 = config.channels[0]
+        self.stem = nn.Sequential(
+            nn.Conv2d(3 + 2, c0, 3, 1, 1, bias=False), nn.GroupNorm(8, c0), nn.SiLU()
+        )
+        self.blocks = nn.Sequential(
+            *(_ResidualBlock(a, b) for a, b in itertools.pairwise(config.channels))
+        )
+        self.features = nn.Sequential(
+            # Per channel: its mean activation and where it fires (x, y).
+            nn.Linear(3 * config.channels[-1], config.feature_dim),
+            nn.LayerNorm(config.feature_dim),
+            nn.GELU(),
+        )
+        self.heads = nn.ModuleList(nn.Linear(config.feature_dim, k) for k in config.attribute_sizes)
+
+    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        x = F.conv2d(F.pad(images, (2,) * 4, mode="reflect"), self.low_pass, groups=3)
+        x = F.avg_pool2d(x, 2)  # (B, 3, 32, 32)
+        x = torch.cat([x, self.coords.expand(len(x), -1, -1, -1)], 1)  # (B, 5, 32, 32)
+        x = self.blocks(self.stem(x))  # (B, C, 8, 8)
+        # Global average pooling, plus the activation-weighted mean of each coordinate: where in
+        # the frame a channel fires, which is what "position" asks.
+        weights = x.flatten(2).softmax(-1)  # (B, C, 64)
+        side = x.shape[-1]
+        grid = F.interpolate(self.coords, size=(side, side), mode="area").flatten(2)  # (1, 2, 64)
+        where = torch.einsum("bcn,dn->bcd", weights, grid[0]).flatten(1)  # (B, 2C)
+        features = self.features(torch.cat([x.mean((2, 3)), where], 1))  # (B, F)
+        return [head(features) for head in self.heads], features
+
+
+AttributeNetwork = AttributeOracle | AttributeJudge
+
+
+def build_network(config: OracleConfig) -> AttributeNetwork:
+    """The network of `config.design`."""
+    return AttributeJudge(config) if config.design == "judge" else AttributeOracle(config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,7 +337,7 @@ class Predictions:
 
 @torch.no_grad()
 def predict(
-    oracle: AttributeOracle, images: np.ndarray | torch.Tensor, batch_size: int = 500
+    oracle: AttributeNetwork, images: np.ndarray | torch.Tensor, batch_size: int = 500
 ) -> Predictions:
     """Run the oracle (eval mode) over uint8 (N, 64, 64, 3) RGB images."""
     was_training = oracle.training
@@ -286,7 +418,7 @@ class HonestyReport:
 
 
 def honesty_report(
-    oracle: AttributeOracle,
+    oracle: AttributeNetwork,
     real: dict[str, SplitData],
     *,
     min_accuracy: float = MIN_REAL_ACCURACY,
@@ -371,6 +503,11 @@ class OracleTrainConfig:
     """Outlier exposure: noise images added per batch, relative to the batch (0 = off)."""
     noise_weight: float = 0.5
     """Weight of the uniform-target loss on those images."""
+    blur: float = 0.0
+    """Largest σ (pixels) of a random Gaussian blur per image (0 = off; the judge's default is
+    `JUDGE_BLUR`)."""
+    pixel_noise: float = 0.03
+    """Largest σ of additive Gaussian noise per image, in [-1, 1] units."""
     shift: int = 2
     """Random translation of ±shift pixels (the renderer keeps the figure's centroid ≥ 2.5 px
     inside its third, so ±2 px never changes the position label)."""
@@ -381,17 +518,27 @@ class OracleTrainConfig:
     oracle: OracleConfig = field(default_factory=OracleConfig)
 
 
-def _augment(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
-    """Per-batch random translation (replicate-padded), brightness/contrast jitter, light noise:
+def _augment(
+    x: torch.Tensor,
+    shift: int,
+    gen: torch.Generator,
+    *,
+    max_blur: float = 0.0,
+    pixel_noise: float = 0.03,
+) -> torch.Tensor:
+    """Per-batch random translation (replicate-padded), brightness/contrast jitter, per-image
+    blur (σ uniform in [0, max_blur]) and noise (σ uniform in [0, pixel_noise]):
     (B, 3, H, W) in [-1, 1] → same. Cheap and label-preserving (no flips: position)."""
     b, _, h, w = x.shape
+    if max_blur > 0:
+        x = blur(x, max_blur * torch.rand(b, generator=gen))
     if shift:
         padded = F.pad(x, (shift,) * 4, mode="replicate")
         dy, dx = (int(v) for v in torch.randint(0, 2 * shift + 1, (2,), generator=gen))
         x = padded[:, :, dy : dy + h, dx : dx + w]
     gain = 1 + 0.1 * (2 * torch.rand(b, 1, 1, 1, generator=gen) - 1)
     bias = 0.08 * (2 * torch.rand(b, 1, 1, 1, generator=gen) - 1)
-    sigma = 0.03 * torch.rand(b, 1, 1, 1, generator=gen)
+    sigma = pixel_noise * torch.rand(b, 1, 1, 1, generator=gen)
     return (x * gain + bias + sigma * torch.randn(x.shape, generator=gen)).clamp_(-1, 1)
 
 
@@ -401,13 +548,13 @@ def train_oracle(
     *,
     metrics: MetricsLog | None = None,
     progress: bool = True,
-) -> AttributeOracle:
+) -> AttributeNetwork:
     """Train an oracle on `train_split` (attributes required); returns it in eval mode."""
     if train_split.attributes is None:
         raise OracleError("the training split has no attribute labels")
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    oracle = AttributeOracle(config.oracle)
+    oracle = build_network(config.oracle)
     optimizer = torch.optim.AdamW(
         oracle.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -439,7 +586,9 @@ def train_oracle(
                 if n_noise:
                     pick = torch.randint(0, len(noise_pool), (n_noise,), generator=gen)
                     x = torch.cat([x, to_tensor(noise_pool[pick])])  # (B + n_noise, 3, 64, 64)
-                x = _augment(x, config.shift, gen)
+                x = _augment(
+                    x, config.shift, gen, max_blur=config.blur, pixel_noise=config.pixel_noise
+                )
                 logits, _ = oracle(x)
                 b = len(idx)
                 loss_real = sum(
@@ -480,7 +629,7 @@ def train_oracle(
 
 
 def oracle_checkpoint(
-    oracle: AttributeOracle,
+    oracle: AttributeNetwork,
     config: OracleTrainConfig,
     attribute_values: dict[str, list[str]],
     honesty: HonestyReport,
@@ -498,11 +647,11 @@ def oracle_checkpoint(
     )
 
 
-def build_oracle(checkpoint: dict[str, Any], where: str) -> AttributeOracle:
-    """Rebuild the oracle (eval mode) from a checkpoint dict alone."""
+def build_oracle(checkpoint: dict[str, Any], where: str) -> AttributeNetwork:
+    """Rebuild the oracle or judge (eval mode) from a checkpoint dict alone."""
     try:
         config = config_from_dict(OracleConfig, checkpoint["model_configs"]["oracle"], where)
-        oracle = AttributeOracle(config)
+        oracle = build_network(config)
         oracle.load_state_dict(checkpoint["models"]["oracle"])
     except KeyError:
         raise ck.CheckpointError(f"{where}: has no 'oracle' model") from None
@@ -518,14 +667,14 @@ def build_oracle(checkpoint: dict[str, Any], where: str) -> AttributeOracle:
 class LoadedOracle:
     """An oracle, the attribute vocabulary it was trained on, and today's honesty report."""
 
-    model: AttributeOracle
+    model: AttributeNetwork
     attribute_values: dict[str, list[str]]
     honesty: HonestyReport
     path: str
 
 
 def check_vocabulary(
-    oracle: AttributeOracle,
+    oracle: AttributeNetwork,
     values: dict[str, list[str]],
     dataset_names: Sequence[str],
     dataset_values: dict[str, list[str]],
@@ -599,6 +748,25 @@ class OracleFlags:
     data: str = option(
         _T.data, f"HDF5 dataset with attributes (default {_T.data})", show_default=False
     )
+    design: str = option(
+        "cnn",
+        'network: "cnn" (the oracle) or "judge" (the second judge of another design, '
+        "docs/QUALITY.md § 1.1)",
+        choices=DESIGNS,
+    )
+    blur: float | None = option(
+        None,
+        f"largest σ (px) of the random training blur (default 0; judge {JUDGE_BLUR})",
+        show_default=False,
+        at_least=0,
+    )
+    pixel_noise: float | None = option(
+        None,
+        f"largest σ of the training pixel noise, [-1, 1] units (default {_T.pixel_noise}; "
+        f"judge {JUDGE_PIXEL_NOISE})",
+        show_default=False,
+        at_least=0,
+    )
     out: str = option("runs/oracle", "parent of numbered run folders", show_default=False)
     epochs: int = option(_T.epochs, f"default {_T.epochs}", show_default=False, at_least=1)
     batch_size: int = option(
@@ -632,7 +800,8 @@ def build_parser() -> OneLineParser:
     """The oracle's flags, generated from `OracleFlags`."""
     parser = OneLineParser(
         prog="python -m train oracle",
-        description="Train the rescue-scenes attribute oracle and check its honesty.",
+        description="Train the rescue-scenes attribute oracle (or, with --design judge, the "
+        "independent second judge) and check its honesty.",
     )
     return options.build_parser(OracleFlags, parser, given_only=False)
 
@@ -653,9 +822,12 @@ def main(argv: list[str] | None = None) -> int:
         check_splits = [s for s in ("test", "test_unseen") if s in info.splits]
         if not check_splits:
             raise OracleError(f"--data {args.data}: no 'test' split to check the oracle on")
+        judge = args.design == "judge"
         oracle_config = OracleConfig(
             attribute_names=tuple(info.attribute_names),
             attribute_sizes=tuple(len(info.attribute_values[n]) for n in info.attribute_names),
+            design=args.design,
+            **({"channels": JUDGE_CHANNELS} if judge else {}),
         )
         config = OracleTrainConfig(
             data=args.data,
@@ -663,6 +835,12 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             lr=args.lr,
             noise_fraction=args.noise_fraction,
+            blur=args.blur if args.blur is not None else (JUDGE_BLUR if judge else _T.blur),
+            pixel_noise=(
+                args.pixel_noise
+                if args.pixel_noise is not None
+                else (JUDGE_PIXEL_NOISE if judge else _T.pixel_noise)
+            ),
             seed=args.seed,
             threads=args.threads,
             oracle=oracle_config,

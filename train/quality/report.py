@@ -5,8 +5,9 @@
   every attribute right and red otherwise.
 - `attributes.png`: accuracy per attribute and split as bars, the real-image ceiling as a tick,
   the noise floor as a grey bar, and the 95 % target as a dashed line.
-- `report.md`: the run header, the oracle's honesty, then one table per metric, with the issue's
-  rescue-scenes targets checked where they apply.
+- `report.md`: the run header, the honesty of the oracle and of the second judge, then one table
+  per metric (attribute accuracy once per judge, and both judges side by side), with the issue's
+  rescue-scenes targets checked where they apply; every figure names its judge.
 
 Every file is written to a temporary name and renamed, so a report is never half written.
 """
@@ -197,59 +198,99 @@ def _check(ok: bool) -> str:
     return "✓" if ok else "✗"
 
 
+def _attribute_table(attrs: list[dict[str, Any]], role: str) -> list[str]:
+    """One judge's attribute table (generated, real ceiling, noise floor per split)."""
+    out: list[str] = []
+    if not attrs:
+        return out
+    names = list(attrs[0]["accuracy"])
+    honest = "" if attrs[0].get("honest", True) else " — FAILED its honesty checks"
+    judge = f": {attrs[0]['judged_by']}" if "judged_by" in attrs[0] else ""
+    out += [
+        f"### Attribute accuracy ({role}{judge}{honest}), %",
+        "",
+        "| split | " + " | ".join(names) + " | all correct | target |",
+        "|---" * (len(names) + 3) + "|",
+    ]
+    for r in attrs:
+        target_all = TARGET_ALL_CORRECT.get(r["split"])
+        ok = (
+            all(v >= TARGET_ATTRIBUTE for v in r["accuracy"].values())
+            if r["split"] == "test"
+            else True
+        )
+        if target_all is not None:
+            ok = ok and r["all_correct"] >= target_all
+        cells = [
+            f"{_pct(v)} ± {_pct(r['accuracy_std_over_seeds'][k])}" for k, v in r["accuracy"].items()
+        ]
+        target = _check(ok) if target_all is not None else ""
+        out.append(
+            f"| {r['split']} generated | "
+            + " | ".join(cells)
+            + f" | {_pct(r['all_correct'])} | {target} |"
+        )
+        if "real_accuracy" in r:
+            cells = [_pct(v) for v in r["real_accuracy"].values()]
+            out.append(
+                f"| {r['split']} real (ceiling) | "
+                + " | ".join(cells)
+                + f" | {_pct(r.get('real_all_correct'))} | |"
+            )
+        cells = [_pct(v) for v in r["noise_accuracy"].values()]
+        out.append(
+            f"| {r['split']} noise (floor) | "
+            + " | ".join(cells)
+            + f" | {_pct(r['noise_all_correct'])} | |"
+        )
+    out += [
+        "",
+        "Targets (rescue-scenes): every attribute ≥ 95 % on test; all correct ≥ 85 % "
+        "on test and ≥ 60 % on test_unseen. ± is the standard deviation over seeds.",
+        "",
+    ]
+    return out
+
+
+def _judges_side_by_side(by_metric: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """All correct and the weakest attribute by both judges, per split (when both ran)."""
+    oracle = {r["split"]: r for r in by_metric.get("attributes", []) if "accuracy" in r}
+    judge = {r["split"]: r for r in by_metric.get("attributes_judge", []) if "accuracy" in r}
+    both = [s for s in oracle if s in judge]
+    if not both:
+        return []
+    out = [
+        "### The two judges side by side, %",
+        "",
+        "| split | all correct: oracle | all correct: second judge "
+        "| weakest attribute: oracle | weakest attribute: second judge |",
+        "|---|---|---|---|---|",
+    ]
+    for split in both:
+        cells = [split, _pct(oracle[split]["all_correct"]), _pct(judge[split]["all_correct"])]
+        for r in (oracle[split], judge[split]):
+            name, value = min(r["accuracy"].items(), key=lambda kv: kv[1])
+            cells.append(f"{name} {_pct(value)}")
+        out.append("| " + " | ".join(cells) + " |")
+    out += [
+        "",
+        "The oracle shares its network design with the image encoder the generator trains "
+        "against; the second judge does not (docs/QUALITY.md § 1.1). A gap between them is a "
+        "generator pleasing the oracle's kind of network rather than drawing the scene.",
+        "",
+    ]
+    return out
+
+
 def markdown_tables(records: Sequence[dict[str, Any]], attribute_names: Sequence[str]) -> str:
     """The metric tables of a report (also used by the recipe's report)."""
     by_metric: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         by_metric.setdefault(r["metric"], []).append(r)
     out: list[str] = []
-    attrs = [r for r in by_metric.get("attributes", []) if "accuracy" in r]
-    if attrs:
-        names = list(attrs[0]["accuracy"])
-        out += [
-            "### Attribute accuracy (oracle), %",
-            "",
-            "| split | " + " | ".join(names) + " | all correct | target |",
-            "|---" * (len(names) + 3) + "|",
-        ]
-        for r in attrs:
-            target_all = TARGET_ALL_CORRECT.get(r["split"])
-            ok = (
-                all(v >= TARGET_ATTRIBUTE for v in r["accuracy"].values())
-                if r["split"] == "test"
-                else True
-            )
-            if target_all is not None:
-                ok = ok and r["all_correct"] >= target_all
-            cells = [
-                f"{_pct(v)} ± {_pct(r['accuracy_std_over_seeds'][k])}"
-                for k, v in r["accuracy"].items()
-            ]
-            target = _check(ok) if target_all is not None else ""
-            out.append(
-                f"| {r['split']} generated | "
-                + " | ".join(cells)
-                + f" | {_pct(r['all_correct'])} | {target} |"
-            )
-            if "real_accuracy" in r:
-                cells = [_pct(v) for v in r["real_accuracy"].values()]
-                out.append(
-                    f"| {r['split']} real (ceiling) | "
-                    + " | ".join(cells)
-                    + f" | {_pct(r.get('real_all_correct'))} | |"
-                )
-            cells = [_pct(v) for v in r["noise_accuracy"].values()]
-            out.append(
-                f"| {r['split']} noise (floor) | "
-                + " | ".join(cells)
-                + f" | {_pct(r['noise_all_correct'])} | |"
-            )
-        out += [
-            "",
-            "Targets (rescue-scenes): every attribute ≥ 95 % on test; all correct ≥ 85 % "
-            "on test and ≥ 60 % on test_unseen. ± is the standard deviation over seeds.",
-            "",
-        ]
+    for metric, role in (("attributes", "oracle"), ("attributes_judge", "second judge")):
+        out += _attribute_table([r for r in by_metric.get(metric, []) if "accuracy" in r], role)
+    out += _judges_side_by_side(by_metric)
     for metric, title in (("fid", "FID"), ("kid", "KID")):
         rows = [r for r in by_metric.get(metric, []) if "value" in r]
         if not rows:
@@ -304,10 +345,25 @@ def markdown_tables(records: Sequence[dict[str, Any]], attribute_names: Sequence
                 f"{f('pixel_ratio')} |"
             )
         out.append("")
+    rows = [r for r in by_metric.get("hf_energy", []) if "value" in r]
+    if rows:
+        out += [
+            "### High-frequency energy (mean |Laplacian| of grey levels)",
+            "",
+            "| split | generated | real | ratio (1 = as sharp as the renders) |",
+            "|---|---|---|---|",
+        ]
+        for r in rows:
+            ratio = f"{r['ratio']:.2f}×" if r.get("ratio") is not None else "–"
+            out.append(
+                f"| {r['split']} | {r['value']:.2f} ± {r['std_over_seeds']:.2f} | "
+                f"{r['real']:.2f} | {ratio} |"
+            )
+        out += ["", "Above 1: speckle or fringes the real renders lack; below 1: blur.", ""]
     rows = [r for r in by_metric.get("r_precision", []) if "value" in r]
     if rows:
         out += [
-            "### R-precision (pretrained image-text encoder), %",
+            f"### R-precision ({independence(rows[0].get('independent'))}), %",
             "",
             "| split | generated | real images | candidates | chance |",
             "|---|---|---|---|---|",
@@ -338,6 +394,15 @@ def markdown_tables(records: Sequence[dict[str, Any]], attribute_names: Sequence
     return "\n".join(out)
 
 
+def independence(independent: bool | None) -> str:
+    """How R-precision's encoder is labelled wherever the figure is printed."""
+    if independent is None:
+        return "image-text encoder of unknown relation to the generator"
+    if independent:
+        return "independent image-text encoder: not the one the generator trained against"
+    return "not independent: the image encoder the generator trained against"
+
+
 def write_report(result: Any) -> Path:
     """Write samples.png, attributes.png and report.md into `result.out`; returns the report."""
     out = Path(result.out)
@@ -355,11 +420,14 @@ def write_report(result: Any) -> Path:
         f"- took {h['seconds']} s",
         "",
     ]
-    if context.oracle is not None:
-        honesty = context.oracle.honesty
+    for role, loaded in (("Oracle", context.oracle), ("Second judge", context.judge)):
+        if loaded is None:
+            continue
+        honesty = loaded.honesty
         verdict = "passed" if honesty.passed else "**FAILED — numbers below are not trustworthy**"
         lines += [
-            f"Oracle `{h['oracle']}`: honesty checks {verdict}.",
+            f"{role} `{loaded.path}` (design {loaded.model.config.design}): honesty checks "
+            f"{verdict}.",
             "",
             "```",
             honesty.summary(),
@@ -383,8 +451,11 @@ def ablation_table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
     """Markdown: one row per (label, evaluate.summary(records)) — the recipe's ablation."""
     splits = ["test", "test_unseen"]
     header = ["run"]
+    judged = any("judge_all_correct" in row for _, summary in rows for row in summary.values())
     for s in splits:
-        header += [f"{s} min attr %", f"{s} all correct %", f"{s} FID (×baseline)", f"{s} R-prec %"]
+        header += [f"{s} min attr %", f"{s} all correct %"]
+        header += [f"{s} all correct, 2nd judge %"] if judged else []
+        header += [f"{s} FID (×baseline)", f"{s} HF ×real", f"{s} diversity", f"{s} R-prec %"]
     out = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for label, summary in rows:
         cells = [label]
@@ -393,10 +464,17 @@ def ablation_table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
             acc = row.get("accuracy")
             cells.append(_pct(min(acc.values())) if acc else "–")
             cells.append(_pct(row.get("all_correct")))
+            if judged:
+                cells.append(_pct(row.get("judge_all_correct")))
             if "fid" in row and row.get("fid_baseline"):
                 cells.append(f"{row['fid']:.2f} ({row['fid'] / row['fid_baseline']:.1f}×)")
             else:
                 cells.append("–")
-            cells.append(_pct(row.get("r_precision")))
+            cells.append(f"{row['hf_ratio']:.2f}" if "hf_ratio" in row else "–")
+            cells.append(f"{row['diversity_ratio']:.2f}" if "diversity_ratio" in row else "–")
+            r_prec = _pct(row.get("r_precision"))
+            if row.get("r_precision_independent") is False:
+                r_prec += " (not independent)"
+            cells.append(r_prec)
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)

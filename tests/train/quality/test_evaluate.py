@@ -19,6 +19,7 @@ from train.data.captions import caption_for
 from train.data.synth import SynthConfig, synthesize
 from train.quality import evaluate as ev
 from train.quality import oracle as om
+from train.quality import report
 
 REPO = Path(__file__).resolve().parents[3]
 TINY_BUNDLE = REPO / "tests" / "fixtures" / "tiny_bundle"
@@ -49,7 +50,26 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         ),
         tmp / "oracle.pt",
     )
-    return {"data": data, "gan": gan, "retrieval": retrieval, "oracle": oracle_path}
+    judge = om.build_network(
+        om.OracleConfig(design="judge", channels=(8, 16, 16), feature_dim=16)
+    ).eval()
+    judge_path = ck.save_checkpoint(
+        om.oracle_checkpoint(
+            judge,
+            om.OracleTrainConfig(oracle=judge.config),
+            dict(ATTRIBUTE_VALUES),
+            om.HonestyReport({}, {}),
+            {},
+        ),
+        tmp / "judge.pt",
+    )
+    return {
+        "data": data,
+        "gan": gan,
+        "retrieval": retrieval,
+        "oracle": oracle_path,
+        "judge": judge_path,
+    }
 
 
 def _records(out: Path) -> list[dict]:
@@ -87,6 +107,9 @@ def test_evaluate_tiny_checkpoint_writes_metrics_and_report(
             "--oracle",
             str(files["oracle"]),
             "--force-oracle",
+            "--judge",
+            str(files["judge"]),
+            "--force-judge",
             "--retrieval",
             str(files["retrieval"]),
             "--out",
@@ -99,6 +122,26 @@ def test_evaluate_tiny_checkpoint_writes_metrics_and_report(
     assert set(summary) == {"test", "test_unseen"}
     records = _records(out)
     _check_report(out, records)
+    # The second judge beside the oracle: its own records, named, in the summary and the report.
+    by = {(r["metric"], r.get("split")): r for r in records}
+    for split in ("test", "test_unseen"):
+        judged = by[("attributes_judge", split)]
+        assert judged["design"] == "judge" and str(files["judge"]) in judged["judged_by"]
+        assert judged["judge"] == str(files["judge"])  # the run header's field, intact
+        assert by[("attributes", split)]["design"] == "cnn"
+        assert set(judged["accuracy"]) == set(ATTRIBUTE_NAMES) and judged["images"] == 2 * 24
+        assert 0 <= summary[split]["judge_all_correct"] <= 1
+        hf = by[("hf_energy", split)]
+        assert hf["real"] > 0 and hf["ratio"] == pytest.approx(hf["value"] / hf["real"])
+        assert summary[split]["hf_ratio"] == pytest.approx(hf["ratio"], abs=1e-4)
+        assert by[("diversity", split)]["seeds"] == 2
+    assert all(r["judge_honest"] is False for r in records)
+    report = (out / "report.md").read_text()
+    assert f"Attribute accuracy (second judge: design judge, `{files['judge']}`" in report
+    assert "The two judges side by side" in report and "High-frequency energy" in report
+    # A separately trained encoder (not the GAN's own image encoder) is marked independent.
+    assert by[("r_precision", "test")]["independent"] is True
+    assert "R-precision (independent image-text encoder" in report
     rp = next(r for r in records if r["metric"] == "r_precision" and r["split"] == "test")
     assert rp["candidates"] == 24 and 0 <= rp["value"] <= 1 and "real_value" in rp
     assert all(r["kind"] == "checkpoint" and r["seeds"] == 2 for r in records)
@@ -367,3 +410,47 @@ def test_evaluate_dataset_without_attributes_runs_what_applies(
     assert "--inception-weights" in records["inception"]["skipped"]
     assert 0 <= records["r_precision"]["value"] <= 1 and records["r_precision"]["candidates"] > 2
     assert records["diversity"]["pixel_l1"] > 0
+
+
+def test_evaluate_marks_the_gans_own_encoder_not_independent(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    # A GAN checkpoint carries the image encoder its generator trained against.
+    retrieval = ck.load_checkpoint(files["retrieval"])
+    gan = ck.load_checkpoint(files["gan"], kind="gan")
+    gan["models"]["image_encoder"] = retrieval["models"]["image_encoder"]
+    gan["model_configs"]["image_encoder"] = retrieval["model_configs"]["image_encoder"]
+    source = ev.CheckpointSource(ck.save_checkpoint(gan, tmp_path / "gan.pt"))
+    assert ev.retrieval_independence(source, None) is False  # the checkpoint's own encoder
+    same = {k: v.clone() for k, v in retrieval["models"]["image_encoder"].items()}
+    assert ev.retrieval_independence(source, same) is False  # --retrieval, same weights
+    other = {k: v + 1e-3 if v.is_floating_point() else v for k, v in same.items()}
+    assert ev.retrieval_independence(source, other) is True  # trained separately
+    assert ev.retrieval_independence(ev.BundleSource(TINY_BUNDLE, "fp32"), other) is None
+    # Wherever the figure is printed, the mark travels with it.
+    record = {"metric": "r_precision", "split": "test", "value": 0.5, "std_over_seeds": 0.0}
+    record |= {"candidates": 24, "chance": 1 / 24, "independent": False}
+    assert "not independent" in report.markdown_tables([record], ATTRIBUTE_NAMES)
+    summary = ev.summary([record])
+    assert "(not independent)" in report.ablation_table([("run", summary)])
+
+
+def test_evaluate_refuses_a_judge_of_the_oracles_design(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = ev.main(
+        [
+            "--checkpoint",
+            str(files["gan"]),
+            "--data",
+            str(files["data"]),
+            "--judge",
+            str(files["oracle"]),
+            "--out",
+            str(tmp_path / "out"),
+            *QUICK,
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--judge" in err and "another design" in err

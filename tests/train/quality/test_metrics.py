@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -136,3 +137,23 @@ def test_inception_metric_says_what_is_missing(tmp_path: Path) -> None:
         # Without the optional `eval` extra the message says how to get it.
         with pytest.raises(mt.MetricUnavailableError, match=r"\.\[eval\]"):
             mt.inception_metrics(images, images, wrong)
+
+
+def _hf_ratio(real: np.ndarray, generated: np.ndarray) -> float:
+    split = mt.SplitImages(
+        "test", ["c"] * len(real), np.arange(len(real)), generated[None], None, real
+    )
+    (record,) = mt.hf_energy_metric(mt.EvalContext(splits={"test": split}))
+    return record["ratio"]
+
+
+def test_hf_energy_ratio_is_one_for_real_above_for_speckle_below_for_blur() -> None:
+    real = om.noise_images("smooth", 12, seed=1)  # colour blobs: some edges, no speckle
+    assert _hf_ratio(real, real.copy()) == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    speckled = np.clip(real + rng.normal(0, 12, real.shape), 0, 255).astype(np.uint8)
+    assert _hf_ratio(real, speckled) > 1.5
+    blurred = np.stack([cv2.GaussianBlur(x, (5, 5), 1.5) for x in real])
+    assert _hf_ratio(real, blurred) < 0.8
+    # A flat grey image has no high-frequency energy at all.
+    assert mt.laplacian_energy(np.full((2, 64, 64, 3), 90, np.uint8)) == 0.0
