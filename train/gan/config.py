@@ -127,6 +127,17 @@ class GanTrainConfig:
         below=0.5,
     )
     """One-sided: the real target becomes 1 − this."""
+    hard_negative_fraction: float = option(
+        0.0,
+        "share of wrong captions from a class differing in exactly one attribute",
+        group="objective",
+        at_least=0,
+        at_most=1,
+    )
+    """Hard negatives for GAN-CLS's mismatched pair (train/data/loader.py): this share of the
+    wrong captions come from an attribute twin of the real image (one attribute differs), the
+    rest from a random other class. Why: random other classes differ in 3–4 of 5 attributes, so
+    D's mismatch task saturates early (issue 16). Datasets without attributes keep random ones."""
     # Data pipeline (train/data/loader.py)
     captions_per_sample: int = option(
         4, "captions averaged per sample (Reed: 4)", group="data pipeline", at_least=1

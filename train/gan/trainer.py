@@ -184,7 +184,7 @@ class GanTrainer:
         loader_config = LoaderConfig(
             batch_size=local_batch, captions_per_sample=c.captions_per_sample, crop=c.crop,
             flip=c.flip, wrong_images=c.mismatch == "image", seed=c.seed, lazy=c.lazy,
-            workers=c.workers,
+            workers=c.workers, hard_negative_fraction=c.hard_negative_fraction,
         )  # fmt: skip
         if c.data is None:
             split = split if split is not None else generated_split(seed=c.seed)
