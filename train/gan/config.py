@@ -176,6 +176,16 @@ class GanTrainConfig:
     lr_decay: float = option(
         0.5, "learning-rate factor per decay", group="optimisation", above=0, at_most=1
     )
+    ema_decay: float = option(
+        0.999,
+        "decay of the generator's weight average (0 = off)",
+        group="optimisation",
+        at_least=0,
+        below=1,
+    )
+    """Exponential moving average of G's weights, warmed up (train/gan/ema.py); the average is
+    what sample grids show and what evaluation and export use (`train.checkpoint.
+    generator_for_inference`). 0 = off: the trained weights are used, as before issue 16."""
     epochs: int = option(600, "epochs to train", group="optimisation", at_least=1)
     steps: int | None = option(
         None, "stop after this many steps in total", group="optimisation", at_least=1
@@ -245,6 +255,11 @@ RESUMABLE_OVERRIDES = frozenset(
 )  # fmt: skip
 
 
+LEGACY_VALUES: dict[str, Any] = {"ema_decay": 0.0}
+"""Values of fields added after a checkpoint was written that match how it was trained (checkpoints
+from before issue 16 hold no weight average)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Flags map one-to-one onto `GanTrainConfig` fields (defaults shown are the config's)."""
     parser = argparse.ArgumentParser(
@@ -308,6 +323,8 @@ def config_to_dict(config: GanTrainConfig) -> dict[str, Any]:
 def config_from_checkpoint(saved: dict[str, Any], where: str) -> GanTrainConfig:
     """The run config stored in a checkpoint (extra keys like text_encoder_checkpoint ignored)."""
     names = {f.name for f in dataclasses.fields(GanTrainConfig)}
+    # Fields newer than the checkpoint take the value that reproduces how it was trained.
+    saved = {**LEGACY_VALUES, **saved}
     try:
         return GanTrainConfig(**{k: v for k, v in saved.items() if k in names})
     except TypeError as err:

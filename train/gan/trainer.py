@@ -49,6 +49,7 @@ from train.distributed import DistEnv
 from train.errors import first_line
 from train.gan import losses
 from train.gan.config import GanTrainConfig, config_to_dict
+from train.gan.ema import ema_decay_at, update_ema
 from train.gan.text_embeddings import CaptionTable, TextEmbeddings, load_or_compute
 
 log = logging.getLogger(__name__)
@@ -258,6 +259,14 @@ class GanTrainer:
         self.memory_format = memory_format
         self.generator.to(self.device, memory_format=memory_format)
         self.discriminator.to(self.device, memory_format=memory_format)
+        # The weight average (train/gan/ema.py): a plain generator (no synchronised BN: it is
+        # never trained), fp32, in eval mode, as evaluation and export will run it.
+        self.generator_ema: models.Generator | None = None
+        if c.ema_decay > 0:
+            self.generator_ema = models.Generator(self.gan_config)
+            self.generator_ema.load_state_dict(self.generator.state_dict())
+            self.generator_ema.to(self.device, memory_format=memory_format).eval()
+            self.generator_ema.requires_grad_(False)
         self.d_step_module = DiscriminatorStep(self.discriminator)
         self.g_train: nn.Module = self.generator
         self.d_train: nn.Module = self.d_step_module
@@ -449,6 +458,8 @@ class GanTrainer:
         self.opt_g.zero_grad(set_to_none=True)
         g_total.backward()
         self.opt_g.step()
+        if self.generator_ema is not None:
+            update_ema(self.generator_ema, self.generator, ema_decay_at(self.step, c.ema_decay))
 
         self.step += 1
         self.last_lr = self.lr  # the rate this step used (the scheduler may change it next)
@@ -478,8 +489,9 @@ class GanTrainer:
     @torch.no_grad()
     def sample_grids(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(grid, strips) as float (3, H, W) in [0, 1]: fixed captions (rows) × fixed noise
-        (columns), and GAN-INT strips from caption a (left) to caption b (right), eval mode."""
-        g = self.generator
+        (columns), and GAN-INT strips from caption a (left) to caption b (right), eval mode,
+        from the weight average where there is one (what evaluation and export use)."""
+        g = self.generator_ema if self.generator_ema is not None else self.generator
         was_training = g.training
         g.eval()
         try:
@@ -515,6 +527,9 @@ class GanTrainer:
             "discriminator": gan_config,
             "text_encoder": dataclasses.asdict(self.text_encoder.config),
         }
+        if self.generator_ema is not None:
+            model_states["generator_ema"] = _plain_state(self.generator_ema)
+            model_configs["generator_ema"] = gan_config
         if self.image_encoder is not None:
             model_states["image_encoder"] = _plain_state(self.image_encoder[0])
             model_configs["image_encoder"] = dict(self.image_encoder[1])
@@ -554,6 +569,8 @@ class GanTrainer:
         try:
             self.generator.load_state_dict(checkpoint["models"]["generator"])
             self.discriminator.load_state_dict(checkpoint["models"]["discriminator"])
+            if self.generator_ema is not None:
+                self.generator_ema.load_state_dict(checkpoint["models"]["generator_ema"])
             self.opt_g.load_state_dict(checkpoint["optimizers"]["generator"])
             self.opt_d.load_state_dict(checkpoint["optimizers"]["discriminator"])
             self.sched_g.load_state_dict(checkpoint["schedulers"]["generator"])

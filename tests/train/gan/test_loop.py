@@ -57,9 +57,11 @@ def _state(run_dir: Path) -> dict:
 
 def _assert_same_training_state(a: dict, b: dict) -> None:
     assert a["step"] == b["step"]
-    for net in ("generator", "discriminator"):
-        for key, tensor in a["models"][net].items():
+    assert set(a["models"]) == set(b["models"])
+    for net in ("generator", "generator_ema", "discriminator"):
+        for key, tensor in a["models"].get(net, {}).items():
             assert torch.equal(tensor, b["models"][net][key]), f"{net}.{key} differs"
+    for net in ("generator", "discriminator"):
         opt_a, opt_b = a["optimizers"][net]["state"], b["optimizers"][net]["state"]
         for index, entry in opt_a.items():
             for key, value in entry.items():
@@ -82,7 +84,9 @@ def test_gan_dry_run_trains_one_step_and_writes_a_complete_run_folder(
     assert config["dry_run"] and config["steps"] == 1 and config["run"]["total_steps"] == 1
     checkpoint = _state(run)
     assert checkpoint["step"] == 1 and checkpoint["config"]["data"] is None
-    assert set(checkpoint["models"]) == {"generator", "discriminator", "text_encoder"}
+    assert set(checkpoint["models"]) == {
+        "generator", "generator_ema", "discriminator", "text_encoder"
+    }  # fmt: skip
     gen = ck.build_model(checkpoint, "generator")
     assert gen(torch.randn(2, 100), torch.randn(2, 1024)).shape == (2, 3, 64, 64)
     (line,) = (run / "metrics.jsonl").read_text().splitlines()
@@ -122,14 +126,19 @@ def test_gan_resume_is_bitwise_identical_to_an_uninterrupted_run(
     lrs = [json.loads(x)["lr"] for x in (run_b / "metrics.jsonl").read_text().splitlines()]
     assert lrs == [2e-4] * 8 + [1e-4] * 2  # halved after epoch 1, one line per step
     # The GAN checkpoint contract (docs/ARCHITECTURE.md).
-    assert set(resumed["models"]) == {"generator", "discriminator", "text_encoder", "image_encoder"}
+    assert set(resumed["models"]) == {
+        "generator", "generator_ema", "discriminator", "text_encoder", "image_encoder"
+    }  # fmt: skip
     assert resumed["config"]["data"] == str(inputs["data"])
     assert resumed["config"]["text_encoder_checkpoint"] == {
         "path": str(inputs["te"].resolve()),
         "sha256": ck.file_sha256(inputs["te"]),
     }
-    for name in ("generator", "discriminator", "text_encoder", "image_encoder"):
+    for name in ("generator", "generator_ema", "discriminator", "text_encoder", "image_encoder"):
         ck.build_model(resumed, name)
+    # The weight average moved away from the trained weights (warm-up: it is not a copy).
+    ema, trained = resumed["models"]["generator_ema"], resumed["models"]["generator"]
+    assert not torch.equal(ema["to_rgb.weight"], trained["to_rgb.weight"])
     assert isinstance(resumed["rng"]["torch"], torch.Tensor)
     assert resumed["epoch"] == 1 and resumed["batch_in_epoch"] == 2
 
