@@ -30,6 +30,13 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------
 
 
+def _term(help: str, **how: Any) -> Any:
+    """An objective weight: None until `resolve_objective` fills it from `--objective`."""
+    return option(
+        None, f"{help} (default: per --objective)", group="objective", show_default=False, **how
+    )
+
+
 @dataclass(frozen=True)
 class GanTrainConfig:
     """Everything a run depends on; resolved once, written to the run folder and the checkpoint."""
@@ -50,15 +57,25 @@ class GanTrainConfig:
     ngf: int = option(64, "generator width", group="networks", at_least=1)
     ndf: int = option(64, "discriminator width", group="networks", at_least=1)
     residual: bool = option(False, "residual blocks at 4×4 and 8×8", group="networks")
-    # Objective (train/gan/losses.py); defaults are the paper's
-    wrong_weight: float = option(
-        0.5, "GAN-CLS real+wrong-text weight", group="objective", at_least=0
+    # Objective (train/gan/losses.py): --objective names a set of term weights (OBJECTIVES);
+    # a weight flag given beside it overrides that one weight. None = "from --objective".
+    objective: str = option(
+        "default",
+        "named objective: paper (Reed et al.), seed (paper + feature matching), default (ours)",
+        group="objective",
+        choices=("paper", "seed", "default"),
     )
-    """GAN-CLS weight of real image + wrong text."""
-    fake_weight: float = option(
-        0.5, "GAN-CLS fake+right-text weight", group="objective", at_least=0
-    )
-    """GAN-CLS weight of fake image + right text."""
+    """Which term weights the None fields below resolve to (`OBJECTIVES`, `resolve_objective`;
+    docs/GAN_TRAINING.md § Objectives). The resolved weights are what config.json records."""
+    nonsat_weight: float | None = _term("weight of the non-saturating right-text term", at_least=0)
+    """Weight of the mean non-saturating loss over the B right-text fakes. Reed's code scores the
+    right-text and interpolated fakes as one batch of B + n (one BCE mean), i.e. weights
+    B/(B+n) and n/(B+n) per term: `paper` and `seed` resolve to those; `default` keeps 1 and 1,
+    which weighs each interpolated sample 2× a right-text one at `--int-fraction 0.5`."""
+    wrong_weight: float | None = _term("GAN-CLS real+wrong-text weight", at_least=0)
+    """GAN-CLS weight of real image + wrong text (Reed: ½)."""
+    fake_weight: float | None = _term("GAN-CLS fake+right-text weight", at_least=0)
+    """GAN-CLS weight of fake image + right text (Reed: ½)."""
     mismatch: str = option(
         "text",
         "mismatched pair: real image + wrong text, or wrong image + right text",
@@ -67,8 +84,8 @@ class GanTrainConfig:
     )
     """"text": real image + captions of another class; "image": wrong image + right text
     (Reed's released code); both pair a real image with a description of another class."""
-    int_weight: float = option(1.0, "GAN-INT weight (0 = off)", group="objective", at_least=0)
-    """GAN-INT weight (Reed's CUB script: 1)."""
+    int_weight: float | None = _term("GAN-INT weight (0 = off)", at_least=0)
+    """Weight of the mean GAN-INT loss over the n interpolated fakes (see `nonsat_weight`)."""
     int_beta: float = option(
         0.5, "GAN-INT interpolation β", group="objective", at_least=0, at_most=1
     )
@@ -80,16 +97,11 @@ class GanTrainConfig:
         at_most=1,
     )
     """Interpolated samples per batch, relative to the batch (Reed: ½)."""
-    fm_weight: float = option(
-        1.0, "feature-matching weight (0 = off)", group="objective", at_least=0
-    )
+    fm_weight: float | None = _term("feature-matching weight (0 = off)", at_least=0)
     """Feature matching on D's joint 4×4 features (0 = off)."""
-    l1_weight: float = option(0.0, "L1 weight (0 = off)", group="objective", at_least=0)
-    match_weight: float = option(
-        1.0,
-        "text-image matching weight with the frozen image encoder (0 = off)",
-        group="objective",
-        at_least=0,
+    l1_weight: float | None = _term("L1 weight (0 = off)", at_least=0)
+    match_weight: float | None = _term(
+        "text-image matching weight with the frozen image encoder (0 = off)", at_least=0
     )
     """Text–image matching on generated images (0 = off): the frozen pretrained image encoder's
     embedding of G(z, t) classified against every class's mean caption embedding
@@ -103,9 +115,7 @@ class GanTrainConfig:
         0.1, "temperature of the matching loss", group="objective", above=0
     )
     """Softmax temperature of the matching loss (DAMSM: γ3 = 10, i.e. 0.1)."""
-    ms_weight: float = option(
-        0.0, "mode-seeking weight (MSGAN; 0 = off)", group="objective", at_least=0
-    )
+    ms_weight: float | None = _term("mode-seeking weight (MSGAN; 0 = off)", at_least=0)
     """Mode seeking (`train.gan.losses.mode_seeking_loss`, MSGAN; 0 = off): G also draws
     `ms_fraction` × batch images of the batch's first captions with fresh noise, and is pushed to
     make them differ from their partners made with the batch noise. Why it exists: the default
@@ -119,18 +129,12 @@ class GanTrainConfig:
         at_most=1,
     )
     """Images per batch drawn a second time for mode seeking, relative to the batch."""
-    label_smoothing: float = option(
-        0.0,
-        "one-sided label smoothing of the real target",
-        group="objective",
-        at_least=0,
-        below=0.5,
+    label_smoothing: float | None = _term(
+        "one-sided label smoothing of the real target", at_least=0, below=0.5
     )
     """One-sided: the real target becomes 1 − this."""
-    hard_negative_fraction: float = option(
-        0.0,
+    hard_negative_fraction: float | None = _term(
         "share of wrong captions from a class differing in exactly one attribute",
-        group="objective",
         at_least=0,
         at_most=1,
     )
@@ -247,6 +251,52 @@ class GanTrainConfig:
         return self.amp == "bf16"
 
 
+# The objectives by name (docs/GAN_TRAINING.md § Objectives). Every term weight of
+# GanTrainConfig that is None resolves from here; flags given beside --objective win.
+_REED: dict[str, Any] = {
+    # GAN-CLS exactly as Reed et al. 2016 Algorithm 1: L_D = s_r + ½ (s_w + s_f).
+    "wrong_weight": 0.5,
+    "fake_weight": 0.5,
+    # nonsat_weight / int_weight: per sample, as Reed's code (`resolve_objective`).
+    "fm_weight": 0.0,
+    "match_weight": 0.0,
+    "l1_weight": 0.0,
+    "ms_weight": 0.0,
+    "label_smoothing": 0.0,
+    "hard_negative_fraction": 0.0,
+}
+OBJECTIVES: dict[str, dict[str, Any]] = {
+    "paper": dict(_REED),
+    # The seed document's objective: the paper's plus Salimans et al.'s feature matching.
+    "seed": {**_REED, "fm_weight": 1.0},
+    # Ours: the paper's terms weighted per term (GAN-INT samples count 2× at --int-fraction ½),
+    # feature matching and the text–image matching term.
+    "default": {**_REED, "nonsat_weight": 1.0, "int_weight": 1.0, "fm_weight": 1.0,
+                "match_weight": 1.0},
+}  # fmt: skip
+
+
+def objective_weights(objective: str, int_fraction: float) -> dict[str, Any]:
+    """The term weights `objective` names, for a batch with `int_fraction` interpolated samples.
+
+    Reed's G step scores the B right-text and the n = f·B interpolated fakes as one batch (one
+    BCE mean over B + n, interp_weight 1 per sample: main_cls_int.lua's `criterion_interp`),
+    so its per-term weights are B/(B+n) = 1/(1+f) and n/(B+n) = f/(1+f).
+    """
+    weights = dict(OBJECTIVES[objective])
+    if "nonsat_weight" not in weights:
+        weights["nonsat_weight"] = 1.0 / (1.0 + int_fraction)
+        weights["int_weight"] = int_fraction / (1.0 + int_fraction)
+    return weights
+
+
+def resolve_objective(config: GanTrainConfig) -> GanTrainConfig:
+    """`config` with every unset (None) term weight taken from its `--objective`."""
+    weights = objective_weights(config.objective, config.int_fraction)
+    unset = {k: v for k, v in weights.items() if getattr(config, k) is None}
+    return dataclasses.replace(config, **unset) if unset else config
+
+
 # Flags that may differ on --resume without changing the result of the steps already defined.
 RESUMABLE_OVERRIDES = frozenset(
     {"steps", "minutes", "epochs", "checkpoint_every", "log_every", "sample_every", "progress",
@@ -281,6 +331,7 @@ def validate(config: GanTrainConfig, world_size: int = 1) -> GanTrainConfig:
         raise ConfigError(f"{options.flag(field)} {getattr(config, field)}: {message}")
 
     options.check_ranges(config)
+    config = resolve_objective(config)
     if config.captions_per_image is not None and config.captions_per_image < max(
         1, config.captions_per_sample
     ):
@@ -326,6 +377,7 @@ def config_from_checkpoint(saved: dict[str, Any], where: str) -> GanTrainConfig:
     # Fields newer than the checkpoint take the value that reproduces how it was trained.
     saved = {**LEGACY_VALUES, **saved}
     try:
-        return GanTrainConfig(**{k: v for k, v in saved.items() if k in names})
+        config = GanTrainConfig(**{k: v for k, v in saved.items() if k in names})
+        return resolve_objective(config)
     except TypeError as err:
         raise ck.CheckpointError(f"{where}: config does not fit this trainer: {err}") from None

@@ -48,7 +48,7 @@ from train.data.schema import SplitData
 from train.distributed import DistEnv
 from train.errors import first_line
 from train.gan import losses
-from train.gan.config import GanTrainConfig, config_to_dict
+from train.gan.config import GanTrainConfig, config_to_dict, resolve_objective
 from train.gan.ema import ema_decay_at, update_ema
 from train.gan.text_embeddings import CaptionTable, TextEmbeddings, load_or_compute
 
@@ -165,7 +165,8 @@ class GanTrainer:
         resume: dict[str, Any] | None = None,
         resume_path: str | None = None,
     ) -> None:
-        self.config = c = config
+        # Validated configs are resolved already; code that builds one directly gets the same.
+        self.config = c = resolve_objective(config)
         self.env = env
         self.device = env.device
         if c.threads is not None:
@@ -448,7 +449,7 @@ class GanTrainer:
             else zero
         )
         g_total = (
-            g_nonsat
+            c.nonsat_weight * g_nonsat
             + c.int_weight * g_int
             + c.fm_weight * g_fm
             + c.l1_weight * g_l1
