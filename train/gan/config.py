@@ -20,6 +20,7 @@ from train import checkpoint as ck
 from train import options
 from train.distributed import cpu_computes_bf16
 from train.errors import ConfigError
+from train.gan import augment
 from train.options import option
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,14 @@ def _term(help: str, **how: Any) -> Any:
     return option(
         None, f"{help} (default: per --objective)", group="objective", show_default=False, **how
     )
+
+
+def _policy_flag(text: str) -> str:
+    """argparse `type=` for --d-augment: the canonical policy, or one line saying what is wrong."""
+    try:
+        return augment.parse_policy(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 @dataclass(frozen=True)
@@ -142,6 +151,31 @@ class GanTrainConfig:
     wrong captions come from an attribute twin of the real image (one attribute differs), the
     rest from a random other class. Why: random other classes differ in 3–4 of 5 attributes, so
     D's mismatch task saturates early (issue 16). Datasets without attributes keep random ones."""
+    r1_gamma: float | None = _term(
+        "R1 penalty γ on D's gradient at real (image, right text) pairs (0 = off)", at_least=0
+    )
+    """Zero-centred gradient penalty γ/2 · E‖∇ₓ D(x, t)‖² on real pairs (Mescheder et al. 2018;
+    `train.gan.losses.r1_penalty`): keeps D smooth around the data so it keeps informing G."""
+    r1_every: int = option(
+        1, "steps between R1 penalties (lazy regularisation)", group="objective", at_least=1
+    )
+    """Lazy R1 (StyleGAN2): the penalty on every N-th step only, weighted ×N."""
+    d_augment: str | None = _term(
+        'augmentation of every image D sees: "translation", "cutout", both (comma-separated) or '
+        '"none"; never colour or flips',
+        parse=_policy_flag,
+        metavar="KINDS",
+    )
+    """Differentiable augmentation for D (train/gan/augment.py), the same policy on real and
+    fake images; only kinds that keep every attribute (no colour, no flips)."""
+    d_augment_shift: int = option(
+        3, "largest --d-augment translation, pixels", group="objective", at_least=1, at_most=8
+    )
+    """At most a few pixels: the figure must stay within its third (21 px) of the image."""
+    d_augment_cutout: float = option(
+        0.25, "--d-augment cutout square side, relative to the image", group="objective",
+        above=0, at_most=0.5,
+    )  # fmt: skip
     # Data pipeline (train/data/loader.py)
     captions_per_sample: int = option(
         4, "captions averaged per sample (Reed: 4)", group="data pipeline", at_least=1
@@ -264,6 +298,8 @@ _REED: dict[str, Any] = {
     "ms_weight": 0.0,
     "label_smoothing": 0.0,
     "hard_negative_fraction": 0.0,
+    "r1_gamma": 0.0,
+    "d_augment": "none",
 }
 OBJECTIVES: dict[str, dict[str, Any]] = {
     "paper": dict(_REED),
@@ -332,6 +368,10 @@ def validate(config: GanTrainConfig, world_size: int = 1) -> GanTrainConfig:
 
     options.check_ranges(config)
     config = resolve_objective(config)
+    try:
+        config = dataclasses.replace(config, d_augment=augment.parse_policy(config.d_augment))
+    except ValueError as err:
+        fail("d_augment", str(err))
     if config.captions_per_image is not None and config.captions_per_image < max(
         1, config.captions_per_sample
     ):

@@ -47,7 +47,7 @@ from train.data.loader import GanClsBatch, GanClsDataset, GanClsLoader, LoaderCo
 from train.data.schema import SplitData
 from train.distributed import DistEnv
 from train.errors import first_line
-from train.gan import losses
+from train.gan import augment, losses
 from train.gan.config import GanTrainConfig, config_to_dict, resolve_objective
 from train.gan.ema import ema_decay_at, update_ema
 from train.gan.text_embeddings import CaptionTable, TextEmbeddings, load_or_compute
@@ -149,7 +149,7 @@ METRIC_NAMES = (
     "generator/nonsaturating", "generator/gan_int", "generator/feature_matching", "generator/l1",
     "generator/text_image_match", "generator/mode_seeking", "generator/total_G",
     "D(x)/real_right_text", "D(x)/real_wrong_text", "D(G(z))/before_D_step",
-    "D(G(z))/after_D_step", "D(G(z))/interpolated",
+    "D(G(z))/after_D_step", "D(G(z))/interpolated", "D/r1_penalty",
 )  # fmt: skip
 
 
@@ -366,6 +366,29 @@ class GanTrainer:
         mine = torch.cat([noise[: c.batch_size][r::w], noise[c.batch_size :][r::w]])
         return mine.to(self.device, non_blocking=True)
 
+    def augment_for_d(self, images: torch.Tensor, stream: int, parts: list[int]) -> torch.Tensor:
+        """`images` as D sees them under --d-augment (unchanged for "none").
+
+        `parts` are the local sizes of the segments of `images` (right-text fakes, then
+        interpolated ones); each segment's parameters are drawn for the global batch from
+        (seed, step, stream) and this rank takes rows r, r + W, ... as for the noise, so any
+        world size augments a sample alike and --resume redraws exactly.
+        """
+        c = self.config
+        if c.d_augment == "none":
+            return images
+        w, r = self.env.world_size, self.env.rank
+        gen = torch.Generator().manual_seed(stateless_seed(c.seed, self.step, stream))
+        side = images.shape[-1]
+        shifts, centres = [], []
+        for size in parts:
+            drawn = augment.draw_params(size * w, side, c.d_augment_shift, gen)
+            shifts.append(drawn.shift_yx[r::w])
+            centres.append(drawn.centre_yx[r::w])
+        params = augment.AugmentParams(torch.cat(shifts), torch.cat(centres))
+        out = augment.augment(images, c.d_augment, params, c.d_augment_shift, c.d_augment_cutout)
+        return out.contiguous(memory_format=self.memory_format)
+
     # -- one step ------------------------------------------------------------------------------
 
     def train_step(self, batch: GanClsBatch) -> dict[str, torch.Tensor]:
@@ -402,25 +425,39 @@ class GanTrainer:
         fake = generated[:b]
         if m:
             texts = texts[: b + n]  # D scores the right-text and interpolated images only
+        # What D sees: the same augmentation policy on real and fake images (identity when off);
+        # the fakes are augmented once and serve both updates, like the fakes themselves.
+        r1_now = c.r1_gamma > 0 and self.step % c.r1_every == 0
+        real_in = real.detach().requires_grad_(True) if r1_now else real
+        real_seen = self.augment_for_d(real_in, 3, [b])
+        fake_seen = self.augment_for_d(generated[: b + n], 4, [b, n])  # (B + n, 3, 64, 64)
+        if wrong_images is not None:
+            wrong_images = self.augment_for_d(wrong_images, 5, [b])
 
         # (1) Discriminator: GAN-CLS on (real, right), (real, wrong text), (fake, right).
         with self.autocast():
             logits_rr, logits_rw, logits_fr, joint_real = self.d_train(
-                real, fake.detach(), right, wrong, wrong_images
+                real_seen, fake_seen[:b].detach(), right, wrong, wrong_images
             )
         d = losses.gan_cls_discriminator_loss(
             logits_rr.float(), logits_rw.float(), logits_fr.float(),
             wrong_weight=c.wrong_weight, fake_weight=c.fake_weight,
             label_smoothing=c.label_smoothing,
         )  # fmt: skip
+        d_total = d.total
+        d_r1 = torch.zeros((), device=self.device)
+        if r1_now:
+            # Lazy regularisation: every r1_every-th step, weighted ×r1_every (StyleGAN2).
+            d_r1 = losses.r1_penalty(logits_rr, real_in)
+            d_total = d_total + 0.5 * c.r1_gamma * c.r1_every * d_r1
         self.opt_d.zero_grad(set_to_none=True)
-        d.total.backward()
+        d_total.backward()
         self.opt_d.step()
 
         # (2) Generator: non-saturating + GAN-INT + feature matching (+ L1, mode seeking), D frozen.
         zero = torch.zeros((), device=self.device)
         with frozen(self.discriminator), self.autocast():
-            scored = generated[: b + n]  # the mode-seeking extras are not D's business
+            scored = fake_seen  # the mode-seeking extras are not D's business
             logits, joint = self.d_for_g(scored, texts)  # (B + n,), (B + n, ndf*8, 4, 4)
         logits = logits.float()
         g_nonsat = losses.generator_nonsaturating_loss(logits[:b])
@@ -473,7 +510,7 @@ class GanTrainer:
                 g_total,
                 torch.sigmoid(logits_rr.float()).mean(), torch.sigmoid(logits_rw.float()).mean(),
                 torch.sigmoid(logits_fr.float()).mean(), torch.sigmoid(logits[:b]).mean(),
-                torch.sigmoid(logits[b:]).mean() if n else zero,
+                torch.sigmoid(logits[b:]).mean() if n else zero, d_r1.detach(),
             ]  # fmt: skip
             return {k: v.detach() for k, v in zip(METRIC_NAMES, values, strict=True)}
 

@@ -106,11 +106,20 @@ def test_gan_dry_run_trains_one_step_and_writes_a_complete_run_folder(
     assert capsys.readouterr().out.strip().endswith("00001-generated-ngf8-ndf8")
 
 
+@pytest.mark.parametrize(
+    "regularisers",
+    [(), ("--r1-gamma", "1", "--r1-every", "2", "--d-augment", "translation,cutout")],
+    ids=["default", "r1-augment"],
+)
 def test_gan_resume_is_bitwise_identical_to_an_uninterrupted_run(
-    inputs: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    inputs: dict[str, Path],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    regularisers: tuple[str, ...],
 ) -> None:
     # 64 images / batch 8 = 8 steps per epoch: 10 steps cross an epoch and a learning-rate decay.
-    common = ("--lr-decay-every", "1", "--checkpoint-every", "100")
+    # The default keeps the generator's weight average (--ema-decay): it must resume exactly too.
+    common = ("--lr-decay-every", "1", "--checkpoint-every", "100", *regularisers)
     cache = ("--embedding-cache", str(tmp_path / "cache"))
     assert loop.main(_args(inputs, *common, *cache, "--steps", "10", out=tmp_path / "a")) == 0
     straight = _state(_run_dirs(tmp_path / "a")[0])
