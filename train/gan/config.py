@@ -267,6 +267,19 @@ class GanTrainConfig:
         500, "steps between checkpoints", group="engineering", at_least=1
     )
     log_every: int = option(20, "steps between logged metrics", group="engineering", at_least=1)
+    grad_norm_every: int = option(
+        100,
+        "steps between per-term generator gradient norms (0 = never)",
+        group="engineering",
+        at_least=0,
+    )
+    """Every N steps, the norm of each weighted G term's gradient on G's parameters (one extra
+    backward per term on that step), logged as grad_norm/G/<term> at the next log line."""
+    held_out_split: str = option(
+        "test",
+        'split whose fixed batch of real images D is scored on at each log line ("off": none)',
+        group="engineering",
+    )
     sample_every: int = option(500, "steps between sample grids", group="engineering", at_least=1)
     embedding_cache: str = option(
         "auto", 'text-embedding cache folder, "auto" or "off"', group="engineering", metavar="DIR"
@@ -337,7 +350,7 @@ def resolve_objective(config: GanTrainConfig) -> GanTrainConfig:
 RESUMABLE_OVERRIDES = frozenset(
     {"steps", "minutes", "epochs", "checkpoint_every", "log_every", "sample_every", "progress",
      "workers", "embedding_cache", "device", "threads", "compile", "out", "data",
-     "text_encoder"}
+     "text_encoder", "grad_norm_every", "held_out_split"}
 )  # fmt: skip
 
 

@@ -43,18 +43,30 @@ from torch.nn.parallel import DistributedDataParallel
 
 from train import checkpoint as ck
 from train import distributed, models
-from train.data.loader import GanClsBatch, GanClsDataset, GanClsLoader, LoaderConfig
+from train.data import files
+from train.data.loader import (
+    GanClsBatch,
+    GanClsDataset,
+    GanClsLoader,
+    LoaderConfig,
+    resize_images,
+    to_model_range,
+)
 from train.data.schema import SplitData
 from train.distributed import DistEnv
 from train.errors import first_line
 from train.gan import augment, losses
 from train.gan.config import GanTrainConfig, config_to_dict, resolve_objective
 from train.gan.ema import ema_decay_at, update_ema
-from train.gan.text_embeddings import CaptionTable, TextEmbeddings, load_or_compute
+from train.gan.text_embeddings import CaptionTable, TextEmbeddings, embed_texts, load_or_compute
 
 log = logging.getLogger(__name__)
 
 GRID_CAPTIONS = 8
+HELD_OUT_IMAGES = 64
+"""Images of the held-out split D is scored on at each log step (a fixed batch)."""
+SATURATED_BELOW = 0.01
+"""D's GAN-CLS loss under which a step counts as saturated (issue 16's target: ≤ 5 % of steps)."""
 GRID_NOISE = 8
 INTERP_PAIRS = 4
 INTERP_STEPS = 8
@@ -149,8 +161,23 @@ METRIC_NAMES = (
     "generator/nonsaturating", "generator/gan_int", "generator/feature_matching", "generator/l1",
     "generator/text_image_match", "generator/mode_seeking", "generator/total_G",
     "D(x)/real_right_text", "D(x)/real_wrong_text", "D(G(z))/before_D_step",
-    "D(G(z))/after_D_step", "D(G(z))/interpolated", "D/r1_penalty",
+    "D(G(z))/after_D_step", "D(G(z))/interpolated", "D/r1_penalty", "D/saturated",
 )  # fmt: skip
+"""Per-step metrics; the loop averages them over the logging interval ("D/saturated": the
+fraction of steps whose GAN-CLS D loss was below `SATURATED_BELOW`)."""
+
+
+@contextlib.contextmanager
+def batch_norm_statistics_kept(module: nn.Module) -> Iterator[None]:
+    """Run `module` in training mode (batch statistics) without moving its running statistics:
+    a measurement must not change the training state (exact --resume, any logging cadence)."""
+    saved = [(b, b.detach().clone()) for b in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
 
 
 class GanTrainer:
@@ -292,6 +319,10 @@ class GanTrainer:
         self.sched_d = torch.optim.lr_scheduler.StepLR(self.opt_d, step_size, gamma=c.lr_decay)
         self.step = 0
         self.last_lr = c.lr
+        self.saturated_steps = torch.zeros((), device=self.device)
+        self.probe: dict[str, torch.Tensor] = {}
+        """Per-term G gradient norms of the last probe step, until the loop logs them."""
+        self.held_out = self._held_out_batch()
 
         # Fixed inputs of the sample grids: distinct-class captions and fixed noise.
         self.grid_images = self._grid_samples()
@@ -338,6 +369,57 @@ class GanTrainer:
             )
         info = {"path": str(Path(path).resolve()), "sha256": ck.file_sha256(path)}
         return encoder.to(self.device), info, image
+
+    def _held_out_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A fixed batch of real images D never trains on and their text: (images (H, 3, 64, 64),
+        embeddings (H, E)); from --held-out-split, or generated data with another seed."""
+        c = self.config
+        if c.held_out_split == "off":
+            return None
+        if c.data is None:
+            split = generated_split(HELD_OUT_IMAGES, captions=4, seed=c.seed + 1)
+        else:
+            splits = files.read_info(c.data).splits
+            if c.held_out_split not in splits or c.held_out_split == c.split:
+                log.info(
+                    "--held-out-split %s: not a split of %s other than the training split "
+                    "(has %s); D's held-out score is not logged",
+                    c.held_out_split, c.data, splits,
+                )  # fmt: skip
+                return None
+            split = files.read_split(c.data, c.held_out_split)
+        count = min(HELD_OUT_IMAGES, len(split))
+        pick = np.linspace(0, len(split) - 1, count).round().astype(np.int64)
+        k = c.captions_per_sample
+        texts = [split.captions[i][j % len(split.captions[i])] for i in pick for j in range(k)]
+        text = embed_texts(self.text_encoder, texts, device=self.device, where="held-out")
+        text = text.reshape(count, k, -1).mean(1)  # (H, E): K captions averaged, as in training
+        images = to_model_range(resize_images(split.images[pick], 64)).to(self.device)
+        return images.contiguous(memory_format=self.memory_format), text
+
+    @torch.no_grad()
+    def held_out_score(self) -> torch.Tensor | None:
+        """Mean D(x, t) on the fixed held-out real pairs, as D scores its training batches
+        (training mode, batch statistics; running statistics untouched). Beside D(x) on the
+        training images it shows D memorising its data (Karras et al. 2020, ADA)."""
+        if self.held_out is None:
+            return None
+        images, text = self.held_out
+        with batch_norm_statistics_kept(self.discriminator), self.autocast():
+            logits, _ = self.discriminator(images, text)
+        return torch.sigmoid(logits.float()).mean()
+
+    def _gradient_norms(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """‖∂ term / ∂ θ_G‖ for each weighted generator term, as it enters G's loss (the graph is
+        kept for the real backward; parameter gradients are not touched)."""
+        params = [p for p in self.generator.parameters() if p.requires_grad]
+        norms = {}
+        for name, term in terms.items():
+            grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+            squares = [g.float().square().sum() for g in grads if g is not None]
+            zero = torch.zeros((), device=self.device)
+            norms[f"grad_norm/G/{name}"] = torch.stack(squares).sum().sqrt() if squares else zero
+        return norms
 
     def _grid_samples(self) -> np.ndarray:
         """Dataset indices of the grid captions: images of distinct classes, evenly spread."""
@@ -493,6 +575,17 @@ class GanTrainer:
             + c.match_weight * g_match
             + c.ms_weight * g_ms
         )
+        if c.grad_norm_every and (self.step + 1) % c.grad_norm_every == 0:
+            weighted = {
+                "nonsaturating": c.nonsat_weight * g_nonsat,
+                "gan_int": c.int_weight * g_int if n else None,
+                "feature_matching": c.fm_weight * g_fm if c.fm_weight > 0 else None,
+                "text_image_match": c.match_weight * g_match if self.match_encoder else None,
+                "l1": c.l1_weight * g_l1 if c.l1_weight > 0 else None,
+                "mode_seeking": c.ms_weight * g_ms if m else None,
+            }
+            active = {k: v for k, v in weighted.items() if v is not None and v.requires_grad}
+            self.probe = self._gradient_norms(active)
         self.opt_g.zero_grad(set_to_none=True)
         g_total.backward()
         self.opt_g.step()
@@ -504,13 +597,15 @@ class GanTrainer:
         if self.step % self.steps_per_epoch == 0:
             self.sched_g.step()
             self.sched_d.step()
+        saturated = (d.total.detach() < SATURATED_BELOW).float()
+        self.saturated_steps += saturated
         with torch.no_grad():
             values = [
                 d.real, d.wrong, d.fake, d.total, g_nonsat, g_int, g_fm, g_l1, g_match, g_ms,
                 g_total,
                 torch.sigmoid(logits_rr.float()).mean(), torch.sigmoid(logits_rw.float()).mean(),
                 torch.sigmoid(logits_fr.float()).mean(), torch.sigmoid(logits[:b]).mean(),
-                torch.sigmoid(logits[b:]).mean() if n else zero, d_r1.detach(),
+                torch.sigmoid(logits[b:]).mean() if n else zero, d_r1.detach(), saturated,
             ]  # fmt: skip
             return {k: v.detach() for k, v in zip(METRIC_NAMES, values, strict=True)}
 
@@ -586,6 +681,7 @@ class GanTrainer:
             batch_in_epoch=self.step % self.steps_per_epoch,
             data_digest=self.data_digest,
             world_size=self.env.world_size,
+            counters={"d_saturated_steps": int(self.saturated_steps.item())},
         )  # fmt: skip
 
     def resolved_config(self) -> dict[str, Any]:
@@ -620,6 +716,8 @@ class GanTrainer:
             ) from None
         _set_rng_state(checkpoint.get("rng", {}))
         self.step = step
+        saturated = checkpoint.get("counters", {}).get("d_saturated_steps", 0)
+        self.saturated_steps = torch.tensor(float(saturated), device=self.device)
 
 
 def _plain_state(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -34,7 +34,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def inputs(tmp_path: Path) -> dict[str, Path]:
     data = schema.write_dataset(
         tmp_path / "tiny.h5",
-        {"train": generated_split(64, captions=4, seed=0)},
+        {
+            "train": generated_split(64, captions=4, seed=0),
+            "test": generated_split(16, captions=4, seed=1),
+        },
         dataset="tiny",
         image_size=64,
     )
@@ -121,11 +124,20 @@ def test_gan_resume_is_bitwise_identical_to_an_uninterrupted_run(
     # The default keeps the generator's weight average (--ema-decay): it must resume exactly too.
     common = ("--lr-decay-every", "1", "--checkpoint-every", "100", *regularisers)
     cache = ("--embedding-cache", str(tmp_path / "cache"))
-    assert loop.main(_args(inputs, *common, *cache, "--steps", "10", out=tmp_path / "a")) == 0
+    # Measurements must not change training: the straight run makes none, the other measures
+    # per-term gradient norms every 2 steps and D's held-out score at every log line.
+    quiet = ("--held-out-split", "off", "--grad-norm-every", "0")
+    assert (
+        loop.main(_args(inputs, *common, *cache, *quiet, "--steps", "10", out=tmp_path / "a")) == 0
+    )
     straight = _state(_run_dirs(tmp_path / "a")[0])
     caplog.clear()
+    probes = ("--grad-norm-every", "2")
     with caplog.at_level(logging.INFO):
-        assert loop.main(_args(inputs, *common, *cache, "--steps", "5", out=tmp_path / "b")) == 0
+        assert (
+            loop.main(_args(inputs, *common, *cache, *probes, "--steps", "5", out=tmp_path / "b"))
+            == 0
+        )
     assert "from cache" in caplog.text  # the second run reused the first run's embeddings
     run_b = _run_dirs(tmp_path / "b")[0]
     assert _state(run_b)["step"] == 5
@@ -134,6 +146,15 @@ def test_gan_resume_is_bitwise_identical_to_an_uninterrupted_run(
     _assert_same_training_state(straight, resumed)
     lrs = [json.loads(x)["lr"] for x in (run_b / "metrics.jsonl").read_text().splitlines()]
     assert lrs == [2e-4] * 8 + [1e-4] * 2  # halved after epoch 1, one line per step
+    lines = [json.loads(x) for x in (run_b / "metrics.jsonl").read_text().splitlines()]
+    terms = {"grad_norm/G/nonsaturating", "grad_norm/G/gan_int", "grad_norm/G/feature_matching",
+             "grad_norm/G/text_image_match"}  # fmt: skip
+    assert all(terms <= set(line) for line in lines[1::2])  # steps 2, 4, ...
+    assert not any(terms & set(line) for line in lines[0::2])
+    assert all(line[t] > 0 for line in lines[1::2] for t in terms)
+    assert all(0 < line["D(x)/held_out_right_text"] < 1 for line in lines)
+    assert all(line["D/saturated"] in (0.0, 1.0) for line in lines)
+    assert lines[-1]["D/saturated_steps_total"] == sum(line["D/saturated"] for line in lines)
     # The GAN checkpoint contract (docs/ARCHITECTURE.md).
     assert set(resumed["models"]) == {
         "generator", "generator_ema", "discriminator", "text_encoder", "image_encoder"
