@@ -11,7 +11,11 @@ One training step (Reed et al. 2016, Algorithm 1, with Salimans et al.'s feature
 3. D step, GAN-CLS: real+right → 1, real+wrong text → 0 (×½), fake (detached)+right → 0 (×½);
 4. G step, D frozen: non-saturating loss on the right-text fakes, GAN-INT on the interpolated
    ones, feature matching of D's joint 4×4 features of fakes against those of the real batch from
-   step 3 (optional L1).
+   step 3 (optional L1);
+5. the generator's weight average moves towards G (`--ema-decay`, train/gan/ema.py).
+
+Optional D regularisers (docs/GAN_TRAINING.md § One step): R1 on the real right-text pairs in
+step 3, and the same attribute-keeping augmentation on every image D sees in steps 3 and 4.
 
 Where the time goes, and what we avoid (measured in `python -m train.gan.bench`): text
 embeddings are never recomputed (cached once); the real images' discriminator path is shared
