@@ -338,3 +338,20 @@ def test_loader_hard_negatives_without_attributes_fall_back_to_random_classes() 
     assert (split.class_ids[draws.wrong] != split.class_ids).all()
     plain = ld.GanClsDataset.from_split(split, ld.LoaderConfig(batch_size=8)).draws(0)
     assert np.array_equal(plain.wrong, draws.wrong)
+
+
+def test_loader_hard_negatives_read_attributes_in_lazy_mode_too(tmp_path: Path) -> None:
+    split = _attribute_split(n=60)
+    path = schema.write_dataset(
+        tmp_path / "a.h5", {"train": split}, dataset="grid", image_size=64,
+        attribute_names=("a", "b", "c"),
+        attribute_values={"a": ("0", "1", "2"), "b": ("0", "1", "2"), "c": ("0", "1")},
+    )  # fmt: skip
+    config = ld.LoaderConfig(batch_size=6, hard_negative_fraction=0.5)
+    memory, _ = ld.GanClsDataset.open(path, "train", config)
+    lazy, _ = ld.GanClsDataset.open(
+        path, "train", ld.LoaderConfig(**{**config.__dict__, "lazy": True})
+    )
+    assert lazy.twins is not None and memory.twins is not None
+    assert np.array_equal(memory.draws(0).wrong, lazy.draws(0).wrong)
+    assert memory.draws(0).hard_negative.any()
