@@ -103,7 +103,7 @@ def load_models(path: Path) -> tuple[dict[str, Any], CharCnnRnn, Generator]:
     """The GAN checkpoint and its text encoder and generator, rebuilt from the file alone."""
     checkpoint = ck.load_checkpoint(path, kind="gan")
     encoder = ck.build_model(checkpoint, "text_encoder", str(path))
-    generator = ck.build_model(checkpoint, "generator", str(path))
+    generator = ck.generator_for_inference(checkpoint, str(path))
     assert isinstance(encoder, CharCnnRnn) and isinstance(generator, Generator)
     if encoder.config.embedding_dim != generator.config.embedding_dim:
         raise ck.CheckpointError(

@@ -105,6 +105,15 @@ def load_checkpoint(
     return checkpoint
 
 
+def generator_for_inference(
+    checkpoint: dict[str, Any], where: str = "checkpoint"
+) -> torch.nn.Module:
+    """The generator to evaluate and export: the weights' moving average ("generator_ema") where
+    the run kept one, else the trained weights (runs with --ema-decay 0, older checkpoints)."""
+    name = "generator_ema" if "generator_ema" in checkpoint.get("models", {}) else "generator"
+    return build_model(checkpoint, name, where)
+
+
 def build_model(
     checkpoint: dict[str, Any], name: str, where: str = "checkpoint"
 ) -> torch.nn.Module:

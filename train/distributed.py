@@ -126,9 +126,9 @@ class _DifferentiableAllReduce(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        out = grad.clone()
-        dist.all_reduce(out)
-        return out
+        # Through the Function again, not a bare all_reduce: a double backward (R1's
+        # create_graph, train/gan/losses.py) must differentiate this sum over ranks as well.
+        return _DifferentiableAllReduce.apply(grad)
 
 
 def differentiable_all_reduce(x: torch.Tensor) -> torch.Tensor:

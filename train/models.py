@@ -429,6 +429,8 @@ MODEL_TYPES: dict[str, tuple[type, type[nn.Module]]] = {
     "text_encoder": (TextEncoderConfig, CharCnnRnn),
     "image_encoder": (ImageEncoderConfig, ImageEncoder),
     "generator": (GANConfig, Generator),
+    # The exponential moving average of the generator's weights (docs/GAN_TRAINING.md § EMA).
+    "generator_ema": (GANConfig, Generator),
     "discriminator": (GANConfig, Discriminator),
 }
 """Checkpoint model name → (config class, network class); see `train.checkpoint.build_model`."""

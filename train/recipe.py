@@ -102,6 +102,8 @@ class RecipeConfig:
     """Captions averaged per GAN sample. Reed averaged 4, but the robot conditions on the one
     caption the operator typed, and an average of 4 embeddings is a smoother, shorter vector
     than any single caption's: training and use would see different inputs."""
+    objective: str = "default"
+    """The GAN's named objective (`train.gan.config.OBJECTIVES`: paper, seed, default)."""
     gan_overrides: dict[str, Any] = field(default_factory=dict)
     """Extra `GanTrainConfig` fields."""
     # Stages 3–4
@@ -175,6 +177,7 @@ def run_gan(
         "steps": config.gan_steps,
         "captions_per_image": config.captions_per_image,
         "captions_per_sample": config.captions_per_sample,
+        "objective": config.objective,
         "progress": config.progress,
         # One embedding table for both runs (same encoder, same captions).
         "embedding_cache": str(run_dir / "text-embeddings"),
@@ -376,6 +379,13 @@ class RecipeFlags:
     gan_steps: int | None = option(
         None, "stop the GAN after N steps instead of by time", show_default=False, at_least=1
     )
+    objective: str = option(
+        _R.objective,
+        f"GAN objective: paper, seed or default (default {_R.objective}; "
+        "docs/GAN_TRAINING.md § Objectives)",
+        show_default=False,
+        choices=tuple(gan_config.OBJECTIVES),
+    )
     ablation: bool = option(
         False, "also train the plain loop for the same time", show_default=False, store_true=True
     )
@@ -440,6 +450,7 @@ def config_from_args(args: RecipeFlags) -> RecipeConfig:
         ngf=args.ngf,
         ndf=args.ndf,
         gan_steps=args.gan_steps,
+        objective=args.objective,
         captions_per_image=args.captions_per_image,
         captions_per_sample=args.captions_per_sample,
         ablation=args.ablation,

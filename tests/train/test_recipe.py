@@ -138,6 +138,8 @@ def test_recipe_cli_reuses_a_pretrained_text_encoder(
         "--threads",
         "1",
         "--no-progress",
+        "--objective",
+        "paper",
     ]
     assert rc.main(argv) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -147,3 +149,7 @@ def test_recipe_cli_reuses_a_pretrained_text_encoder(
     assert stage["stage"] == "text_encoder" and stage["checkpoint"] == str(path)
     gan = ck.load_checkpoint(result["checkpoint"], kind="gan")
     assert gan["config"]["text_encoder_checkpoint"]["path"] == str(path.resolve())
+    # --objective reaches the GAN, resolved to explicit weights (Reed's: no extra terms).
+    saved = gan["config"]
+    assert saved["objective"] == "paper" and saved["fm_weight"] == saved["match_weight"] == 0.0
+    assert saved["nonsat_weight"] == pytest.approx(2 / 3)

@@ -8,13 +8,19 @@ Each sample of a batch carries (all indices into the split):
 - K distinct caption indices of that image, whose embeddings the trainer averages (Reed: K = 4;
   an image with fewer distinct captions, `caption_counts[i]` < K, cycles through its own);
 - a *wrong* sample drawn uniformly from the images of a **different class**, always, with its own
-  K captions (and, on request, its augmented image): the mismatched pair of GAN-CLS;
+  K captions (and, on request, its augmented image): the mismatched pair of GAN-CLS. A share
+  (`hard_negative_fraction`) of them are *hard negatives* instead: an image whose attributes
+  differ from the real one's in exactly one (`train.data.twins.AttributeTwins`), so the mismatch
+  task cannot be solved by the 3–4 attributes a random other class usually differs in (issue 16);
+  datasets without attributes (CUB, Oxford) keep random other classes;
 - a GAN-INT *partner*: a different image with K captions, to interpolate embeddings with.
 
 Randomness is stateless: the draws for epoch e come from `numpy.random.default_rng([seed, e])`
-over the whole split and are looked up by dataset index. So a batch depends only on (seed, epoch,
-indices): any world size yields the same samples (sharded like `DistributedSampler`, which we use),
-and resuming mid-epoch needs only the epoch and the batch position, no generator state.
+over the whole split and are looked up by dataset index (the hard-negative choices from a second
+stream, `[seed, e, 1]`, so the other draws are the same with and without them). So a batch
+depends only on (seed, epoch, indices): any world size yields the same samples (sharded like
+`DistributedSampler`, which we use), and resuming mid-epoch needs only the epoch and the batch
+position, no generator state.
 
 Two storage modes with the same batches:
 
@@ -41,6 +47,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from train.data import files, schema
 from train.data.schema import DataError, SplitData
+from train.data.twins import AttributeTwins
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +74,19 @@ class LoaderConfig:
     """Read images from the HDF5 file per batch instead of holding them in memory."""
     workers: int = 0
     """DataLoader worker processes (lazy mode; in memory a batch is a single gather)."""
+    hard_negative_fraction: float = 0.0
+    """Share of wrong samples drawn among the attribute twins of the real image (differing in
+    exactly one attribute) rather than among all other classes; needs per-image attributes."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {self.batch_size}")
         if self.captions_per_sample < 1:
             raise ValueError(f"captions_per_sample must be ≥ 1, got {self.captions_per_sample}")
+        if not 0.0 <= self.hard_negative_fraction <= 1.0:
+            raise ValueError(
+                f"hard_negative_fraction must be in [0, 1], got {self.hard_negative_fraction}"
+            )
         if self.crop and self.load_size < self.crop_size:
             raise ValueError(f"load_size {self.load_size} is smaller than crop {self.crop_size}")
 
@@ -144,6 +158,8 @@ class EpochDraws:
     wrong_captions: np.ndarray
     wrong_crop_yx: np.ndarray
     wrong_flip: np.ndarray
+    hard_negative: np.ndarray
+    """bool (N,): `wrong` is an attribute twin of the sample (differs in one attribute)."""
     partner: np.ndarray
     """int (N,) index of a different image."""
     partner_captions: np.ndarray
@@ -290,6 +306,7 @@ class GanClsDataset(Dataset):
         images: np.ndarray | None = None,
         lazy_images: _LazyImages | None = None,
         caption_counts: np.ndarray | None = None,
+        attributes: np.ndarray | None = None,
         where: str = "dataset",
     ) -> None:
         self.config = config
@@ -312,6 +329,16 @@ class GanClsDataset(Dataset):
                 f"{where}: GAN-CLS needs at least 2 images, found {len(self.class_ids)}"
             )
         self.wrong_sampler = WrongClassSampler(self.class_ids, where)
+        self.twins: AttributeTwins | None = None
+        if config.hard_negative_fraction > 0:
+            if attributes is None:
+                log.info(
+                    "%s: no per-image attributes; hard-negative wrong captions fall back to "
+                    "random other classes",
+                    where,
+                )
+            else:
+                self.twins = AttributeTwins(attributes)
         size = config.stored_size
         self.images = None if images is None else resize_images(images, size)
         self.lazy_images = lazy_images
@@ -331,6 +358,7 @@ class GanClsDataset(Dataset):
         return cls(
             split.class_ids, per_image.pop(), config, images=split.images, where=where,
             caption_counts=getattr(split, "caption_counts", None),
+            attributes=getattr(split, "attributes", None),
         )  # fmt: skip
 
     @classmethod
@@ -355,6 +383,7 @@ class GanClsDataset(Dataset):
                 ]
                 class_ids = group["class_ids"][()].astype(np.int64)
                 counts = group["caption_counts"][()] if "caption_counts" in group else None
+                attributes = group["attributes"][()] if "attributes" in group else None
                 if "images" not in group and "images_encoded" not in group:
                     raise DataError(f"{where}: neither 'images' nor 'images_encoded'")
             except KeyError as err:
@@ -365,7 +394,7 @@ class GanClsDataset(Dataset):
         lazy = _LazyImages(path, split, image_size, len(class_ids))
         dataset = cls(
             class_ids, len(captions[0]) if captions else 0, config, lazy_images=lazy,
-            caption_counts=counts, where=where,
+            caption_counts=counts, attributes=attributes, where=where,
         )  # fmt: skip
         return dataset, captions
 
@@ -411,20 +440,40 @@ class GanClsDataset(Dataset):
         def flips() -> np.ndarray:
             return rng.random(n) < 0.5 if c.flip else np.zeros(n, dtype=bool)
 
+        crop_yx, flip, captions = rng.integers(0, span, (n, 2)), flips(), caption_picks()
+        wrong = self.wrong_sampler.draw(rng)
+        hard = self._hard_negatives(epoch)
+        wrong = np.where(hard >= 0, hard, wrong)
         draws = EpochDraws(
-            crop_yx=rng.integers(0, span, (n, 2)),
-            flip=flips(),
-            captions=caption_picks(),
-            wrong=self.wrong_sampler.draw(rng),
+            crop_yx=crop_yx,
+            flip=flip,
+            captions=captions,
+            wrong=wrong,
             wrong_captions=caption_picks(),
             wrong_crop_yx=rng.integers(0, span, (n, 2)),
             wrong_flip=flips(),
+            hard_negative=hard >= 0,
             # i + 1 + U{0..N-2} mod N: uniform over every image except i itself.
             partner=(np.arange(n) + 1 + rng.integers(0, n - 1, n)) % n,
             partner_captions=caption_picks(),
         )
         self._draws = (epoch, draws)
         return draws
+
+    def _hard_negatives(self, epoch: int) -> np.ndarray:
+        """int64 (N,): an attribute twin of another class for the samples chosen to get a hard
+        negative this epoch, −1 elsewhere (and everywhere without attributes)."""
+        n = len(self)
+        if self.twins is None:
+            return np.full(n, -1, dtype=np.int64)
+        # Its own stream: the other draws of the epoch do not depend on the fraction.
+        rng = np.random.default_rng([self.config.seed, epoch, 1])
+        chosen = rng.random(n) < self.config.hard_negative_fraction
+        twin = self.twins.draw(np.arange(n), rng)
+        # A twin shares the class only where the class ids do not encode every attribute.
+        ok = chosen & (twin >= 0)
+        ok &= self.class_ids[np.maximum(twin, 0)] != self.class_ids
+        return np.where(ok, twin, -1)
 
     def _images(self, indices: np.ndarray) -> np.ndarray:
         if self.images is not None:

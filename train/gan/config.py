@@ -20,6 +20,7 @@ from train import checkpoint as ck
 from train import options
 from train.distributed import cpu_computes_bf16
 from train.errors import ConfigError
+from train.gan import augment
 from train.options import option
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,21 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------
 # Configuration
 # ---------------------------------------------------------------------------------------------
+
+
+def _term(help: str, **how: Any) -> Any:
+    """An objective weight: None until `resolve_objective` fills it from `--objective`."""
+    return option(
+        None, f"{help} (default: per --objective)", group="objective", show_default=False, **how
+    )
+
+
+def _policy_flag(text: str) -> str:
+    """argparse `type=` for --d-augment: the canonical policy, or one line saying what is wrong."""
+    try:
+        return augment.parse_policy(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 @dataclass(frozen=True)
@@ -50,15 +66,25 @@ class GanTrainConfig:
     ngf: int = option(64, "generator width", group="networks", at_least=1)
     ndf: int = option(64, "discriminator width", group="networks", at_least=1)
     residual: bool = option(False, "residual blocks at 4×4 and 8×8", group="networks")
-    # Objective (train/gan/losses.py); defaults are the paper's
-    wrong_weight: float = option(
-        0.5, "GAN-CLS real+wrong-text weight", group="objective", at_least=0
+    # Objective (train/gan/losses.py): --objective names a set of term weights (OBJECTIVES);
+    # a weight flag given beside it overrides that one weight. None = "from --objective".
+    objective: str = option(
+        "default",
+        "named objective: paper (Reed et al.), seed (paper + feature matching), default (ours)",
+        group="objective",
+        choices=("paper", "seed", "default"),
     )
-    """GAN-CLS weight of real image + wrong text."""
-    fake_weight: float = option(
-        0.5, "GAN-CLS fake+right-text weight", group="objective", at_least=0
-    )
-    """GAN-CLS weight of fake image + right text."""
+    """Which term weights the None fields below resolve to (`OBJECTIVES`, `resolve_objective`;
+    docs/GAN_TRAINING.md § Objectives). The resolved weights are what config.json records."""
+    nonsat_weight: float | None = _term("weight of the non-saturating right-text term", at_least=0)
+    """Weight of the mean non-saturating loss over the B right-text fakes. Reed's code scores the
+    right-text and interpolated fakes as one batch of B + n (one BCE mean), i.e. weights
+    B/(B+n) and n/(B+n) per term: `paper` and `seed` resolve to those; `default` keeps 1 and 1,
+    which weighs each interpolated sample 2× a right-text one at `--int-fraction 0.5`."""
+    wrong_weight: float | None = _term("GAN-CLS real+wrong-text weight", at_least=0)
+    """GAN-CLS weight of real image + wrong text (Reed: ½)."""
+    fake_weight: float | None = _term("GAN-CLS fake+right-text weight", at_least=0)
+    """GAN-CLS weight of fake image + right text (Reed: ½)."""
     mismatch: str = option(
         "text",
         "mismatched pair: real image + wrong text, or wrong image + right text",
@@ -67,8 +93,8 @@ class GanTrainConfig:
     )
     """"text": real image + captions of another class; "image": wrong image + right text
     (Reed's released code); both pair a real image with a description of another class."""
-    int_weight: float = option(1.0, "GAN-INT weight (0 = off)", group="objective", at_least=0)
-    """GAN-INT weight (Reed's CUB script: 1)."""
+    int_weight: float | None = _term("GAN-INT weight (0 = off)", at_least=0)
+    """Weight of the mean GAN-INT loss over the n interpolated fakes (see `nonsat_weight`)."""
     int_beta: float = option(
         0.5, "GAN-INT interpolation β", group="objective", at_least=0, at_most=1
     )
@@ -80,16 +106,11 @@ class GanTrainConfig:
         at_most=1,
     )
     """Interpolated samples per batch, relative to the batch (Reed: ½)."""
-    fm_weight: float = option(
-        1.0, "feature-matching weight (0 = off)", group="objective", at_least=0
-    )
+    fm_weight: float | None = _term("feature-matching weight (0 = off)", at_least=0)
     """Feature matching on D's joint 4×4 features (0 = off)."""
-    l1_weight: float = option(0.0, "L1 weight (0 = off)", group="objective", at_least=0)
-    match_weight: float = option(
-        1.0,
-        "text-image matching weight with the frozen image encoder (0 = off)",
-        group="objective",
-        at_least=0,
+    l1_weight: float | None = _term("L1 weight (0 = off)", at_least=0)
+    match_weight: float | None = _term(
+        "text-image matching weight with the frozen image encoder (0 = off)", at_least=0
     )
     """Text–image matching on generated images (0 = off): the frozen pretrained image encoder's
     embedding of G(z, t) classified against every class's mean caption embedding
@@ -103,9 +124,7 @@ class GanTrainConfig:
         0.1, "temperature of the matching loss", group="objective", above=0
     )
     """Softmax temperature of the matching loss (DAMSM: γ3 = 10, i.e. 0.1)."""
-    ms_weight: float = option(
-        0.0, "mode-seeking weight (MSGAN; 0 = off)", group="objective", at_least=0
-    )
+    ms_weight: float | None = _term("mode-seeking weight (MSGAN; 0 = off)", at_least=0)
     """Mode seeking (`train.gan.losses.mode_seeking_loss`, MSGAN; 0 = off): G also draws
     `ms_fraction` × batch images of the batch's first captions with fresh noise, and is pushed to
     make them differ from their partners made with the batch noise. Why it exists: the default
@@ -119,14 +138,44 @@ class GanTrainConfig:
         at_most=1,
     )
     """Images per batch drawn a second time for mode seeking, relative to the batch."""
-    label_smoothing: float = option(
-        0.0,
-        "one-sided label smoothing of the real target",
-        group="objective",
-        at_least=0,
-        below=0.5,
+    label_smoothing: float | None = _term(
+        "one-sided label smoothing of the real target", at_least=0, below=0.5
     )
     """One-sided: the real target becomes 1 − this."""
+    hard_negative_fraction: float | None = _term(
+        "share of wrong captions from a class differing in exactly one attribute",
+        at_least=0,
+        at_most=1,
+    )
+    """Hard negatives for GAN-CLS's mismatched pair (train/data/loader.py): this share of the
+    wrong captions come from an attribute twin of the real image (one attribute differs), the
+    rest from a random other class. Why: random other classes differ in 3–4 of 5 attributes, so
+    D's mismatch task saturates early (issue 16). Datasets without attributes keep random ones."""
+    r1_gamma: float | None = _term(
+        "R1 penalty γ on D's gradient at real (image, right text) pairs (0 = off)", at_least=0
+    )
+    """Zero-centred gradient penalty γ/2 · E‖∇ₓ D(x, t)‖² on real pairs (Mescheder et al. 2018;
+    `train.gan.losses.r1_penalty`): keeps D smooth around the data so it keeps informing G."""
+    r1_every: int = option(
+        1, "steps between R1 penalties (lazy regularisation)", group="objective", at_least=1
+    )
+    """Lazy R1 (StyleGAN2): the penalty on every N-th step only, weighted ×N."""
+    d_augment: str | None = _term(
+        'augmentation of every image D sees: "translation", "cutout", both (comma-separated) or '
+        '"none"; never colour or flips',
+        parse=_policy_flag,
+        metavar="KINDS",
+    )
+    """Differentiable augmentation for D (train/gan/augment.py), the same policy on real and
+    fake images; only kinds that keep every attribute (no colour, no flips)."""
+    d_augment_shift: int = option(
+        3, "largest --d-augment translation, pixels", group="objective", at_least=1, at_most=8
+    )
+    """At most a few pixels: the figure must stay within its third (21 px) of the image."""
+    d_augment_cutout: float = option(
+        0.25, "--d-augment cutout square side, relative to the image", group="objective",
+        above=0, at_most=0.5,
+    )  # fmt: skip
     # Data pipeline (train/data/loader.py)
     captions_per_sample: int = option(
         4, "captions averaged per sample (Reed: 4)", group="data pipeline", at_least=1
@@ -165,6 +214,16 @@ class GanTrainConfig:
     lr_decay: float = option(
         0.5, "learning-rate factor per decay", group="optimisation", above=0, at_most=1
     )
+    ema_decay: float = option(
+        0.999,
+        "decay of the generator's weight average (0 = off)",
+        group="optimisation",
+        at_least=0,
+        below=1,
+    )
+    """Exponential moving average of G's weights, warmed up (train/gan/ema.py); the average is
+    what sample grids show and what evaluation and export use (`train.checkpoint.
+    generator_for_inference`). 0 = off: the trained weights are used, as before issue 16."""
     epochs: int = option(600, "epochs to train", group="optimisation", at_least=1)
     steps: int | None = option(
         None, "stop after this many steps in total", group="optimisation", at_least=1
@@ -208,6 +267,19 @@ class GanTrainConfig:
         500, "steps between checkpoints", group="engineering", at_least=1
     )
     log_every: int = option(20, "steps between logged metrics", group="engineering", at_least=1)
+    grad_norm_every: int = option(
+        100,
+        "steps between per-term generator gradient norms (0 = never)",
+        group="engineering",
+        at_least=0,
+    )
+    """Every N steps, the norm of each weighted G term's gradient on G's parameters (one extra
+    backward per term on that step), logged as grad_norm/G/<term> at the next log line."""
+    held_out_split: str = option(
+        "test",
+        'split whose fixed batch of real images D is scored on at each log line ("off": none)',
+        group="engineering",
+    )
     sample_every: int = option(500, "steps between sample grids", group="engineering", at_least=1)
     embedding_cache: str = option(
         "auto", 'text-embedding cache folder, "auto" or "off"', group="engineering", metavar="DIR"
@@ -226,12 +298,65 @@ class GanTrainConfig:
         return self.amp == "bf16"
 
 
+# The objectives by name (docs/GAN_TRAINING.md § Objectives). Every term weight of
+# GanTrainConfig that is None resolves from here; flags given beside --objective win.
+_REED: dict[str, Any] = {
+    # GAN-CLS exactly as Reed et al. 2016 Algorithm 1: L_D = s_r + ½ (s_w + s_f).
+    "wrong_weight": 0.5,
+    "fake_weight": 0.5,
+    # nonsat_weight / int_weight: per sample, as Reed's code (`resolve_objective`).
+    "fm_weight": 0.0,
+    "match_weight": 0.0,
+    "l1_weight": 0.0,
+    "ms_weight": 0.0,
+    "label_smoothing": 0.0,
+    "hard_negative_fraction": 0.0,
+    "r1_gamma": 0.0,
+    "d_augment": "none",
+}
+OBJECTIVES: dict[str, dict[str, Any]] = {
+    "paper": dict(_REED),
+    # The seed document's objective: the paper's plus Salimans et al.'s feature matching.
+    "seed": {**_REED, "fm_weight": 1.0},
+    # Ours: the paper's terms weighted per term (GAN-INT samples count 2× at --int-fraction ½),
+    # feature matching and the text–image matching term.
+    "default": {**_REED, "nonsat_weight": 1.0, "int_weight": 1.0, "fm_weight": 1.0,
+                "match_weight": 1.0},
+}  # fmt: skip
+
+
+def objective_weights(objective: str, int_fraction: float) -> dict[str, Any]:
+    """The term weights `objective` names, for a batch with `int_fraction` interpolated samples.
+
+    Reed's G step scores the B right-text and the n = f·B interpolated fakes as one batch (one
+    BCE mean over B + n, interp_weight 1 per sample: main_cls_int.lua's `criterion_interp`),
+    so its per-term weights are B/(B+n) = 1/(1+f) and n/(B+n) = f/(1+f).
+    """
+    weights = dict(OBJECTIVES[objective])
+    if "nonsat_weight" not in weights:
+        weights["nonsat_weight"] = 1.0 / (1.0 + int_fraction)
+        weights["int_weight"] = int_fraction / (1.0 + int_fraction)
+    return weights
+
+
+def resolve_objective(config: GanTrainConfig) -> GanTrainConfig:
+    """`config` with every unset (None) term weight taken from its `--objective`."""
+    weights = objective_weights(config.objective, config.int_fraction)
+    unset = {k: v for k, v in weights.items() if getattr(config, k) is None}
+    return dataclasses.replace(config, **unset) if unset else config
+
+
 # Flags that may differ on --resume without changing the result of the steps already defined.
 RESUMABLE_OVERRIDES = frozenset(
     {"steps", "minutes", "epochs", "checkpoint_every", "log_every", "sample_every", "progress",
      "workers", "embedding_cache", "device", "threads", "compile", "out", "data",
-     "text_encoder"}
+     "text_encoder", "grad_norm_every", "held_out_split"}
 )  # fmt: skip
+
+
+LEGACY_VALUES: dict[str, Any] = {"ema_decay": 0.0}
+"""Values of fields added after a checkpoint was written that match how it was trained (checkpoints
+from before issue 16 hold no weight average)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -255,6 +380,11 @@ def validate(config: GanTrainConfig, world_size: int = 1) -> GanTrainConfig:
         raise ConfigError(f"{options.flag(field)} {getattr(config, field)}: {message}")
 
     options.check_ranges(config)
+    config = resolve_objective(config)
+    try:
+        config = dataclasses.replace(config, d_augment=augment.parse_policy(config.d_augment))
+    except ValueError as err:
+        fail("d_augment", str(err))
     if config.captions_per_image is not None and config.captions_per_image < max(
         1, config.captions_per_sample
     ):
@@ -297,7 +427,10 @@ def config_to_dict(config: GanTrainConfig) -> dict[str, Any]:
 def config_from_checkpoint(saved: dict[str, Any], where: str) -> GanTrainConfig:
     """The run config stored in a checkpoint (extra keys like text_encoder_checkpoint ignored)."""
     names = {f.name for f in dataclasses.fields(GanTrainConfig)}
+    # Fields newer than the checkpoint take the value that reproduces how it was trained.
+    saved = {**LEGACY_VALUES, **saved}
     try:
-        return GanTrainConfig(**{k: v for k, v in saved.items() if k in names})
+        config = GanTrainConfig(**{k: v for k, v in saved.items() if k in names})
+        return resolve_objective(config)
     except TypeError as err:
         raise ck.CheckpointError(f"{where}: config does not fit this trainer: {err}") from None

@@ -280,6 +280,20 @@ def _log_interval(
     means = (totals / (steps * trainer.env.world_size)).tolist()
     elapsed = max(time.monotonic() - started, 1e-9)
     values = dict(zip(keys, means, strict=True))
+    # Measurements of the networks now (the same on every rank's call order, so collectives of
+    # synchronised batch norm match): per-term G gradient norms of the last probe step, D's
+    # score on held-out real images, and the run's share of saturated D steps so far.
+    measured = dict(trainer.probe)
+    trainer.probe = {}
+    held_out = trainer.held_out_score()
+    if held_out is not None:
+        measured["D(x)/held_out_right_text"] = held_out
+    measured["D/saturated_steps_total"] = trainer.saturated_steps.clone()
+    if measured:
+        names = list(measured)
+        stacked = torch.stack([measured[k].float() for k in names])
+        averaged = distributed.all_reduce_sum(stacked) / trainer.env.world_size
+        values.update(zip(names, averaged.tolist(), strict=True))
     values["lr"] = trainer.last_lr
     values["speed/images_per_s"] = steps * trainer.config.batch_size / elapsed
     values["epoch"] = trainer.epoch

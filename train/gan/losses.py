@@ -11,6 +11,9 @@
 - Text–image matching (in the spirit of AttnGAN's sentence-level DAMSM loss, Xu et al. 2018):
   generated images are embedded by the frozen pretrained image encoder and classified against
   every class's mean caption embedding (Reed's class-wise structured joint embedding).
+- R1 (Mescheder et al. 2018): a zero-centred penalty on the gradient of D's real-pair score with
+  respect to the real image, `γ/2 · E ‖∇ₓ D(x, t)‖²`, which keeps D from becoming so sharp that it
+  stops telling G anything (issue 16).
 - Optional extras: one-sided label smoothing (Salimans et al. 2016, §3.4) and an L1 term pulling
   the generated image towards the real image of the same caption.
 
@@ -153,3 +156,14 @@ def text_image_matching_loss(
     """
     logits = F.normalize(image_embedding, dim=1) @ prototypes.T / temperature  # (B, K)
     return F.cross_entropy(logits, targets)
+
+
+def r1_penalty(logits_real: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:
+    """R1: mean over the batch of ‖∇ₓ logit(x, t)‖² for the real pairs (Mescheder et al. 2018).
+
+    `real_images` (B, C, H, W) must require grad and be what `logits_real` (B,) was computed
+    from. The graph is kept (create_graph) so the penalty trains D; its gradient reaches only
+    D's parameters, since real images come from data. The caller weights it by γ/2.
+    """
+    (grad,) = torch.autograd.grad(logits_real.float().sum(), real_images, create_graph=True)
+    return grad.float().square().sum(dim=(1, 2, 3)).mean()

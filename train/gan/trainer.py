@@ -11,7 +11,11 @@ One training step (Reed et al. 2016, Algorithm 1, with Salimans et al.'s feature
 3. D step, GAN-CLS: real+right → 1, real+wrong text → 0 (×½), fake (detached)+right → 0 (×½);
 4. G step, D frozen: non-saturating loss on the right-text fakes, GAN-INT on the interpolated
    ones, feature matching of D's joint 4×4 features of fakes against those of the real batch from
-   step 3 (optional L1).
+   step 3 (optional L1);
+5. the generator's weight average moves towards G (`--ema-decay`, train/gan/ema.py).
+
+Optional D regularisers (docs/GAN_TRAINING.md § One step): R1 on the real right-text pairs in
+step 3, and the same attribute-keeping augmentation on every image D sees in steps 3 and 4.
 
 Where the time goes, and what we avoid (measured in `python -m train.gan.bench`): text
 embeddings are never recomputed (cached once); the real images' discriminator path is shared
@@ -43,17 +47,30 @@ from torch.nn.parallel import DistributedDataParallel
 
 from train import checkpoint as ck
 from train import distributed, models
-from train.data.loader import GanClsBatch, GanClsDataset, GanClsLoader, LoaderConfig
+from train.data import files
+from train.data.loader import (
+    GanClsBatch,
+    GanClsDataset,
+    GanClsLoader,
+    LoaderConfig,
+    resize_images,
+    to_model_range,
+)
 from train.data.schema import SplitData
 from train.distributed import DistEnv
 from train.errors import first_line
-from train.gan import losses
-from train.gan.config import GanTrainConfig, config_to_dict
-from train.gan.text_embeddings import CaptionTable, TextEmbeddings, load_or_compute
+from train.gan import augment, losses
+from train.gan.config import GanTrainConfig, config_to_dict, resolve_objective
+from train.gan.ema import ema_decay_at, update_ema
+from train.gan.text_embeddings import CaptionTable, TextEmbeddings, embed_texts, load_or_compute
 
 log = logging.getLogger(__name__)
 
 GRID_CAPTIONS = 8
+HELD_OUT_IMAGES = 64
+"""Images of the held-out split D is scored on at each log step (a fixed batch)."""
+SATURATED_BELOW = 0.01
+"""D's GAN-CLS loss under which a step counts as saturated (issue 16's target: ≤ 5 % of steps)."""
 GRID_NOISE = 8
 INTERP_PAIRS = 4
 INTERP_STEPS = 8
@@ -148,8 +165,23 @@ METRIC_NAMES = (
     "generator/nonsaturating", "generator/gan_int", "generator/feature_matching", "generator/l1",
     "generator/text_image_match", "generator/mode_seeking", "generator/total_G",
     "D(x)/real_right_text", "D(x)/real_wrong_text", "D(G(z))/before_D_step",
-    "D(G(z))/after_D_step", "D(G(z))/interpolated",
+    "D(G(z))/after_D_step", "D(G(z))/interpolated", "D/r1_penalty", "D/saturated",
 )  # fmt: skip
+"""Per-step metrics; the loop averages them over the logging interval ("D/saturated": the
+fraction of steps whose GAN-CLS D loss was below `SATURATED_BELOW`)."""
+
+
+@contextlib.contextmanager
+def batch_norm_statistics_kept(module: nn.Module) -> Iterator[None]:
+    """Run `module` in training mode (batch statistics) without moving its running statistics:
+    a measurement must not change the training state (exact --resume, any logging cadence)."""
+    saved = [(b, b.detach().clone()) for b in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
 
 
 class GanTrainer:
@@ -164,7 +196,8 @@ class GanTrainer:
         resume: dict[str, Any] | None = None,
         resume_path: str | None = None,
     ) -> None:
-        self.config = c = config
+        # Validated configs are resolved already; code that builds one directly gets the same.
+        self.config = c = resolve_objective(config)
         self.env = env
         self.device = env.device
         if c.threads is not None:
@@ -184,7 +217,7 @@ class GanTrainer:
         loader_config = LoaderConfig(
             batch_size=local_batch, captions_per_sample=c.captions_per_sample, crop=c.crop,
             flip=c.flip, wrong_images=c.mismatch == "image", seed=c.seed, lazy=c.lazy,
-            workers=c.workers,
+            workers=c.workers, hard_negative_fraction=c.hard_negative_fraction,
         )  # fmt: skip
         if c.data is None:
             split = split if split is not None else generated_split(seed=c.seed)
@@ -258,6 +291,14 @@ class GanTrainer:
         self.memory_format = memory_format
         self.generator.to(self.device, memory_format=memory_format)
         self.discriminator.to(self.device, memory_format=memory_format)
+        # The weight average (train/gan/ema.py): a plain generator (no synchronised BN: it is
+        # never trained), fp32, in eval mode, as evaluation and export will run it.
+        self.generator_ema: models.Generator | None = None
+        if c.ema_decay > 0:
+            self.generator_ema = models.Generator(self.gan_config)
+            self.generator_ema.load_state_dict(self.generator.state_dict())
+            self.generator_ema.to(self.device, memory_format=memory_format).eval()
+            self.generator_ema.requires_grad_(False)
         self.d_step_module = DiscriminatorStep(self.discriminator)
         self.g_train: nn.Module = self.generator
         self.d_train: nn.Module = self.d_step_module
@@ -282,6 +323,10 @@ class GanTrainer:
         self.sched_d = torch.optim.lr_scheduler.StepLR(self.opt_d, step_size, gamma=c.lr_decay)
         self.step = 0
         self.last_lr = c.lr
+        self.saturated_steps = torch.zeros((), device=self.device)
+        self.probe: dict[str, torch.Tensor] = {}
+        """Per-term G gradient norms of the last probe step, until the loop logs them."""
+        self.held_out = self._held_out_batch()
 
         # Fixed inputs of the sample grids: distinct-class captions and fixed noise.
         self.grid_images = self._grid_samples()
@@ -329,6 +374,57 @@ class GanTrainer:
         info = {"path": str(Path(path).resolve()), "sha256": ck.file_sha256(path)}
         return encoder.to(self.device), info, image
 
+    def _held_out_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A fixed batch of real images D never trains on and their text: (images (H, 3, 64, 64),
+        embeddings (H, E)); from --held-out-split, or generated data with another seed."""
+        c = self.config
+        if c.held_out_split == "off":
+            return None
+        if c.data is None:
+            split = generated_split(HELD_OUT_IMAGES, captions=4, seed=c.seed + 1)
+        else:
+            splits = files.read_info(c.data).splits
+            if c.held_out_split not in splits or c.held_out_split == c.split:
+                log.info(
+                    "--held-out-split %s: not a split of %s other than the training split "
+                    "(has %s); D's held-out score is not logged",
+                    c.held_out_split, c.data, splits,
+                )  # fmt: skip
+                return None
+            split = files.read_split(c.data, c.held_out_split)
+        count = min(HELD_OUT_IMAGES, len(split))
+        pick = np.linspace(0, len(split) - 1, count).round().astype(np.int64)
+        k = c.captions_per_sample
+        texts = [split.captions[i][j % len(split.captions[i])] for i in pick for j in range(k)]
+        text = embed_texts(self.text_encoder, texts, device=self.device, where="held-out")
+        text = text.reshape(count, k, -1).mean(1)  # (H, E): K captions averaged, as in training
+        images = to_model_range(resize_images(split.images[pick], 64)).to(self.device)
+        return images.contiguous(memory_format=self.memory_format), text
+
+    @torch.no_grad()
+    def held_out_score(self) -> torch.Tensor | None:
+        """Mean D(x, t) on the fixed held-out real pairs, as D scores its training batches
+        (training mode, batch statistics; running statistics untouched). Beside D(x) on the
+        training images it shows D memorising its data (Karras et al. 2020, ADA)."""
+        if self.held_out is None:
+            return None
+        images, text = self.held_out
+        with batch_norm_statistics_kept(self.discriminator), self.autocast():
+            logits, _ = self.discriminator(images, text)
+        return torch.sigmoid(logits.float()).mean()
+
+    def _gradient_norms(self, terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """‖∂ term / ∂ θ_G‖ for each weighted generator term, as it enters G's loss (the graph is
+        kept for the real backward; parameter gradients are not touched)."""
+        params = [p for p in self.generator.parameters() if p.requires_grad]
+        norms = {}
+        for name, term in terms.items():
+            grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+            squares = [g.float().square().sum() for g in grads if g is not None]
+            zero = torch.zeros((), device=self.device)
+            norms[f"grad_norm/G/{name}"] = torch.stack(squares).sum().sqrt() if squares else zero
+        return norms
+
     def _grid_samples(self) -> np.ndarray:
         """Dataset indices of the grid captions: images of distinct classes, evenly spread."""
         class_ids = self.dataset.class_ids
@@ -355,6 +451,29 @@ class GanTrainer:
         noise = torch.randn(c.batch_size + total_interp, self.gan_config.noise_dim, generator=gen)
         mine = torch.cat([noise[: c.batch_size][r::w], noise[c.batch_size :][r::w]])
         return mine.to(self.device, non_blocking=True)
+
+    def augment_for_d(self, images: torch.Tensor, stream: int, parts: list[int]) -> torch.Tensor:
+        """`images` as D sees them under --d-augment (unchanged for "none").
+
+        `parts` are the local sizes of the segments of `images` (right-text fakes, then
+        interpolated ones); each segment's parameters are drawn for the global batch from
+        (seed, step, stream) and this rank takes rows r, r + W, ... as for the noise, so any
+        world size augments a sample alike and --resume redraws exactly.
+        """
+        c = self.config
+        if c.d_augment == "none":
+            return images
+        w, r = self.env.world_size, self.env.rank
+        gen = torch.Generator().manual_seed(stateless_seed(c.seed, self.step, stream))
+        side = images.shape[-1]
+        shifts, centres = [], []
+        for size in parts:
+            drawn = augment.draw_params(size * w, side, c.d_augment_shift, gen)
+            shifts.append(drawn.shift_yx[r::w])
+            centres.append(drawn.centre_yx[r::w])
+        params = augment.AugmentParams(torch.cat(shifts), torch.cat(centres))
+        out = augment.augment(images, c.d_augment, params, c.d_augment_shift, c.d_augment_cutout)
+        return out.contiguous(memory_format=self.memory_format)
 
     # -- one step ------------------------------------------------------------------------------
 
@@ -392,25 +511,39 @@ class GanTrainer:
         fake = generated[:b]
         if m:
             texts = texts[: b + n]  # D scores the right-text and interpolated images only
+        # What D sees: the same augmentation policy on real and fake images (identity when off);
+        # the fakes are augmented once and serve both updates, like the fakes themselves.
+        r1_now = c.r1_gamma > 0 and self.step % c.r1_every == 0
+        real_in = real.detach().requires_grad_(True) if r1_now else real
+        real_seen = self.augment_for_d(real_in, 3, [b])
+        fake_seen = self.augment_for_d(generated[: b + n], 4, [b, n])  # (B + n, 3, 64, 64)
+        if wrong_images is not None:
+            wrong_images = self.augment_for_d(wrong_images, 5, [b])
 
         # (1) Discriminator: GAN-CLS on (real, right), (real, wrong text), (fake, right).
         with self.autocast():
             logits_rr, logits_rw, logits_fr, joint_real = self.d_train(
-                real, fake.detach(), right, wrong, wrong_images
+                real_seen, fake_seen[:b].detach(), right, wrong, wrong_images
             )
         d = losses.gan_cls_discriminator_loss(
             logits_rr.float(), logits_rw.float(), logits_fr.float(),
             wrong_weight=c.wrong_weight, fake_weight=c.fake_weight,
             label_smoothing=c.label_smoothing,
         )  # fmt: skip
+        d_total = d.total
+        d_r1 = torch.zeros((), device=self.device)
+        if r1_now:
+            # Lazy regularisation: every r1_every-th step, weighted ×r1_every (StyleGAN2).
+            d_r1 = losses.r1_penalty(logits_rr, real_in)
+            d_total = d_total + 0.5 * c.r1_gamma * c.r1_every * d_r1
         self.opt_d.zero_grad(set_to_none=True)
-        d.total.backward()
+        d_total.backward()
         self.opt_d.step()
 
         # (2) Generator: non-saturating + GAN-INT + feature matching (+ L1, mode seeking), D frozen.
         zero = torch.zeros((), device=self.device)
         with frozen(self.discriminator), self.autocast():
-            scored = generated[: b + n]  # the mode-seeking extras are not D's business
+            scored = fake_seen  # the mode-seeking extras are not D's business
             logits, joint = self.d_for_g(scored, texts)  # (B + n,), (B + n, ndf*8, 4, 4)
         logits = logits.float()
         g_nonsat = losses.generator_nonsaturating_loss(logits[:b])
@@ -439,29 +572,44 @@ class GanTrainer:
             else zero
         )
         g_total = (
-            g_nonsat
+            c.nonsat_weight * g_nonsat
             + c.int_weight * g_int
             + c.fm_weight * g_fm
             + c.l1_weight * g_l1
             + c.match_weight * g_match
             + c.ms_weight * g_ms
         )
+        if c.grad_norm_every and (self.step + 1) % c.grad_norm_every == 0:
+            weighted = {
+                "nonsaturating": c.nonsat_weight * g_nonsat,
+                "gan_int": c.int_weight * g_int if n else None,
+                "feature_matching": c.fm_weight * g_fm if c.fm_weight > 0 else None,
+                "text_image_match": c.match_weight * g_match if self.match_encoder else None,
+                "l1": c.l1_weight * g_l1 if c.l1_weight > 0 else None,
+                "mode_seeking": c.ms_weight * g_ms if m else None,
+            }
+            active = {k: v for k, v in weighted.items() if v is not None and v.requires_grad}
+            self.probe = self._gradient_norms(active)
         self.opt_g.zero_grad(set_to_none=True)
         g_total.backward()
         self.opt_g.step()
+        if self.generator_ema is not None:
+            update_ema(self.generator_ema, self.generator, ema_decay_at(self.step, c.ema_decay))
 
         self.step += 1
         self.last_lr = self.lr  # the rate this step used (the scheduler may change it next)
         if self.step % self.steps_per_epoch == 0:
             self.sched_g.step()
             self.sched_d.step()
+        saturated = (d.total.detach() < SATURATED_BELOW).float()
+        self.saturated_steps += saturated
         with torch.no_grad():
             values = [
                 d.real, d.wrong, d.fake, d.total, g_nonsat, g_int, g_fm, g_l1, g_match, g_ms,
                 g_total,
                 torch.sigmoid(logits_rr.float()).mean(), torch.sigmoid(logits_rw.float()).mean(),
                 torch.sigmoid(logits_fr.float()).mean(), torch.sigmoid(logits[:b]).mean(),
-                torch.sigmoid(logits[b:]).mean() if n else zero,
+                torch.sigmoid(logits[b:]).mean() if n else zero, d_r1.detach(), saturated,
             ]  # fmt: skip
             return {k: v.detach() for k, v in zip(METRIC_NAMES, values, strict=True)}
 
@@ -478,8 +626,9 @@ class GanTrainer:
     @torch.no_grad()
     def sample_grids(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(grid, strips) as float (3, H, W) in [0, 1]: fixed captions (rows) × fixed noise
-        (columns), and GAN-INT strips from caption a (left) to caption b (right), eval mode."""
-        g = self.generator
+        (columns), and GAN-INT strips from caption a (left) to caption b (right), eval mode,
+        from the weight average where there is one (what evaluation and export use)."""
+        g = self.generator_ema if self.generator_ema is not None else self.generator
         was_training = g.training
         g.eval()
         try:
@@ -515,6 +664,9 @@ class GanTrainer:
             "discriminator": gan_config,
             "text_encoder": dataclasses.asdict(self.text_encoder.config),
         }
+        if self.generator_ema is not None:
+            model_states["generator_ema"] = _plain_state(self.generator_ema)
+            model_configs["generator_ema"] = gan_config
         if self.image_encoder is not None:
             model_states["image_encoder"] = _plain_state(self.image_encoder[0])
             model_configs["image_encoder"] = dict(self.image_encoder[1])
@@ -533,6 +685,7 @@ class GanTrainer:
             batch_in_epoch=self.step % self.steps_per_epoch,
             data_digest=self.data_digest,
             world_size=self.env.world_size,
+            counters={"d_saturated_steps": int(self.saturated_steps.item())},
         )  # fmt: skip
 
     def resolved_config(self) -> dict[str, Any]:
@@ -554,6 +707,8 @@ class GanTrainer:
         try:
             self.generator.load_state_dict(checkpoint["models"]["generator"])
             self.discriminator.load_state_dict(checkpoint["models"]["discriminator"])
+            if self.generator_ema is not None:
+                self.generator_ema.load_state_dict(checkpoint["models"]["generator_ema"])
             self.opt_g.load_state_dict(checkpoint["optimizers"]["generator"])
             self.opt_d.load_state_dict(checkpoint["optimizers"]["discriminator"])
             self.sched_g.load_state_dict(checkpoint["schedulers"]["generator"])
@@ -565,6 +720,8 @@ class GanTrainer:
             ) from None
         _set_rng_state(checkpoint.get("rng", {}))
         self.step = step
+        saturated = checkpoint.get("counters", {}).get("d_saturated_steps", 0)
+        self.saturated_steps = torch.tensor(float(saturated), device=self.device)
 
 
 def _plain_state(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -225,7 +225,7 @@ class CheckpointSource:
         self.path = str(path)
         self.checkpoint = ck.load_checkpoint(path, kind="gan")
         self.text_encoder = ck.build_model(self.checkpoint, "text_encoder", self.path)
-        self.generator = ck.build_model(self.checkpoint, "generator", self.path)
+        self.generator = ck.generator_for_inference(self.checkpoint, self.path)
         self.noise_dim = self.generator.config.noise_dim
         self.precision = "torch-fp32"
         self.description = f"checkpoint {self.path} (step {self.checkpoint.get('step')})"

@@ -52,6 +52,7 @@ from train.data.attributes import Attributes
 from train.data.files import read_info, read_split
 from train.data.schema import DataError, SplitData
 from train.data.synth import render_items, split_class_ids
+from train.data.twins import AttributeTwins
 from train.errors import BAD_INPUT, ConfigError, first_line
 from train.options import option
 from train.runs import (
@@ -202,43 +203,6 @@ def resolve_classes(config: PretrainConfig, train_split: SplitData) -> PretrainC
 # --------------------------------------------------------------------------------------------
 # Data: a pure function of (seed, step)
 # --------------------------------------------------------------------------------------------
-
-
-class AttributeTwins:
-    """For an image, the images whose attributes differ from its own in exactly one attribute.
-
-    In-batch contrastive learning only learns what tells a batch apart. With 64 random
-    rescue-scenes images, two that differ only in the helmet (or only in the pose) almost never
-    meet, so the model can reach a low loss while ignoring the helmet (measured:
-    docs/TEXT_ENCODER.md § Objective). Pairing each anchor with such a twin makes
-    every attribute decide some comparisons in every batch.
-    """
-
-    def __init__(self, attributes: np.ndarray) -> None:
-        rows = np.asarray(attributes, dtype=np.int64)  # (N, A)
-        combos, inverse = np.unique(rows, axis=0, return_inverse=True)
-        inverse = inverse.reshape(-1)
-        self.combo_of = inverse  # (N,): which attribute combination each image has
-        self.images_of = [np.flatnonzero(inverse == c) for c in range(len(combos))]
-        index = {tuple(row): c for c, row in enumerate(combos.tolist())}
-        values = [np.unique(rows[:, a]).tolist() for a in range(rows.shape[1])]
-        # neighbours[c][a]: combinations that differ from c in attribute a only (present in N).
-        self.neighbours: list[list[list[int]]] = []
-        for row in combos.tolist():
-            per_attribute = []
-            for a, choices in enumerate(values):
-                found = [index.get((*row[:a], v, *row[a + 1 :])) for v in choices if v != row[a]]
-                per_attribute.append([c for c in found if c is not None])
-            self.neighbours.append([n for n in per_attribute if n])
-
-    def twin(self, image: int, rng: np.random.Generator) -> int | None:
-        """A random image differing from `image` in one attribute (attribute drawn uniformly)."""
-        options = self.neighbours[self.combo_of[image]]
-        if not options:
-            return None
-        combos = options[int(rng.integers(len(options)))]
-        images = self.images_of[combos[int(rng.integers(len(combos)))]]
-        return int(images[int(rng.integers(len(images)))])
 
 
 class BatchSchedule:

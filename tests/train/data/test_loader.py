@@ -14,6 +14,7 @@ import torch
 from train.data import loader as ld
 from train.data import schema
 from train.data.schema import DataError, SplitData
+from train.data.twins import AttributeTwins
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -262,3 +263,95 @@ def test_loader_missing_split_and_file_name_the_file(tmp_path: Path) -> None:
         ld.GanClsDataset.open(path, "test", ld.LoaderConfig(lazy=True))
     with pytest.raises(DataError, match="not found"):
         ld.GanClsDataset.open(tmp_path / "missing.h5", "train", ld.LoaderConfig())
+
+
+def _attribute_split(n: int = 300, seed: int = 0) -> SplitData:
+    """Images of a 3×3×2 attribute grid whose class id encodes every attribute."""
+    rng = np.random.default_rng(seed)
+    attributes = np.stack(
+        [rng.integers(0, 3, n), rng.integers(0, 3, n), rng.integers(0, 2, n)], axis=1
+    ).astype(np.int16)
+    class_ids = (attributes[:, 0] * 3 + attributes[:, 1]) * 2 + attributes[:, 2]
+    images = rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8)
+    caps = [[f"image {i} caption {j}" for j in range(4)] for i in range(n)]
+    return SplitData(images, caps, class_ids.astype(np.int64), attributes)
+
+
+def test_twins_draw_differs_in_exactly_one_attribute_and_covers_every_attribute() -> None:
+    split = _attribute_split()
+    twins = AttributeTwins(split.attributes)
+    drawn = twins.draw(np.arange(len(split)), np.random.default_rng(3))
+    assert (drawn >= 0).all()
+    differing = (split.attributes[drawn] != split.attributes).sum(axis=1)
+    assert (differing == 1).all()
+    # Attribute first, uniformly: each of the 3 attributes decides about a third of the draws.
+    which = np.argmax(split.attributes[drawn] != split.attributes, axis=1)
+    assert np.allclose(np.bincount(which, minlength=3) / len(split), 1 / 3, atol=0.08)
+    # No twin in the set: −1.
+    lonely = AttributeTwins(np.array([[0, 0], [1, 1]], dtype=np.int16))
+    assert (lonely.draw(np.arange(2), np.random.default_rng(0)) == -1).all()
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 1.0])
+def test_loader_hard_negatives_differ_in_exactly_one_attribute(fraction: float) -> None:
+    split = _attribute_split()
+    config = ld.LoaderConfig(batch_size=10, hard_negative_fraction=fraction)
+    dataset = ld.GanClsDataset.from_split(split, config)
+    draws = dataset.draws(0)
+    hard = draws.hard_negative
+    assert hard.mean() == pytest.approx(fraction, abs=0.08)
+    differing = (split.attributes[draws.wrong] != split.attributes).sum(axis=1)
+    assert (differing[hard] == 1).all()
+    assert (split.class_ids[draws.wrong] != split.class_ids).all()  # still another class
+    # Random other classes differ in more attributes on average than the hard share.
+    if fraction < 1:
+        assert differing[~hard].mean() > 1.3
+    # The other draws of the epoch do not depend on the fraction (a second random stream).
+    plain = ld.GanClsDataset.from_split(split, ld.LoaderConfig(batch_size=10)).draws(0)
+    assert np.array_equal(plain.captions, draws.captions)
+    assert np.array_equal(plain.partner, draws.partner)
+    assert np.array_equal(plain.wrong[~hard], draws.wrong[~hard])
+
+
+def test_loader_hard_negatives_deterministic_and_sharded_like_one_process() -> None:
+    split = _attribute_split()
+    config = ld.LoaderConfig(batch_size=10, hard_negative_fraction=0.5)
+    one = ld.GanClsLoader(ld.GanClsDataset.from_split(split, config))
+    again = ld.GanClsLoader(ld.GanClsDataset.from_split(split, config))
+    for a, b in zip(_all_batches(one, 2), _all_batches(again, 2), strict=True):
+        assert torch.equal(a.wrong_indices, b.wrong_indices)
+    config = ld.LoaderConfig(batch_size=5, hard_negative_fraction=0.5)
+    ranks = [ld.GanClsLoader(ld.GanClsDataset.from_split(split, config), r, 2) for r in (0, 1)]
+    global_batch = next(one.batches(1))
+    parts = [next(r.batches(1)) for r in ranks]
+    pairs = [zip(p.indices, p.wrong_indices, strict=True) for p in parts]
+    merged = {int(i): int(w) for part in pairs for i, w in part}
+    whole = zip(global_batch.indices, global_batch.wrong_indices, strict=True)
+    assert merged == {int(i): int(w) for i, w in whole}
+
+
+def test_loader_hard_negatives_without_attributes_fall_back_to_random_classes() -> None:
+    split = _split()
+    config = ld.LoaderConfig(batch_size=8, hard_negative_fraction=1.0)
+    draws = ld.GanClsDataset.from_split(split, config).draws(0)
+    assert not draws.hard_negative.any()
+    assert (split.class_ids[draws.wrong] != split.class_ids).all()
+    plain = ld.GanClsDataset.from_split(split, ld.LoaderConfig(batch_size=8)).draws(0)
+    assert np.array_equal(plain.wrong, draws.wrong)
+
+
+def test_loader_hard_negatives_read_attributes_in_lazy_mode_too(tmp_path: Path) -> None:
+    split = _attribute_split(n=60)
+    path = schema.write_dataset(
+        tmp_path / "a.h5", {"train": split}, dataset="grid", image_size=64,
+        attribute_names=("a", "b", "c"),
+        attribute_values={"a": ("0", "1", "2"), "b": ("0", "1", "2"), "c": ("0", "1")},
+    )  # fmt: skip
+    config = ld.LoaderConfig(batch_size=6, hard_negative_fraction=0.5)
+    memory, _ = ld.GanClsDataset.open(path, "train", config)
+    lazy, _ = ld.GanClsDataset.open(
+        path, "train", ld.LoaderConfig(**{**config.__dict__, "lazy": True})
+    )
+    assert lazy.twins is not None and memory.twins is not None
+    assert np.array_equal(memory.draws(0).wrong, lazy.draws(0).wrong)
+    assert memory.draws(0).hard_negative.any()

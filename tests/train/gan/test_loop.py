@@ -34,7 +34,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def inputs(tmp_path: Path) -> dict[str, Path]:
     data = schema.write_dataset(
         tmp_path / "tiny.h5",
-        {"train": generated_split(64, captions=4, seed=0)},
+        {
+            "train": generated_split(64, captions=4, seed=0),
+            "test": generated_split(16, captions=4, seed=1),
+        },
         dataset="tiny",
         image_size=64,
     )
@@ -57,9 +60,11 @@ def _state(run_dir: Path) -> dict:
 
 def _assert_same_training_state(a: dict, b: dict) -> None:
     assert a["step"] == b["step"]
-    for net in ("generator", "discriminator"):
-        for key, tensor in a["models"][net].items():
+    assert set(a["models"]) == set(b["models"])
+    for net in ("generator", "generator_ema", "discriminator"):
+        for key, tensor in a["models"].get(net, {}).items():
             assert torch.equal(tensor, b["models"][net][key]), f"{net}.{key} differs"
+    for net in ("generator", "discriminator"):
         opt_a, opt_b = a["optimizers"][net]["state"], b["optimizers"][net]["state"]
         for index, entry in opt_a.items():
             for key, value in entry.items():
@@ -82,7 +87,9 @@ def test_gan_dry_run_trains_one_step_and_writes_a_complete_run_folder(
     assert config["dry_run"] and config["steps"] == 1 and config["run"]["total_steps"] == 1
     checkpoint = _state(run)
     assert checkpoint["step"] == 1 and checkpoint["config"]["data"] is None
-    assert set(checkpoint["models"]) == {"generator", "discriminator", "text_encoder"}
+    assert set(checkpoint["models"]) == {
+        "generator", "generator_ema", "discriminator", "text_encoder"
+    }  # fmt: skip
     gen = ck.build_model(checkpoint, "generator")
     assert gen(torch.randn(2, 100), torch.randn(2, 1024)).shape == (2, 3, 64, 64)
     (line,) = (run / "metrics.jsonl").read_text().splitlines()
@@ -102,17 +109,35 @@ def test_gan_dry_run_trains_one_step_and_writes_a_complete_run_folder(
     assert capsys.readouterr().out.strip().endswith("00001-generated-ngf8-ndf8")
 
 
+@pytest.mark.parametrize(
+    "regularisers",
+    [(), ("--r1-gamma", "1", "--r1-every", "2", "--d-augment", "translation,cutout")],
+    ids=["default", "r1-augment"],
+)
 def test_gan_resume_is_bitwise_identical_to_an_uninterrupted_run(
-    inputs: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    inputs: dict[str, Path],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    regularisers: tuple[str, ...],
 ) -> None:
     # 64 images / batch 8 = 8 steps per epoch: 10 steps cross an epoch and a learning-rate decay.
-    common = ("--lr-decay-every", "1", "--checkpoint-every", "100")
+    # The default keeps the generator's weight average (--ema-decay): it must resume exactly too.
+    common = ("--lr-decay-every", "1", "--checkpoint-every", "100", *regularisers)
     cache = ("--embedding-cache", str(tmp_path / "cache"))
-    assert loop.main(_args(inputs, *common, *cache, "--steps", "10", out=tmp_path / "a")) == 0
+    # Measurements must not change training: the straight run makes none, the other measures
+    # per-term gradient norms every 2 steps and D's held-out score at every log line.
+    quiet = ("--held-out-split", "off", "--grad-norm-every", "0")
+    assert (
+        loop.main(_args(inputs, *common, *cache, *quiet, "--steps", "10", out=tmp_path / "a")) == 0
+    )
     straight = _state(_run_dirs(tmp_path / "a")[0])
     caplog.clear()
+    probes = ("--grad-norm-every", "2")
     with caplog.at_level(logging.INFO):
-        assert loop.main(_args(inputs, *common, *cache, "--steps", "5", out=tmp_path / "b")) == 0
+        assert (
+            loop.main(_args(inputs, *common, *cache, *probes, "--steps", "5", out=tmp_path / "b"))
+            == 0
+        )
     assert "from cache" in caplog.text  # the second run reused the first run's embeddings
     run_b = _run_dirs(tmp_path / "b")[0]
     assert _state(run_b)["step"] == 5
@@ -121,15 +146,29 @@ def test_gan_resume_is_bitwise_identical_to_an_uninterrupted_run(
     _assert_same_training_state(straight, resumed)
     lrs = [json.loads(x)["lr"] for x in (run_b / "metrics.jsonl").read_text().splitlines()]
     assert lrs == [2e-4] * 8 + [1e-4] * 2  # halved after epoch 1, one line per step
+    lines = [json.loads(x) for x in (run_b / "metrics.jsonl").read_text().splitlines()]
+    terms = {"grad_norm/G/nonsaturating", "grad_norm/G/gan_int", "grad_norm/G/feature_matching",
+             "grad_norm/G/text_image_match"}  # fmt: skip
+    assert all(terms <= set(line) for line in lines[1::2])  # steps 2, 4, ...
+    assert not any(terms & set(line) for line in lines[0::2])
+    assert all(line[t] > 0 for line in lines[1::2] for t in terms)
+    assert all(0 < line["D(x)/held_out_right_text"] < 1 for line in lines)
+    assert all(line["D/saturated"] in (0.0, 1.0) for line in lines)
+    assert lines[-1]["D/saturated_steps_total"] == sum(line["D/saturated"] for line in lines)
     # The GAN checkpoint contract (docs/ARCHITECTURE.md).
-    assert set(resumed["models"]) == {"generator", "discriminator", "text_encoder", "image_encoder"}
+    assert set(resumed["models"]) == {
+        "generator", "generator_ema", "discriminator", "text_encoder", "image_encoder"
+    }  # fmt: skip
     assert resumed["config"]["data"] == str(inputs["data"])
     assert resumed["config"]["text_encoder_checkpoint"] == {
         "path": str(inputs["te"].resolve()),
         "sha256": ck.file_sha256(inputs["te"]),
     }
-    for name in ("generator", "discriminator", "text_encoder", "image_encoder"):
+    for name in ("generator", "generator_ema", "discriminator", "text_encoder", "image_encoder"):
         ck.build_model(resumed, name)
+    # The weight average moved away from the trained weights (warm-up: it is not a copy).
+    ema, trained = resumed["models"]["generator_ema"], resumed["models"]["generator"]
+    assert not torch.equal(ema["to_rgb.weight"], trained["to_rgb.weight"])
     assert isinstance(resumed["rng"]["torch"], torch.Tensor)
     assert resumed["epoch"] == 1 and resumed["batch_in_epoch"] == 2
 

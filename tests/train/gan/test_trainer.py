@@ -4,6 +4,7 @@ and, with synchronised batch norm, computes what one process computes on the glo
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 WORKER = textwrap.dedent(
     """
-    import sys, torch
+    import json, sys, torch
     from train import distributed
     from train.gan import trainer as gan
     from train.gan.config import GanTrainConfig, validate
@@ -36,7 +37,8 @@ WORKER = textwrap.dedent(
     env = distributed.init_distributed("cpu")
     config = validate(GanTrainConfig(
         text_encoder=text_encoder, ngf=8, ndf=8, batch_size=8, captions_per_sample=2,
-        embedding_cache="off", progress=False, device="cpu", amp="off"), env.world_size)
+        embedding_cache="off", progress=False, device="cpu", amp="off",
+        **(json.loads(sys.argv[4]) if len(sys.argv) > 4 else {})), env.world_size)
     trainer = gan.GanTrainer(config, env, split=gan.generated_split(64, captions=4, seed=0))
     record = {}
     for i, batch in enumerate(trainer.loader.batches(0)):
@@ -66,11 +68,11 @@ def _tiny_text_encoder(path: Path) -> Path:
     return ck.save_checkpoint(checkpoint, path)
 
 
-def _single_process(text_encoder: Path) -> dict:
+def _single_process(text_encoder: Path, **extra: object) -> dict:
     config = validate(
         GanTrainConfig(
             text_encoder=str(text_encoder), ngf=8, ndf=8, batch_size=8, captions_per_sample=2,
-            embedding_cache="off", progress=False, device="cpu", amp="off",
+            embedding_cache="off", progress=False, device="cpu", amp="off", **extra,
         )
     )  # fmt: skip
     trainer = gan.GanTrainer(
@@ -83,20 +85,42 @@ def _single_process(text_encoder: Path) -> dict:
     return {"metrics_1": {k: float(v) for k, v in metrics.items()}, "state_1": state}
 
 
-def test_gan_ddp_two_gloo_processes_stay_identical_and_sync_batch_norm(tmp_path: Path) -> None:
-    text_encoder = _tiny_text_encoder(tmp_path / "te.pt")
+def _two_processes(tmp_path: Path, text_encoder: Path, extra: dict | None = None) -> list[dict]:
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        str(worker), str(tmp_path), str(text_encoder), str(STEPS),
+        str(worker), str(tmp_path), str(text_encoder), str(STEPS), json.dumps(extra or {}),
     ]  # fmt: skip
     done = subprocess.run(
         command, env=env, capture_output=True, text=True, timeout=300, check=False
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    # A double backward through a bare all_reduce would be silently wrong; torch warns.
+    assert "an autograd kernel was not registered" not in done.stderr
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+def test_gan_ddp_r1_and_augmentation_stay_identical_and_match_one_process(
+    tmp_path: Path,
+) -> None:
+    text_encoder = _tiny_text_encoder(tmp_path / "te.pt")
+    extra = {"r1_gamma": 1.0, "d_augment": "translation,cutout", "grad_norm_every": 1}
+    ranks = _two_processes(tmp_path, text_encoder, extra)
+    for key, value in ranks[0]["state_n"].items():
+        assert torch.equal(value, ranks[1]["state_n"][key]), key
+    single = _single_process(text_encoder, **extra)
+    # The penalty's input gradients cross ranks through synchronised batch norm, so the
+    # ranks' mean equals one process's penalty on the global batch (same augmentation draws).
+    for name in ("D/r1_penalty", "gan_cls/real", "gan_cls/fake"):
+        ddp = (ranks[0]["metrics_1"][name] + ranks[1]["metrics_1"][name]) / 2
+        assert ddp == pytest.approx(single["metrics_1"][name], rel=1e-3), name
+
+
+def test_gan_ddp_two_gloo_processes_stay_identical_and_sync_batch_norm(tmp_path: Path) -> None:
+    text_encoder = _tiny_text_encoder(tmp_path / "te.pt")
+    ranks = _two_processes(tmp_path, text_encoder)
 
     # Gradients are averaged, so after several steps both replicas hold bitwise the same weights
     # and batch-norm buffers.
