@@ -285,7 +285,7 @@ def _exclusive(port: serial.Serial) -> None:
     """TIOCEXCL: the kernel refuses any further open of the tty (EBUSY) while it is ours.
 
     pyserial's `exclusive` is an advisory flock that another process simply ignores, and then
-    it can inject replies and read requests (issue 18). Root (CAP_SYS_ADMIN) still gets in.
+    it can inject replies and read requests. Root (CAP_SYS_ADMIN) still gets in.
     """
     request = getattr(termios, "TIOCEXCL", None)
     if request is None:  # pragma: no cover - every Linux and BSD has it
@@ -924,7 +924,7 @@ class Service:
             saved = self.output.save(files)
         except OutputError as err:
             self._refresh_usage()
-            # Replies name nothing outside the output directory (issue 18): no absolute paths.
+            # Replies name nothing outside the output directory: no absolute paths.
             message = str(err).replace(str(self.output.path), "<out>")
             self._error(request.id, Code.OUTPUT, message, request.link)
             return

@@ -1,4 +1,4 @@
-"""Benchmarks of the signed operator link (issue 18); they measure and print, never judge.
+"""Benchmarks of the signed operator link; they measure and print, never judge.
 
     python scripts/bench_link.py overhead [--iters 2000]
         signing cost per request: the pure functions, and a signed vs an unsigned ping round trip

@@ -6,9 +6,9 @@
 
 Stages, in one numbered run folder `<out>/NNNNN/` (its `config.json` written before any work):
 
-1. **text encoder** (`text-encoder/`): issue 4's pretraining (InfoNCE) for 1,000 steps instead of
-   its 650-step default (`RecipeConfig.text_steps` says why), no final eval (the GAN evaluation
-   below measures what matters here);
+1. **text encoder** (`text-encoder/`): the joint pretraining (InfoNCE, docs/TEXT_ENCODER.md) for
+   1,000 steps instead of its 650-step default (`RecipeConfig.text_steps` says why), no final
+   eval (the GAN evaluation below measures what matters here);
 2. **GAN** (`gan/`): GAN-CLS + GAN-INT (β ½) + feature matching + the text–image matching term
    (`GanTrainConfig.match_weight`) on the cached embeddings of the
    frozen encoder, for whatever remains of `--minutes` (setup and the embedding table count);

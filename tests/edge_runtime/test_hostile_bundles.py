@@ -177,7 +177,7 @@ def _parent(path: tuple[Any, ...]) -> Any:
 
 
 def _why_cases() -> list[Case]:
-    """The attacks of issue 19's Why, by name, plus cross-field inconsistencies."""
+    """The attacks the hostile-files review found, by name, plus cross-field inconsistencies."""
     model = ("model",)
     cases = [
         Case("why:embedding_dim-wrong", _set((*model, "embedding_dim"), 33)),

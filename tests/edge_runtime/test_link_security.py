@@ -1,5 +1,5 @@
-"""Issue 18 over a real pty pair: signed requests and replies, hostile lines rejected within the
-junk reply budget, the disk budget, fair use of the link, the exclusive port, and what fetch
+"""Link security over a real pty pair: signed requests and replies, hostile lines rejected within
+the junk reply budget, the disk budget, fair use of the link, the exclusive port, and what fetch
 serves."""
 
 from __future__ import annotations

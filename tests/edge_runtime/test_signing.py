@@ -1,6 +1,7 @@
 """The pure signing layer: tags, the per-link replay guard, key files, and the worked example of
-docs/PROTOCOL.md. Most of the ≥ 10,000 generated hostile cases of issue 18 run here, against the
-verifier alone (fast); test_link_security.py sends a smaller number over a real pty."""
+docs/PROTOCOL.md. Most of the ≥ 10,000 generated hostile cases of the link-security targets run
+here, against the verifier alone (fast); test_link_security.py sends a smaller number over a
+real pty."""
 
 from __future__ import annotations
 

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 train=args.train,
                 test=args.test,
                 test_unseen=args.unseen,
-                test_phrasing=0,  # figures stay comparable with those taken before issue 17
+                test_phrasing=0,  # figures stay comparable with those taken before test_phrasing
                 workers=args.workers,
             )
         )

@@ -42,7 +42,7 @@ def describe(path: Path, verify: bool) -> dict[str, object]:
                 else None,
                 "classes": int(np.unique(split.class_ids).size),
                 "has_attributes": split.attributes is not None,
-                # caption_stated (issue 17): how many captions leave some attribute unstated.
+                # caption_stated: how many captions leave some attribute unstated.
                 "partial_captions": None if split.caption_stated is None
                 else int((split.caption_stated != (1 << len(info.attribute_names)) - 1).sum()),
                 "image_mean_rgb": [round(float(v), 1) for v in split.images.mean((0, 1, 2))]

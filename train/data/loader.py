@@ -11,7 +11,7 @@ Each sample of a batch carries (all indices into the split):
   K captions (and, on request, its augmented image): the mismatched pair of GAN-CLS. A share
   (`hard_negative_fraction`) of them are *hard negatives* instead: an image whose attributes
   differ from the real one's in exactly one (`train.data.twins.AttributeTwins`), so the mismatch
-  task cannot be solved by the 3–4 attributes a random other class usually differs in (issue 16);
+  task cannot be solved by the 3–4 attributes a random other class usually differs in;
   datasets without attributes (CUB, Oxford) keep random other classes;
 - a GAN-INT *partner*: a different image with K captions, to interpolate embeddings with.
 

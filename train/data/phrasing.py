@@ -1,4 +1,4 @@
-"""Operator phrasing: partial captions and a held-out phrasing family (issue 17).
+"""Operator phrasing: partial captions and a held-out phrasing family.
 
 Operators do not speak the training grammar (`train.data.captions`): they state one to four
 attributes ("anyone in yellow?", "figure collapsed in the mud", "red top, near the left edge") in

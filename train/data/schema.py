@@ -16,7 +16,7 @@ Layout (documented for users in docs/DATA_FORMAT.md)::
                              (optional: only where attributes are known, e.g. rescue-scenes)
         names                vlen UTF-8 str (N,): source file / image id (optional)
         caption_stated       uint8 (N, C): bit a set = caption states attribute_names[a]
-                             (optional extension, issue 17; absent = every caption states all)
+                             (optional extension; absent = every caption states all)
 
 Files are written to a temp file beside the target and renamed, so a failed write never leaves a
 partial dataset. Every reader error is a `DataError` whose one-line message names the file and the

@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 1
 """Bump when a change to the renderer or grammar changes the images or captions for a seed.
-Adding `test_phrasing` (issue 17) did not: train, test and test_unseen are unchanged, and the new
+Adding `test_phrasing` did not: train, test and test_unseen are unchanged, and the new
 split is named by `PHRASING_VERSION`."""
 PHRASING_VERSION = 1
 """Bump when `train.data.phrasing` changes what a seed produces (test_phrasing, partial ones)."""

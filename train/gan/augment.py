@@ -1,10 +1,10 @@
 """Differentiable augmentation of every image D sees (DiffAugment, Zhao et al. 2020), restricted
 to transformations that keep every rescue-scenes attribute.
 
-D overfits its real images long before G catches up (issue 16: its adversarial loss reaches
-0.001); showing it randomly shifted and partly masked images, real and fake alike, takes away the
-pixel-exact cues it memorises, and because the transformations are differentiable G still gets a
-gradient through them. Only two kinds are allowed:
+D overfits its real images long before G catches up (its adversarial loss reached 0.001;
+docs/GAN_TRAINING.md § D regularisers); showing it randomly shifted and partly masked images,
+real and fake alike, takes away the pixel-exact cues it memorises, and because the
+transformations are differentiable G still gets a gradient through them. Only two kinds are allowed:
 
 - translation by at most a few pixels (`max_shift`), replicate-padded: the figure stays in its
   left / centre / right third (a third is 21 px) and the terrain runs on to the border;

@@ -150,7 +150,8 @@ class GanTrainConfig:
     """Hard negatives for GAN-CLS's mismatched pair (train/data/loader.py): this share of the
     wrong captions come from an attribute twin of the real image (one attribute differs), the
     rest from a random other class. Why: random other classes differ in 3–4 of 5 attributes, so
-    D's mismatch task saturates early (issue 16). Datasets without attributes keep random ones."""
+    D's mismatch task saturates early (docs/GAN_TRAINING.md § D regularisers). Datasets without
+    attributes keep random ones."""
     r1_gamma: float | None = _term(
         "R1 penalty γ on D's gradient at real (image, right text) pairs (0 = off)", at_least=0
     )
@@ -223,7 +224,7 @@ class GanTrainConfig:
     )
     """Exponential moving average of G's weights, warmed up (train/gan/ema.py); the average is
     what sample grids show and what evaluation and export use (`train.checkpoint.
-    generator_for_inference`). 0 = off: the trained weights are used, as before issue 16."""
+    generator_for_inference`). 0 = off: the trained weights are used, as in older runs."""
     epochs: int = option(600, "epochs to train", group="optimisation", at_least=1)
     steps: int | None = option(
         None, "stop after this many steps in total", group="optimisation", at_least=1
@@ -356,7 +357,7 @@ RESUMABLE_OVERRIDES = frozenset(
 
 LEGACY_VALUES: dict[str, Any] = {"ema_decay": 0.0}
 """Values of fields added after a checkpoint was written that match how it was trained (checkpoints
-from before issue 16 hold no weight average)."""
+written before `ema_decay` existed hold no weight average)."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@
   every class's mean caption embedding (Reed's class-wise structured joint embedding).
 - R1 (Mescheder et al. 2018): a zero-centred penalty on the gradient of D's real-pair score with
   respect to the real image, `γ/2 · E ‖∇ₓ D(x, t)‖²`, which keeps D from becoming so sharp that it
-  stops telling G anything (issue 16).
+  stops telling G anything (docs/GAN_TRAINING.md § D regularisers).
 - Optional extras: one-sided label smoothing (Salimans et al. 2016, §3.4) and an L1 term pulling
   the generated image towards the real image of the same caption.
 

@@ -70,7 +70,8 @@ GRID_CAPTIONS = 8
 HELD_OUT_IMAGES = 64
 """Images of the held-out split D is scored on at each log step (a fixed batch)."""
 SATURATED_BELOW = 0.01
-"""D's GAN-CLS loss under which a step counts as saturated (issue 16's target: ≤ 5 % of steps)."""
+"""D's GAN-CLS loss under which a step counts as saturated (the target: ≤ 5 % of steps after
+warm-up, docs/QUALITY.md)."""
 GRID_NOISE = 8
 INTERP_PAIRS = 4
 INTERP_STEPS = 8

@@ -11,8 +11,8 @@ Six perturbations, each a pure function of (text, rng) so evaluation is reproduc
 - `doubled_letters`: a key held too long — one letter doubled in about a third of the words.
 - `missing_spaces`: a space bar missed — about a third of the spaces dropped ("inthe mud").
 
-The last two came with issue 17 (operators typing under stress); they are measured, not yet
-used by `augment`, whose mix the next measured training run decides.
+The last two model operators typing under stress (docs/DATA_FORMAT.md § Operator phrasing);
+they are measured, not yet used by `augment`, whose mix the next measured training run decides.
 
 `augment` draws a random mix of them for training (Reed trained on clean captions only; without
 augmentation a char-CNN trained on a small grammar has never seen a misspelt word. Trained with

@@ -132,7 +132,7 @@ class PretrainConfig:
     monitor_images: int = 500
     eval_splits: tuple[str, ...] = ("test", "test_unseen", "test_phrasing")
     """Splits the final evaluation (eval-text) runs on, where the dataset has them (files made
-    before issue 17 have no test_phrasing)."""
+    before phrasing version 1 have no test_phrasing)."""
     dry_run: bool = False
     """One step on rendered rescue-scenes data instead of `data`."""
     augment_ramp: float = 0.3

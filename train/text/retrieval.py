@@ -200,7 +200,7 @@ def partial_r_precision(
     num_candidates: int = 100,
     seed: int = 0,
 ) -> RPrecision:
-    """R-precision of captions that state only some attributes (issue 17).
+    """R-precision of captions that state only some attributes (docs/TEXT_ENCODER.md).
 
     `query_stated[q]` is q's bitmask over the attribute columns of `pool_attributes` (N, A).
     A distractor must contradict the caption in at least one *stated* attribute: an image that

@@ -1,4 +1,4 @@
-"""Operator phrasing (issue 17): partial captions, the held-out family, their labels."""
+"""Operator phrasing: partial captions, the held-out family, their labels."""
 
 from __future__ import annotations
 
