@@ -13,11 +13,15 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from edge_runtime.stdio import quiet_on_closed_pipe
+from train import options
 from train.cli import missing_extra
+from train.errors import BAD_INPUT, ConfigError, first_line
+
+if TYPE_CHECKING:
+    from export.pipeline import ExportFlags
 
 log = logging.getLogger(__name__)
 
@@ -37,97 +41,42 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command-line flags."""
+    """The command-line flags, generated from `ExportFlags`, then `-v` (logging, not export)."""
     # Lazy: these import torch, and main first says which extra is missing on a robot install.
-    from export.calibration import MIN_CALIBRATION
-    from export.pipeline import DEFAULT_FP32_FORM, DEFAULT_SUBPIXEL
-    from export.prepare import GENERATOR_FORMS, SUBPIXEL_FORMS
+    from export.pipeline import ExportFlags
 
     p = _Parser(
         prog="rescue-export",
         description="Export a GAN checkpoint to a verified ONNX bundle "
         "(fp32, plus int8 with --quantize).",
     )
-    p.add_argument("--checkpoint", type=Path, required=True, help="GAN checkpoint (kind 'gan')")
-    p.add_argument("--out", type=Path, required=True, help="bundle directory to create")
-    p.add_argument("--quantize", action="store_true", help="also build and gate the int8 variant")
-    p.add_argument(
-        "--data",
-        type=Path,
-        help="dataset HDF5 whose train captions calibrate int8 "
-        "(default: the checkpoint's config['data'])",
-    )
-    p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
-    p.add_argument(
-        "--allow-lossy",
-        action="store_true",
-        help="ship an int8 variant that fails the quality gate (marked gate_passed=false)",
-    )
-    p.add_argument(
-        "--oracle",
-        type=Path,
-        help="attribute-oracle checkpoint: record its accuracy on int8 vs fp32",
-    )
-    p.add_argument(
-        "--force-oracle",
-        action="store_true",
-        help="use an --oracle that fails its honesty checks (recorded in the manifest)",
-    )
-    p.add_argument("--name", help="bundle name in the manifest (default: the --out directory name)")
-    p.add_argument(
-        "--subpixel",
-        choices=SUBPIXEL_FORMS,
-        default=DEFAULT_SUBPIXEL,
-        help=f"sub-pixel rewrite of the int8 generator (default {DEFAULT_SUBPIXEL}, "
-        "the fastest measured)",
-    )
-    p.add_argument(
-        "--fp32-form",
-        choices=GENERATOR_FORMS,
-        default=DEFAULT_FP32_FORM,
-        help=f"form of the fp32 generator (default {DEFAULT_FP32_FORM}: batch norm folded, "
-        "transposed convolutions kept, the fastest fp32 measured)",
-    )
-    p.add_argument(
-        "--calibration-size",
-        type=int,
-        default=512,
-        help=f"training captions for int8 calibration (at least {MIN_CALIBRATION})",
-    )
-    p.add_argument(
-        "--min-psnr", type=float, default=30.0, help="quality gate: PSNR of int8 vs fp32 in dB"
-    )
+    options.build_parser(ExportFlags, p, given_only=False)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
 
-def _validate(args: argparse.Namespace) -> str | None:
-    """The first flag problem, as one line, or None."""
-    from export.calibration import MIN_CALIBRATION  # lazy: imports torch (see build_parser)
-
-    if not args.checkpoint.is_file():
-        return f"--checkpoint {args.checkpoint}: file not found"
-    if args.out.exists() and not args.force:
-        return f"--out {args.out}: already exists (use --force to replace it)"
-    if args.out.exists() and not args.out.is_dir():
-        return f"--out {args.out}: exists and is not a directory"
-    if args.data is not None and not args.data.is_file():
-        return f"--data {args.data}: file not found"
-    if args.data is not None and not args.quantize:
-        return "--data is only used with --quantize"
-    if args.allow_lossy and not args.quantize:
-        return "--allow-lossy is only used with --quantize"
-    if args.oracle is not None and not args.quantize:
-        return "--oracle is only used with --quantize"
-    if args.force_oracle and args.oracle is None:
-        return "--force-oracle is only used with --oracle"
-    if args.oracle is not None and not args.oracle.is_file():
-        return f"--oracle {args.oracle}: file not found"
-    if args.calibration_size < MIN_CALIBRATION:
-        return f"--calibration-size {args.calibration_size}: at least {MIN_CALIBRATION} captions"
-    if not 0 < args.min_psnr < 100:
-        return f"--min-psnr {args.min_psnr}: must be between 0 and 100 dB"
-    return None
+def _check_flags(flags: ExportFlags) -> None:
+    """Raise `ConfigError` naming the first flag problem: declared ranges, then files and
+    combinations, all before any work."""
+    options.check_ranges(flags)
+    if not flags.checkpoint.is_file():
+        raise ConfigError(f"--checkpoint {flags.checkpoint}: file not found")
+    if flags.out.exists() and not flags.force:
+        raise ConfigError(f"--out {flags.out}: already exists (use --force to replace it)")
+    if flags.out.exists() and not flags.out.is_dir():
+        raise ConfigError(f"--out {flags.out}: exists and is not a directory")
+    if flags.data is not None and not flags.data.is_file():
+        raise ConfigError(f"--data {flags.data}: file not found")
+    if flags.data is not None and not flags.quantize:
+        raise ConfigError("--data is only used with --quantize")
+    if flags.allow_lossy and not flags.quantize:
+        raise ConfigError("--allow-lossy is only used with --quantize")
+    if flags.oracle is not None and not flags.quantize:
+        raise ConfigError("--oracle is only used with --quantize")
+    if flags.force_oracle and flags.oracle is None:
+        raise ConfigError("--force-oracle is only used with --oracle")
+    if flags.oracle is not None and not flags.oracle.is_file():
+        raise ConfigError(f"--oracle {flags.oracle}: file not found")
 
 
 @quiet_on_closed_pipe
@@ -143,39 +92,25 @@ def main(argv: list[str] | None = None) -> int:
     except _UsageError as err:
         print(f"rescue-export: error: {err} (see --help)", file=sys.stderr)
         return EXIT_USAGE
+    verbose = vars(args).pop("verbose")
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    problem = _validate(args)
-    if problem:
-        print(f"rescue-export: error: {problem}", file=sys.stderr)
-        return EXIT_USAGE
-
     # Lazy like build_parser's: torch and onnx load after the missing-extra check in main.
     from export.errors import ExportError
-    from export.pipeline import ExportOptions, export_bundle
-    from train.errors import BAD_INPUT, first_line
+    from export.pipeline import ExportFlags, export_bundle
 
-    options = ExportOptions(
-        checkpoint=args.checkpoint,
-        out=args.out,
-        quantize=args.quantize,
-        data=args.data,
-        force=args.force,
-        allow_lossy=args.allow_lossy,
-        oracle=args.oracle,
-        force_oracle=args.force_oracle,
-        name=args.name,
-        subpixel=args.subpixel,
-        fp32_form=args.fp32_form,
-        calibration_size=args.calibration_size,
-        min_psnr_db=args.min_psnr,
-    )
+    flags = ExportFlags(**vars(args))
     try:
-        export_bundle(options)
+        _check_flags(flags)
+    except ConfigError as err:
+        print(f"rescue-export: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        export_bundle(flags.to_options())
     except (*BAD_INPUT, ExportError) as err:
         print(f"rescue-export: error: {first_line(err)}", file=sys.stderr)
         return EXIT_FAILED

@@ -31,11 +31,12 @@ import torch
 
 from edge_runtime import bundle as b
 from export import onnx_export as ox
-from export.calibration import NOISE_SEED, Captions, _embed, load_captions
+from export.calibration import MIN_CALIBRATION, NOISE_SEED, Captions, _embed, load_captions
 from export.int8 import Int8Build, Int8Gate, load_export_oracle
 from export.prepare import GENERATOR_FORMS, SUBPIXEL_FORMS, prepare_generator
 from train import checkpoint as ck
 from train.models import CharCnnRnn, Generator
+from train.options import REQUIRED, option
 from train.timing import interleaved
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,13 @@ DEFAULT_FP32_FORM = "convtranspose"
 faster in fp32 than any sub-pixel form in `make bench` (docs/EXPORT.md)."""
 
 
+DEFAULT_CALIBRATION_SIZE = 512
+DEFAULT_MIN_PSNR_DB = 30.0
+
+
 @dataclass(frozen=True)
 class ExportOptions:
-    """Everything `export_bundle` needs; the CLI builds it from flags."""
+    """Everything `export_bundle` needs; `ExportFlags.to_options` builds it from the flags."""
 
     checkpoint: Path
     out: Path
@@ -69,9 +74,82 @@ class ExportOptions:
     """Sub-pixel form of the int8 generator (`export.prepare.SUBPIXEL_FORMS`)."""
     fp32_form: str = DEFAULT_FP32_FORM
     """Form of the fp32 generator (`export.prepare.GENERATOR_FORMS`)."""
-    calibration_size: int = 512
-    min_psnr_db: float = 30.0
+    calibration_size: int = DEFAULT_CALIBRATION_SIZE
+    min_psnr_db: float = DEFAULT_MIN_PSNR_DB
     latency_rounds: int = 20
+
+
+@dataclass(frozen=True)
+class ExportFlags:
+    """The `python -m export` command line, each flag declared once (`train.options`); here
+    rather than in `export.cli` because the forms' names come from torch-importing modules,
+    which the CLI loads only after its missing-extra check."""
+
+    checkpoint: Path = option(REQUIRED, "GAN checkpoint (kind 'gan')", required=True)
+    out: Path = option(REQUIRED, "bundle directory to create", required=True)
+    quantize: bool = option(
+        False, "also build and gate the int8 variant", show_default=False, store_true=True
+    )
+    data: Path | None = option(
+        None,
+        "dataset HDF5 whose train captions calibrate int8 "
+        "(default: the checkpoint's config['data'])",
+        show_default=False,
+    )
+    force: bool = option(
+        False, "replace an existing bundle at --out", show_default=False, store_true=True
+    )
+    allow_lossy: bool = option(
+        False,
+        "ship an int8 variant that fails the quality gate (marked gate_passed=false)",
+        show_default=False,
+        store_true=True,
+    )
+    oracle: Path | None = option(
+        None, "attribute-oracle checkpoint: record its accuracy on int8 vs fp32", show_default=False
+    )
+    force_oracle: bool = option(
+        False,
+        "use an --oracle that fails its honesty checks (recorded in the manifest)",
+        show_default=False,
+        store_true=True,
+    )
+    name: str | None = option(
+        None, "bundle name in the manifest (default: the --out directory name)", show_default=False
+    )
+    subpixel: str = option(
+        DEFAULT_SUBPIXEL,
+        f"sub-pixel rewrite of the int8 generator (default {DEFAULT_SUBPIXEL}, "
+        "the fastest measured)",
+        show_default=False,
+        choices=SUBPIXEL_FORMS,
+    )
+    fp32_form: str = option(
+        DEFAULT_FP32_FORM,
+        f"form of the fp32 generator (default {DEFAULT_FP32_FORM}: batch norm folded, "
+        "transposed convolutions kept, the fastest fp32 measured)",
+        show_default=False,
+        choices=GENERATOR_FORMS,
+    )
+    calibration_size: int = option(
+        DEFAULT_CALIBRATION_SIZE,
+        f"training captions for int8 calibration (at least {MIN_CALIBRATION})",
+        show_default=False,
+        at_least=MIN_CALIBRATION,
+    )
+    min_psnr: float = option(
+        DEFAULT_MIN_PSNR_DB,
+        "quality gate: PSNR of int8 vs fp32 in dB",
+        show_default=False,
+        above=0,
+        below=100,
+    )
+
+    def to_options(self) -> ExportOptions:
+        """The export these flags ask for (`--min-psnr` is in dB: `min_psnr_db`)."""
+        given = dataclasses.asdict(self)
+        given["min_psnr_db"] = given.pop("min_psnr")
+        return ExportOptions(**given)
 
 
 def _git_commit() -> str | None:

@@ -52,6 +52,8 @@ class Option:
     """For a flags dataclass: the config field this flag sets (nested: ("text_encoder", "rnn"))."""
     exclusive: str | None = None
     """Flags naming the same `exclusive` group cannot be given together (argparse says so)."""
+    required: bool = False
+    """The flag must be given (argparse says so); declare it with `option(REQUIRED, …)`."""
 
     def range_problem(self, value: Any) -> str | None:
         """Why `value` is outside the declared range or choices, else None."""
@@ -83,11 +85,17 @@ class Option:
         return f"must be < {self.below:g}"
 
 
+REQUIRED: Any = dataclasses.MISSING
+"""The "default" of a required flag: its field gets none, as a dataclass field without one."""
+
+
 def option(default: Any, help: str, **how: Any) -> Any:
     """A dataclass field whose flag is declared by `Option(help, **how)`."""
     spec = Option(help, **how)
     if isinstance(default, list | dict | set):
         raise TypeError("mutable defaults need default_factory")
+    if spec.required != (default is REQUIRED):
+        raise TypeError("a required flag is declared as option(REQUIRED, …, required=True)")
     return dataclasses.field(default=default, metadata={_KEY: spec})
 
 
@@ -143,12 +151,13 @@ def build_parser(
             if spec.exclusive not in exclusive:
                 exclusive[spec.exclusive] = group.add_mutually_exclusive_group()
             group = exclusive[spec.exclusive]
-        text = f"{spec.help} (default: {default})" if spec.show_default else spec.help
-        kw: dict[str, Any] = {
-            "dest": name,
-            "help": text,
-            "default": argparse.SUPPRESS if given_only else default,
-        }
+        shown = spec.show_default and not spec.required
+        text = f"{spec.help} (default: {default})" if shown else spec.help
+        kw: dict[str, Any] = {"dest": name, "help": text}
+        if spec.required:
+            kw["required"] = True
+        else:
+            kw["default"] = argparse.SUPPRESS if given_only else default
         if spec.store_true:
             kw["action"] = "store_true"
         elif value_type is bool:

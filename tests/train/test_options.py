@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from train.errors import ConfigError
-from train.options import build_parser, check_ranges, option, resume_config
+from train.options import REQUIRED, build_parser, check_ranges, option, resume_config
 
 
 @dataclass(frozen=True)
@@ -75,3 +76,32 @@ def test_options_exclusive_flags_cannot_be_given_together(
     with pytest.raises(SystemExit):
         parser.parse_args(["--oracle", "o.pt", "--train-oracle"])
     assert "not allowed with argument --oracle" in capsys.readouterr().err
+
+
+@dataclass(frozen=True)
+class Copy:
+    source: Path = option(REQUIRED, "file to copy", required=True)
+    out: Path = option(REQUIRED, "where to write it", required=True)
+    force: bool = option(False, "replace --out", store_true=True)
+
+
+def test_options_required_flags_must_be_given_and_have_no_default(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = build_parser(Copy, argparse.ArgumentParser(prog="toy"), given_only=False)
+    given = vars(parser.parse_args(["--source", "a.h5", "--out", "b"]))
+    assert Copy(**given) == Copy(source=Path("a.h5"), out=Path("b"))  # typed by the annotation
+    with pytest.raises(TypeError):
+        Copy()  # type: ignore[call-arg]  # no default: code must name them too
+    assert "usage: toy [-h] --source SOURCE --out OUT [--force]" in parser.format_usage()
+    assert "file to copy\n" in parser.format_help()  # no "(default: …)" for a required flag
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--out", "b"])
+    assert "the following arguments are required: --source" in capsys.readouterr().err
+
+
+def test_options_required_is_declared_with_the_required_default_only() -> None:
+    with pytest.raises(TypeError, match="REQUIRED"):
+        option(REQUIRED, "no flag says it is required")
+    with pytest.raises(TypeError, match="REQUIRED"):
+        option(Path("x"), "a default makes required meaningless", required=True)
