@@ -34,12 +34,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from train import options
 from train.checkpoint import load_checkpoint
 from train.data.files import read_info, read_split
 from train.data.phrasing import ALL_STATED
 from train.data.schema import SplitData
 from train.data.synth import PHRASING_SPLIT
 from train.errors import BAD_INPUT, ConfigError
+from train.options import REQUIRED, option
 from train.runs import MetricsLog, OneLineParser
 from train.text.joint_embedding import CaptionError, JointEmbedding
 from train.text.perturb import PERTURBATIONS
@@ -340,49 +342,72 @@ def evaluate_checkpoint(
 # --------------------------------------------------------------------------------------------
 
 
+_E = EvalConfig()
+
+
+@dataclass(frozen=True)
+class EvalTextFlags:
+    """The eval-text command line, each flag declared once (defaults: `EvalConfig`'s)."""
+
+    checkpoint: str = option(REQUIRED, "text-encoder checkpoint.pt", required=True)
+    data: str | None = option(
+        None, "HDF5 dataset (default: the one the checkpoint trained on)", show_default=False
+    )
+    splits: tuple[str, ...] | None = option(
+        None,
+        f"splits (default: {' '.join(DEFAULT_SPLITS)}, and {' '.join(OPTIONAL_SPLITS)} "
+        "where present)",
+        show_default=False,
+        nargs="+",
+    )
+    # No help for these three: their flag names say it, and --help stays as it was.
+    candidates: int = option(_E.candidates, "", show_default=False, at_least=2)
+    captions_per_image: int = option(_E.captions_per_image, "", show_default=False, at_least=1)
+    variants: tuple[str, ...] = option(
+        _E.variants,
+        f"clean and/or perturbations ({', '.join(VARIANTS)})",
+        show_default=False,
+        nargs="+",
+    )
+    seed: int = option(_E.seed, "", show_default=False)
+    threads: int | None = option(
+        None, "torch threads (default: all cores)", show_default=False, at_least=1
+    )
+    out: str | None = option(
+        None, f"results file (default: {RESULTS_FILE} beside the checkpoint)", show_default=False
+    )
+
+
 def build_parser() -> OneLineParser:
-    """The eval-text flags."""
-    p = OneLineParser(
+    """The eval-text flags, generated from `EvalTextFlags`."""
+    parser = OneLineParser(
         prog="python -m train eval-text",
         description="Text→image R-precision of a text-encoder checkpoint (clean and perturbed "
         "captions); appends JSON lines beside the checkpoint and prints a table.",
     )
-    p.add_argument("--checkpoint", required=True, help="text-encoder checkpoint.pt")
-    p.add_argument("--data", help="HDF5 dataset (default: the one the checkpoint trained on)")
-    p.add_argument(
-        "--splits",
-        nargs="+",
-        help=f"splits (default: {' '.join(DEFAULT_SPLITS)}, and {' '.join(OPTIONAL_SPLITS)} "
-        "where present)",
-    )
-    p.add_argument("--candidates", type=int, default=EvalConfig.candidates)
-    p.add_argument("--captions-per-image", type=int, default=EvalConfig.captions_per_image)
-    p.add_argument(
-        "--variants",
-        nargs="+",
-        default=list(VARIANTS),
-        help=f"clean and/or perturbations ({', '.join(VARIANTS)})",
-    )
-    p.add_argument("--seed", type=int, default=EvalConfig.seed)
-    p.add_argument("--threads", type=int, help="torch threads (default: all cores)")
-    p.add_argument("--out", help=f"results file (default: {RESULTS_FILE} beside the checkpoint)")
-    return p
+    return options.build_parser(EvalTextFlags, parser, given_only=False)
+
+
+def parse_flags(argv: list[str] | None) -> EvalTextFlags:
+    """argv → frozen `EvalTextFlags`, ranges and variant names checked (ConfigError names the
+    flag)."""
+    given = vars(build_parser().parse_args(argv))
+    for name in ("splits", "variants"):  # nargs="+" parses to a list; the flags are frozen
+        if given[name] is not None:
+            given[name] = tuple(given[name])
+    flags = EvalTextFlags(**given)
+    options.check_ranges(flags)
+    unknown = [v for v in flags.variants if v not in VARIANTS]
+    if unknown:
+        raise ConfigError(f"--variants: unknown {unknown} (known: {', '.join(VARIANTS)})")
+    return flags
 
 
 def main(argv: list[str] | None = None) -> int:
     """Evaluate; 0 on success, 2 on bad input (one line on stderr)."""
-    args = build_parser().parse_args(argv)
     try:
-        if args.candidates < 2:
-            raise ConfigError(f"--candidates must be at least 2, got {args.candidates}")
-        if args.captions_per_image < 1:
-            raise ConfigError(f"--captions-per-image must be ≥ 1, got {args.captions_per_image}")
-        unknown = [v for v in args.variants if v not in VARIANTS]
-        if unknown:
-            raise ConfigError(f"--variants: unknown {unknown} (known: {', '.join(VARIANTS)})")
+        args = parse_flags(argv)
         if args.threads is not None:
-            if args.threads < 1:
-                raise ConfigError(f"--threads must be ≥ 1, got {args.threads}")
             torch.set_num_threads(args.threads)
         checkpoint = load_checkpoint(args.checkpoint, kind="text_encoder")
         data = args.data or checkpoint.get("config", {}).get("data")
@@ -401,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             candidates=args.candidates,
             captions_per_image=args.captions_per_image,
             seed=args.seed,
-            variants=tuple(args.variants),
+            variants=args.variants,
         )
         records = evaluate_checkpoint(
             args.checkpoint, data, splits, config, results_path=args.out, checkpoint=checkpoint

@@ -107,7 +107,7 @@ def test_eval_text_queries_and_perturbations_are_reproducible(dataset: Path) -> 
     ("flags", "message"),
     [
         (["--checkpoint", "{tmp}/none.pt"], "none.pt: checkpoint not found"),
-        (["--checkpoint", "{ckpt}", "--candidates", "1"], "--candidates must be at least 2"),
+        (["--checkpoint", "{ckpt}", "--candidates", "1"], "--candidates 1: must be ≥ 2"),
         (["--checkpoint", "{ckpt}", "--splits", "val"], "--splits: {data} has no split ['val']"),
         (["--checkpoint", "{ckpt}", "--variants", "lisp"], "--variants: unknown ['lisp']"),
         (["--checkpoint", "{ckpt}", "--captions-per-image", "9"], "--captions-per-image"),
