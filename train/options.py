@@ -53,7 +53,8 @@ class Option:
     exclusive: str | None = None
     """Flags naming the same `exclusive` group cannot be given together (argparse says so)."""
     required: bool = False
-    """The flag must be given (argparse says so); declare it with `option(REQUIRED, …)`."""
+    """The flag must be given (argparse says so); declare it with `option(REQUIRED, …)`. On a
+    member of an `exclusive` group: one flag of the group must be given (each keeps a default)."""
 
     def range_problem(self, value: Any) -> str | None:
         """Why `value` is outside the declared range or choices, else None."""
@@ -94,7 +95,9 @@ def option(default: Any, help: str, **how: Any) -> Any:
     spec = Option(help, **how)
     if isinstance(default, list | dict | set):
         raise TypeError("mutable defaults need default_factory")
-    if spec.required != (default is REQUIRED):
+    if spec.exclusive is not None and default is REQUIRED:
+        raise TypeError("a flag of an exclusive group needs a default: the others may be given")
+    if spec.exclusive is None and spec.required != (default is REQUIRED):
         raise TypeError("a required flag is declared as option(REQUIRED, …, required=True)")
     return dataclasses.field(default=default, metadata={_KEY: spec})
 
@@ -141,20 +144,24 @@ def build_parser(
     given (what `--resume` compares); otherwise to the field's default (a flags dataclass whose
     None means "not given"). `after[field](group)` adds arguments right after that field's.
     """
+    declared = options(config_type)
+    one_required = {s.exclusive for s, _, _ in declared.values() if s.exclusive and s.required}
     sections: dict[str | None, Any] = {None: parser}
     exclusive: dict[str, Any] = {}
-    for name, (spec, default, value_type) in options(config_type).items():
+    for name, (spec, default, value_type) in declared.items():
         if spec.group not in sections:
             sections[spec.group] = parser.add_argument_group(spec.group)
         group = sections[spec.group]
         if spec.exclusive is not None:
             if spec.exclusive not in exclusive:
-                exclusive[spec.exclusive] = group.add_mutually_exclusive_group()
+                exclusive[spec.exclusive] = group.add_mutually_exclusive_group(
+                    required=spec.exclusive in one_required
+                )
             group = exclusive[spec.exclusive]
         shown = spec.show_default and not spec.required
         text = f"{spec.help} (default: {default})" if shown else spec.help
         kw: dict[str, Any] = {"dest": name, "help": text}
-        if spec.required:
+        if spec.required and spec.exclusive is None:
             kw["required"] = True
         else:
             kw["default"] = argparse.SUPPRESS if given_only else default

@@ -105,3 +105,22 @@ def test_options_required_is_declared_with_the_required_default_only() -> None:
         option(REQUIRED, "no flag says it is required")
     with pytest.raises(TypeError, match="REQUIRED"):
         option(Path("x"), "a default makes required meaningless", required=True)
+
+
+@dataclass(frozen=True)
+class Source:
+    checkpoint: str | None = option(None, "a checkpoint", exclusive="source", required=True)
+    bundle: str | None = option(None, "a bundle", exclusive="source", required=True)
+
+
+def test_options_a_required_exclusive_group_takes_exactly_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = build_parser(Source, argparse.ArgumentParser(prog="toy"), given_only=False)
+    assert vars(parser.parse_args(["--bundle", "b"])) == {"checkpoint": None, "bundle": "b"}
+    assert "usage: toy [-h] (--checkpoint CHECKPOINT | --bundle BUNDLE)" in parser.format_usage()
+    with pytest.raises(SystemExit):
+        parser.parse_args([])
+    assert "one of the arguments --checkpoint --bundle is required" in capsys.readouterr().err
+    with pytest.raises(TypeError, match="exclusive group needs a default"):
+        option(REQUIRED, "either", exclusive="source", required=True)

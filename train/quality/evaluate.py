@@ -35,7 +35,6 @@ reported as `FILE:LINE: problem`, all of them, before any work starts.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -51,8 +50,10 @@ import torch
 from edge_runtime import tokenizer
 from edge_runtime.engine import Engine, EngineError, noise_for, to_uint8_rgb
 from train import checkpoint as ck
+from train import options
 from train.data.files import read_info, read_split
 from train.errors import BAD_INPUT, InputError
+from train.options import REQUIRED, option
 from train.quality.metrics import (
     METRICS,
     EvalContext,
@@ -501,75 +502,80 @@ def evaluate(options: EvalOptions) -> EvalResult:
 # --------------------------------------------------------------------------------------------
 
 
+def _given(help: str, metavar: str | None = None, **how: Any) -> Any:
+    """A flag that is None unless given (its help says what None means)."""
+    return option(None, help, show_default=False, metavar=metavar, **how)
+
+
+def _switch(help: str) -> Any:
+    return option(False, help, show_default=False, store_true=True)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateFlags:
+    """The evaluate command line, each flag declared once (`train.options`); keyword-only, so
+    the required --out can stay last, where --help has always listed it."""
+
+    checkpoint: str | None = _given(
+        'a kind="gan" checkpoint', "CKPT", exclusive="source", required=True
+    )
+    bundle: str | None = _given(
+        "an exported bundle (run by edge_runtime)", "DIR", exclusive="source", required=True
+    )
+    precision: str = option("fp32", "bundle variant: fp32, int8, … or auto", show_default=False)
+    data: str | None = _given("dataset (default: the checkpoint's)", "FILE")
+    oracle: str | None = _given('kind="oracle" checkpoint (rescue-scenes)', "CKPT")
+    force_oracle: bool = _switch("use an oracle that fails its honesty checks")
+    judge: str | None = _given(
+        "second attribute judge of another design (python -m train oracle --design judge), "
+        "reported beside the oracle",
+        "CKPT",
+    )
+    force_judge: bool = _switch("use a judge that fails its honesty checks")
+    retrieval: str | None = _given(
+        "image-text encoder for R-precision (text_encoder or gan checkpoint; default: the "
+        "GAN checkpoint's own)",
+        "CKPT",
+    )
+    inception_weights: str | None = _given(
+        "local torch-fidelity InceptionV3 weights (pt_inception-2015-12-05-6726825d.pth)", "FILE"
+    )
+    captions: str | None = _given("evaluate these labelled captions", "FILE.jsonl")
+    splits: tuple[str, ...] = option(
+        DEFAULT_SPLITS, "dataset splits to evaluate", show_default=False, nargs="+"
+    )
+    seeds: int = option(DEFAULT_SEEDS, "images per caption", show_default=False, at_least=1)
+    seed: int = option(0, "first noise seed and caption choice", show_default=False, at_least=0)
+    limit: int | None = _given("at most N captions per split (quick looks)", at_least=1)
+    metrics: str = option(
+        ",".join(METRICS),
+        f"comma-separated subset of {','.join(METRICS)} (default: all that can run)",
+        show_default=False,
+    )
+    threads: int | None = _given("torch / onnxruntime threads", at_least=1)
+    label: str | None = _given("name of this evaluation in the report")
+    no_report: bool = _switch("metrics.jsonl only")
+    out: str = option(REQUIRED, "folder for metrics.jsonl + report", metavar="DIR", required=True)
+
+
 def build_parser() -> OneLineParser:
-    """The evaluate flags."""
-    p = OneLineParser(
+    """The evaluate flags, generated from `EvaluateFlags`."""
+    parser = OneLineParser(
         prog="python -m train evaluate",
         description="Evaluate a GAN checkpoint or an exported bundle (oracle accuracy, FID/KID in "
         "oracle space, diversity, R-precision, Inception metrics).",
     )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", metavar="CKPT", help='a kind="gan" checkpoint')
-    src.add_argument("--bundle", metavar="DIR", help="an exported bundle (run by edge_runtime)")
-    p.add_argument("--precision", default="fp32", help="bundle variant: fp32, int8, … or auto")
-    p.add_argument("--data", metavar="FILE", help="dataset (default: the checkpoint's)")
-    p.add_argument("--oracle", metavar="CKPT", help='kind="oracle" checkpoint (rescue-scenes)')
-    p.add_argument(
-        "--force-oracle", action="store_true", help="use an oracle that fails its honesty checks"
-    )
-    p.add_argument(
-        "--judge",
-        metavar="CKPT",
-        help="second attribute judge of another design (python -m train oracle --design judge), "
-        "reported beside the oracle",
-    )
-    p.add_argument(
-        "--force-judge", action="store_true", help="use a judge that fails its honesty checks"
-    )
-    p.add_argument(
-        "--retrieval",
-        metavar="CKPT",
-        help="image-text encoder for R-precision (text_encoder or gan checkpoint; default: the "
-        "GAN checkpoint's own)",
-    )
-    p.add_argument(
-        "--inception-weights",
-        metavar="FILE",
-        help="local torch-fidelity InceptionV3 weights (pt_inception-2015-12-05-6726825d.pth)",
-    )
-    p.add_argument("--captions", metavar="FILE.jsonl", help="evaluate these labelled captions")
-    p.add_argument(
-        "--splits", nargs="+", default=list(DEFAULT_SPLITS), help="dataset splits to evaluate"
-    )
-    p.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, help="images per caption")
-    p.add_argument("--seed", type=int, default=0, help="first noise seed and caption choice")
-    p.add_argument("--limit", type=int, help="at most N captions per split (quick looks)")
-    p.add_argument(
-        "--metrics",
-        default=",".join(METRICS),
-        help=f"comma-separated subset of {','.join(METRICS)} (default: all that can run)",
-    )
-    p.add_argument("--threads", type=int, help="torch / onnxruntime threads")
-    p.add_argument("--label", help="name of this evaluation in the report")
-    p.add_argument("--no-report", action="store_true", help="metrics.jsonl only")
-    p.add_argument("--out", required=True, metavar="DIR", help="folder for metrics.jsonl + report")
-    return p
+    return options.build_parser(EvaluateFlags, parser, given_only=False)
 
 
-def options_from_args(args: argparse.Namespace) -> EvalOptions:
-    """Validate flags (each problem names its flag) and build the options."""
+def options_from_args(args: EvaluateFlags) -> EvalOptions:
+    """Check the flags (declared ranges, then files and combinations; each problem names its
+    flag) and build the options."""
+    options.check_ranges(args)
     names = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
     unknown = [m for m in names if m not in METRICS]
     if unknown or not names:
         raise EvalError(f"--metrics: unknown {unknown} (known: {', '.join(METRICS)})")
-    if args.seeds < 1:
-        raise EvalError(f"--seeds must be ≥ 1, got {args.seeds}")
-    if args.seed < 0:
-        raise EvalError(f"--seed must be ≥ 0, got {args.seed}")
-    if args.limit is not None and args.limit < 1:
-        raise EvalError(f"--limit must be ≥ 1, got {args.limit}")
-    if args.threads is not None and args.threads < 1:
-        raise EvalError(f"--threads must be ≥ 1, got {args.threads}")
     if args.checkpoint and args.precision != "fp32":
         raise EvalError("--precision selects a bundle variant; a checkpoint runs in torch fp32")
     for flag in (
@@ -615,7 +621,7 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
         retrieval=args.retrieval,
         inception_weights=args.inception_weights,
         captions=args.captions,
-        splits=tuple(args.splits),
+        splits=args.splits,
         seeds=args.seeds,
         seed=args.seed,
         limit=args.limit,
@@ -628,10 +634,10 @@ def options_from_args(args: argparse.Namespace) -> EvalOptions:
 
 def main(argv: list[str] | None = None) -> int:
     """Evaluate; prints one JSON summary line. 0 ok, 2 bad input (one line on stderr)."""
-    args = build_parser().parse_args(argv)
+    given = vars(build_parser().parse_args(argv))
+    given["splits"] = tuple(given["splits"])  # nargs="+" parses to a list; the flags are frozen
     try:
-        options = options_from_args(args)
-        result = evaluate(options)
+        result = evaluate(options_from_args(EvaluateFlags(**given)))
     except BAD_INPUT as err:
         print(f"rescue-train evaluate: {err}", file=sys.stderr)
         return 2
