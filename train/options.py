@@ -65,10 +65,11 @@ class Option:
             return "must be " + (", ".join(names[:-1]) + " or " + names[-1])
         low = self.at_least if self.at_least is not None else self.above
         high = self.at_most if self.at_most is not None else self.below
-        too_low = (self.at_least is not None and value < self.at_least) or (
+        # Written as "not inside" so that NaN, which compares False to everything, is outside.
+        too_low = (self.at_least is not None and not value >= self.at_least) or (
             self.above is not None and not value > self.above
         )
-        too_high = (self.at_most is not None and value > self.at_most) or (
+        too_high = (self.at_most is not None and not value <= self.at_most) or (
             self.below is not None and not value < self.below
         )
         if not (too_low or too_high):
@@ -137,12 +138,16 @@ def build_parser(
     *,
     after: Mapping[str, Callable[[Any], None]] | None = None,
     given_only: bool = True,
+    ranges_in_parser: bool = False,
 ) -> argparse.ArgumentParser:
     """Add one flag per declared field of `config_type` to `parser`, in field order.
 
     With `given_only`, flags default to `argparse.SUPPRESS`, so `vars(args)` holds only what was
     given (what `--resume` compares); otherwise to the field's default (a flags dataclass whose
     None means "not given"). `after[field](group)` adds arguments right after that field's.
+    With `ranges_in_parser`, argparse itself rejects a value outside its declared range (its
+    `type=` checks it, as esptool's validators do), for commands whose parser reports bad flags;
+    `check_ranges` still guards configs that did not come from the parser.
     """
     declared = options(config_type)
     one_required = {s.exclusive for s, _, _ in declared.values() if s.exclusive and s.required}
@@ -172,6 +177,8 @@ def build_parser(
         else:
             if spec.parse is not None or value_type is not str:
                 kw["type"] = spec.parse or value_type
+            if ranges_in_parser and spec.choices is None:
+                kw["type"] = _in_range(name, spec, kw.get("type", str))
             if spec.nargs is not None:
                 kw["nargs"] = spec.nargs
             if spec.nargs == "?":
@@ -184,6 +191,21 @@ def build_parser(
         if after and name in after:
             after[name](group)
     return parser
+
+
+def _in_range(name: str, spec: Option, parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """argparse `type=`: `parse`, then the declared range ("--flag value: must …")."""
+
+    def checked(text: str) -> Any:
+        value = parse(text)
+        problem = spec.range_problem(value)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{flag(name)} {value}: {problem}")
+        return value
+
+    # argparse names a value `parse` rejects by the function's name: "invalid int value: 'x'".
+    checked.__name__ = getattr(parse, "__name__", repr(parse))
+    return checked
 
 
 def check_ranges(config: Any) -> None:

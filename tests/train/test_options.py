@@ -124,3 +124,26 @@ def test_options_a_required_exclusive_group_takes_exactly_one(
     assert "one of the arguments --checkpoint --bundle is required" in capsys.readouterr().err
     with pytest.raises(TypeError, match="exclusive group needs a default"):
         option(REQUIRED, "either", exclusive="source", required=True)
+
+
+def test_options_ranges_in_parser_reject_in_argparse_naming_the_flag(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = build_parser(Toy, argparse.ArgumentParser(prog="toy"), ranges_in_parser=True)
+    assert vars(parser.parse_args(["--width", "3", "--rate", "1"])) == {"width": 3, "rate": 1.0}
+    for argv, message in [
+        (["--width", "0"], "argument --width: --width 0: must be ≥ 1"),
+        (["--rate", "nan"], "argument --rate: --rate nan: must lie in [0, 1]"),
+        (["--width", "many"], "argument --width: invalid int value: 'many'"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args(argv)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_options_nan_is_outside_every_range() -> None:
+    with pytest.raises(ConfigError, match="--rate nan: must lie in"):
+        check_ranges(Toy(rate=float("nan")))
+    with pytest.raises(ConfigError, match="--width nan: must be ≥ 1"):
+        check_ranges(Toy(width=float("nan")))  # type: ignore[arg-type]
