@@ -20,8 +20,9 @@ PACKAGES = ("edge_runtime", "train", "export")
 FLOORS: tuple[tuple[str, ...], ...] = (
     ("edge_runtime",),
     ("train.errors",),
+    ("train.options",),
     ("train.data",),
-    ("train.models", "train.runs", "train.distributed", "train.timing", "train.options"),
+    ("train.models", "train.runs", "train.distributed", "train.timing"),
     ("train.checkpoint",),
     ("train.text", "train.gan"),
     ("train.quality",),

@@ -14,15 +14,18 @@ import argparse
 import json
 import sys
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edge_runtime.atomic import write_text
+from train import options
 from train.data.attributes import ATTRIBUTE_NAMES
-from train.data.convert import check_out_path, positive_int
+from train.data.convert import check_out_path
 from train.data.phrasing import ALL_STATED, stated_names
 from train.data.schema import DataError, read_info, read_split
+from train.options import REQUIRED, option
 
 KINDS = ("all", "full", "partial")
 
@@ -73,30 +76,34 @@ def caption_lines(
     return lines
 
 
+@dataclass(frozen=True, kw_only=True)
+class PhrasingCaptionsFlags:
+    """The command line, each flag declared once (`train.options`); keyword-only, so the
+    required --out stays where --help has always listed it."""
+
+    data: Path = option(Path("data/rescue_scenes.h5"), "HDF5 file", show_default=False)
+    split: str = option("test_phrasing", "split (default test_phrasing)", show_default=False)
+    out: Path = option(REQUIRED, "captions file to write (.jsonl)", required=True)
+    per_image: int = option(
+        1, "captions per image (seeded choice; default 1)", show_default=False, at_least=1
+    )
+    kind: str = option("all", "full, partial or all captions", show_default=False, choices=KINDS)
+    seed: int = option(0, "choice seed", show_default=False, at_least=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The command's flags."""
+    """The command's flags, generated from `PhrasingCaptionsFlags` (argparse checks ranges)."""
     p = argparse.ArgumentParser(
         prog="python -m train data phrasing-captions",
         description="Export a split's labelled captions (default test_phrasing) as JSON lines "
         "for `python -m train evaluate --captions`.",
     )
-    p.add_argument("--data", type=Path, default=Path("data/rescue_scenes.h5"), help="HDF5 file")
-    p.add_argument("--split", default="test_phrasing", help="split (default test_phrasing)")
-    p.add_argument("--out", type=Path, required=True, help="captions file to write (.jsonl)")
-    p.add_argument(
-        "--per-image",
-        type=positive_int("--per-image", 1),
-        default=1,
-        help="captions per image (seeded choice; default 1)",
-    )
-    p.add_argument("--kind", choices=KINDS, default="all", help="full, partial or all captions")
-    p.add_argument("--seed", type=positive_int("--seed", 0), default=0, help="choice seed")
-    return p
+    return options.build_parser(PhrasingCaptionsFlags, p, given_only=False, ranges_in_parser=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Write the file; print a JSON summary line; exit 1 with one line on a bad dataset."""
-    args = build_parser().parse_args(argv)
+    args = PhrasingCaptionsFlags(**vars(build_parser().parse_args(argv)))
     problem = check_out_path(args.out)
     if problem:
         print(problem, file=sys.stderr)
