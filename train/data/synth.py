@@ -25,13 +25,13 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from train import options
 from train.data.attributes import (
     ATTRIBUTE_NAMES,
     ATTRIBUTE_VALUES,
@@ -42,7 +42,7 @@ from train.data.attributes import (
     is_unseen,
 )
 from train.data.captions import captions_for
-from train.data.convert import check_out_path, positive_int
+from train.data.convert import check_out_path
 from train.data.phrasing import (
     ALL_STATED,
     Family,
@@ -52,6 +52,7 @@ from train.data.phrasing import (
 )
 from train.data.scenes import IMAGE_SIZE, render_scene
 from train.data.schema import SplitData, write_dataset
+from train.options import option
 
 log = logging.getLogger(__name__)
 
@@ -264,65 +265,51 @@ def synthesize(config: SynthConfig) -> dict[str, object]:
     }
 
 
-def fraction_flag(flag: str) -> Callable[[str], float]:
-    """argparse `type=`: a number in [0, 1], rejected naming `flag`."""
+@dataclass(frozen=True)
+class SynthFlags:
+    """The synth command line, each flag declared once (`train.options`)."""
 
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag}: {text!r} is not a number") from None
-        if not 0.0 <= value <= 1.0:
-            raise argparse.ArgumentTypeError(f"{flag}: {value} is outside 0..1")
-        return value
-
-    return parse
+    out: Path = option(Path("data/rescue_scenes.h5"), "output HDF5", show_default=False)
+    seed: int = option(0, "dataset seed (default 0)", show_default=False, at_least=0)
+    train: int = option(10_000, "train images", show_default=False, at_least=1)
+    test: int = option(1_000, "test images", show_default=False, at_least=0)
+    unseen: int = option(1_000, "test_unseen images", show_default=False, at_least=0)
+    phrasing: int | None = option(
+        None,
+        "test_phrasing images (held-out phrasing family; default: as many as --test; "
+        "0: no such split)",
+        show_default=False,
+        at_least=0,
+    )
+    partial_fraction: float = option(
+        0.0,
+        "share of train captions that state only 1-4 attributes (default 0)",
+        show_default=False,
+        at_least=0,
+        at_most=1,
+    )
+    # No help: the flag's name says it, and --help stays as it was.
+    captions_per_image: int = option(CAPTIONS_PER_IMAGE, "", show_default=False, at_least=1)
+    workers: int = option(
+        min(os.cpu_count() or 1, 8),
+        "render processes (default: CPU count, at most 8); output does not depend on it",
+        show_default=False,
+        at_least=1,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command's flags."""
+    """The command's flags, generated from `SynthFlags` (argparse checks the ranges)."""
     p = argparse.ArgumentParser(
         prog="python -m train data synth",
         description="Render the rescue-scenes captioned-image dataset (64×64, 10 captions/image).",
     )
-    p.add_argument("--out", type=Path, default=Path("data/rescue_scenes.h5"), help="output HDF5")
-    p.add_argument(
-        "--seed", type=positive_int("--seed", 0), default=0, help="dataset seed (default 0)"
-    )
-    p.add_argument("--train", type=positive_int("--train", 1), default=10_000, help="train images")
-    p.add_argument("--test", type=positive_int("--test", 0), default=1_000, help="test images")
-    p.add_argument(
-        "--unseen", type=positive_int("--unseen", 0), default=1_000, help="test_unseen images"
-    )
-    p.add_argument(
-        "--phrasing",
-        type=positive_int("--phrasing", 0),
-        help="test_phrasing images (held-out phrasing family; default: as many as --test; "
-        "0: no such split)",
-    )
-    p.add_argument(
-        "--partial-fraction",
-        type=fraction_flag("--partial-fraction"),
-        default=0.0,
-        help="share of train captions that state only 1-4 attributes (default 0)",
-    )
-    p.add_argument(
-        "--captions-per-image",
-        type=positive_int("--captions-per-image", 1),
-        default=CAPTIONS_PER_IMAGE,
-    )
-    p.add_argument(
-        "--workers",
-        type=positive_int("--workers", 1),
-        default=min(os.cpu_count() or 1, 8),
-        help="render processes (default: CPU count, at most 8); output does not depend on it",
-    )
-    return p
+    return options.build_parser(SynthFlags, p, given_only=False, ranges_in_parser=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Render the dataset; print a JSON summary line on stdout."""
-    args = build_parser().parse_args(argv)
+    args = SynthFlags(**vars(build_parser().parse_args(argv)))
     problem = check_out_path(args.out)
     if problem:
         print(problem, file=sys.stderr)
