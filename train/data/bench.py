@@ -12,19 +12,21 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import h5py
 import numpy as np
 
+from train import options
 from train.data.attributes import all_attributes
 from train.data.captions import captions_for
-from train.data.convert import positive_int
 from train.data.files import read_split
 from train.data.peer import read_peer
 from train.data.scenes import render_scene
 from train.data.synth import SynthConfig, synthesize
+from train.options import option
 
 CUB_IMAGES = 11_788
 
@@ -89,27 +91,36 @@ def bench_peer(directory: Path, images: int, workers: int) -> None:
         _emit(metric="peer_read_thread_speedup", value=round(seconds[1] / seconds[workers], 2))
 
 
+@dataclass(frozen=True)
+class BenchFlags:
+    """The bench command line, each flag declared once (`train.options`)."""
+
+    # No help for these four: their names say it, and --help stays as it was.
+    train: int = option(10_000, "", show_default=False, at_least=1)
+    test: int = option(1_000, "", show_default=False, at_least=0)
+    unseen: int = option(1_000, "", show_default=False, at_least=0)
+    workers: int = option(min(os.cpu_count() or 1, 8), "", show_default=False, at_least=1)
+    sample: int = option(
+        500, "images rendered in-process for the per-image time", show_default=False, at_least=1
+    )
+    keep: Path | None = option(None, "keep the rendered file at this path", show_default=False)
+    peer_images: int = option(
+        200,
+        "images in the synthetic peer-layout file timed for direct reading (0: skip)",
+        show_default=False,
+        at_least=0,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The bench flags, generated from `BenchFlags` (argparse checks the ranges)."""
+    p = argparse.ArgumentParser(prog="python -m train data bench", description=__doc__)
+    return options.build_parser(BenchFlags, p, given_only=False, ranges_in_parser=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmarks and print the results."""
-    p = argparse.ArgumentParser(prog="python -m train data bench", description=__doc__)
-    p.add_argument("--train", type=positive_int("--train"), default=10_000)
-    p.add_argument("--test", type=positive_int("--test", 0), default=1_000)
-    p.add_argument("--unseen", type=positive_int("--unseen", 0), default=1_000)
-    p.add_argument("--workers", type=positive_int("--workers"), default=min(os.cpu_count() or 1, 8))
-    p.add_argument(
-        "--sample",
-        type=positive_int("--sample"),
-        default=500,
-        help="images rendered in-process for the per-image time",
-    )
-    p.add_argument("--keep", type=Path, default=None, help="keep the rendered file at this path")
-    p.add_argument(
-        "--peer-images",
-        type=positive_int("--peer-images", 0),
-        default=200,
-        help="images in the synthetic peer-layout file timed for direct reading (0: skip)",
-    )
-    args = p.parse_args(argv)
+    args = BenchFlags(**vars(build_parser().parse_args(argv)))
 
     _emit(metric="machine", cpus=os.cpu_count(), load_avg_1min=round(os.getloadavg()[0], 2))
     per_image_ms = bench_render_sample(args.sample)
