@@ -52,6 +52,9 @@ class Option:
     """For a flags dataclass: the config field this flag sets (nested: ("text_encoder", "rnn"))."""
     exclusive: str | None = None
     """Flags naming the same `exclusive` group cannot be given together (argparse says so)."""
+    positional: bool = False
+    """An argument named by position (`info FILE`), not a flag; required, so declared with
+    `option(REQUIRED, …, positional=True)`; its name in help and errors is the field's."""
     required: bool = False
     """The flag must be given (argparse says so); declare it with `option(REQUIRED, …)`. On a
     member of an `exclusive` group: one flag of the group must be given (each keeps a default)."""
@@ -98,14 +101,22 @@ def option(default: Any, help: str, **how: Any) -> Any:
         raise TypeError("mutable defaults need default_factory")
     if spec.exclusive is not None and default is REQUIRED:
         raise TypeError("a flag of an exclusive group needs a default: the others may be given")
-    if spec.exclusive is None and spec.required != (default is REQUIRED):
-        raise TypeError("a required flag is declared as option(REQUIRED, …, required=True)")
+    if spec.exclusive is None and (spec.required or spec.positional) != (default is REQUIRED):
+        raise TypeError(
+            "a required flag or positional argument is declared as "
+            "option(REQUIRED, …, required=True or positional=True)"
+        )
     return dataclasses.field(default=default, metadata={_KEY: spec})
 
 
 def flag(field: str) -> str:
     """The flag of a config field: `batch_size` → `--batch-size`."""
     return "--" + field.replace("_", "-")
+
+
+def _named(field: str, spec: Option) -> str:
+    """How help and errors name a field: its flag, or a positional argument's own name."""
+    return field if spec.positional else flag(field)
 
 
 def options(config_type: type) -> dict[str, tuple[Option, Any, type]]:
@@ -163,12 +174,13 @@ def build_parser(
                     required=spec.exclusive in one_required
                 )
             group = exclusive[spec.exclusive]
-        shown = spec.show_default and not spec.required
+        shown = spec.show_default and not (spec.required or spec.positional)
         text = f"{spec.help} (default: {default})" if shown else spec.help
-        kw: dict[str, Any] = {"dest": name, "help": text}
+        # A positional argument's name is its dest; argparse refuses both.
+        kw: dict[str, Any] = {"help": text} if spec.positional else {"dest": name, "help": text}
         if spec.required and spec.exclusive is None:
             kw["required"] = True
-        else:
+        elif not spec.positional:
             kw["default"] = argparse.SUPPRESS if given_only else default
         if spec.store_true:
             kw["action"] = "store_true"
@@ -187,7 +199,7 @@ def build_parser(
                 kw["metavar"] = spec.metavar
             if spec.choices is not None:
                 kw["choices"] = spec.choices
-        group.add_argument(flag(name), **kw)
+        group.add_argument(_named(name, spec), **kw)
         if after and name in after:
             after[name](group)
     return parser
@@ -200,7 +212,7 @@ def _in_range(name: str, spec: Option, parse: Callable[[str], Any]) -> Callable[
         value = parse(text)
         problem = spec.range_problem(value)
         if problem:
-            raise argparse.ArgumentTypeError(f"{flag(name)} {value}: {problem}")
+            raise argparse.ArgumentTypeError(f"{_named(name, spec)} {value}: {problem}")
         return value
 
     # argparse names a value `parse` rejects by the function's name: "invalid int value: 'x'".
@@ -214,7 +226,7 @@ def check_ranges(config: Any) -> None:
         value = getattr(config, name)
         problem = spec.range_problem(value)
         if problem:
-            raise ConfigError(f"{flag(name)} {value}: {problem}")
+            raise ConfigError(f"{_named(name, spec)} {value}: {problem}")
 
 
 def resume_config(saved: Config, given: Mapping[str, Any], resumable: Collection[str]) -> Config:

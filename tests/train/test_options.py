@@ -147,3 +147,24 @@ def test_options_nan_is_outside_every_range() -> None:
         check_ranges(Toy(rate=float("nan")))
     with pytest.raises(ConfigError, match="--width nan: must be ≥ 1"):
         check_ranges(Toy(width=float("nan")))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Describe:
+    path: Path = option(REQUIRED, "file to describe", positional=True)
+    timeout: float = option(600.0, "seconds", above=0)
+
+
+def test_options_positional_arguments_are_required_and_named_by_field(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = build_parser(Describe, argparse.ArgumentParser(prog="toy"), given_only=False)
+    given = vars(parser.parse_args(["--timeout", "5", "a.h5"]))
+    assert Describe(**given) == Describe(path=Path("a.h5"), timeout=5.0)
+    assert "usage: toy [-h] [--timeout TIMEOUT] path" in parser.format_usage()
+    assert "  path               file to describe\n" in parser.format_help()
+    with pytest.raises(SystemExit):
+        parser.parse_args([])
+    assert "the following arguments are required: path" in capsys.readouterr().err
+    with pytest.raises(TypeError, match="REQUIRED"):
+        option(Path("x"), "a positional argument is always given", positional=True)

@@ -17,12 +17,15 @@ import json
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from train import options
 from train.data.files import read_info, read_split
 from train.data.schema import DataError
+from train.options import REQUIRED, option
 
 
 def describe(path: Path, verify: bool) -> dict[str, object]:
@@ -100,22 +103,33 @@ def verify_isolated(path: Path, timeout_s: float = VERIFY_TIMEOUT_S) -> dict[str
     return json.loads(done.stdout)
 
 
+@dataclass(frozen=True)
+class InfoFlags:
+    """The info command line, each argument declared once (`train.options`)."""
+
+    path: Path = option(REQUIRED, "dataset HDF5 file (ours or a peer birds.hdf5)", positional=True)
+    verify: bool = option(
+        False, "read and validate every record", show_default=False, store_true=True
+    )
+    timeout: float = option(
+        VERIFY_TIMEOUT_S,
+        f"seconds --verify may take (default {VERIFY_TIMEOUT_S:g})",
+        show_default=False,
+        above=0,
+    )
+    in_process: bool = option(False, argparse.SUPPRESS, show_default=False, store_true=True)
+    """The child of `verify_isolated`: reads here, in this process (hidden from --help)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The info arguments, generated from `InfoFlags` (argparse checks the ranges)."""
+    p = argparse.ArgumentParser(prog="python -m train data info", description=__doc__)
+    return options.build_parser(InfoFlags, p, given_only=False, ranges_in_parser=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the description; exit 1 with one line on a bad file."""
-    p = argparse.ArgumentParser(prog="python -m train data info", description=__doc__)
-    p.add_argument("path", type=Path, help="dataset HDF5 file (ours or a peer birds.hdf5)")
-    p.add_argument("--verify", action="store_true", help="read and validate every record")
-    p.add_argument(
-        "--timeout",
-        type=float,
-        default=VERIFY_TIMEOUT_S,
-        help=f"seconds --verify may take (default {VERIFY_TIMEOUT_S:g})",
-    )
-    # The child of `verify_isolated`: reads here, in this process.
-    p.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.timeout <= 0:
-        p.error(f"--timeout must be positive, got {args.timeout:g}")
+    args = InfoFlags(**vars(build_parser().parse_args(argv)))
     try:
         if args.verify and not args.in_process:
             description = verify_isolated(args.path, args.timeout)
