@@ -11,7 +11,6 @@ counts them by reason instead and reports the counts in its summary.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ import numpy as np
 
 from train.data import guard
 from train.data.schema import DataError, SplitData, decode_image, write_dataset
+from train.options import option
 
 log = logging.getLogger(__name__)
 
@@ -187,52 +187,43 @@ def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iter
         yield from pool.map(fn, items, chunksize=1)
 
 
-def positive_int(flag: str, minimum: int = 1) -> Callable[[str], int]:
-    """argparse type: an integer ≥ minimum, the error naming `flag`."""
+@dataclass(frozen=True)
+class ConverterFlags:
+    """Flags every converter shares, each declared once (`train.options`). A converter's flags
+    dataclass adds its own and redeclares `out` with its default file (a redeclared field keeps
+    its place, so --help lists the shared flags in this order)."""
 
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{flag} must be ≥ {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def add_common_flags(p: argparse.ArgumentParser, default_out: str) -> None:
-    """Flags every converter shares."""
-    p.add_argument("--out", type=Path, default=Path(default_out), help="output HDF5 file")
-    p.add_argument(
-        "--image-size",
-        type=positive_int("--image-size", MIN_SOURCE_SIDE),
-        default=DEFAULT_IMAGE_SIZE,
-        help="stored side length (default 76: the loader random-crops 64)",
+    out: Path = option(Path("data/converted.h5"), "output HDF5 file", show_default=False)
+    image_size: int = option(
+        DEFAULT_IMAGE_SIZE,
+        f"stored side length (default {DEFAULT_IMAGE_SIZE}: the loader random-crops 64)",
+        show_default=False,
+        at_least=MIN_SOURCE_SIDE,
     )
-    p.add_argument(
-        "--captions-per-image",
-        type=positive_int("--captions-per-image"),
-        default=None,
-        help="captions stored per image (default: the most any image has; fewer are cycled)",
+    captions_per_image: int | None = option(
+        None,
+        "captions stored per image (default: the most any image has; fewer are cycled)",
+        show_default=False,
+        at_least=1,
     )
-    p.add_argument(
-        "--skip-bad",
-        action="store_true",
-        help="skip and count bad items (missing/undecodable images, bad captions) instead of "
+    skip_bad: bool = option(
+        False,
+        "skip and count bad items (missing/undecodable images, bad captions) instead of "
         "stopping at the first",
+        show_default=False,
+        store_true=True,
     )
-    p.add_argument(
-        "--encode-png",
-        action="store_true",
-        help="store images as lossless PNG bytes (smaller file, slower first read)",
+    encode_png: bool = option(
+        False,
+        "store images as lossless PNG bytes (smaller file, slower first read)",
+        show_default=False,
+        store_true=True,
     )
-    p.add_argument(
-        "--workers",
-        type=positive_int("--workers"),
-        default=min(os.cpu_count() or 1, 8),
-        help="decode threads (default: CPU count, at most 8)",
+    workers: int = option(
+        min(os.cpu_count() or 1, 8),
+        "decode threads (default: CPU count, at most 8)",
+        show_default=False,
+        at_least=1,
     )
 
 
@@ -395,7 +386,7 @@ def build_splits(
 
 
 def write_converted(
-    args: argparse.Namespace,
+    args: ConverterFlags,
     items: Sequence[SourceItem],
     *,
     dataset: str,

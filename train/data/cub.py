@@ -20,20 +20,22 @@ Class ids are CUB's minus one (0..199); class names come from classes.txt.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
+from train import options
 from train.data.convert import (
+    ConverterFlags,
     SourceItem,
-    add_common_flags,
     find_class_split_dir,
     limit_items,
-    positive_int,
     read_class_list,
     read_table,
     run_converter,
     write_converted,
 )
 from train.data.schema import DataError
+from train.options import REQUIRED, option
 
 DATASET_NAME = "cub-200-2011"
 
@@ -107,45 +109,55 @@ def cub_items(
     return sorted(items, key=lambda i: i.split != "train"), names, left_out
 
 
+@dataclass(frozen=True)
+class _CubSource:
+    """What only convert-cub asks for."""
+
+    cub_dir: Path = option(REQUIRED, "the CUB_200_2011 directory", positional=True)
+    captions: Path = option(
+        REQUIRED, "Reed's caption folder (cvpr2016_cub/text_c10)", required=True
+    )
+    class_split_dir: Path | None = option(
+        None,
+        "folder with trainvalclasses.txt / testclasses.txt (default: --captions' parent)",
+        show_default=False,
+    )
+    split: str = option(
+        "reed",
+        "reed: Reed's class split (test classes unseen in train, default); "
+        "cub: CUB's own train_test_split.txt (same classes in both)",
+        show_default=False,
+        choices=("reed", "cub"),
+    )
+    crop: str = option(
+        "none",
+        "bbox: crop a square of 1.5× the bird's bounding box before resizing",
+        show_default=False,
+        choices=("none", "bbox"),
+    )
+    limit: int | None = option(None, "at most N images per split", show_default=False, at_least=1)
+
+
+@dataclass(frozen=True)
+class CubFlags(ConverterFlags, _CubSource):
+    """The convert-cub command line (`train.options`): its own flags, then the shared ones
+    (a dataclass takes its bases' fields last base first)."""
+
+    out: Path = option(Path("data/cub.h5"), "output HDF5 file", show_default=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The command's flags."""
+    """The command's flags, generated from `CubFlags` (argparse checks the ranges)."""
     p = argparse.ArgumentParser(
         prog="python -m train data convert-cub",
         description="Convert CUB-200-2011 with Reed's 10 captions per image to our HDF5 schema.",
     )
-    p.add_argument("cub_dir", type=Path, help="the CUB_200_2011 directory")
-    p.add_argument(
-        "--captions", type=Path, required=True, help="Reed's caption folder (cvpr2016_cub/text_c10)"
-    )
-    p.add_argument(
-        "--class-split-dir",
-        type=Path,
-        default=None,
-        help="folder with trainvalclasses.txt / testclasses.txt (default: --captions' parent)",
-    )
-    p.add_argument(
-        "--split",
-        choices=("reed", "cub"),
-        default="reed",
-        help="reed: Reed's class split (test classes unseen in train, default); "
-        "cub: CUB's own train_test_split.txt (same classes in both)",
-    )
-    p.add_argument(
-        "--crop",
-        choices=("none", "bbox"),
-        default="none",
-        help="bbox: crop a square of 1.5× the bird's bounding box before resizing",
-    )
-    p.add_argument(
-        "--limit", type=positive_int("--limit"), default=None, help="at most N images per split"
-    )
-    add_common_flags(p, "data/cub.h5")
-    return p
+    return options.build_parser(CubFlags, p, given_only=False, ranges_in_parser=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Convert; print a JSON summary line on stdout."""
-    args = build_parser().parse_args(argv)
+    args = CubFlags(**vars(build_parser().parse_args(argv)))
 
     def convert(started: float) -> dict[str, object]:
         items, class_names, left_out = cub_items(

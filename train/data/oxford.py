@@ -17,19 +17,21 @@ from __future__ import annotations
 
 import argparse
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
+from train import options
 from train.data.convert import (
+    ConverterFlags,
     SourceItem,
-    add_common_flags,
     find_class_split_dir,
     limit_items,
-    positive_int,
     read_class_list,
     run_converter,
     write_converted,
 )
 from train.data.schema import DataError
+from train.options import REQUIRED, option
 
 DATASET_NAME = "oxford-102-flowers"
 _CLASS_FOLDER = re.compile(r"^class_(\d+)$")
@@ -74,35 +76,42 @@ def oxford_items(
     return sorted(items, key=lambda i: i.split != "train"), names, left_out
 
 
+@dataclass(frozen=True)
+class _OxfordSource:
+    """What only convert-oxford asks for."""
+
+    flowers_dir: Path = option(REQUIRED, "the Oxford-102 folder containing jpg/", positional=True)
+    captions: Path = option(
+        REQUIRED, "Reed's caption folder (cvpr2016_flowers/text_c10)", required=True
+    )
+    class_split_dir: Path | None = option(
+        None,
+        "folder with trainvalclasses.txt / testclasses.txt (default: --captions' parent)",
+        show_default=False,
+    )
+    limit: int | None = option(None, "at most N images per split", show_default=False, at_least=1)
+
+
+@dataclass(frozen=True)
+class OxfordFlags(ConverterFlags, _OxfordSource):
+    """The convert-oxford command line (`train.options`): its own flags, then the shared ones
+    (a dataclass takes its bases' fields last base first)."""
+
+    out: Path = option(Path("data/flowers.h5"), "output HDF5 file", show_default=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The command's flags."""
+    """The command's flags, generated from `OxfordFlags` (argparse checks the ranges)."""
     p = argparse.ArgumentParser(
         prog="python -m train data convert-oxford",
         description="Convert Oxford-102 flowers with Reed's 10 captions per image to our schema.",
     )
-    p.add_argument("flowers_dir", type=Path, help="the Oxford-102 folder containing jpg/")
-    p.add_argument(
-        "--captions",
-        type=Path,
-        required=True,
-        help="Reed's caption folder (cvpr2016_flowers/text_c10)",
-    )
-    p.add_argument(
-        "--class-split-dir",
-        type=Path,
-        default=None,
-        help="folder with trainvalclasses.txt / testclasses.txt (default: --captions' parent)",
-    )
-    p.add_argument(
-        "--limit", type=positive_int("--limit"), default=None, help="at most N images per split"
-    )
-    add_common_flags(p, "data/flowers.h5")
-    return p
+    return options.build_parser(OxfordFlags, p, given_only=False, ranges_in_parser=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Convert; print a JSON summary line on stdout."""
-    args = build_parser().parse_args(argv)
+    args = OxfordFlags(**vars(build_parser().parse_args(argv)))
 
     def convert(started: float) -> dict[str, object]:
         items, class_names, left_out = oxford_items(

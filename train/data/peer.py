@@ -33,14 +33,15 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from train import options
 from train.data import guard
 from train.data.convert import (
     DEFAULT_IMAGE_SIZE,
     REAL_AUGMENTATION,
+    ConverterFlags,
     ItemError,
     Problems,
     UsageError,
-    add_common_flags,
     load_source_image,
     pad_captions,
     parallel_map,
@@ -54,6 +55,7 @@ from train.data.schema import (
     write_dataset,
 )
 from train.errors import first_line
+from train.options import REQUIRED, option
 
 log = logging.getLogger(__name__)
 
@@ -329,24 +331,35 @@ def peer_info(path: str | Path) -> DatasetInfo:
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class PeerFlags(ConverterFlags):
+    """The import-peer command line: the converters' shared flags, the source and --splits."""
+
+    out: Path = option(Path("data/peer.h5"), "output HDF5 file", show_default=False)
+    source: Path = option(
+        REQUIRED, "peer-layout HDF5 file (birds.hdf5, flowers.hdf5)", positional=True
+    )
+    splits: tuple[str, ...] | None = option(
+        None, "splits to convert (default: all in the file)", show_default=False, nargs="+"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The command's flags."""
+    """The command's flags, generated from `PeerFlags` (argparse checks the ranges)."""
     p = argparse.ArgumentParser(
         prog="python -m train data import-peer",
         description="Convert a GAN-CLS peer-layout birds.hdf5/flowers.hdf5 to our HDF5 schema "
         "(one row per image, duplicate entries merged, images pre-resized).",
     )
-    p.add_argument("source", type=Path, help="peer-layout HDF5 file (birds.hdf5, flowers.hdf5)")
-    add_common_flags(p, "data/peer.h5")
-    p.add_argument(
-        "--splits", nargs="+", default=None, help="splits to convert (default: all in the file)"
-    )
-    return p
+    return options.build_parser(PeerFlags, p, given_only=False, ranges_in_parser=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Convert; print a JSON summary line on stdout."""
-    args = build_parser().parse_args(argv)
+    given = vars(build_parser().parse_args(argv))
+    if given["splits"] is not None:  # nargs="+" parses to a list; the flags are frozen
+        given["splits"] = tuple(given["splits"])
+    args = PeerFlags(**given)
     problems = Problems(args.skip_bad)
 
     def convert(started: float) -> dict[str, object]:
