@@ -157,11 +157,7 @@ def evaluate(
             if split.attributes is not None:
                 records += _partial_records(model, split, image_embeddings, config, name)
         for variant in config.variants:
-            queries = perturb_all(texts, variant, config.seed, name)
-            try:
-                text_embeddings = model.encode_texts(queries).numpy()  # (Q, E)
-            except CaptionError as err:
-                raise CaptionError(f"split {name!r}, variant {variant!r}: {err}") from None
+            text_embeddings = _encode(model, texts, variant, config.seed, name)  # (Q, E)
             result = r_precision(
                 text_embeddings,
                 image_embeddings,
@@ -171,19 +167,7 @@ def evaluate(
                 num_candidates=config.candidates,
                 seed=zlib.crc32(f"{config.seed}:{name}".encode()),  # same candidates per variant
             )
-            records.append(
-                {
-                    "metric": METRIC,
-                    "split": name,
-                    "variant": variant,
-                    "value": result.value,
-                    "stderr": result.stderr,
-                    "queries": result.queries,
-                    "candidates": result.candidates,
-                    "captions_per_image": config.captions_per_image,
-                    "seed": config.seed,
-                }
-            )
+            records.append(_record(name, variant, result, config))
             if variant == "clean" and split.attributes is not None:
                 separation = attribute_separation(text_embeddings, image_of, split.attributes)
                 for a, value in enumerate(separation.tolist()):
@@ -224,11 +208,7 @@ def _partial_records(
     records = []
     row = name + PARTIAL_SUFFIX
     for variant in config.variants:
-        queries = perturb_all(texts, variant, config.seed, row)
-        try:
-            text_embeddings = model.encode_texts(queries).numpy()  # (Q, E)
-        except CaptionError as err:
-            raise CaptionError(f"split {row!r}, variant {variant!r}: {err}") from None
+        text_embeddings = _encode(model, texts, variant, config.seed, row)  # (Q, E)
         result = partial_r_precision(
             text_embeddings,
             image_embeddings,
@@ -238,21 +218,34 @@ def _partial_records(
             num_candidates=config.candidates,
             seed=zlib.crc32(f"{config.seed}:{row}".encode()),  # same candidates per variant
         )
-        records.append(
-            {
-                "metric": METRIC,
-                "split": row,
-                "variant": variant,
-                "value": result.value,
-                "stderr": result.stderr,
-                "queries": result.queries,
-                "candidates": result.candidates,
-                "captions_per_image": config.captions_per_image,
-                "seed": config.seed,
-                "distractors": "contradict a stated attribute",
-            }
-        )
+        record = _record(row, variant, result, config)
+        records.append(record | {"distractors": "contradict a stated attribute"})
     return records
+
+
+def _encode(model: Any, texts: Sequence[str], variant: str, seed: int, split: str) -> np.ndarray:
+    """Text embeddings (Q, E) of `texts` under a perturbation variant; a caption the tokenizer
+    refuses is one line naming the split and variant."""
+    queries = perturb_all(texts, variant, seed, split)
+    try:
+        return model.encode_texts(queries).numpy()
+    except CaptionError as err:
+        raise CaptionError(f"split {split!r}, variant {variant!r}: {err}") from None
+
+
+def _record(split: str, variant: str, result: Any, config: EvalConfig) -> dict[str, Any]:
+    """One R-precision line of eval_text.jsonl."""
+    return {
+        "metric": METRIC,
+        "split": split,
+        "variant": variant,
+        "value": result.value,
+        "stderr": result.stderr,
+        "queries": result.queries,
+        "candidates": result.candidates,
+        "captions_per_image": config.captions_per_image,
+        "seed": config.seed,
+    }
 
 
 def format_table(records: Sequence[dict[str, Any]]) -> str:
