@@ -425,6 +425,67 @@ class Discriminator(nn.Module):
         return self.score(joint).flatten(), joint  # (B,), (B, ndf*8, 4, 4)
 
 
+# --------------------------------------------------------------------------------------------
+# Read-back ψ(φ(t)): what the robot understood a caption to say
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReadBackConfig:
+    """Heads on the text embedding that read a caption back as attributes (docs/TEXT_ENCODER.md
+    § Read-back). One softmax block per attribute over its values plus a last "not stated" class,
+    and one off-domain logit (the caption describes nothing the robot knows)."""
+
+    embedding_dim: int = 1024
+    value_counts: tuple[int, ...] = (8, 6, 3, 3, 2)
+    """Values per attribute, in `train.data.attributes.ATTRIBUTE_NAMES` order."""
+    hidden: int = 256
+    """Width of the one hidden layer (0: linear heads)."""
+
+    def __post_init__(self) -> None:
+        if self.embedding_dim < 1 or self.hidden < 0:
+            raise ValueError("embedding_dim must be >= 1 and hidden >= 0")
+        if not self.value_counts or min(self.value_counts) < 2:
+            raise ValueError(f"value_counts must be >= 2 each, got {self.value_counts}")
+
+    @property
+    def block_sizes(self) -> tuple[int, ...]:
+        """Logits per attribute: its values, then "not stated"."""
+        return tuple(n + 1 for n in self.value_counts)
+
+
+class ReadBack(nn.Module):
+    """ψ: text embedding (B, E) → (attribute logits (B, Σ(n_a + 1)), off-domain logit (B,)).
+
+    Block a of the attribute logits holds attribute a's values in `ATTRIBUTE_VALUES` order and
+    then "not stated"; softmax is taken per block. The input is L2-normalised first, so the heads
+    read the direction of φ(t) (what InfoNCE shapes), not its length.
+    """
+
+    def __init__(self, config: ReadBackConfig) -> None:
+        super().__init__()
+        self.config = config
+        width = config.hidden or config.embedding_dim
+        self.trunk: nn.Module = (
+            nn.Sequential(nn.Linear(config.embedding_dim, config.hidden), nn.ReLU())
+            if config.hidden
+            else nn.Identity()
+        )
+        self.attributes = nn.Linear(width, sum(config.block_sizes))
+        self.off_domain = nn.Linear(width, 1)
+
+    def forward(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.trunk(F.normalize(embedding, dim=1))  # (B, hidden) or (B, E)
+        return self.attributes(h), self.off_domain(h).squeeze(1)
+
+    def probabilities(self, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(per-block softmax (B, Σ(n_a + 1)), off-domain probability (B,)): the exported graph's
+        outputs."""
+        logits, off = self(embedding)
+        blocks = [part.softmax(dim=1) for part in logits.split(self.config.block_sizes, dim=1)]
+        return torch.cat(blocks, dim=1), torch.sigmoid(off)
+
+
 MODEL_TYPES: dict[str, tuple[type, type[nn.Module]]] = {
     "text_encoder": (TextEncoderConfig, CharCnnRnn),
     "image_encoder": (ImageEncoderConfig, ImageEncoder),
@@ -432,6 +493,8 @@ MODEL_TYPES: dict[str, tuple[type, type[nn.Module]]] = {
     # The exponential moving average of the generator's weights (docs/GAN_TRAINING.md § EMA).
     "generator_ema": (GANConfig, Generator),
     "discriminator": (GANConfig, Discriminator),
+    # Trained with the text encoder; GAN checkpoints carry it on to export (docs/TEXT_ENCODER.md).
+    "readback": (ReadBackConfig, ReadBack),
 }
 """Checkpoint model name → (config class, network class); see `train.checkpoint.build_model`."""
 
