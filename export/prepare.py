@@ -237,10 +237,10 @@ class ExportGenerator(nn.Module):
         if generator.training:
             raise ValueError("fold batch norm only in eval mode (call generator.eval())")
         self.form = form
-        linear, bn, act = generator.project_text
-        self.project_text = nn.Sequential(
-            fuse_linear_bn_eval(linear, bn), nn.LeakyReLU(act.negative_slope)
-        )
+        linear, norm, act = generator.project_text
+        # text_norm "none" has an Identity where batch norm would be: nothing to fold.
+        folded = fuse_linear_bn_eval(linear, norm) if isinstance(norm, nn.BatchNorm1d) else linear
+        self.project_text = nn.Sequential(copy.deepcopy(folded), nn.LeakyReLU(act.negative_slope))
         first, *rest = generator.blocks
         self.first = LinearToMap(fuse_conv_bn_eval(first.conv, first.bn, transpose=True))
         self.ups = nn.ModuleList(

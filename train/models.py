@@ -263,6 +263,9 @@ class ImageEncoder(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
+TEXT_NORMS: tuple[str, ...] = ("batch", "none")
+
+
 @dataclass(frozen=True)
 class GANConfig:
     """DCGAN-64 conditioned on a text embedding, as in Reed et al. 2016."""
@@ -271,7 +274,12 @@ class GANConfig:
     embedding_dim: int = 1024
     """Width of the text encoder's output."""
     projected_dim: int = 128
-    """The embedding is compressed to this with Linear + BatchNorm + LeakyReLU(0.2)."""
+    """The embedding is compressed to this with Linear + `text_norm` + LeakyReLU(0.2)."""
+    text_norm: str = "batch"
+    """Normalisation in the text projection of both networks: "batch" (Reed's BatchNorm) or
+    "none". In training, batch norm makes one caption's conditioning depend on the other
+    captions in its batch; at inference (running statistics) both are per-sample. The choice is
+    measured in docs/GAN_TRAINING.md § Ablation."""
     ngf: int = 64
     ndf: int = 64
     residual: bool = False
@@ -279,14 +287,19 @@ class GANConfig:
     image_size: int = 64
 
     def __post_init__(self) -> None:
+        if self.text_norm not in TEXT_NORMS:
+            raise ValueError(f"text_norm must be one of {TEXT_NORMS}, got {self.text_norm!r}")
         if self.image_size != 64:
             raise ValueError(f"only 64×64 images are supported, got {self.image_size}")
 
 
-def _text_projection(embedding_dim: int, projected_dim: int) -> nn.Sequential:
+def _text_projection(config: GANConfig) -> nn.Sequential:
+    """(B, E) → (B, projected_dim). Always three modules (linear, norm, activation) so that the
+    weight names stay "0.*" and export folds or copies by position; "none" is an Identity."""
+    norm = nn.BatchNorm1d(config.projected_dim) if config.text_norm == "batch" else nn.Identity()
     return nn.Sequential(
-        nn.Linear(embedding_dim, projected_dim),
-        nn.BatchNorm1d(projected_dim),
+        nn.Linear(config.embedding_dim, config.projected_dim),
+        norm,
         nn.LeakyReLU(0.2, inplace=True),
     )
 
@@ -337,7 +350,7 @@ class Generator(nn.Module):
         super().__init__()
         self.config = config
         ngf = config.ngf
-        self.project_text = _text_projection(config.embedding_dim, config.projected_dim)
+        self.project_text = _text_projection(config)
         self.blocks = nn.ModuleList(
             [
                 UpBlock(config.noise_dim + config.projected_dim, ngf * 8, 4, 1, 0),  # 1 → 4
@@ -395,7 +408,7 @@ class Discriminator(nn.Module):
         if config.residual:
             stages.append(ResidualBlock(ndf * 8, nn.LeakyReLU(0.2, inplace=True)))
         self.image_path = nn.Sequential(*stages)
-        self.project_text = _text_projection(config.embedding_dim, config.projected_dim)
+        self.project_text = _text_projection(config)
         self.joint = nn.Sequential(
             nn.Conv2d(ndf * 8 + config.projected_dim, ndf * 8, 1, bias=False),
             nn.BatchNorm2d(ndf * 8),

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
 from edge_runtime import tokenizer
 from train import models
@@ -53,3 +54,28 @@ def test_models_text_encoder_padding_does_not_change_embedding(rnn: str) -> None
         noisy = ids.clone()
         noisy[1, config.min_input_length(lengths[1]) :] = 5
         torch.testing.assert_close(enc(noisy, lengths_t)[1], batch[1], atol=1e-5, rtol=0)
+
+
+def test_text_norm_none_makes_a_captions_conditioning_independent_of_its_batch() -> None:
+    """In training mode batch norm mixes the batch into each caption's projection; "none" must
+    not (issue 16: conditioning that depends on the batch)."""
+    torch.manual_seed(0)
+    text = torch.randn(6, 16)
+    outputs = {}
+    for norm in models.TEXT_NORMS:
+        g = models.Generator(models.GANConfig(embedding_dim=16, ngf=4, text_norm=norm)).train()
+        alone = g.project_text(text[:3])  # (3, projected_dim)
+        together = g.project_text(text)[:3]
+        outputs[norm] = (alone - together).abs().max().item()
+    assert outputs["batch"] > 1e-3
+    assert outputs["none"] == 0.0
+
+
+def test_text_norm_is_checked_and_old_configs_default_to_batch_norm() -> None:
+    with pytest.raises(ValueError, match="text_norm"):
+        models.GANConfig(text_norm="layer")
+    old = models.config_from_dict(models.GANConfig, {"ngf": 4, "ndf": 4}, "old checkpoint")
+    assert old.text_norm == "batch"
+    assert isinstance(models.Generator(old).project_text[1], nn.BatchNorm1d)
+    none = models.Generator(models.GANConfig(ngf=4, text_norm="none"))
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in none.project_text)

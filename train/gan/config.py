@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from train import checkpoint as ck
-from train import options
+from train import models, options
 from train.distributed import cpu_computes_bf16
 from train.errors import ConfigError
 from train.gan import augment
@@ -66,6 +66,12 @@ class GanTrainConfig:
     ngf: int = option(64, "generator width", group="networks", at_least=1)
     ndf: int = option(64, "discriminator width", group="networks", at_least=1)
     residual: bool = option(False, "residual blocks at 4×4 and 8×8", group="networks")
+    text_norm: str = option(
+        "batch",
+        "normalisation in both networks' text projection (none: no batch dependence)",
+        group="networks",
+        choices=models.TEXT_NORMS,
+    )
     # Objective (train/gan/losses.py): --objective names a set of term weights (OBJECTIVES);
     # a weight flag given beside it overrides that one weight. None = "from --objective".
     objective: str = option(

@@ -279,7 +279,11 @@ class GanTrainer:
 
         # Networks.
         self.gan_config = models.GANConfig(
-            embedding_dim=self.embeddings.dim, ngf=c.ngf, ndf=c.ndf, residual=c.residual
+            embedding_dim=self.embeddings.dim,
+            ngf=c.ngf,
+            ndf=c.ndf,
+            residual=c.residual,
+            text_norm=c.text_norm,
         )
         self.generator = models.Generator(self.gan_config)
         self.discriminator = models.Discriminator(self.gan_config)
