@@ -536,15 +536,24 @@ class Engine:
             if hit is not None:
                 self._understood.move_to_end(text)
                 return hit
-        embedding = self.embed([caption])  # (1, E)
-        probs, off = _run_readback(runner, embedding)  # (1, W), (1,)
-        understood = decide(probs[0], off[0], spec)
+        understood = self.read_back(self.embed([caption]))
+        assert understood is not None  # checked above: this bundle has a read-back
         with self._lock:
             if self._cache_capacity > 0:
                 self._understood[text] = understood
                 while len(self._understood) > self._cache_capacity:
                     self._understood.popitem(last=False)
         return understood
+
+    def read_back(self, embedding: np.ndarray) -> Understood | None:
+        """One caption's (1, E) text embedding → `Understood` (no cache): the read-back's own
+        cost on top of the embedding, which `rescue-edge bench` times."""
+        spec = self.manifest.readback
+        runner = self._variant_in_use
+        if runner.readback is None or spec is None:
+            return None
+        probs, off = _run_readback(runner, embedding)  # (1, W), (1,)
+        return decide(probs[0], off[0], spec)
 
     # -- cache ----------------------------------------------------------------------------------
 
