@@ -73,6 +73,7 @@ def _block(
     times: dict[str, float],
     baselines: tuple[str, ...],
     sizes: dict[str, int],
+    *,
     digits: int = 2,
 ) -> str:
     """One configuration: a row per variant with ms, ms/image, ratios and file size."""
