@@ -205,9 +205,15 @@ def _info(args: argparse.Namespace) -> int:
         "schema_version": m.schema_version,
         "model": m.model.to_dict(),
         "variants": {
-            k: {"gate_passed": v.gate_passed, "quality": v.quality, "latency_ms": v.latency_ms}
+            k: {
+                "gate_passed": v.gate_passed,
+                "quality": v.quality,
+                "latency_ms": v.latency_ms,
+                **({"readback": v.readback} if v.readback else {}),
+            }
             for k, v in m.variants.items()
         },
+        "readback": m.readback.to_dict() if m.readback is not None else None,
         "graphs": {k: {"file": g.file, "size_bytes": g.size_bytes} for k, g in m.graphs.items()},
         "inference_check": ran,
         "providers_available": ort.get_available_providers(),

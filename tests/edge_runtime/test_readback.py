@@ -343,3 +343,48 @@ def test_cli_generate_without_readback_prints_no_readback_and_strict_refuses(
     assert len(out.splitlines()) == 1 and "understood" not in err
     assert main([*argv, "--strict"]) == 2
     assert "has no read-back" in capsys.readouterr().err
+
+
+# -- rescue-edge client ------------------------------------------------------------------------
+
+
+def test_cli_client_shows_the_readback_and_strict_and_understand_work(
+    serve, cable, tmp_path: Path, capsys: pytest.CaptureFixture[str], engine: Engine
+) -> None:
+    service = serve()
+    wait_for(lambda: service.link.is_open)
+    argv = ["client", "--serial", cable.operator_path, "--timeout", "5", "--insecure"]
+    argv += ["--out", str(tmp_path / "received")]
+
+    def client_lines(err: str) -> list[str]:
+        # The in-process service logs its --insecure warning through the same stderr.
+        return [line for line in err.splitlines() if "NOT authenticated" not in line]
+
+    assert main([*argv, CAPTION, "--seed", "5"]) == 0
+    out, err = capsys.readouterr()
+    (path,) = out.split()  # stdout: one fetched path
+    assert Path(path).is_file()
+    expected = engine.understand(CAPTION)
+    assert expected is not None and client_lines(err)[0] == expected.summary()
+    # Read-back only: no image asked for, the warning shown.
+    assert main([*argv, "--understand", OFF_DOMAIN]) == 0
+    out, err = capsys.readouterr()
+    summary, warning = client_lines(err)
+    assert out == "" and summary.startswith("understood as: ")
+    assert warning.startswith("warning: the caption reads as nothing")
+    # strict: the robot refuses the off-domain caption; bad input, exit 2, one line.
+    assert main([*argv, "--strict", OFF_DOMAIN]) == 2
+    out, err = capsys.readouterr()
+    (line,) = client_lines(err)
+    assert out == "" and "OFF_DOMAIN" in line
+    assert sorted(p.name for p in (tmp_path / "received").iterdir()) == [Path(path).name]
+
+
+def test_cli_info_describes_the_readback(
+    tiny_bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["info", str(tiny_bundle)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["readback"]["attributes"][0]["name"] == "colour"
+    assert summary["readback"]["off_domain_threshold"] == 0.5
+    assert summary["variants"]["int8"]["readback"] in summary["graphs"]
