@@ -270,7 +270,9 @@ def _generate(args: argparse.Namespace) -> int:
     sheet = None
     if args.sheet:
         labels = [f"seed {seed} #{k}" for k in range(args.n)]
-        sheet = contact_sheet(images, encoded.text, labels, tile=max(size, 96))
+        # The caption as the model read it, and under it what the robot understood.
+        title = encoded.text + (f"\n{understood.summary()}" if understood is not None else "")
+        sheet = contact_sheet(images, title, labels, tile=max(size, 96))
         (sheet_name,) = output.names("cli", seed, ["sheet"])
         files.append((sheet_name, encode_png(sheet)))
     saved = output.save(files)

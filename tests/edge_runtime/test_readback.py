@@ -388,3 +388,20 @@ def test_cli_info_describes_the_readback(
     assert summary["readback"]["attributes"][0]["name"] == "colour"
     assert summary["readback"]["off_domain_threshold"] == 0.5
     assert summary["variants"]["int8"]["readback"] in summary["graphs"]
+
+
+def test_cli_generate_sheet_shows_the_readback_under_the_caption(
+    tiny_bundle: Path,
+    bundle_without_readback: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from edge_runtime.images import decode_png
+
+    heights = {}
+    for name, bundle in (("with", tiny_bundle), ("without", bundle_without_readback)):
+        argv = ["generate", CAPTION, "-n", "2", "--seed", "1", "--sheet", "--precision", "fp32"]
+        assert main([*argv, "--bundle", str(bundle), "--out", str(tmp_path / name)]) == 0
+        *_, sheet = capsys.readouterr().out.split()
+        heights[name] = decode_png(Path(sheet).read_bytes()).shape[0]
+    assert heights["with"] > heights["without"]  # the read-back's own line(s) in the header
