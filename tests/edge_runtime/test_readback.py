@@ -4,6 +4,7 @@ read-back (an old checkpoint's) that keeps working as before (docs/PROTOCOL.md Â
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import threading
@@ -378,6 +379,13 @@ def test_cli_client_shows_the_readback_and_strict_and_understand_work(
     (line,) = client_lines(err)
     assert out == "" and "OFF_DOMAIN" in line
     assert sorted(p.name for p in (tmp_path / "received").iterdir()) == [Path(path).name]
+    # Typed at the client's prompt: /understand CAPTION, then quit.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("sys.stdin", io.StringIO(f"/understand {OFF_DOMAIN}\n/quit\n"))
+        assert main(argv) == 0
+    out, err = capsys.readouterr()
+    summary, warning = client_lines(err)
+    assert out == "" and summary.startswith("understood as: ") and warning.startswith("warning:")
 
 
 def test_cli_info_describes_the_readback(
