@@ -1006,6 +1006,7 @@ class Service:
         fields: dict[str, Any] = {
             "bundle": info.bundle_id,
             "precision": info.precision,
+            "readback": "yes" if self.engine.has_readback else "no",
             "provider": info.provider,
             "threads": info.threads,
             "uptime_s": self._uptime(),

@@ -260,6 +260,9 @@ def test_understand_command_answers_at_once_without_an_image(
     assert done.get("warning") == readback.WARNING_OFF_DOMAIN
     assert set(done.fields) == {"cmd", "understood", "off_domain", "warning"}
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    reader.send(b"s1 status\r\n")
+    *_, status = reader.until("s1")
+    assert status.get("readback") == "yes"
     reader.send(b"u2 understand n=2 red\r\n")
     (err,) = reader.read(1)
     assert (err.kind, err.code) == ("err", protocol.Code.BAD_ARGS)
@@ -294,6 +297,9 @@ def test_a_robot_without_readback_says_so(bundle_without_readback: Path, cable, 
         reader.send(format_request("u1", "understand", caption=CAPTION))
         (err,) = reader.read(1)
         assert (err.kind, err.code) == ("err", protocol.Code.NO_READBACK)
+        reader.send(format_request("s1", "status"))
+        *_, status = reader.until("s1")  # an info line with the last error comes first
+        assert status.get("readback") == "no"
         reader.send(format_request("g2", "gen", caption=CAPTION, seed=2, strict=True))
         _, err = reader.until("g2")
         assert (err.kind, err.code) == ("err", protocol.Code.NO_READBACK)
