@@ -7,6 +7,8 @@ reference only.
 
   caption → image, 1 thread   p50/p99 for captions never seen (text encoder runs) and for a cached
                               caption (generator only)
+  read-back, 1 thread         what reading a caption back adds to it: the read-back graph and the
+                              decision rule on the caption's (cached) embedding, p50/p99
   batched, 2 threads          images/s for a batch of distinct unseen captions and of one caption
   serial round trip           a pty pair to the real service: ping, and `gen` minus the same work
                               done in-process (engine + PNG + atomic write)
@@ -49,6 +51,7 @@ TARGETS = {
     "serial_gen_overhead_ms": "≤ 2",
     "startup_to_ready_s": "≤ 2",
     "rss_mb": "≤ 150",
+    "readback_p50_ms": "≤ 0.3",
 }
 _COLOURS = ("orange", "red", "blue", "green", "yellow", "white", "black", "grey")
 _POSES = ("lying", "sitting", "standing", "crouching", "waving")
@@ -140,6 +143,27 @@ def _latency(engines: dict[str, Any], iters: int) -> dict[str, dict[str, Any]]:
             "cached_p99_ms": c["p99_ms"],
             "cached_p99_over_p50": c["p99_ms"] / c["p50_ms"],
         }
+    return out
+
+
+def _readback(engines: dict[str, Any], iters: int) -> dict[str, dict[str, Any]]:
+    """p50/p99 of the read-back alone per caption (graph + decision on a cached embedding), one
+    thread, variants interleaved; engines whose bundle has no read-back are left out."""
+    engines = {k: e for k, e in engines.items() if e.has_readback}
+    times: dict[str, list[float]] = {k: [] for k in engines}
+    texts = captions(min(iters, 50), offset=50_000)
+    embeddings = {k: [e.embed([t]) for t in texts] for k, e in engines.items()}  # (1, E) each
+    for i in range(iters + 5):
+        for name, engine in engines.items():
+            embedding = embeddings[name][i % len(texts)]
+            t0 = time.perf_counter()
+            engine.read_back(embedding)
+            if i >= 5:  # warm-up
+                times[name].append((time.perf_counter() - t0) * 1000.0)
+    out = {}
+    for name, samples in times.items():
+        p = _percentiles(samples)
+        out[name] = {"readback_p50_ms": p["p50_ms"], "readback_p99_ms": p["p99_ms"]}
     return out
 
 
@@ -367,6 +391,10 @@ def run(args: argparse.Namespace, bundle: Path) -> int:
     print(f"bench: caption → image latency, {args.iters} calls each ...", file=progress)
     for name, figures in _latency(one, args.iters).items():
         report["variants"][name].update(figures)
+    if any(e.has_readback for e in one.values()):
+        print(f"bench: read-back per caption, {args.iters} calls each ...", file=progress)
+        for name, figures in _readback(one, args.iters).items():
+            report["variants"][name].update(figures)
     two = {n: Engine(bundle, precision=n, provider=args.provider, threads=2) for n in names}
     print(f"bench: batch of {args.batch} on 2 threads ...", file=progress)
     for name, figures in _throughput(two, args.batch, rounds=max(3, args.iters // 40)).items():

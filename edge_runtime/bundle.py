@@ -41,7 +41,10 @@ from edge_runtime import tokenizer
 from edge_runtime.atomic import fsync_dir
 
 SCHEMA = "rescue-t2i-bundle"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2 adds the optional read-back (`Manifest.readback`, `Variant.readback`); a bundle without one
+is still written as version 1, so robots that read only version 1 keep loading it."""
+READBACK_SCHEMA_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 
 # Tensor names: defined here once; the exporter names graph inputs/outputs with these and the
@@ -56,10 +59,18 @@ NOISE = "noise"
 """Generator input: float32 [batch, noise_dim], standard normal."""
 IMAGE = "image"
 """Generator output: float32 [batch, 3, image_size, image_size], RGB in `value_range`."""
+ATTRIBUTE_PROBS = "attribute_probs"
+"""Read-back output: float32 [batch, Σ(n_a + 1)], per attribute a softmax block over its values
+and a last "not stated" class (`ReadBackSpec.attributes` order)."""
+OFF_DOMAIN = "off_domain"
+"""Read-back output: float32 [batch], probability that the caption describes nothing the robot
+knows."""
 
 TEXT_ENCODER = "text_encoder"
 GENERATOR = "generator"
-ROLES = (TEXT_ENCODER, GENERATOR)
+READBACK = "readback"
+"""Optional role: text embedding → attributes read back (docs/EXPORT.md § Read-back)."""
+ROLES = (TEXT_ENCODER, GENERATOR, READBACK)
 BATCH_DIM = "batch"
 """Symbolic name of the dynamic batch axis in every graph."""
 TIME_DIM = "time"
@@ -101,8 +112,26 @@ IMAGE_CHANNELS = (1, 3)
 _KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 """Graph keys, variant and precision names, metric names."""
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_INPUTS = {TEXT_ENCODER: (CHAR_IDS, LENGTHS), GENERATOR: (NOISE, TEXT_EMBEDDING)}
-_OUTPUT = {TEXT_ENCODER: TEXT_EMBEDDING, GENERATOR: IMAGE}
+MAX_ATTRIBUTES = 16
+MAX_ATTRIBUTE_VALUES = 32
+MAX_LABEL_CHARS = 24
+"""Attribute and value names travel in every `gen` reply (`name:value:0.98` per attribute), so
+their count and length bound that reply: 16 × (24 + 1 + 24 + 5) + separators < 1 KiB."""
+_LABEL = re.compile(r"[a-z][a-z0-9_-]{0,23}")
+"""Attribute and value names: lower-case ASCII with nothing the link's reply fields escape or
+split on (space, '*', ',', ':', '=')."""
+NOT_STATED = "?"
+"""What the read-back prints for an attribute the caption leaves open (never a value name)."""
+_INPUTS = {
+    TEXT_ENCODER: (CHAR_IDS, LENGTHS),
+    GENERATOR: (NOISE, TEXT_EMBEDDING),
+    READBACK: (TEXT_EMBEDDING,),
+}
+_OUTPUTS = {
+    TEXT_ENCODER: (TEXT_EMBEDDING,),
+    GENERATOR: (IMAGE,),
+    READBACK: (ATTRIBUTE_PROBS, OFF_DOMAIN),
+}
 _INT_INPUTS = ("int64", "int32")
 _FLOAT_TENSORS = ("float32", "float16")
 
@@ -204,9 +233,15 @@ class Variant:
     """Measured against fp32 on a fixed batch, e.g. {"psnr_db": 41.2, "ssim": 0.995}."""
     latency_ms: dict[str, float] = field(default_factory=dict)
     """Measured on the exporting machine, e.g. {"generator_b1_t1": 2.1}."""
+    readback: str | None = None
+    """Key into `Manifest.graphs` of this precision's read-back graph; None when the bundle has
+    no read-back (then the field is not written, as in schema version 1)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if self.readback is None:
+            del d["readback"]
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str) -> Variant:
@@ -217,7 +252,82 @@ class Variant:
             gate_passed=_get(d, "gate_passed", bool, where),
             quality=_floats(_get(d, "quality", dict, where), where),
             latency_ms=_floats(_get(d, "latency_ms", dict, where), where),
+            readback=_get(d, "readback", str, where) if "readback" in d else None,
         )
+
+
+@dataclass(frozen=True)
+class ReadBackSpec:
+    """What the read-back graph's outputs mean, and the decision rule's threshold.
+
+    `attributes` names the softmax blocks of `ATTRIBUTE_PROBS` in order: attribute a's block is
+    its values in the listed order, then "not stated". The decision rule (docs/PROTOCOL.md
+    § Read-back; the same as docs/TEXT_ENCODER.md § Read-back): per block the most probable class,
+    `NOT_STATED` when that is the last one; off-domain when `OFF_DOMAIN` > `off_domain_threshold`.
+    """
+
+    attributes: tuple[tuple[str, tuple[str, ...]], ...]
+    """(attribute name, its value names) in block order."""
+    off_domain_threshold: float = 0.5
+
+    @property
+    def block_sizes(self) -> tuple[int, ...]:
+        """Classes per attribute block: its values, then "not stated"."""
+        return tuple(len(values) + 1 for _, values in self.attributes)
+
+    @property
+    def width(self) -> int:
+        """Columns of `ATTRIBUTE_PROBS`: Σ(n_a + 1)."""
+        return sum(self.block_sizes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "attributes": [
+                {"name": name, "values": list(values)} for name, values in self.attributes
+            ],
+            "off_domain_threshold": self.off_domain_threshold,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str) -> ReadBackSpec:
+        _only(d, ("attributes", "off_domain_threshold"), where)
+        items = _get(d, "attributes", list, where)
+        if not 1 <= len(items) <= MAX_ATTRIBUTES:
+            raise BundleError(
+                f"{where}: field 'attributes' has {len(items)} entries, "
+                f"expected 1..{MAX_ATTRIBUTES}"
+            )
+        attributes: list[tuple[str, tuple[str, ...]]] = []
+        for index, raw in enumerate(items):
+            at = f"{where} attributes[{index}]"
+            item = _object(raw, at)
+            _only(item, ("name", "values"), at)
+            name = _label(_get(item, "name", str, at), "name", at)
+            values = _get(item, "values", list, at)
+            if not 2 <= len(values) <= MAX_ATTRIBUTE_VALUES:
+                raise BundleError(
+                    f"{at}: field 'values' has {len(values)} entries, expected "
+                    f"2..{MAX_ATTRIBUTE_VALUES}"
+                )
+            for value in values:
+                if not isinstance(value, str):
+                    raise BundleError(
+                        f"{at}: field 'values' should hold strings, got {type(value).__name__}"
+                    )
+                _label(value, "values", at)
+            if len(set(values)) != len(values):
+                raise BundleError(f"{at}: field 'values' repeats a value")
+            attributes.append((name, tuple(values)))
+        names = [name for name, _ in attributes]
+        if len(set(names)) != len(names):
+            raise BundleError(f"{where}: field 'attributes' repeats a name")
+        threshold = _get(d, "off_domain_threshold", float, where)
+        if not 0.0 < threshold < 1.0:
+            raise BundleError(
+                f"{where}: field 'off_domain_threshold' must be strictly between 0 and 1, "
+                f"got {threshold!r:.40}"
+            )
+        return cls(attributes=tuple(attributes), off_domain_threshold=threshold)
 
 
 @dataclass(frozen=True)
@@ -299,13 +409,20 @@ class Manifest:
     """How int8 graphs were made: method, calibration set, excluded nodes, ..."""
     provenance: dict[str, Any] = field(default_factory=dict)
     """checkpoint_sha256, git_commit, created_utc, exporter and library versions, ..."""
+    readback: ReadBackSpec | None = None
+    """The read-back's labels and threshold; None: the bundle reads no caption back."""
     schema: str = SCHEMA
-    schema_version: int = SCHEMA_VERSION
+    schema_version: int = 1
+    """Written as `READBACK_SCHEMA_VERSION` when the bundle has a read-back, else as given."""
 
     def to_dict(self) -> dict[str, Any]:
+        version = self.schema_version
+        if self.readback is not None:
+            version = max(version, READBACK_SCHEMA_VERSION)
+        extra = {} if self.readback is None else {"readback": self.readback.to_dict()}
         return {
             "schema": self.schema,
-            "schema_version": self.schema_version,
+            "schema_version": version,
             "name": self.name,
             "tokenizer": dict(self.tokenizer),
             "model": self.model.to_dict(),
@@ -313,6 +430,7 @@ class Manifest:
             "variants": {k: v.to_dict() for k, v in self.variants.items()},
             "quantization": dict(self.quantization),
             "provenance": dict(self.provenance),
+            **extra,
         }
 
     @classmethod
@@ -353,6 +471,17 @@ class Manifest:
         }
         if not variants:
             raise BundleError(f"{where}: no variants")
+        readback = None
+        if "readback" in d:
+            # A version-1 reader refuses the field by name; a version-2 bundle says so itself.
+            if version < READBACK_SCHEMA_VERSION:
+                raise BundleError(
+                    f"{where}: field 'readback' needs schema_version {READBACK_SCHEMA_VERSION}, "
+                    f"the manifest says {version}"
+                )
+            readback = ReadBackSpec.from_dict(
+                _object(d["readback"], f"{where} readback"), f"{where} readback"
+            )
         files: dict[str, GraphSpec] = {}
         total = sum({g.file: g.size_bytes for g in graphs.values()}.values())
         if total > MAX_BUNDLE_BYTES:
@@ -379,6 +508,14 @@ class Manifest:
                     raise BundleError(
                         f"{where}: variant {key} uses {graph_key!r} (a {graph.role}) as its {role}"
                     )
+            _check_readback_variant(key, variant, graphs, readback, where)
+        if readback is None:
+            for key, graph in graphs.items():
+                if graph.role == READBACK:
+                    raise BundleError(
+                        f"{where}: graphs.{key} is a {READBACK} but the manifest has no 'readback'"
+                        " field naming its attributes"
+                    )
         name = _get(d, "name", str, where)
         # The name reaches logs and the link's status reply: no control characters.
         if not 1 <= len(name) <= MAX_NAME_CHARS or not name.isprintable():
@@ -387,7 +524,7 @@ class Manifest:
             )
         model = ModelSpec.from_dict(_get(d, "model", dict, where), f"{where} model")
         for key, graph in graphs.items():
-            _check_contract(graph, model, f"{where} graphs.{key}")
+            _check_contract(graph, model, f"{where} graphs.{key}", readback)
         return cls(
             name=name,
             model=model,
@@ -396,12 +533,49 @@ class Manifest:
             tokenizer=tok,
             quantization=_get(d, "quantization", dict, where),
             provenance=_get(d, "provenance", dict, where),
+            readback=readback,
             schema=schema,
             schema_version=version,
         )
 
 
 _FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")
+
+
+def _check_readback_variant(
+    key: str,
+    variant: Variant,
+    graphs: Mapping[str, GraphSpec],
+    readback: ReadBackSpec | None,
+    where: str,
+) -> None:
+    """With a read-back every variant names one (whichever precision the robot picks, it can read
+    captions back); without, none does."""
+    if readback is None:
+        if variant.readback is not None:
+            raise BundleError(
+                f"{where}: variant {key} names read-back graph {variant.readback!r:.60} but the "
+                "manifest has no 'readback' field"
+            )
+        return
+    if variant.readback is None:
+        raise BundleError(f"{where}: variant {key} has no 'readback' graph (the bundle has one)")
+    graph = graphs.get(variant.readback)
+    if graph is None:
+        raise BundleError(f"{where}: variant {key} names unknown graph {variant.readback!r:.60}")
+    if graph.role != READBACK:
+        raise BundleError(
+            f"{where}: variant {key} uses {variant.readback!r} (a {graph.role}) as its {READBACK}"
+        )
+
+
+def _label(value: str, key: str, where: str) -> str:
+    if not _LABEL.fullmatch(value):
+        raise BundleError(
+            f"{where}: field {key!r} holds {value!r:.40}, not a label (1-{MAX_LABEL_CHARS} of "
+            "a-z 0-9 _ -, starting with a letter)"
+        )
+    return value
 
 
 def _only(d: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
@@ -457,7 +631,9 @@ def _tensors(d: Mapping[str, Any], key: str, where: str) -> tuple[TensorSpec, ..
     return specs
 
 
-def _check_contract(graph: GraphSpec, model: ModelSpec, where: str) -> None:
+def _check_contract(
+    graph: GraphSpec, model: ModelSpec, where: str, readback: ReadBackSpec | None = None
+) -> None:
     """The graph's declared inputs and outputs are what the runtime will feed and fetch, with the
     model's sizes: a manifest that passes here cannot make `serve` fail on a shape."""
     inputs = {t.name: t for t in graph.inputs}
@@ -467,9 +643,16 @@ def _check_contract(graph: GraphSpec, model: ModelSpec, where: str) -> None:
             f"{where}: a {graph.role} has inputs {sorted(expected)}, manifest says {sorted(inputs)}"
         )
     outputs = {t.name: t for t in graph.outputs}
-    if _OUTPUT[graph.role] not in outputs:
-        raise BundleError(f"{where}: a {graph.role} must have the output {_OUTPUT[graph.role]!r}")
-    if graph.role == TEXT_ENCODER:
+    for name in _OUTPUTS[graph.role]:
+        if name not in outputs:
+            raise BundleError(f"{where}: a {graph.role} must have the output {name!r}")
+    if graph.role == READBACK:
+        # Only reached with a readback spec: a readback graph without one is refused earlier.
+        assert readback is not None
+        _expect(inputs[TEXT_EMBEDDING], _FLOAT_TENSORS, [(model.embedding_dim,)], where)
+        _expect(outputs[ATTRIBUTE_PROBS], _FLOAT_TENSORS, [(readback.width,)], where)
+        _expect(outputs[OFF_DOMAIN], _FLOAT_TENSORS, [], where)
+    elif graph.role == TEXT_ENCODER:
         # Padded only as far as `min_input_length` needs when length_stride > 0: a dynamic axis.
         time = (None,) if model.length_stride else (None, model.max_length)
         _expect(inputs[CHAR_IDS], _INT_INPUTS, [time], where)

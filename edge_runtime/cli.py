@@ -51,6 +51,12 @@ _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 MAX_CLI_IMAGES = 256
 
 
+_INPUT_CODES = frozenset(
+    {protocol.Code.BAD_CAPTION, protocol.Code.BAD_ARGS, protocol.Code.OFF_DOMAIN}
+)
+"""Robot error codes that mean the operator's input was wrong (exit 2, not 1)."""
+
+
 class UsageError(ValueError):
     """A flag value that cannot work; the message names the flag."""
 
@@ -199,9 +205,15 @@ def _info(args: argparse.Namespace) -> int:
         "schema_version": m.schema_version,
         "model": m.model.to_dict(),
         "variants": {
-            k: {"gate_passed": v.gate_passed, "quality": v.quality, "latency_ms": v.latency_ms}
+            k: {
+                "gate_passed": v.gate_passed,
+                "quality": v.quality,
+                "latency_ms": v.latency_ms,
+                **({"readback": v.readback} if v.readback else {}),
+            }
             for k, v in m.variants.items()
         },
+        "readback": m.readback.to_dict() if m.readback is not None else None,
         "graphs": {k: {"file": g.file, "size_bytes": g.size_bytes} for k, g in m.graphs.items()},
         "inference_check": ran,
         "providers_available": ort.get_available_providers(),
@@ -234,6 +246,20 @@ def _generate(args: argparse.Namespace) -> int:
         _int_in("--upscale", args.upscale, 16, 4096)
     encoded = tokenizer.encode(args.caption)  # a bad caption fails before the bundle loads
     engine = _engine(args, warmup=False)
+    # What the robot understood goes to stderr before any image (stdout stays one path a line).
+    understood = engine.understand(args.caption)
+    if understood is not None and not args.quiet:  # -q: errors only
+        print(understood.summary(), file=sys.stderr)
+        if understood.warning:
+            print(understood.warning, file=sys.stderr)
+        if args.strict and understood.is_off_domain:
+            raise UsageError(
+                f"--strict: the caption reads as nothing this robot knows (off-domain "
+                f"{understood.off_domain:.2f}); no image written"
+            )
+    elif args.strict:
+        raise UsageError(f"--strict: bundle {engine.info.bundle} has no read-back to check with")
+    sys.stderr.flush()
     images = engine.generate(args.caption, n=args.n, seed=seed)  # (n, H, W, 3) uint8
     size = args.upscale or engine.model.image_size
     output = OutputDir(args.out if args.out is not None else default_out())
@@ -244,7 +270,9 @@ def _generate(args: argparse.Namespace) -> int:
     sheet = None
     if args.sheet:
         labels = [f"seed {seed} #{k}" for k in range(args.n)]
-        sheet = contact_sheet(images, encoded.text, labels, tile=max(size, 96))
+        # The caption as the model read it, and under it what the robot understood.
+        title = encoded.text + (f"\n{understood.summary()}" if understood is not None else "")
+        sheet = contact_sheet(images, title, labels, tile=max(size, 96))
         (sheet_name,) = output.names("cli", seed, ["sheet"])
         files.append((sheet_name, encode_png(sheet)))
     saved = output.save(files)
@@ -388,13 +416,20 @@ def _client(args: argparse.Namespace) -> int:
             return 0
         if args.captions:
             for caption in args.captions:
-                _client_caption(client, caption, args, out)
+                if args.understand:
+                    _client_understand(client, caption)
+                else:
+                    _client_caption(client, caption, args, out)
             return 0
         interactive = sys.stdin.isatty()
         failures = 0
         while True:
             if interactive:
-                print("caption (or /ping, /status, /help, /quit)> ", end="", file=sys.stderr)
+                print(
+                    "caption (or /understand CAPTION, /ping, /status, /help, /quit)> ",
+                    end="",
+                    file=sys.stderr,
+                )
                 sys.stderr.flush()
             line = sys.stdin.readline()
             if not line:
@@ -412,6 +447,10 @@ def _client(args: argparse.Namespace) -> int:
                         print(f"{key}={value}")
                 elif line == "/help":
                     print("\n".join(client.help()))
+                elif line.startswith("/understand "):
+                    _client_understand(client, line.removeprefix("/understand "))
+                elif args.understand:
+                    _client_understand(client, line)
                 else:
                     _client_caption(client, line, args, out)
             except (ClientError, tokenizer.CaptionError) as err:
@@ -425,7 +464,9 @@ def _client_caption(
     client: OperatorClient, caption: str, args: argparse.Namespace, out: Path
 ) -> None:
     tokenizer.encode(caption)  # refuse an empty caption here rather than over the radio
-    result = client.generate(caption, n=args.n, seed=args.seed)
+    result = client.generate(caption, n=args.n, seed=args.seed, strict=args.strict)
+    if result.readback is not None and not args.quiet:
+        _print_readback(result.readback)
     log.info(
         "%s: seed %d, robot %.1f ms (inference %.1f ms), round trip %.1f ms",
         result.request_id, result.seed, result.ms, result.infer_ms, result.round_trip_ms,
@@ -436,6 +477,21 @@ def _client_caption(
         else:
             print(client.fetch(name, out, sha))
         sys.stdout.flush()
+
+
+def _client_understand(client: OperatorClient, caption: str) -> None:
+    tokenizer.encode(caption)
+    _print_readback(client.understand(caption))
+
+
+def _print_readback(understood: Any) -> None:
+    """The robot's read-back (a client.ReadBack) on stderr, before any image is fetched: stdout
+    stays one path (or file name) a line."""
+    print(understood.summary(), file=sys.stderr)
+    warning = understood.warning_line()
+    if warning:
+        print(warning, file=sys.stderr)
+    sys.stderr.flush()
 
 
 # ------------------------------------------------------------------------------------------
@@ -560,6 +616,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--sheet", action="store_true", help="also write a contact sheet with the caption"
     )
     gen.add_argument("--show", action="store_true", help="display the result (needs a GUI)")
+    gen.add_argument(
+        "--strict", action="store_true",
+        help="write no image when the caption reads as off-domain (exit 2)",
+    )  # fmt: skip
     _engine_args(gen)
     gen.set_defaults(func=_generate)
 
@@ -623,6 +683,14 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument("--ping", action="store_true", help="print a ping's round trip in ms")
     client.add_argument("--status", action="store_true", help="print the robot's status (JSON)")
     client.add_argument(
+        "--understand", action="store_true",
+        help="only ask what the robot reads in each caption (no image)",
+    )  # fmt: skip
+    client.add_argument(
+        "--strict", action="store_true",
+        help="the robot draws no image for a caption it reads as off-domain",
+    )  # fmt: skip
+    client.add_argument(
         "--key-file", type=Path, default=None, metavar="PATH",
         help=f"the robot's operator-link key (default ${KEY_ENV})",
     )  # fmt: skip
@@ -673,7 +741,11 @@ def main(argv: list[str] | None = None) -> int:
     ) as err:  # fmt: skip
         print(f"rescue-edge: {err}", file=sys.stderr)
         return 2
-    except (OutputError, ClientError) as err:
+    except ClientError as err:
+        print(f"rescue-edge: {err}", file=sys.stderr)
+        # The robot refused the caption or the options: bad input, as for every command.
+        return 2 if err.code in _INPUT_CODES else 1
+    except OutputError as err:
         print(f"rescue-edge: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -33,7 +33,8 @@ from types import TracebackType
 
 import serial
 
-from edge_runtime import protocol, signing
+from edge_runtime import protocol, readback, signing
+from edge_runtime.bundle import MAX_ATTRIBUTES, NOT_STATED
 from edge_runtime.images import MAX_FILE_BYTES, write_atomic
 from edge_runtime.protocol import Code, Reply, ReplyError, SignedReplyError
 
@@ -55,6 +56,12 @@ _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _CRC_RE = re.compile(r"[0-9a-f]{8}")
 _UINT_RE = re.compile(r"[0-9]{1,20}")
 _DECIMAL_RE = re.compile(r"[0-9]{1,12}(\.[0-9]{1,6})?")
+_LABEL_RE = re.compile(r"[a-z][a-z0-9_-]{0,23}")
+"""Attribute and value names, as the robot's manifest validation allows them."""
+_PROBABILITY_RE = re.compile(r"(0\.[0-9]{2}|1\.00)")
+"""A read-back confidence as the robot sends it: two decimals, 0.00..1.00."""
+_MAX_UNDERSTOOD = 1200
+"""Longest `understood` field: 16 attributes × (24 + 1 + 24 + 1 + 4 + 1) characters < 1,200."""
 
 
 class ClientError(Exception):
@@ -123,6 +130,68 @@ def _matching(reply: Reply, key: str, pattern: re.Pattern[str], what: str) -> st
 
 
 @dataclass(frozen=True)
+class ReadBack:
+    """What the robot says it understood from a caption (docs/PROTOCOL.md § Read-back)."""
+
+    attributes: tuple[readback.AttributeReading, ...]
+    off_domain: float
+    warning: str | None
+    """`readback.WARNING_OFF_DOMAIN`, `readback.WARNING_NOTHING_STATED` or None."""
+
+    def summary(self) -> str:
+        """`understood as: colour=red (0.98) terrain=? (0.91) ...`."""
+        return readback.summary(self.attributes)
+
+    def warning_line(self) -> str | None:
+        """The operator's warning, or None."""
+        return readback.warning_text(self.warning, self.off_domain)
+
+
+def parse_readback(reply: Reply) -> ReadBack | None:
+    """The read-back fields of a `gen` or `understand` reply; None when the robot sent none (its
+    bundle has no read-back). Every item is checked: count, names, values, confidences, the
+    warning's value; anything else is one `BadReplyError` naming the field."""
+    if "understood" not in reply.fields:
+        if "off_domain" in reply.fields or "warning" in reply.fields:
+            raise BadReplyError(reply, "off_domain or warning without understood")
+        return None
+    raw = reply.fields["understood"]
+    if len(raw) > _MAX_UNDERSTOOD:
+        raise BadReplyError(reply, f"understood is {len(raw)} characters long")
+    items = reply.values("understood")
+    if not 1 <= len(items) <= MAX_ATTRIBUTES:
+        raise BadReplyError(reply, f"understood has {len(items)} items, expected 1..16")
+    readings = []
+    for item in items:
+        parts = item.split(":")
+        if len(parts) != 3:
+            raise BadReplyError(
+                reply, f"understood item {item[:40]!r} is not name:value:confidence"
+            )
+        name, value, confidence = parts
+        if not _LABEL_RE.fullmatch(name):
+            raise BadReplyError(reply, f"understood name {name[:30]!r} is not a label")
+        if value != NOT_STATED and not _LABEL_RE.fullmatch(value):
+            raise BadReplyError(reply, f"understood value {value[:30]!r} for {name} is not a label")
+        if not _PROBABILITY_RE.fullmatch(confidence):
+            raise BadReplyError(
+                reply, f"understood confidence {confidence[:12]!r} for {name} is not 0.00..1.00"
+            )
+        readings.append(readback.AttributeReading(name, value, float(confidence)))
+    if len({r.name for r in readings}) != len(readings):
+        raise BadReplyError(reply, "understood names an attribute twice")
+    off_domain = _matching(reply, "off_domain", _PROBABILITY_RE, "a probability 0.00..1.00")
+    warning = None
+    if "warning" in reply.fields:
+        warning = _raw(reply, "warning")
+        if warning not in readback.WARNINGS:
+            raise BadReplyError(
+                reply, f"warning={warning[:24]!r} is not one of {readback.WARNINGS}"
+            )
+    return ReadBack(tuple(readings), float(off_domain), warning)
+
+
+@dataclass(frozen=True)
 class GenerateResult:
     """A `gen` request's outcome as the robot reported it."""
 
@@ -135,6 +204,8 @@ class GenerateResult:
     infer_ms: float
     round_trip_ms: float
     """This side's time from sending the request to reading `done`."""
+    readback: ReadBack | None = None
+    """What the robot understood (None: its bundle has no read-back)."""
 
 
 @dataclass
@@ -384,15 +455,31 @@ class OperatorClient:
         self._final(replies, "help")
         return [r.text for r in replies if r.kind == "info"]
 
-    def generate(self, caption: str, n: int = 1, seed: int | None = None) -> GenerateResult:
+    def understand(self, caption: str) -> ReadBack:
+        """What the robot reads in `caption`, without making an image (milliseconds on the
+        robot, one short reply on the link). Raises `ClientError` (code NO_READBACK) when the
+        robot's bundle has no read-back."""
+        replies = self.exchange(lambda rid: self.request_line(rid, "understand", caption=caption))
+        done = self._final(replies, "understand")
+        understood = parse_readback(done)
+        if understood is None:
+            raise BadReplyError(done, "no understood field")
+        return understood
+
+    def generate(
+        self, caption: str, n: int = 1, seed: int | None = None, *, strict: bool = False
+    ) -> GenerateResult:
         """Ask for `n` images of `caption`. The seed is chosen here when not given, so a resent
-        request makes exactly the same images."""
+        request makes exactly the same images. `strict`: the robot refuses (ClientError, code
+        OFF_DOMAIN) rather than draw a caption it reads as off-domain."""
         if not 1 <= n <= protocol.MAX_IMAGES:
             raise ClientError(f"n must be 1..{protocol.MAX_IMAGES}, got {n}")
         seed = secrets.randbelow(protocol.MAX_SEED + 1) if seed is None else seed
         t0 = time.perf_counter()
         replies = self.exchange(
-            lambda rid: self.request_line(rid, "gen", caption=caption, n=n, seed=seed)
+            lambda rid: self.request_line(
+                rid, "gen", caption=caption, n=n, seed=seed, strict=strict
+            )
         )
         done = self._final(replies, "gen")
         for reply in replies:  # the ack, and the done
@@ -416,6 +503,7 @@ class OperatorClient:
             ms=_decimal(done, "ms"),
             infer_ms=_decimal(done, "infer_ms"),
             round_trip_ms=(time.perf_counter() - t0) * 1000.0,
+            readback=parse_readback(done),
         )
 
     def fetch(self, name: str, dest: str | Path, expected_sha256: str | None = None) -> Path:

@@ -30,10 +30,12 @@ import onnxruntime as ort
 from edge_runtime import bundle as bundle_mod
 from edge_runtime import tokenizer
 from edge_runtime.bundle import (
+    ATTRIBUTE_PROBS,
     CHAR_IDS,
     IMAGE,
     LENGTHS,
     NOISE,
+    OFF_DOMAIN,
     TEXT_EMBEDDING,
     Bundle,
     BundleError,
@@ -41,6 +43,7 @@ from edge_runtime.bundle import (
     ModelSpec,
     load_bundle,
 )
+from edge_runtime.readback import Understood, decide
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +189,7 @@ def check_variants(bundle: Bundle) -> dict[str, str]:
             noise_dtype=_input_dtype(gen_spec, NOISE),
             embedding_dtype=_input_dtype(gen_spec, TEXT_EMBEDDING),
             gate_passed=variant.gate_passed,
+            readback=bundle.sessions[variant.readback] if variant.readback else None,
         )
         for step, file in (("text encoder", text_spec.file), ("generator", gen_spec.file)):
             where = f"{bundle.path / file}: variant {name} {step}"
@@ -204,6 +208,21 @@ def check_variants(bundle: Bundle) -> dict[str, str]:
                 raise BundleError(f"{where}: produced shape {list(got)}, expected {list(expected)}")
         if not np.isfinite(images).all():
             raise BundleError(f"{bundle.path / gen_spec.file}: variant {name}: non-finite pixels")
+        spec = bundle.manifest.readback
+        if variant.readback is not None and spec is not None:
+            file = bundle.manifest.graphs[variant.readback].file
+            where = f"{bundle.path / file}: variant {name} read-back"
+            try:
+                probs, off = _run_readback(runner, embedding)
+            except Exception as err:  # onnxruntime raises its own exception types
+                raise BundleError(f"{where}: fails to run: {bundle_mod.first_line(err)}") from None
+            if probs.shape != (2, spec.width) or off.shape != (2,):
+                raise BundleError(
+                    f"{where}: produced shapes {list(probs.shape)} and {list(off.shape)}, "
+                    f"expected [2, {spec.width}] and [2]"
+                )
+            if not (np.isfinite(probs).all() and np.isfinite(off).all()):
+                raise BundleError(f"{where}: non-finite probabilities")
         results[name] = "ok"
     return results
 
@@ -224,6 +243,8 @@ class _Variant:
     noise_dtype: Any
     embedding_dtype: Any
     gate_passed: bool
+    readback: Any = None
+    """The read-back session, None when the bundle has none."""
 
 
 @dataclass
@@ -275,7 +296,9 @@ class Engine:
         # Manifest first (no graph hashed yet): the precision decides which graphs are opened.
         manifest = load_bundle(bundle_path, graphs=[]).manifest
         candidates = self._candidates(manifest, precision, bundle_path)
-        keys = sorted({k for v in candidates for k in (v.text_encoder, v.generator)})
+        keys = sorted(
+            {k for v in candidates for k in (v.text_encoder, v.generator, v.readback) if k}
+        )
         self.bundle = load_bundle(bundle_path, self._open_session, graphs=keys)
         self.manifest = self.bundle.manifest
         self.model = self.manifest.model
@@ -298,12 +321,14 @@ class Engine:
         keep = {
             self.manifest.variants[chosen].text_encoder,
             self.manifest.variants[chosen].generator,
+            self.manifest.variants[chosen].readback,
         }
         self.bundle.sessions = {k: v for k, v in self.bundle.sessions.items() if k in keep}
         del variants
         if selection:
             _return_freed_memory()
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._understood: OrderedDict[str, Understood] = OrderedDict()
         self._cache_capacity = cache_size
         self._stats = CacheStats(capacity=cache_size)
         self._lock = threading.Lock()
@@ -375,6 +400,7 @@ class Engine:
             noise_dtype=_input_dtype(gen_spec, NOISE),
             embedding_dtype=_input_dtype(gen_spec, TEXT_EMBEDDING),
             gate_passed=variant.gate_passed,
+            readback=self.bundle.sessions[variant.readback] if variant.readback else None,
         )
 
     def _measure(self, variants: list[_Variant]) -> dict[str, float]:
@@ -394,6 +420,7 @@ class Engine:
         """Run the graphs at a short and the longest caption length (first calls allocate)."""
         for text in ("warm up", "x" * self.model.max_length):
             self.generate(text, n=1, seed=0)
+            self.understand(text)
         self.clear_cache()
 
     # -- inference ------------------------------------------------------------------------------
@@ -488,6 +515,46 @@ class Engine:
             parts.append(to_uint8_rgb(raw, self.model.value_range))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
+    @property
+    def has_readback(self) -> bool:
+        """Whether the bundle reads captions back (`understand` returns None otherwise)."""
+        return self._variant_in_use.readback is not None and self.manifest.readback is not None
+
+    def understand(self, caption: str) -> Understood | None:
+        """What the robot understood from `caption` (docs/PROTOCOL.md § Read-back): per attribute
+        a value or "?" with a confidence, and the off-domain probability; None when the bundle
+        has no read-back. Cached by normalised text like the embedding, and a function of the
+        caption alone (its embedding is, and the read-back runs on that one row); raises
+        `tokenizer.CaptionError` for a caption that is empty after normalisation."""
+        spec = self.manifest.readback
+        runner = self._variant_in_use
+        if runner.readback is None or spec is None:
+            return None
+        text = tokenizer.encode(caption).text
+        with self._lock:
+            hit = self._understood.get(text)
+            if hit is not None:
+                self._understood.move_to_end(text)
+                return hit
+        understood = self.read_back(self.embed([caption]))
+        assert understood is not None  # checked above: this bundle has a read-back
+        with self._lock:
+            if self._cache_capacity > 0:
+                self._understood[text] = understood
+                while len(self._understood) > self._cache_capacity:
+                    self._understood.popitem(last=False)
+        return understood
+
+    def read_back(self, embedding: np.ndarray) -> Understood | None:
+        """One caption's (1, E) text embedding → `Understood` (no cache): the read-back's own
+        cost on top of the embedding, which `rescue-edge bench` times."""
+        spec = self.manifest.readback
+        runner = self._variant_in_use
+        if runner.readback is None or spec is None:
+            return None
+        probs, off = _run_readback(runner, embedding)  # (1, W), (1,)
+        return decide(probs[0], off[0], spec)
+
     # -- cache ----------------------------------------------------------------------------------
 
     def cache_stats(self) -> CacheStats:
@@ -501,6 +568,7 @@ class Engine:
         """Forget every cached embedding (counters too)."""
         with self._lock:
             self._cache.clear()
+            self._understood.clear()
             self._stats = CacheStats(capacity=self._cache_capacity)
 
 
@@ -532,6 +600,14 @@ def _run_generator(
         {NOISE: noise, TEXT_EMBEDDING: embeddings.astype(variant.embedding_dtype, copy=False)},
     )
     return images
+
+
+def _run_readback(variant: _Variant, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(B, E) embeddings → (attribute_probs (B, W), off_domain (B,)) through the read-back."""
+    probs, off = variant.readback.run(
+        [ATTRIBUTE_PROBS, OFF_DOMAIN], {TEXT_EMBEDDING: embeddings.astype(np.float32, copy=False)}
+    )
+    return probs, off
 
 
 def _return_freed_memory() -> None:

@@ -335,7 +335,10 @@ _LABEL = (170, 170, 170)
 
 
 def _wrap(text: str, width: int, scale: float) -> list[str]:
-    """Greedy word wrap of `text` to lines at most `width` pixels wide in Hershey simplex."""
+    """Greedy word wrap of `text` to lines at most `width` pixels wide in Hershey simplex; a
+    newline starts a new line (the demo puts the robot's read-back under the caption)."""
+    if "\n" in text:
+        return [line for part in text.split("\n") for line in _wrap(part, width, scale)]
     lines: list[str] = []
     current = ""
     for word in text.split():

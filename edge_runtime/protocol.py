@@ -63,10 +63,12 @@ COMMANDS = {
     "ping": "ping",
     "status": "status",
     "help": "help",
+    "understand": "understand",
 }
 
 HELP = (
-    "<id> gen [n=N] [seed=S] [--] <caption>   generate N images (1..{max_n}) of the caption",
+    "<id> gen [n=N] [seed=S] [strict=1] [--] <caption>   N images (1..{max_n}) of the caption",
+    "<id> understand <caption>                what the robot reads in the caption (no image)",
     "<id> fetch <file> [from=K] [count=M]     send a result's bytes in base64 chunks (CRC-32 each)",
     "<id> status                              bundle, precision, uptime, counters, last error",
     "<id> ping                                liveness check",
@@ -90,6 +92,10 @@ class Code:
     OUTPUT = "OUTPUT"
     SHUTDOWN = "SHUTDOWN"
     INTERNAL = "INTERNAL"
+    OFF_DOMAIN = "OFF_DOMAIN"
+    """`gen strict=1`: the caption reads as nothing the robot knows; no image was made."""
+    NO_READBACK = "NO_READBACK"
+    """`understand`: the robot's bundle has no read-back graph."""
     AUTH = "AUTH"
     """The line is unsigned, forged, replayed or stale (robot has a key), or signed while the
     robot has none."""
@@ -253,6 +259,8 @@ class Request:
     n: int = 1
     seed: int | None = None
     """`gen`: None when the operator gave none (the service picks and reports one)."""
+    strict: bool = False
+    """`gen`: refuse (OFF_DOMAIN) rather than draw a caption that reads as off-domain."""
     file: str = ""
     """`fetch`: the result's file name."""
     start: int = 0
@@ -338,8 +346,8 @@ def parse_request(
             request_id,
         )
     checksummed = authenticated or expected is not None
-    if command == "gen":
-        return _parse_gen(request_id, args, max_images, checksummed)
+    if command in ("gen", "understand"):
+        return _parse_gen(request_id, args, max_images, checksummed, command)
     if command == "fetch":
         return _parse_fetch(request_id, args, checksummed)
     if args.strip(" \t"):
@@ -387,7 +395,9 @@ def _options(
     return options, rest
 
 
-def _parse_gen(request_id: str, args: str, max_images: int, checksummed: bool) -> Request:
+def _parse_gen(
+    request_id: str, args: str, max_images: int, checksummed: bool, command: str = "gen"
+) -> Request:
     # Options are leading key=value tokens (up to an optional --); the caption is the rest of the
     # line as sent.
     leading = []
@@ -400,17 +410,21 @@ def _parse_gen(request_id: str, args: str, max_images: int, checksummed: bool) -
         if token == "--":
             break
         leading.append(token)
-    options, _ = _options(request_id, leading, {"n": (1, max_images), "seed": (0, MAX_SEED)})
+    known = (
+        {"n": (1, max_images), "seed": (0, MAX_SEED), "strict": (0, 1)} if command == "gen" else {}
+    )
+    options, _ = _options(request_id, leading, known)
     try:
         tokenizer.encode(caption)
     except tokenizer.CaptionError as err:
         raise ProtocolError(Code.BAD_CAPTION, str(err), request_id) from None
     return Request(
         id=request_id,
-        command="gen",
+        command=command,
         caption=caption,
         n=options.get("n", 1),
         seed=options.get("seed"),
+        strict=bool(options.get("strict", 0)),
         checksummed=checksummed,
     )
 
@@ -458,6 +472,7 @@ def format_request(
     file: str = "",
     start: int | None = None,
     count: int | None = None,
+    strict: bool = False,
     signer: signing.Signer | None = None,
 ) -> bytes:
     """A request line with CR LF as a program sends it: signed by `signer` when given (the robot
@@ -468,7 +483,10 @@ def format_request(
     if command == "gen":
         parts += [f"n={n}"] if n is not None else []
         parts += [f"seed={seed}"] if seed is not None else []
+        parts += ["strict=1"] if strict else []
         # Newlines would end the request early; the tokenizer turns them into spaces anyway.
+        parts += ["--", " ".join(caption.split())]
+    elif command == "understand":
         parts += ["--", " ".join(caption.split())]
     elif command == "fetch":
         parts.append(file)
@@ -493,7 +511,8 @@ def encode_value(value: object) -> str:
     if isinstance(value, list | tuple):
         return ",".join(encode_value(v) for v in value)
     # '=' may stay: a field splits at its first '='. Base64 passes through unchanged.
-    return quote(str(value), safe="/:.-_~@+=")
+    # '?' too: the read-back's "not stated" stays readable in a terminal (colour:?:0.91).
+    return quote(str(value), safe="/:.-_~@+=?")
 
 
 def _ascii_line(text: str) -> str:

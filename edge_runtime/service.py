@@ -37,7 +37,7 @@ from typing import IO, Any
 
 import serial
 
-from edge_runtime import protocol, signing
+from edge_runtime import protocol, readback, signing
 from edge_runtime.engine import Engine
 from edge_runtime.images import (
     NO_SUCH_IMAGE,
@@ -747,6 +747,8 @@ class Service:
             self._done(request.id, [("cmd", "help")], link)
         elif request.command == "gen":
             self._queue_gen(request, received)
+        elif request.command == "understand":
+            self._understand(request)
         elif request.command == "fetch":
             self._start_fetch(request)
 
@@ -754,6 +756,23 @@ class Service:
         with self._counter_lock:
             self.counters.ok += 1
         self._send(protocol.reply_body("done", request_id, fields), link)
+
+    def _understand(self, request: Request) -> None:
+        # Answered at once, not queued behind images: one text-encoder run (cached after) plus the
+        # read-back, milliseconds, so the operator can check a caption before paying for a picture.
+        try:
+            understood = self.engine.understand(request.caption)
+        except CaptionError as err:
+            self._error(request.id, Code.BAD_CAPTION, str(err), request.link)
+            return
+        if understood is None:
+            self._error(
+                request.id, Code.NO_READBACK, "this robot's bundle has no read-back", request.link
+            )
+            return
+        self._done(
+            request.id, [("cmd", "understand"), *readback.reply_fields(understood)], request.link
+        )
 
     def _queue_gen(self, request: Request, received: float) -> None:
         seed = (
@@ -908,6 +927,25 @@ class Service:
         request = job.request
         t0 = self.clock()
         try:
+            understood = self.engine.understand(request.caption)
+            if request.strict and understood is None:
+                self._error(
+                    request.id,
+                    Code.NO_READBACK,
+                    "strict=1 needs a read-back, this robot's bundle has none; no image made",
+                    request.link,
+                )
+                return
+            if request.strict and understood is not None and understood.is_off_domain:
+                self._error(
+                    request.id,
+                    Code.OFF_DOMAIN,
+                    f"the caption reads as nothing this robot knows (off_domain "
+                    f"{understood.off_domain:.2f}); no image made (send without strict=1 to "
+                    "draw it anyway)",
+                    request.link,
+                )
+                return
             images = self.engine.generate(request.caption, n=request.n, seed=job.seed)
         except CaptionError as err:
             self._error(request.id, Code.BAD_CAPTION, str(err), request.link)
@@ -941,6 +979,7 @@ class Service:
                 ("infer_ms", f"{infer_ms:.1f}"),
                 ("files", [s.name for s in saved]),
                 ("sha256", [s.sha256 for s in saved]),
+                *(readback.reply_fields(understood) if understood is not None else []),
             ],
             request.link,
         )
@@ -967,6 +1006,7 @@ class Service:
         fields: dict[str, Any] = {
             "bundle": info.bundle_id,
             "precision": info.precision,
+            "readback": "yes" if self.engine.has_readback else "no",
             "provider": info.provider,
             "threads": info.threads,
             "uptime_s": self._uptime(),

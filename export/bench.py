@@ -73,6 +73,8 @@ def _block(
     times: dict[str, float],
     baselines: tuple[str, ...],
     sizes: dict[str, int],
+    *,
+    digits: int = 2,
 ) -> str:
     """One configuration: a row per variant with ms, ms/image, ratios and file size."""
     head = ["variant", "ms", "ms/image", *(f"× {base}" for base in baselines), "MB"]
@@ -81,8 +83,8 @@ def _block(
         rows.append(
             [
                 name,
-                f"{ms:.2f}",
-                f"{ms / batch:.2f}",
+                f"{ms:.{digits}f}",
+                f"{ms / batch:.{digits}f}",
                 *(f"{times[base] / ms:.2f}" for base in baselines),
                 f"{sizes[name] / 1e6:.2f}" if name in sizes else "-",
             ]
@@ -124,6 +126,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--forms", nargs="+", choices=SUBPIXEL_FORMS, default=list(SUBPIXEL_FORMS))
     p.add_argument("--skip-text", action="store_true", help="generator tables only")
+    p.add_argument(
+        "--readback-only", action="store_true",
+        help="only the read-back table (fp32 vs dynamic int8 heads at E = 1024 and 256)",
+    )  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -139,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"export.bench: error: {flag} {path}: file not found", file=sys.stderr)
             return 2
 
+    if args.readback_only:
+        with tempfile.TemporaryDirectory(prefix="rescue-bench-") as tmp:
+            _print_readback(args, Path(tmp))
+        return 0
     data = args.data or (DEFAULT_DATA if DEFAULT_DATA.is_file() else None)
     try:
         captions = load_captions(data, 512) if data else None
@@ -183,7 +193,47 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_text:
             texts = captions.calibration_all if captions else list(ox.PARITY_CAPTIONS) * 103
             _print_text_encoder(args, encoder, work, text_path, texts[:512])
+        _print_readback(args, work)
     return 0
+
+
+def _print_readback(args: argparse.Namespace, work: Path) -> None:
+    """Read-back heads (`ReadBackConfig()` sizes, random weights: speed does not depend on the
+    values) at two embedding sizes: fp32, the dynamic int8 export builds, and torch eager."""
+    from export import readback as rb
+
+    for dim in (1024, 256):
+        torch.manual_seed(0)
+        heads = models.ReadBack(models.ReadBackConfig(embedding_dim=dim)).eval()
+        graphs = {"ORT fp32": work / f"readback{dim}.onnx"}
+        rb.export_graph(heads, graphs["ORT fp32"])
+        graphs["ORT int8 dynamic"] = work / f"readback{dim}.int8.onnx"
+        q.quantize_text_encoder_dynamic(
+            graphs["ORT fp32"], graphs["ORT int8 dynamic"], ox.IR_VERSION, rb.INT8_OP_TYPES
+        )
+        sizes = {name: path.stat().st_size for name, path in graphs.items()}
+
+        def calls(
+            n: int, t: int, heads: models.ReadBack = heads, graphs: dict[str, Path] = graphs
+        ) -> dict[str, Callable[[], object]]:
+            emb = np.random.default_rng(0).standard_normal((n, heads.config.embedding_dim))
+            emb = emb.astype(np.float32)
+            tensor = torch.from_numpy(emb)
+
+            def eager() -> object:
+                with torch.inference_mode():
+                    return heads.probabilities(tensor)
+
+            out: dict[str, Callable[[], object]] = {EAGER: eager}
+            for name, path in graphs.items():
+                sess = ox.session(path, threads=t)
+                out[name] = lambda s=sess: s.run(None, {b.TEXT_EMBEDDING: emb})
+            return out
+
+        times = _run_configs(calls, args.batches, args.threads, max(args.rounds, 200))
+        print(f"## read-back (embedding {dim}, hidden {heads.config.hidden}; ms per call)")
+        for (n, t), row in sorted(times.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            print(_block(n, t, row, ("ORT fp32", EAGER), sizes, digits=4))
 
 
 def _print_generator(

@@ -31,9 +31,11 @@ import torch
 
 from edge_runtime import bundle as b
 from export import onnx_export as ox
+from export import readback as rb
 from export.calibration import MIN_CALIBRATION, NOISE_SEED, Captions, _embed, load_captions
 from export.int8 import Int8Build, Int8Gate, load_export_oracle
 from export.prepare import GENERATOR_FORMS, SUBPIXEL_FORMS, prepare_generator
+from export.readback import MIN_AGREEMENT, ReadBackBuild, load_readback, readback_spec
 from train import checkpoint as ck
 from train.models import CharCnnRnn, Generator
 from train.options import REQUIRED, option
@@ -76,6 +78,8 @@ class ExportOptions:
     """Form of the fp32 generator (`export.prepare.GENERATOR_FORMS`)."""
     calibration_size: int = DEFAULT_CALIBRATION_SIZE
     min_psnr_db: float = DEFAULT_MIN_PSNR_DB
+    min_readback_agreement: float = MIN_AGREEMENT
+    """Read-back gate: share of the int8 variant's decisions equal to fp32's (export.readback)."""
     latency_rounds: int = 20
 
 
@@ -143,6 +147,14 @@ class ExportFlags:
         show_default=False,
         above=0,
         below=100,
+    )
+    min_readback_agreement: float = option(
+        MIN_AGREEMENT,
+        f"read-back gate: share of int8 decisions equal to fp32's (default {MIN_AGREEMENT:g}; "
+        "checkpoints with read-back heads only)",
+        show_default=False,
+        above=0,
+        at_most=1,
     )
 
     def to_options(self) -> ExportOptions:
@@ -228,9 +240,13 @@ def check_rewrite(
 
 
 def _latencies(
-    sessions: dict[str, tuple[Any, Any]], model: b.ModelSpec, rounds: int
+    sessions: dict[str, tuple[Any, Any]],
+    model: b.ModelSpec,
+    rounds: int,
+    readbacks: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Per variant: text encoder at batch 1 (full length), generator at batch 1 and 16; 1 thread."""
+    """Per variant: text encoder at batch 1 (full length), generator at batch 1 and 16, and the
+    read-back at batch 1 when there is one; 1 thread."""
     ids, lengths = ox.example_char_ids([ox.PARITY_CAPTIONS[0]], model.max_length)
     rng = np.random.default_rng(NOISE_SEED)
     feeds = {
@@ -248,6 +264,10 @@ def _latencies(
         for n, (noise, emb) in feeds.items():
             calls[f"{variant}|generator_b{n}_t1"] = lambda s=gen, z=noise, e=emb: s.run(
                 None, {b.NOISE: z, b.TEXT_EMBEDDING: e}
+            )
+        if readbacks:
+            calls[f"{variant}|readback_b1_t1"] = lambda s=readbacks[variant], e=feeds[1][1]: s.run(
+                None, {b.TEXT_EMBEDDING: e}
             )
     times = interleaved(calls, rounds=rounds, warmup=2)
     out: dict[str, dict[str, float]] = {v: {} for v in sessions}
@@ -271,6 +291,7 @@ def export_bundle(options: ExportOptions) -> b.Manifest:
     if options.out.exists() and not options.force:
         raise b.BundleError(f"{options.out}: already exists (use --force to replace it)")
     checkpoint, encoder, generator = load_models(options.checkpoint)
+    readback = load_readback(checkpoint, options.checkpoint, encoder)
     gan_config = generator.config
     text_config = encoder.config
     model = b.ModelSpec(
@@ -334,6 +355,15 @@ def export_bundle(options: ExportOptions) -> b.Manifest:
         variants = {"fp32": b.Variant("text_encoder.fp32", "generator.fp32", True, {}, {})}
         quantization: dict[str, Any] = {"method": "none"}
         sessions = {"fp32": (text_session, ox.session(gen_path))}
+        spec = readback_spec() if readback is not None else None
+        readbacks: dict[str, Any] = {}
+        build = None
+        if readback is not None and spec is not None:
+            build = ReadBackBuild(readback, spec, model, work)
+            files["readback.fp32"] = build.build_fp32(parity_embeddings)
+            graphs["readback.fp32"] = rb.graph_spec("readback.onnx", "fp32", model, spec)
+            variants["fp32"] = dataclasses.replace(variants["fp32"], readback="readback.fp32")
+            readbacks["fp32"] = build.fp32_session
 
         # ---- int8 graphs --------------------------------------------------------------------
         if captions is not None:
@@ -360,10 +390,34 @@ def export_bundle(options: ExportOptions) -> b.Manifest:
             for key, path in int8_files.items():
                 role, precision = key.split(".")
                 graphs[key] = _graph_spec(path.name, role, precision, model)
-            variants["int8"] = variant
             sessions["int8"] = int8_sessions
+            if build is not None and spec is not None:
+                text_int8 = int8_sessions[0]
+                rb_path, rb_quality, rb_record, rb_passed = build.build_int8(
+                    captions.quality,
+                    lambda texts: _embed(text_session, texts, model.max_length),
+                    lambda texts, s=text_int8: _embed(s, texts, model.max_length),
+                    min_agreement=options.min_readback_agreement,
+                    rounds=options.latency_rounds,
+                    allow_lossy=options.allow_lossy,
+                )
+                rb_key = "readback.fp32"
+                readbacks["int8"] = build.fp32_session
+                if rb_path is not None:
+                    rb_key = "readback.int8"
+                    files[rb_key] = rb_path
+                    graphs[rb_key] = rb.graph_spec(rb_path.name, "int8", model, spec)
+                    readbacks["int8"] = ox.session(rb_path)
+                variant = dataclasses.replace(
+                    variant,
+                    readback=rb_key,
+                    gate_passed=variant.gate_passed and rb_passed,
+                    quality={**variant.quality, **rb_quality},
+                )
+                quantization["readback"] = rb_record
+            variants["int8"] = variant
 
-        latency = _latencies(sessions, model, options.latency_rounds)
+        latency = _latencies(sessions, model, options.latency_rounds, readbacks)
         variants = {k: dataclasses.replace(v, latency_ms=latency[k]) for k, v in variants.items()}
         manifest = b.Manifest(
             name=options.name or options.out.name,
@@ -371,7 +425,15 @@ def export_bundle(options: ExportOptions) -> b.Manifest:
             graphs=graphs,
             variants=variants,
             quantization=quantization,
-            provenance=_provenance(options, checkpoint, text_parity, checks),
+            provenance={
+                **_provenance(options, checkpoint, text_parity, checks),
+                **(
+                    {"readback_parity_max_abs_diff": build.parity_max_abs_diff}
+                    if build is not None
+                    else {}
+                ),
+            },
+            readback=spec,
         )
         written = b.write_bundle(options.out, manifest, files, force=options.force)
     log.info(

@@ -5,7 +5,9 @@
 builds a random-weight GAN checkpoint and a small rescue-scenes caption set in a temporary
 directory, then runs the real export (`--quantize --force`) on them, so the bundle has the fp32
 and the int8 variant, the real tensor names and dynamic axes, and a manifest the runtime verifies.
-Runtime tests load it in milliseconds; its images are noise-like (the weights are random).
+Its checkpoint carries read-back heads (`fit_readback`), so the bundle has a read-back graph too
+(gated at `TINY_MIN_READBACK_AGREEMENT`, see there). Runtime tests load it in milliseconds; its
+images are noise-like (the weights are random).
 `tiny_checkpoint` and `tiny_dataset` are also what export's own tests build on.
 """
 
@@ -29,12 +31,35 @@ from train import checkpoint as ck
 from train import models
 from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES, all_attributes
 from train.data.captions import caption_for, captions_for
+from train.data.phrasing import training_caption
 from train.data.schema import SplitData, write_dataset
 
 TEXT_CONFIG = models.TextEncoderConfig(conv_channels=(32, 32, 32), rnn_hidden=32, embedding_dim=32)
 # noise_dim stays the real 100; ngf 4 and a 32-d text projection keep the bundle well under 1 MB
 # (the 1×1 → 4×4 layer alone holds (noise_dim + projected_dim) · 8·ngf · 16 weights).
 GAN_CONFIG = models.GANConfig(noise_dim=100, embedding_dim=32, projected_dim=32, ngf=4, ndf=4)
+READBACK_HIDDEN = 32
+TINY_MIN_READBACK_AGREEMENT = 0.9
+"""The tiny bundle's read-back gate. Its encoder has random weights, whose embeddings the heads
+can only separate by small margins: the int8 text encoder flips 3-5 % of their decisions (0.956
+measured), which a trained encoder's read-back must not (export's default gate is 0.98)."""
+
+OFF_DOMAIN_SENTENCES = (
+    "draw a cat",
+    "draw a cat on a sofa",
+    "hello how are you today",
+    "order two pizzas with extra cheese",
+    "what time is the meeting",
+    "a castle on a hill at night",
+    "the stock market fell sharply",
+    "turn on the kitchen lights",
+    "my favourite colour is a number",
+    "sing me a song",
+    "bake bread for an hour",
+    "a dog chasing a ball in the park",
+)
+"""What the tiny read-back learns to flag as off-domain: a test fixture's stand-in for the trained
+off-domain negatives of text-encoder pretraining (train/text, docs/TEXT_ENCODER.md)."""
 
 
 def randomize_batch_norm(module: nn.Module, generator: torch.Generator) -> None:
@@ -98,8 +123,11 @@ def tiny_checkpoint(
     data: Path | None = None,
     text_config: models.TextEncoderConfig = TEXT_CONFIG,
     gan_config: models.GANConfig = GAN_CONFIG,
+    readback: bool = False,
 ) -> dict[str, Any]:
-    """A `kind="gan"` checkpoint dict with random weights, laid out as the GAN trainer's."""
+    """A `kind="gan"` checkpoint dict with random weights, laid out as the GAN trainer's; with
+    `readback` it also carries read-back heads fitted to its text encoder (`fit_readback`), as a
+    GAN checkpoint copies them from its text-encoder checkpoint."""
     torch.manual_seed(seed)
     text = dataclasses.replace(text_config, rnn=rnn)
     gan = dataclasses.replace(gan_config, residual=residual, embedding_dim=text.embedding_dim)
@@ -116,7 +144,10 @@ def tiny_checkpoint(
     encoder = nets["text_encoder"]
     standardize_text_encoder(encoder, _embeddings(encoder, seed))
     batch_norm_from_data(nets["generator"], _embeddings(encoder, seed), seed)
-    configs = {"text_encoder": text, "generator": gan, "discriminator": gan}
+    configs: dict[str, Any] = {"text_encoder": text, "generator": gan, "discriminator": gan}
+    if readback:
+        nets["readback"] = fit_readback(encoder, seed)
+        configs["readback"] = nets["readback"].config
     return ck.new_checkpoint(
         "gan",
         models={k: v.state_dict() for k, v in nets.items()},
@@ -135,6 +166,59 @@ def _embeddings(encoder: models.CharCnnRnn, seed: int, count: int = 256) -> np.n
     rows, lengths = tokenizer.encode_batch(captions, encoder.config.max_length)
     with torch.no_grad():
         return encoder.eval()(torch.tensor(rows), torch.tensor(lengths)).numpy()
+
+
+def fit_readback(encoder: models.CharCnnRnn, seed: int = 0, steps: int = 400) -> models.ReadBack:
+    """Read-back heads fitted in a second or two to `encoder`'s embeddings of grammar captions,
+    full and partial (`train.data.phrasing`), and of `OFF_DOMAIN_SENTENCES`, so the tiny bundle
+    reads captions back decisively (random heads sit near chance, where fp32 and int8 disagree on
+    every near-tie). The random 32-d encoder does not tell attribute words apart, so the heads
+    learn "not stated" for every attribute (the commonest class) but do flag the off-domain
+    sentences (0.7-0.95 against 0.0-0.25 for grammar captions): a fixture with decisive outputs
+    and both warnings, not a model's accuracy."""
+    rng = np.random.default_rng(seed + 1)
+    everything = all_attributes()
+    config = models.ReadBackConfig(
+        embedding_dim=encoder.config.embedding_dim,
+        value_counts=tuple(len(ATTRIBUTE_VALUES[n]) for n in ATTRIBUTE_NAMES),
+        hidden=READBACK_HIDDEN,
+    )
+    texts: list[str] = []
+    labels: list[list[int]] = []  # per attribute: value index, or n_a = not stated
+    for i in rng.choice(len(everything), 1200):
+        attributes = everything[int(i)]
+        caption, stated = training_caption(attributes, rng, partial_fraction=0.5)
+        texts.append(caption)
+        labels.append(
+            [
+                index if name in stated else len(ATTRIBUTE_VALUES[name])
+                for name, index in zip(ATTRIBUTE_NAMES, attributes.indices, strict=True)
+            ]
+        )
+    off = list(OFF_DOMAIN_SENTENCES) * 25
+    rows, lengths = tokenizer.encode_batch(texts + off, encoder.config.max_length)
+    with torch.no_grad():
+        embeddings = encoder.eval()(torch.tensor(rows), torch.tensor(lengths))  # (N, E)
+    targets = torch.tensor(labels + [list(config.value_counts)] * len(off))  # (N, A)
+    off_target = torch.tensor([0.0] * len(texts) + [1.0] * len(off))  # (N,)
+    torch.manual_seed(seed)
+    heads = models.ReadBack(config)
+    optimizer = torch.optim.Adam(heads.parameters(), lr=1e-2)
+    # Noise on the embeddings while fitting (10 % of their scale, twice what the int8 text
+    # encoder moves them): decisions with a margin against that noise, as fp32 vs int8 needs.
+    scale = 0.1 * embeddings.norm(dim=1, keepdim=True) / embeddings.shape[1] ** 0.5
+    noise = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        jitter = torch.randn(embeddings.shape, generator=noise) * scale
+        logits, off_logit = heads(embeddings + jitter)
+        loss = nn.functional.binary_cross_entropy_with_logits(off_logit, off_target)
+        for a, block in enumerate(logits.split(config.block_sizes, dim=1)):
+            # Off-domain rows say nothing about attributes: they learn "not stated" everywhere.
+            loss = loss + nn.functional.cross_entropy(block, targets[:, a])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return heads.eval()
 
 
 def tiny_dataset(path: Path, train: int = 64, test: int = 8, seed: int = 0) -> Path:
@@ -175,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tiny-bundle-") as tmp:
         data = tiny_dataset(Path(tmp) / "captions.h5")
         path = ck.save_checkpoint(
-            tiny_checkpoint(rnn=args.rnn, data=data), Path(tmp) / "checkpoint.pt"
+            tiny_checkpoint(rnn=args.rnn, data=data, readback=True), Path(tmp) / "checkpoint.pt"
         )
         return export_main(
             [
@@ -187,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
                 "--force",
                 "--name",
                 "tiny",
+                "--min-readback-agreement",
+                str(TINY_MIN_READBACK_AGREEMENT),
             ]
         )
 

@@ -134,10 +134,18 @@ def robot_session(bundle: Path, received: Path, timings: dict[str, float]) -> di
                     f"(inference {result.infer_ms:.0f} ms), "
                     f"round trip {result.round_trip_ms:.0f} ms"
                 )
+                # What the robot said it understood (None: its bundle has no read-back).
+                understood = result.readback
+                if understood is not None:
+                    say(f"robot> {understood.summary()}")
+                    if understood.warning_line():
+                        say(f"robot> {understood.warning_line()}")
                 results.append(
                     {"caption": caption, "wanted": wanted, "paths": [str(p) for p in paths],
                      "robot_ms": result.ms, "infer_ms": result.infer_ms,
-                     "round_trip_ms": result.round_trip_ms}
+                     "round_trip_ms": result.round_trip_ms,
+                     "understood": understood.summary() if understood else None,
+                     "readback_warning": understood.warning if understood else None}
                 )  # fmt: skip
             status = client.status()
         finally:
@@ -193,6 +201,9 @@ def judge_and_sheet(session: dict[str, Any], oracle_path: str, data: Path) -> di
             )
         request["oracle"] = verdicts
         title = f"operator: {request['caption']}"
+        if request.get("understood"):  # the robot's read-back under the caption
+            warning = request.get("readback_warning")
+            title += f"\nrobot {request['understood']}" + (f" [{warning}]" if warning else "")
         rows.append(contact_sheet(images, title, verdicts, tile=160, columns=len(images)))
     width = max(r.shape[1] for r in rows)
     padded = [
@@ -273,12 +284,15 @@ def write_report(facts: dict[str, Any], timings: dict[str, float]) -> Path:
         + ", ".join(f"{k} {100 * v:.0f} %" for k, v in judged["per_attribute"].items())
         + ". See `contact_sheet.png` (the oracle's verdict under each image).",
         "",
-        "| caption | robot ms (n=4) | inference ms | round trip ms | oracle |",
-        "|---|---|---|---|---|",
+        "| caption | robot understood | robot ms (n=4) | inference ms | round trip ms | oracle |",
+        "|---|---|---|---|---|---|",
     ]
     for r in facts["session"]["requests"]:
+        understood = (r.get("understood") or "no read-back").removeprefix("understood as: ")
+        if r.get("readback_warning"):
+            understood += f" **{r['readback_warning']}**"
         lines.append(
-            f"| {r['caption']} | {r['robot_ms']:.0f} | {r['infer_ms']:.0f} | "
+            f"| {r['caption']} | {understood} | {r['robot_ms']:.0f} | {r['infer_ms']:.0f} | "
             f"{r['round_trip_ms']:.0f} | {'; '.join(r['oracle'])} |"
         )
     lines += ["", "## Bundle", "", f"`{facts['bundle']}`", ""]

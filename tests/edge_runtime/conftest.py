@@ -136,7 +136,7 @@ def reader(operator: serial.Serial) -> ReplyReader:
 # the document, sharing no code with edge_runtime.protocol (only the tokenizer, the contract).
 # ------------------------------------------------------------------------------------------
 
-_ORACLE_COMMANDS = {"gen", "generate", "fetch", "ping", "status", "help"}
+_ORACLE_COMMANDS = {"gen", "generate", "fetch", "ping", "status", "help", "understand"}
 _ORACLE_ID = re.compile(r"[A-Za-z0-9_-]{1,16}")
 _ORACLE_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
@@ -214,7 +214,11 @@ def expected_reply(
                 return ("err", "BAD_ARGS", rid)
             seen.add(key.lower())
         return ("done", "", rid) if args[0] in existing else ("err", "NOT_FOUND", rid)
-    # gen: leading key=value options, an optional --, then the caption.
+    # gen and understand: leading key=value options (understand takes none), an optional --,
+    # then the caption. understand is answered at once ("done"); the tiny bundle has a read-back.
+    limits = {"n": (1, max_images), "seed": (0, 2**32 - 1), "strict": (0, 1)}
+    if second == "understand":
+        limits = {}
     seen = set()
     rest = args
     while rest:
@@ -225,8 +229,7 @@ def expected_reply(
         key, eq, value = token.partition("=")
         if not eq or not re.fullmatch(r"[A-Za-z_]+", key):
             break
-        high = {"n": max_images, "seed": 2**32 - 1}.get(key.lower())
-        low = 1 if key.lower() == "n" else 0
+        low, high = limits.get(key.lower(), (0, None))
         if (
             high is None
             or key.lower() in seen
@@ -238,7 +241,7 @@ def expected_reply(
         rest = rest[1:]
     if not tokenizer.normalize(" ".join(rest)):
         return ("err", "BAD_CAPTION", rid)
-    return ("ack", "", rid)
+    return ("done", "", rid) if second == "understand" else ("ack", "", rid)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import base64
 import binascii
 import hashlib
 import os
+import re
 import threading
 import time
 import tty
@@ -307,3 +308,129 @@ def test_client_fuzz_escape_sequences_never_reach_the_terminal(rig) -> None:
     ]
     with pytest.raises(BadReplyError, match="info line"):
         _bounded(client.help)
+
+
+# -- the read-back fields (docs/PROTOCOL.md § Read-back) ------------------------------------------
+
+READBACK_OK = "colour:red:0.98,terrain:?:0.91,pose:lying:0.87,position:?:0.99,helmet:yes:0.95"
+readback_items = st.one_of(
+    st.sampled_from(
+        [
+            "colour:red:0.98", "terrain:?:0.91", "helmet:yes:1.00", "pose:lying:0.00",
+            "colour:red", "colour:red:0.98:x", "Colour:red:0.98", "colour:Red:0.98",
+            "colour:red:1.01", "colour:red:0.9", "colour:red:-0.10", "colour:red:nan",
+            "colour:red:1e-2", ":red:0.98", "colour::0.98", "colour:%1B[2J:0.98",
+            "colour:" + "r" * 25 + ":0.98", "c" * 25 + ":red:0.98", "colour:red%0A:0.98",
+            "colour:??:0.98", "colour:red;rm:0.98",
+        ]
+    ),
+    st.text(alphabet="abcdefgh:?.019%-_", max_size=30),
+)  # fmt: skip
+
+
+@FUZZ
+@given(
+    items=st.lists(readback_items, min_size=0, max_size=20),
+    off_domain=st.one_of(st.sampled_from(["0.03", "0.97", "1.00"]), absurd),
+    warning=st.one_of(
+        st.none(), st.sampled_from(["off-domain", "nothing-stated", "OFF-DOMAIN", "", "%1B"])
+    ),
+    drop_off_domain=st.booleans(),
+)
+def test_client_fuzz_forged_readback_fields(rig, items, off_domain, warning, drop_off_domain):
+    robot, client = rig
+    fields = {"cmd": "understand", "understood": ",".join(items)}
+    if not drop_off_domain:
+        fields["off_domain"] = off_domain
+    if warning is not None:
+        fields["warning"] = warning
+    # Sent as a robot would put them on the line (already encoded: the fuzz picks the bytes).
+    done = " ".join(f"{k}={v}" for k, v in fields.items() if " " not in v)
+    robot.respond = lambda rid, body: [robot.signed(f"done {rid} {done}")]
+    try:
+        understood = _bounded(lambda: client.understand("anyone in red?"))
+    except ClientError as err:
+        event(f"refused: {type(err).__name__}")
+        return
+    event("accepted")
+    # Accepted only when every item is a label, a known value form and a 2-decimal probability.
+    assert 1 <= len(understood.attributes) <= 16
+    names = [a.name for a in understood.attributes]
+    assert len(set(names)) == len(names)
+    for a in understood.attributes:
+        assert re.fullmatch(r"[a-z][a-z0-9_-]{0,23}", a.name)
+        assert a.value == "?" or re.fullmatch(r"[a-z][a-z0-9_-]{0,23}", a.value)
+        assert 0.0 <= a.confidence <= 1.0
+    assert 0.0 <= understood.off_domain <= 1.0
+    assert understood.warning in (None, "off-domain", "nothing-stated")
+    assert all(" " <= c <= "~" for c in understood.summary())
+
+
+def test_client_fuzz_valid_readback_is_believed_on_gen_and_understand(rig) -> None:
+    robot, client = rig
+
+    def respond(rid: str, body: str) -> list[bytes]:
+        if " gen " in f" {body} ":
+            return [
+                robot.signed(f"ack {rid} cmd=gen n=1 seed=5 ahead=0"),
+                robot.signed(
+                    f"done {rid} cmd=gen n=1 seed=5 ms=3.0 infer_ms=1.0 files={NAME} "
+                    f"sha256={SHA} understood={READBACK_OK} off_domain=0.03"
+                ),
+            ]
+        return [
+            robot.signed(f"done {rid} cmd=understand understood=colour:?:0.90 off_domain=0.97 "
+                         "warning=off-domain")
+        ]  # fmt: skip
+
+    robot.respond = respond
+    result = client.generate("survivor", n=1, seed=5)
+    assert result.readback is not None and result.readback.warning is None
+    assert result.readback.summary() == (
+        "understood as: colour=red (0.98) terrain=? (0.91) pose=lying (0.87) position=? (0.99) "
+        "helmet=yes (0.95)"
+    )
+    understood = client.understand("draw a cat")
+    assert understood.off_domain == 0.97 and understood.warning == "off-domain"
+    assert understood.warning_line() is not None
+
+
+def test_client_fuzz_gen_without_readback_is_an_older_robot(rig) -> None:
+    robot, client = rig
+    old = f"cmd=gen n=1 seed=5 ms=3.0 infer_ms=1.0 files={NAME} sha256={SHA}"
+    robot.respond = lambda rid, body: [
+        robot.signed(f"ack {rid} cmd=gen n=1 seed=5 ahead=0"),
+        robot.signed(f"done {rid} {old}"),
+    ]
+    assert client.generate("survivor", n=1, seed=5).readback is None
+    # A warning or off_domain without the list it belongs to is a broken reply.
+    robot.respond = lambda rid, body: [
+        robot.signed(f"ack {rid} cmd=gen n=1 seed=5 ahead=0"),
+        robot.signed(
+            f"done {rid} cmd=gen n=1 seed=5 ms=3.0 infer_ms=1.0 files={NAME} sha256={SHA} "
+            "warning=off-domain"
+        ),
+    ]
+    with pytest.raises(BadReplyError, match="without understood"):
+        _bounded(lambda: client.generate("survivor", n=1, seed=5))
+
+
+def test_client_fuzz_readback_escape_sequences_and_floods_are_refused(rig) -> None:
+    robot, client = rig
+    robot.respond = lambda rid, body: [
+        robot.signed(f"done {rid} cmd=understand understood=colour:%1B%5B2J:0.98 off_domain=0.1")
+    ]
+    with pytest.raises(BadReplyError, match="not a label"):
+        _bounded(lambda: client.understand("red"))
+    many = ",".join(f"a{i}:x:0.50" for i in range(17))
+    robot.respond = lambda rid, body: [
+        robot.signed(f"done {rid} cmd=understand understood={many} off_domain=0.1")
+    ]
+    with pytest.raises(BadReplyError, match="17 items"):
+        _bounded(lambda: client.understand("red"))
+    huge = ",".join(["colour:red:0.98"] * 100)
+    robot.respond = lambda rid, body: [
+        robot.signed(f"done {rid} cmd=understand understood={huge} off_domain=0.1")
+    ]
+    with pytest.raises(BadReplyError, match="characters long"):
+        _bounded(lambda: client.understand("red"))

@@ -178,7 +178,7 @@ def test_engine_auto_precision_measures_the_variants_that_passed_the_gate(
     assert engine.generate(CAPTION, seed=1).shape == (1, 64, 64, 3)
     # Only the chosen variant's sessions stay open.
     chosen = engine.manifest.variants[engine.info.precision]
-    assert set(engine.bundle.sessions) == {chosen.text_encoder, chosen.generator}
+    assert set(engine.bundle.sessions) == {chosen.text_encoder, chosen.generator, chosen.readback}
 
 
 @pytest.fixture

@@ -287,11 +287,92 @@ def _valid_cases() -> list[Case]:
         Case("valid:max_length-64", _set(("model", "max_length"), 64), True),
         Case("valid:no-int8-variant", _drop_variant("int8"), True),
         Case("valid:opset-unknown", _set(("graphs", "generator.int8", "opset"), 0), True),
+        Case("valid:no-readback", _without_readback, True),
+        Case("valid:readback-threshold-0.9", _set(("readback", "off_domain_threshold"), 0.9), True),
     ]
 
 
+def _readback_cases() -> list[Case]:
+    """The read-back's own fields and cross-checks (docs/ARCHITECTURE.md § Bundle)."""
+    rb = ("readback",)
+    colour = (*rb, "attributes", 0)
+    fp32_rb = ("variants", "fp32", "readback")
+    graph = "readback.fp32"
+    wrong = ["batch", 30]
+    return [
+        Case("readback:schema-version-1", _set(("schema_version",), 1)),
+        Case("readback:value-dropped", _edited(lambda d: _values(d, 0).pop())),
+        Case("readback:value-added", _edited(lambda d: _values(d, 1).append("lava"))),
+        Case("readback:attribute-dropped", _edited(lambda d: d["readback"]["attributes"].pop())),
+        Case("readback:value-repeated", _set((*colour, "values", 1), "red")),
+        Case("readback:attribute-repeated", _set((*rb, "attributes", 1, "name"), "colour")),
+        Case("readback:name-with-colon", _set((*colour, "name"), "col:our")),
+        Case("readback:name-with-comma", _set((*colour, "values", 0), "red,blue")),
+        Case("readback:name-upper-case", _set((*colour, "values", 0), "Red")),
+        Case("readback:name-question-mark", _set((*colour, "values", 0), "?")),
+        Case("readback:name-25-chars", _set((*colour, "name"), "c" * 25)),
+        Case("readback:name-escape", _set((*colour, "values", 0), "red\u001b[2J")),
+        Case("readback:one-value", _set((*colour, "values"), ["red"])),
+        Case("readback:33-values", _set((*colour, "values"), [f"v{i}" for i in range(33)])),
+        Case("readback:17-attributes", _set((*rb, "attributes"), SEVENTEEN)),
+        Case("readback:no-attributes", _set((*rb, "attributes"), [])),
+        Case("readback:threshold-0", _set((*rb, "off_domain_threshold"), 0.0)),
+        Case("readback:threshold-1", _set((*rb, "off_domain_threshold"), 1.0)),
+        Case("readback:threshold-int", _set((*rb, "off_domain_threshold"), 1)),
+        Case("readback:threshold-negative", _set((*rb, "off_domain_threshold"), -0.5)),
+        Case("readback:variant-without", _edited(lambda d: d["variants"]["int8"].pop(b.READBACK))),
+        Case("readback:variant-names-generator", _set(fp32_rb, "generator.fp32")),
+        Case("readback:variant-names-unknown", _set(fp32_rb, "readback.fp16")),
+        Case("readback:graph-without-spec", _edited(_drop_readback_spec)),
+        Case("readback:graph-embedding-33", _tensor_edit(graph, "inputs", 0, shape=["batch", 33])),
+        Case("readback:graph-probs-width-wrong", _tensor_edit(graph, "outputs", 0, shape=wrong)),
+        Case("readback:graph-off-domain-rank-2", _tensor_edit(graph, "outputs", 1, shape=wrong)),
+        Case("readback:graph-probs-int8", _tensor_edit(graph, "outputs", 0, dtype="int8")),
+        Case("readback:graph-output-missing", _edited(_drop_off_domain_output)),
+        Case("readback:graph-outputs-swapped", _edited(_swap_readback_outputs)),
+        Case("readback:graph-is-generator-file", _set(("graphs", graph, "file"), "generator.onnx")),
+        Case("readback:role-generator", _set(("graphs", graph, "role"), "generator")),
+    ]  # fmt: skip
+
+
+SEVENTEEN = [{"name": f"a{i}", "values": ["x", "y"]} for i in range(17)]
+
+
+def _values(d: dict[str, Any], index: int) -> list[str]:
+    return d["readback"]["attributes"][index]["values"]
+
+
+def _drop_off_domain_output(d: dict[str, Any]) -> None:
+    d["graphs"]["readback.fp32"]["outputs"].pop()
+
+
+def _drop_readback_spec(d: dict[str, Any]) -> None:
+    del d["readback"]
+    for variant in d["variants"].values():
+        variant.pop("readback")
+
+
+def _swap_readback_outputs(d: dict[str, Any]) -> None:
+    outputs = d["graphs"]["readback.fp32"]["outputs"]
+    outputs[0]["name"], outputs[1]["name"] = outputs[1]["name"], outputs[0]["name"]
+
+
+def _without_readback(root: Path) -> None:
+    """A bundle as an old checkpoint exports it: no read-back anywhere, schema version 1."""
+
+    def change(d: dict[str, Any]) -> None:
+        _drop_readback_spec(d)
+        for key in [k for k, g in d["graphs"].items() if g["role"] == b.READBACK]:
+            del d["graphs"][key]
+        d["schema_version"] = 1
+
+    _edited(change)(root)
+    for file in {g["file"] for g in BASE["graphs"].values() if g["role"] == b.READBACK}:
+        (root / file).unlink()
+
+
 def corpus() -> list[Case]:
-    return _field_cases() + _why_cases() + _file_cases() + _valid_cases()
+    return _field_cases() + _why_cases() + _readback_cases() + _file_cases() + _valid_cases()
 
 
 # -- edits that need more than one field ------------------------------------------------------
@@ -588,6 +669,36 @@ def test_corpus_is_large_and_covers_every_kind() -> None:
     assert len(hostile) >= 200
     assert len(CORPUS) == len(corpus())  # ids are unique
     assert {"field", "delete", "unknown-key", "why", "graph", "manifest", "files"} <= kinds
+    assert "readback" in kinds
+
+
+READBACK_NAMES = {
+    "readback:schema-version-1": "field 'readback' needs schema_version 2",
+    "readback:value-dropped": "tensor 'attribute_probs' has shape ['batch', 27], the model's "
+    "sizes need ['batch', 26]",
+    "readback:value-repeated": "attributes[0]: field 'values' repeats a value",
+    "readback:attribute-repeated": "field 'attributes' repeats a name",
+    "readback:name-with-colon": "attributes[0]: field 'name' holds 'col:our', not a label",
+    "readback:name-question-mark": "attributes[0]: field 'values' holds '?', not a label",
+    "readback:threshold-1": "field 'off_domain_threshold' must be strictly between 0 and 1",
+    "readback:variant-without": "variant int8 has no 'readback' graph",
+    "readback:variant-names-generator": "variant fp32 uses 'generator.fp32' (a generator)",
+    "readback:graph-without-spec": "is a readback but the manifest has no 'readback' field",
+    "readback:graph-embedding-33": "tensor 'text_embedding' has shape ['batch', 33]",
+    "readback:graph-output-missing": "a readback must have the output 'off_domain'",
+}
+"""Each read-back refusal names the field or the mismatch (a sample: the whole corpus is checked
+for one line and exit 2 above)."""
+
+
+@pytest.mark.parametrize("case_id", sorted(READBACK_NAMES))
+def test_readback_refusals_name_the_field(
+    case_id: str, tmp_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_root / "named").mkdir(exist_ok=True)
+    status, _, err = run_info(make_bundle(CORPUS[case_id], tmp_root / "named"), capsys)
+    assert status == 2
+    assert READBACK_NAMES[case_id] in err, err
 
 
 @pytest.mark.parametrize("case_id", CORPUS_IDS)

@@ -98,6 +98,17 @@ def test_output_dir_that_cannot_exist_is_one_clear_error(tmp_path) -> None:
         OutputDir(tmp_path / "file" / "images").ensure()
 
 
+def test_contact_sheet_title_newline_starts_a_line(tmp_path) -> None:
+    """The demo puts the robot's read-back on its own line under the operator's caption."""
+    tiles = np.stack([_rgb(k) for k in range(2)])
+    caption = "operator: anyone in red?"
+    readback = "robot understood as: colour=red (0.98) terrain=? (0.91)"
+    joined = images.contact_sheet(tiles, f"{caption} {readback}", ["a", "b"], tile=160)
+    split = images.contact_sheet(tiles, f"{caption}\n{readback}", ["a", "b"], tile=160)
+    assert images._wrap(f"{caption}\n{readback}", 10_000, 0.5) == [caption, readback]
+    assert split.shape[0] > joined.shape[0]  # one more header line: the read-back's own
+
+
 def test_contact_sheet_draws_the_caption_above_a_grid(tmp_path) -> None:
     tiles = np.stack([_rgb(k) for k in range(5)])
     sheet = images.contact_sheet(

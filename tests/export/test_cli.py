@@ -98,6 +98,8 @@ def test_cli_refuses_to_overwrite_without_force_and_replaces_with_it(
         (["--quantize", "--calibration-size", "100"], "--calibration-size"),
         (["--quantize", "--oracle", "missing.pt"], "--oracle"),
         (["--quantize", "--min-psnr", "0"], "--min-psnr"),
+        (["--quantize", "--min-readback-agreement", "1.5"], "--min-readback-agreement"),
+        (["--quantize", "--min-readback-agreement", "0"], "--min-readback-agreement"),
     ],
 )
 def test_cli_validates_flags_before_any_work(

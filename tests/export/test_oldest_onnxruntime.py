@@ -99,3 +99,47 @@ def test_oldest_claimed_onnxruntime_loads_and_runs_the_bundle(
             reference = new[0]
     # int8 on the oldest runtime still passes the quality gate against fp32.
     assert image_quality(reference, old["int8"])["psnr_db"] >= 30.0
+
+
+RUN_READBACK = """
+import sys
+import numpy as np
+import onnxruntime as ort
+sys.path.insert(0, sys.argv[1])
+from edge_runtime import bundle as b
+cpu = ["CPUExecutionProvider"]
+bundle = b.load_bundle(sys.argv[2], lambda m: ort.InferenceSession(m, providers=cpu))
+embeddings = np.load(sys.argv[3])["embeddings"]
+out = {}
+for name, variant in bundle.manifest.variants.items():
+    probs, off = bundle.sessions[variant.readback].run(
+        [b.ATTRIBUTE_PROBS, b.OFF_DOMAIN], {b.TEXT_EMBEDDING: embeddings}
+    )
+    out[name + "_probs"], out[name + "_off"] = probs, off
+np.savez(sys.argv[4], **out)
+"""
+
+
+def test_oldest_claimed_onnxruntime_runs_the_readback(oldest_python: Path, tmp_path: Path) -> None:
+    """The committed tiny bundle's read-back graphs (fp32, and int8 when export chose it) load
+    through the runtime's loader on the oldest onnxruntime and give this one's outputs."""
+    tiny = REPO / "tests" / "fixtures" / "tiny_bundle"
+    loaded = b.load_bundle(tiny, ox.session)
+    assert loaded.manifest.readback is not None
+    dim = loaded.manifest.model.embedding_dim
+    embeddings = np.random.default_rng(0).standard_normal((6, dim)).astype(np.float32)
+    np.savez(tmp_path / "feeds.npz", embeddings=embeddings)
+    result = subprocess.run(
+        [str(oldest_python), "-c", RUN_READBACK, str(REPO), str(tiny),
+         str(tmp_path / "feeds.npz"), str(tmp_path / "out.npz")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    old = np.load(tmp_path / "out.npz")
+    for name, variant in loaded.manifest.variants.items():
+        assert variant.readback is not None
+        probs, off = loaded.sessions[variant.readback].run(
+            [b.ATTRIBUTE_PROBS, b.OFF_DOMAIN], {b.TEXT_EMBEDDING: embeddings}
+        )
+        assert np.abs(old[name + "_probs"] - probs).max() <= ox.PARITY_TOLERANCE
+        assert np.abs(old[name + "_off"] - off).max() <= ox.PARITY_TOLERANCE
