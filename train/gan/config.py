@@ -93,6 +93,16 @@ class GanTrainConfig:
     )
     """"text": real image + captions of another class; "image": wrong image + right text
     (Reed's released code); both pair a real image with a description of another class."""
+    partial_captions: str = option(
+        "aware",
+        "partial captions (a split with caption_stated): aware = wrong captions contradict a "
+        "stated attribute, a sample's captions state one thing, the matching term allows what "
+        "a caption leaves open; ignore = treat every caption as full (the ablation)",
+        group="objective",
+        choices=("aware", "ignore"),
+    )
+    """docs/GAN_TRAINING.md § Partial captions. Splits without `caption_stated` train the same
+    either way."""
     int_weight: float | None = _term("GAN-INT weight (0 = off)", at_least=0)
     """Weight of the mean GAN-INT loss over the n interpolated fakes (see `nonsat_weight`)."""
     int_beta: float = option(

@@ -231,6 +231,9 @@ class GanTrainer:
             captions = split.captions
         else:
             self.dataset, captions = GanClsDataset.open(c.data, c.split, loader_config)
+        if c.partial_captions == "ignore" and self.dataset.caption_stated is not None:
+            log.info("--partial-captions ignore: every caption is treated as a full one")
+            self.dataset.caption_stated = None
         if c.captions_per_image is not None:
             self.dataset.limit_captions(c.captions_per_image)
             captions = [row[: self.dataset.num_captions] for row in captions]
