@@ -287,8 +287,9 @@ def _judges_side_by_side(by_metric: dict[str, list[dict[str, Any]]]) -> list[str
     return out
 
 
-def _partial_tables(by_metric: dict[str, list[dict[str, Any]]]) -> list[str]:
-    """Partial captions: stated attributes right and unstated-attribute entropy, per judge."""
+def partial_tables(by_metric: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Partial captions: stated attributes right and unstated-attribute entropy, per judge
+    (`by_metric`: metric name → its records); also the recipe's and the demo's REPORT.md."""
     out: list[str] = []
     rows = [
         (role, r)
@@ -371,7 +372,7 @@ def markdown_tables(records: Sequence[dict[str, Any]], attribute_names: Sequence
     for metric, role in (("attributes", "oracle"), ("attributes_judge", "second judge")):
         out += _attribute_table([r for r in by_metric.get(metric, []) if "accuracy" in r], role)
     out += _judges_side_by_side(by_metric)
-    out += _partial_tables(by_metric)
+    out += partial_tables(by_metric)
     for metric, title in (("fid", "FID"), ("kid", "KID")):
         rows = [r for r in by_metric.get(metric, []) if "value" in r]
         if not rows:
