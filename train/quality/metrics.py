@@ -16,7 +16,7 @@ any subset, so every metric also runs on its own.
   how the judge's reading of each attribute the caption leaves open varies across the seeds —
   H(values over S seeds) / log(min(S, values of the attribute)), 0 = one value whatever the
   noise, 1 = as spread as S draws can be; mean per attribute and over every (caption, unstated
-  attribute) pair (`unstated_entropy`; docs/QUALITY.md § Partial captions);
+  attribute) pair (`unstated_entropy`; docs/QUALITY.md § 2.1);
 - `fid` (oracle, real images): Fréchet distance in the oracle's feature space, with a
   real-vs-real baseline;
 - `kid` (oracle, real images): kernel distance (unbiased MMD², cubic polynomial kernel) in the

@@ -357,7 +357,7 @@ def partial_tables(by_metric: dict[str, list[dict[str, Any]]]) -> list[str]:
             "For each partial caption and each attribute it leaves open: the entropy of the "
             "judge's readings over the seeds ÷ log(min(seeds, values)); 0 = the noise never "
             "changes it, 1 = as varied as that many draws can be. Overall: the mean over every "
-            "(caption, open attribute) pair (docs/QUALITY.md § Partial captions).",
+            "(caption, open attribute) pair (docs/QUALITY.md § 2.1).",
             "",
         ]
     return out
