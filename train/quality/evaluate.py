@@ -25,6 +25,13 @@ Every figure names its judge (docs/QUALITY.md § 1.1): attribute accuracy is pri
 says whether its image encoder is one the generator trained against ("not independent": the GAN
 checkpoint's own encoder, or a `--retrieval` checkpoint with the same image-encoder weights).
 
+Partial captions (issue 17): the `test_phrasing` split is labelled from its `caption_stated` (the
+chosen caption's unstated attributes are not scored), as is a `--captions` file that leaves
+attributes out (`python -m train data phrasing-captions` writes one). Both attribute metrics then
+report "all stated attributes right" and per attribute "stated attribute right" for the partial
+captions alone, and `unstated_entropy[_judge]` how the open attributes vary across seeds — use
+`--seeds 8`, the count its target is defined at (docs/QUALITY.md § 2.1).
+
 Captions file: one JSON object per line, `{"caption": "...", "attributes": {"colour": "orange",
 "terrain": "rubble", "pose": "lying", "position": "left", "helmet": "no"}}` (value names, or
 value indices). An attribute the caption does not state may be left out: it is then not scored
