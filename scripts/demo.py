@@ -10,7 +10,8 @@ Stages (each one is the product's own command, run as a user would run it):
 3. export --quantize                    python -m export --quantize
 4. the robot: the serial service on a pseudo-terminal cable, driven by the operator client
    exactly as over a USB radio (`rescue-edge serve --serial`, `edge_runtime.client`)
-5. contact sheet of the operator's captions (each image checked by the attribute oracle) and
+5. contact sheet of the operator's captions (full, partial, free and misspelled commands; each
+   image checked by the attribute oracle on what its caption states) and
    REPORT.md (attribute accuracy, high-frequency energy and diversity against the real renders,
    latency, bundle sizes, where everything is)
 
@@ -413,7 +414,7 @@ def main() -> int:
     report = write_report(facts, timings)
     say(
         f"operator captions obeyed: {100 * judged['all_correct']:.0f} % of {judged['images']} "
-        "images with all five attributes right (attribute oracle)"
+        "images with every stated attribute right (attribute oracle)"
     )
     say(f"whole demo: {facts['total_s'] / 60:.1f} min")
     say(f"look at: {OUT / 'contact_sheet.png'}")
