@@ -365,9 +365,10 @@ RESUMABLE_OVERRIDES = frozenset(
 )  # fmt: skip
 
 
-LEGACY_VALUES: dict[str, Any] = {"ema_decay": 0.0}
+LEGACY_VALUES: dict[str, Any] = {"ema_decay": 0.0, "partial_captions": "ignore"}
 """Values of fields added after a checkpoint was written that match how it was trained (checkpoints
-written before `ema_decay` existed hold no weight average)."""
+written before `ema_decay` existed hold no weight average; before `partial_captions`, every
+caption was read as a full one)."""
 
 
 def build_parser() -> argparse.ArgumentParser:

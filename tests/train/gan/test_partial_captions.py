@@ -160,3 +160,20 @@ def test_partial_matching_loss_is_cross_entropy_for_one_class_and_zero_for_all()
     assert float(losses.partial_text_image_matching_loss(images, prototypes, wider, 0.1)) < float(
         ce
     )
+
+
+def test_checkpoints_from_before_partial_captions_resume_reading_every_caption_as_full() -> None:
+    from train.gan.config import config_from_checkpoint
+
+    assert config_from_checkpoint({"seed": 3}, "old.pt").partial_captions == "ignore"
+    assert config_from_checkpoint({"partial_captions": "aware"}, "new.pt").partial_captions == (
+        "aware"
+    )
+    assert GanTrainConfig().partial_captions == "aware"
+
+
+def test_ignore_mode_reads_a_partial_split_as_full(tmp_path: Path) -> None:
+    te = tiny_text_encoder_checkpoint(tmp_path / "te.pt")
+    trainer = _trainer(te, _split(partial=True), partial_captions="ignore")
+    assert trainer.dataset.caption_stated is None
+    assert next(trainer.loader.batches(0)).stated is None
