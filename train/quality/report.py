@@ -14,6 +14,7 @@ Every file is written to a temporary name and renamed, so a report is never half
 
 from __future__ import annotations
 
+import math
 import os
 import textwrap
 from collections.abc import Sequence
@@ -146,6 +147,7 @@ def attribute_chart(records: Sequence[dict[str, Any]], width: int = 760) -> np.n
     bar_w = max(int(group_w * 0.8 / len(rows)), 4)
 
     def y_of(value: float) -> int:
+        value = 0.0 if math.isnan(value) else value  # NaN: never stated in this set
         return int(top + plot_h * (1 - min(max(value, 0.0), 1.0)))
 
     for v in (0.0, 0.25, 0.5, 0.75, 1.0):
@@ -196,7 +198,8 @@ def attribute_chart(records: Sequence[dict[str, Any]], width: int = 760) -> np.n
 
 
 def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.1f}"
+    # NaN: an attribute no caption of the set states (a captions file, a small --limit).
+    return "–" if value is None or math.isnan(value) else f"{100 * value:.1f}"
 
 
 def _check(ok: bool) -> str:
@@ -227,7 +230,8 @@ def _attribute_table(attrs: list[dict[str, Any]], role: str) -> list[str]:
         if target_all is not None:
             ok = ok and r["all_correct"] >= target_all
         cells = [
-            f"{_pct(v)} ± {_pct(r['accuracy_std_over_seeds'][k])}" for k, v in r["accuracy"].items()
+            "–" if math.isnan(v) else f"{_pct(v)} ± {_pct(r['accuracy_std_over_seeds'][k])}"
+            for k, v in r["accuracy"].items()
         ]
         target = _check(ok) if target_all is not None else ""
         out.append(
@@ -274,7 +278,8 @@ def _judges_side_by_side(by_metric: dict[str, list[dict[str, Any]]]) -> list[str
     for split in both:
         cells = [split, _pct(oracle[split]["all_correct"]), _pct(judge[split]["all_correct"])]
         for r in (oracle[split], judge[split]):
-            name, value = min(r["accuracy"].items(), key=lambda kv: kv[1])
+            scored = {k: v for k, v in r["accuracy"].items() if not math.isnan(v)}  # NaN: unstated
+            name, value = min(scored.items(), key=lambda kv: kv[1]) if scored else ("–", None)
             cells.append(f"{name} {_pct(value)}")
         out.append("| " + " | ".join(cells) + " |")
     out += [

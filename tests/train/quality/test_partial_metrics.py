@@ -4,6 +4,8 @@ states, the unstated-attribute entropy on hand-made judge outputs (all the same 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -181,3 +183,14 @@ def test_entropy_of_uniform_random_readings_clears_the_target_and_constant_ones_
     assert min(uniform["per_attribute"]) > report.TARGET_UNSTATED_ENTROPY
     constant = mt.unstated_entropy(np.repeat(labels[:1], 8, axis=0), truth, SIZES)
     assert constant["overall"] == 0.0
+
+
+def test_report_of_a_set_that_never_states_an_attribute_prints_a_dash() -> None:
+    truth = np.array([[2, -1, -1, -1, -1], [1, -1, -1, -1, -1]])  # only colours stated
+    labels = np.zeros((2, 2, 5), np.int64)
+    labels[:, 0, 0] = 2
+    records = mt.run_metrics(["attributes", "attributes_judge"], _context(labels, truth, True))
+    text = report.markdown_tables(records, NAMES)
+    assert not re.search(r"\bnan\b", text) and "| 50.0 ± 0.0 | – | – | – | – |" in text
+    chart = report.attribute_chart(records)  # NaN bars drawn as empty, not a crash
+    assert chart.shape == (340, 760, 3)
