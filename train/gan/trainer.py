@@ -268,6 +268,7 @@ class GanTrainer:
         # The frozen image encoder that scores G's images against their captions (match_weight).
         self.match_encoder: nn.Module | None = None
         self.match_attributes: torch.Tensor | None = None
+        self.image_attributes: torch.Tensor | None = None
         if c.match_weight > 0:
             if self.image_encoder is None:
                 log.warning(
@@ -291,10 +292,10 @@ class GanTrainer:
                 # Partial captions: each prototype's attributes, to tell which classes a
                 # caption allows (losses.partial_text_image_matching_loss).
                 if stated is not None:
+                    attributes = torch.from_numpy(self.dataset.attributes).to(self.device)
                     _, first = np.unique(np.asarray(self.dataset.class_ids), return_index=True)
-                    self.match_attributes = torch.from_numpy(
-                        self.dataset.attributes[first]  # (K, A), prototype row order
-                    ).to(self.device)
+                    self.image_attributes = attributes  # (N, A), by dataset index
+                    self.match_attributes = attributes[torch.from_numpy(first)]  # (K, A)
 
         # Networks.
         self.gan_config = models.GANConfig(
@@ -501,7 +502,8 @@ class GanTrainer:
         """bool (B, K): the classes (prototype rows) that agree with each sample's real image
         on every attribute its captions state — for a full caption, its own class only."""
         assert batch.stated is not None and self.match_attributes is not None
-        own = self.match_attributes[self.match_row_of[batch.class_ids]]  # (B, A)
+        assert self.image_attributes is not None
+        own = self.image_attributes[batch.indices]  # (B, A): the real image's own attributes
         agree = self.match_attributes[None, :, :] == own[:, None, :]  # (B, K, A)
         bits = torch.arange(own.shape[1], device=own.device)
         stated = (batch.stated[:, None] >> bits) & 1 == 1  # (B, A)
