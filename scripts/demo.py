@@ -10,7 +10,8 @@ Stages (each one is the product's own command, run as a user would run it):
 3. export --quantize                    python -m export --quantize
 4. the robot: the serial service on a pseudo-terminal cable, driven by the operator client
    exactly as over a USB radio (`rescue-edge serve --serial`, `edge_runtime.client`)
-5. contact sheet of the operator's captions (each image checked by the attribute oracle) and
+5. contact sheet of the operator's captions (full, partial, free and misspelled commands; each
+   image checked by the attribute oracle on what its caption states) and
    REPORT.md (attribute accuracy, high-frequency energy and diversity against the real renders,
    latency, bundle sizes, where everything is)
 
@@ -38,10 +39,13 @@ DEMO_MINUTES = float(os.environ.get("DEMO_MINUTES", "11"))
 DEMO_TEXT_STEPS = int(os.environ.get("DEMO_TEXT_STEPS", "300"))
 IMAGES_PER_CAPTION = 4
 
-# What an operator might type, with what it asks for (colour, terrain, pose, position, helmet),
-# so the oracle can say whether each picture obeys. Some are typed carelessly on purpose, and the
-# last two ask for colour × terrain pairs that never occur in training (orange/water, red/snow).
-OPERATOR_CAPTIONS: list[tuple[str, tuple[str, str, str, str, str]]] = [
+# What an operator might type, with what it asks for (colour, terrain, pose, position, helmet;
+# None where the caption leaves the attribute open), so the oracle can say whether each picture
+# obeys what was said — and only that. Full commands first (two ask for colour × terrain pairs
+# that never occur in training: orange/water, red/snow), then partial commands of one to three
+# attributes, free phrasings and misspellings, written for this list, not drawn from the grammar.
+Wanted = tuple[str | None, str | None, str | None, str | None, str | None]
+OPERATOR_CAPTIONS: list[tuple[str, Wanted]] = [
     ("survivor in an orange jacket lying on rubble, left side, no helmet",
      ("orange", "rubble", "lying", "left", "no")),
     ("worker wearing a helmet, blue coat, standing on grass at the right",
@@ -58,6 +62,14 @@ OPERATOR_CAPTIONS: list[tuple[str, tuple[str, str, str, str, str]]] = [
      ("orange", "water", "standing", "right", "no")),
     ("person in red sitting in the snow, in the middle, bareheaded",
      ("red", "snow", "sitting", "center", "no")),
+    ("anyone in yellow?", ("yellow", None, None, None, None)),
+    ("red top, near the left edge", ("red", None, None, "left", None)),
+    ("figure down in the mud", (None, "mud", "lying", None, None)),
+    ("someone sat on the snow with no helmet", (None, "snow", "sitting", None, "no")),
+    ("hard hat, far right", (None, None, None, "right", "yes")),
+    ("somebody in purpel on the sand", ("purple", "sand", None, None, None)),
+    ("survivr in grean, standng", ("green", None, "standing", None, None)),
+    ("BLUE JACKET", ("blue", None, None, None, None)),
 ]  # fmt: skip
 
 
@@ -172,7 +184,10 @@ def judge_and_sheet(session: dict[str, Any], oracle_path: str, data: Path) -> di
     from train.quality.oracle import load_oracle, predict
 
     oracle = load_oracle(oracle_path, data, noise_count=100)
-    rows, correct, total, per_attribute = [], 0, 0, dict.fromkeys(ATTRIBUTE_NAMES, 0)
+    rows, correct, total = [], 0, 0
+    right, stated = dict.fromkeys(ATTRIBUTE_NAMES, 0), dict.fromkeys(ATTRIBUTE_NAMES, 0)
+    partial_labels, partial_truth = [], []  # for the entropy of what partial commands leave open
+    full_correct = full_total = 0
     for request in session["requests"]:
         images = np.stack(
             [cv2.cvtColor(cv2.imread(p, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
@@ -183,21 +198,32 @@ def judge_and_sheet(session: dict[str, Any], oracle_path: str, data: Path) -> di
                 [cv2.resize(x, (64, 64), interpolation=cv2.INTER_AREA) for x in images]
             )
         labels = predict(oracle.model, images).labels  # (n, 5)
+        # Judged on what the caption states only (-1: left to the noise).
         wanted = [
-            ATTRIBUTE_VALUES[n].index(v)
+            -1 if v is None else ATTRIBUTE_VALUES[n].index(v)
             for n, v in zip(ATTRIBUTE_NAMES, request["wanted"], strict=True)
         ]
+        said = [name for name, want in zip(ATTRIBUTE_NAMES, wanted, strict=True) if want >= 0]
+        if len(said) < len(ATTRIBUTE_NAMES):
+            partial_labels.append(labels)
+            partial_truth.append(wanted)
         verdicts = []
         for row in labels:
             pairs = zip(ATTRIBUTE_NAMES, row, wanted, strict=True)
-            misses = [name for name, got, want in pairs if got != want]
-            for name in ATTRIBUTE_NAMES:
-                per_attribute[name] += name not in misses
+            misses = [name for name, got, want in pairs if want >= 0 and got != want]
+            for name in said:
+                right[name] += name not in misses
+                stated[name] += 1
             correct += not misses
             total += 1
+            if len(said) == len(ATTRIBUTE_NAMES):
+                full_correct += not misses
+                full_total += 1
             short = {"colour": "col", "terrain": "ter", "position": "pos", "helmet": "helm"}
             verdicts.append(
-                "all 5 right" if not misses else "off: " + ",".join(short.get(m, m) for m in misses)
+                f"all {len(said)} stated right"
+                if not misses
+                else "off: " + ",".join(short.get(m, m) for m in misses)
             )
         request["oracle"] = verdicts
         title = f"operator: {request['caption']}"
@@ -213,10 +239,24 @@ def judge_and_sheet(session: dict[str, Any], oracle_path: str, data: Path) -> di
     ok, png = cv2.imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
     assert ok
     write_atomic(OUT / "contact_sheet.png", png.tobytes())
+    entropy = None
+    if partial_labels:
+        from train.quality.metrics import unstated_entropy
+
+        entropy = unstated_entropy(
+            np.stack(partial_labels, axis=1),  # (seeds, partial captions, A)
+            np.array(partial_truth),
+            oracle.model.config.attribute_sizes,
+        )
+        entropy["per_attribute"] = dict(zip(ATTRIBUTE_NAMES, entropy["per_attribute"], strict=True))
     return {
+        "judge": f"attribute oracle `{oracle_path}` (design {oracle.model.config.design})",
         "all_correct": correct / max(total, 1),
-        "per_attribute": {k: v / max(total, 1) for k, v in per_attribute.items()},
+        "full_all_correct": full_correct / full_total if full_total else None,
+        "full_images": full_total,
+        "per_attribute": {k: right[k] / stated[k] for k in ATTRIBUTE_NAMES if stated[k]},
         "images": total,
+        "unstated_entropy": entropy,
     }
 
 
@@ -276,14 +316,40 @@ def write_report(facts: dict[str, Any], timings: dict[str, float]) -> Path:
     lines += ["", "## Quality (attribute oracle on generated images; recipe evaluation)", ""]
     lines += quality_lines(evaluation)
     judged = facts["operator"]
+    entropy = judged["unstated_entropy"]
+    full = judged["full_all_correct"]
     lines += [
         "## The operator's captions (served over the serial link)",
         "",
-        f"{judged['images']} images: all five attributes right in "
-        f"**{100 * judged['all_correct']:.0f} %**; per attribute "
+        f"Judge: {judged['judge']}. Each image is judged on the attributes its caption states "
+        "only; the rest is the noise's to choose.",
+        "",
+        f"{judged['images']} images: all stated attributes right in "
+        f"**{100 * judged['all_correct']:.0f} %** "
+        + (
+            f"(full commands, all five right: {100 * full:.0f} % of {judged['full_images']}); "
+            if full is not None
+            else ""
+        )
+        + "per stated attribute "
         + ", ".join(f"{k} {100 * v:.0f} %" for k, v in judged["per_attribute"].items())
         + ". See `contact_sheet.png` (the oracle's verdict under each image).",
         "",
+    ]
+    if entropy is not None:
+        per = ", ".join(
+            f"{k} {v:.2f}" for k, v in entropy["per_attribute"].items() if v is not None
+        )
+        lines += [
+            f"Partial commands: entropy of each unstated attribute across the {entropy['seeds']} "
+            f"seeds (oracle's reading; ÷ log min(seeds, values): 0 = the same every time, 1 = "
+            f"as varied as {entropy['seeds']} draws can be): **{entropy['overall']:.2f}** "
+            f"overall ({entropy['pairs']} caption × attribute pairs); {per}. Issue 17's target "
+            "(≥ 0.6) is defined at 8 seeds: `python -m train evaluate --splits test_phrasing "
+            "--seeds 8`.",
+            "",
+        ]
+    lines += [
         "| caption | robot understood | robot ms (n=4) | inference ms | round trip ms | oracle |",
         "|---|---|---|---|---|---|",
     ]
@@ -362,7 +428,7 @@ def main() -> int:
     report = write_report(facts, timings)
     say(
         f"operator captions obeyed: {100 * judged['all_correct']:.0f} % of {judged['images']} "
-        "images with all five attributes right (attribute oracle)"
+        "images with every stated attribute right (attribute oracle)"
     )
     say(f"whole demo: {facts['total_s'] / 60:.1f} min")
     say(f"look at: {OUT / 'contact_sheet.png'}")

@@ -85,6 +85,14 @@ def test_recipe_runs_end_to_end_with_ablation_and_report(scenes: Path, tmp_path:
         "default: GAN-CLS + GAN-INT + feature matching + text-image matching",
         "plain loop: GAN-CLS only",
     }
+    # The held-out phrasing split: partial captions at 8 seeds (issue 17), in REPORT.md too.
+    assert "evaluate_phrasing" in names
+    assert 0 <= result["phrasing"]["unstated_entropy"] <= 1
+    assert "partial_all_stated_correct" in result["phrasing"]
+    assert "## Operator phrasing (`test_phrasing`, the default GAN)" in report
+    assert "Partial captions: entropy of the unstated attributes" in report
+    phrasing = [json.loads(line) for line in (run / "eval/phrasing/metrics.jsonl").open()]
+    assert {r["seeds"] for r in phrasing} == {8}
 
 
 def test_recipe_bad_flags_are_one_line(

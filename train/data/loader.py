@@ -15,6 +15,17 @@ Each sample of a batch carries (all indices into the split):
   datasets without attributes (CUB, Oxford) keep random other classes;
 - a GAN-INT *partner*: a different image with K captions, to interpolate embeddings with.
 
+Partial captions (the split has `caption_stated`, issue 17): a sample's K captions all state the
+same attributes — the first is drawn as usual, the others among the image's captions with its
+mask — so a partial caption reaches the generator alone rather than averaged into a full one,
+and the batch carries that mask (`GanClsBatch.stated`). A wrong caption must contradict the real
+image: it must state at least one attribute on which the wrong image differs from the real one
+("in red" is a right caption for every red image, whatever class it is); wrong samples whose
+captions cannot are redrawn from a stream of their own (`[seed, e, 2]`), and with
+`wrong_images` the right caption must state such an attribute instead. Splits without
+`caption_stated` never reach this code: their batches are bit-for-bit the same as before.
+docs/GAN_TRAINING.md § Partial captions.
+
 Randomness is stateless: the draws for epoch e come from `numpy.random.default_rng([seed, e])`
 over the whole split and are looked up by dataset index (the hard-negative choices from a second
 stream, `[seed, e, 1]`, so the other draws are the same with and without them). So a batch
@@ -120,6 +131,9 @@ class GanClsBatch:
     """int64 (B, K)."""
     wrong_images: torch.Tensor | None = None
     """float32 (B, 3, 64, 64) augmented wrong images when `LoaderConfig.wrong_images`."""
+    stated: torch.Tensor | None = None
+    """int64 (B,) `caption_stated` bitmask shared by each sample's K captions; None for splits
+    without partial captions (every caption states everything)."""
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
@@ -163,6 +177,21 @@ class EpochDraws:
     partner: np.ndarray
     """int (N,) index of a different image."""
     partner_captions: np.ndarray
+    stated: np.ndarray | None = None
+    """int (N,) bitmask the sample's K captions state (None: the split has no partial ones)."""
+    wrong_stated: np.ndarray | None = None
+    """int (N,) bitmask the wrong sample's K captions state."""
+
+
+MAX_WRONG_REDRAWS = 16
+"""Vectorised redraw rounds for wrong samples whose captions cannot contradict the real image;
+the few left after them (a split of nearly all one-attribute captions) get an exhaustive search."""
+
+
+def difference_bits(attributes: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """int64 (M,): bit k set where images a and b (int (M,)) differ in attribute k."""
+    differ = attributes[a] != attributes[b]  # (M, A)
+    return (differ.astype(np.int64) << np.arange(attributes.shape[1])).sum(1)
 
 
 class WrongClassSampler:
@@ -307,6 +336,7 @@ class GanClsDataset(Dataset):
         lazy_images: _LazyImages | None = None,
         caption_counts: np.ndarray | None = None,
         attributes: np.ndarray | None = None,
+        caption_stated: np.ndarray | None = None,
         where: str = "dataset",
     ) -> None:
         self.config = config
@@ -329,6 +359,15 @@ class GanClsDataset(Dataset):
                 f"{where}: GAN-CLS needs at least 2 images, found {len(self.class_ids)}"
             )
         self.wrong_sampler = WrongClassSampler(self.class_ids, where)
+        self.attributes = None if attributes is None else np.asarray(attributes, np.int64)
+        self.caption_stated: np.ndarray | None = None
+        if caption_stated is not None:
+            if self.attributes is None:
+                raise DataError(
+                    f"{where}/caption_stated: partial captions need per-image 'attributes' "
+                    "(to tell a wrong caption that contradicts an image from one that does not)"
+                )
+            self.caption_stated = np.asarray(caption_stated, np.int64)  # (N, C)
         self.twins: AttributeTwins | None = None
         if config.hard_negative_fraction > 0:
             if attributes is None:
@@ -359,6 +398,7 @@ class GanClsDataset(Dataset):
             split.class_ids, per_image.pop(), config, images=split.images, where=where,
             caption_counts=getattr(split, "caption_counts", None),
             attributes=getattr(split, "attributes", None),
+            caption_stated=getattr(split, "caption_stated", None),
         )  # fmt: skip
 
     @classmethod
@@ -384,6 +424,13 @@ class GanClsDataset(Dataset):
                 class_ids = group["class_ids"][()].astype(np.int64)
                 counts = group["caption_counts"][()] if "caption_counts" in group else None
                 attributes = group["attributes"][()] if "attributes" in group else None
+                stated = None
+                if "caption_stated" in group:
+                    # Validated exactly as read_split validates it (declared shape, masks).
+                    stated = schema._read_stated(
+                        group, len(class_ids), len(captions[0]) if captions else 0,
+                        list(files.read_info(path).attribute_names), where,
+                    )  # fmt: skip
                 if "images" not in group and "images_encoded" not in group:
                     raise DataError(f"{where}: neither 'images' nor 'images_encoded'")
             except KeyError as err:
@@ -394,7 +441,7 @@ class GanClsDataset(Dataset):
         lazy = _LazyImages(path, split, image_size, len(class_ids))
         dataset = cls(
             class_ids, len(captions[0]) if captions else 0, config, lazy_images=lazy,
-            caption_counts=counts, attributes=attributes, where=where,
+            caption_counts=counts, attributes=attributes, caption_stated=stated, where=where,
         )  # fmt: skip
         return dataset, captions
 
@@ -412,6 +459,8 @@ class GanClsDataset(Dataset):
             )
         self.num_captions = min(self.num_captions, count)
         self.caption_counts = np.minimum(self.caption_counts, self.num_captions)
+        if self.caption_stated is not None:
+            self.caption_stated = self.caption_stated[:, : self.num_captions]
         self._draws = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -440,6 +489,12 @@ class GanClsDataset(Dataset):
         def flips() -> np.ndarray:
             return rng.random(n) < 0.5 if c.flip else np.zeros(n, dtype=bool)
 
+        if self.caption_stated is not None:
+            # Partial captions: the same draws from the same stream, grouped by what the
+            # captions state and with wrong samples that contradict (module docstring).
+            draws = self._stated_draws(epoch, rng, span, flips)
+            self._draws = (epoch, draws)
+            return draws
         crop_yx, flip, captions = rng.integers(0, span, (n, 2)), flips(), caption_picks()
         wrong = self.wrong_sampler.draw(rng)
         hard = self._hard_negatives(epoch)
@@ -459,6 +514,111 @@ class GanClsDataset(Dataset):
         )
         self._draws = (epoch, draws)
         return draws
+
+    # -- partial captions (caption_stated) -----------------------------------------------------
+
+    def _grouped_picks(
+        self, keys: np.ndarray, rows: np.ndarray, need: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """K captions of each image `rows[i]` (int (M,)) that all state the same attributes,
+        and that mask: the first is the lowest random key (`keys` (M, C)) among the image's
+        distinct captions stating at least one bit of `need[i]` (any caption if None), the
+        others the next lowest with the first's mask (cycled when fewer). Every row must have
+        an eligible caption (the wrong-sample redraws make sure). → int (M, K), int (M,)."""
+        assert self.caption_stated is not None
+        k = self.config.captions_per_sample
+        stated = self.caption_stated[rows]  # (M, C)
+        valid = np.arange(self.num_captions)[None, :] < self.caption_counts[rows][:, None]
+        if need is not None:
+            valid &= (stated & need[:, None]) != 0
+        first = np.argmin(np.where(valid, keys, 2.0), axis=1)  # (M,)
+        mask = stated[np.arange(len(rows)), first]  # (M,)
+        same = valid & (stated == mask[:, None])  # (M, C), includes `first`
+        order = np.argsort(np.where(same, keys, 2.0), axis=1)  # the same-mask ones first
+        picks = np.take_along_axis(order, np.arange(k)[None, :] % same.sum(1)[:, None], axis=1)
+        return picks, mask
+
+    def _contradicts(
+        self, real: np.ndarray, wrong: np.ndarray, right_mask: np.ndarray
+    ) -> np.ndarray:
+        """bool (M,): the mismatched pair of sample `real` and image `wrong` really is one —
+        some caption of `wrong` states an attribute the two images differ in (or, when D sees
+        the wrong image with the right text, the right captions state one)."""
+        assert self.attributes is not None and self.caption_stated is not None
+        diff = difference_bits(self.attributes, real, wrong)  # (M,)
+        if self.config.wrong_images:
+            return (right_mask & diff) != 0
+        stated = self.caption_stated[wrong]  # (M, C)
+        valid = np.arange(self.num_captions)[None, :] < self.caption_counts[wrong][:, None]
+        return (((stated & diff[:, None]) != 0) & valid).any(1)
+
+    def _stated_draws(
+        self, epoch: int, rng: np.random.Generator, span: int, flips: Any
+    ) -> EpochDraws:
+        """`draws` for a split with partial captions: every draw of the full-caption path from
+        the same stream in the same order, then repairs from streams of their own."""
+        n, c = len(self), self.config
+        everyone = np.arange(n)
+        crop_yx, flip = rng.integers(0, span, (n, 2)), flips()
+        captions, stated = self._grouped_picks(rng.random((n, self.num_captions)), everyone)
+        wrong = self.wrong_sampler.draw(rng)
+        hard = self._hard_negatives(epoch)
+        wrong = np.where(hard >= 0, hard, wrong)
+        wrong_keys = rng.random((n, self.num_captions))
+        wrong_crop_yx, wrong_flip = rng.integers(0, span, (n, 2)), flips()
+        partner = (everyone + 1 + rng.integers(0, n - 1, n)) % n
+        partner_captions, _ = self._grouped_picks(rng.random((n, self.num_captions)), partner)
+
+        wrong, hard_negative = self._redraw_wrong(epoch, wrong, hard >= 0, stated)
+        need = None if c.wrong_images else difference_bits(self.attributes, everyone, wrong)
+        wrong_captions, wrong_stated = self._grouped_picks(wrong_keys, wrong, need)
+        return EpochDraws(
+            crop_yx=crop_yx, flip=flip, captions=captions, wrong=wrong,
+            wrong_captions=wrong_captions, wrong_crop_yx=wrong_crop_yx, wrong_flip=wrong_flip,
+            hard_negative=hard_negative, partner=partner, partner_captions=partner_captions,
+            stated=stated, wrong_stated=wrong_stated,
+        )  # fmt: skip
+
+    def _redraw_wrong(
+        self, epoch: int, wrong: np.ndarray, hard: np.ndarray, stated: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Wrong samples redrawn until each contradicts its real image (`_contradicts`): hard
+        negatives among the image's twins, the others among all other classes; what the
+        vectorised rounds leave gets an exhaustive search. → (wrong, hard) int/bool (N,)."""
+        wrong, hard = wrong.copy(), hard.copy()
+        everyone = np.arange(len(self))
+        bad = np.flatnonzero(~self._contradicts(everyone, wrong, stated))
+        rng = np.random.default_rng([self.config.seed, epoch, 2])
+        for _ in range(MAX_WRONG_REDRAWS):
+            if not len(bad):
+                break
+            other = self.wrong_sampler.draw(rng)[bad]
+            if self.twins is not None:
+                twin = self.twins.draw(bad, rng)
+                keep = hard[bad] & (twin >= 0)
+                keep &= self.class_ids[np.maximum(twin, 0)] != self.class_ids[bad]
+                other = np.where(keep, twin, other)
+                hard[bad] = keep
+            wrong[bad] = other
+            bad = bad[~self._contradicts(bad, wrong[bad], stated[bad])]
+        for i in bad.tolist():
+            hard[i] = False
+            wrong[i] = self._any_contradicting(i, int(stated[i]), rng)
+        return wrong, hard
+
+    def _any_contradicting(self, image: int, right_mask: int, rng: np.random.Generator) -> int:
+        """A uniform choice among every image of another class that can contradict `image`."""
+        others = np.flatnonzero(self.class_ids != self.class_ids[image])
+        ok = self._contradicts(
+            np.full(len(others), image), others, np.full(len(others), right_mask)
+        )
+        candidates = others[ok]
+        if not len(candidates):
+            raise DataError(
+                f"{self.where}: image {image}: no image of another class has a caption stating "
+                "an attribute it differs in, so GAN-CLS has no wrong caption for it"
+            )
+        return int(candidates[int(rng.integers(len(candidates)))])
 
     def _hard_negatives(self, epoch: int) -> np.ndarray:
         """int64 (N,): an attribute twin of another class for the samples chosen to get a hard
@@ -503,6 +663,7 @@ class GanClsDataset(Dataset):
             partner_indices=torch.from_numpy(d.partner[idx]),
             partner_captions=torch.from_numpy(d.partner_captions[idx]),
             wrong_images=wrong_images,
+            stated=None if d.stated is None else torch.from_numpy(d.stated[idx].astype(np.int64)),
         )
 
     def __getitem__(self, index: int) -> GanClsBatch:

@@ -99,6 +99,16 @@ class GanTrainConfig:
     )
     """"text": real image + captions of another class; "image": wrong image + right text
     (Reed's released code); both pair a real image with a description of another class."""
+    partial_captions: str = option(
+        "aware",
+        "partial captions (a split with caption_stated): aware = wrong captions contradict a "
+        "stated attribute, a sample's captions state one thing, the matching term allows what "
+        "a caption leaves open; ignore = treat every caption as full (the ablation)",
+        group="objective",
+        choices=("aware", "ignore"),
+    )
+    """docs/GAN_TRAINING.md § Partial captions. Splits without `caption_stated` train the same
+    either way."""
     int_weight: float | None = _term("GAN-INT weight (0 = off)", at_least=0)
     """Weight of the mean GAN-INT loss over the n interpolated fakes (see `nonsat_weight`)."""
     int_beta: float = option(
@@ -361,9 +371,10 @@ RESUMABLE_OVERRIDES = frozenset(
 )  # fmt: skip
 
 
-LEGACY_VALUES: dict[str, Any] = {"ema_decay": 0.0}
+LEGACY_VALUES: dict[str, Any] = {"ema_decay": 0.0, "partial_captions": "ignore"}
 """Values of fields added after a checkpoint was written that match how it was trained (checkpoints
-written before `ema_decay` existed hold no weight average)."""
+written before `ema_decay` existed hold no weight average; before `partial_captions`, every
+caption was read as a full one)."""
 
 
 def build_parser() -> argparse.ArgumentParser:

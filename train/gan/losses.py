@@ -122,18 +122,30 @@ def mode_seeking_loss(
 
 
 def class_text_prototypes(
-    table: torch.Tensor, index: torch.Tensor, class_ids: torch.Tensor, chunk: int = 2048
+    table: torch.Tensor,
+    index: torch.Tensor,
+    class_ids: torch.Tensor,
+    chunk: int = 2048,
+    keep: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each class's text: the normalised mean of its images' caption embeddings.
 
     `table` (U, E) caption embeddings, `index` (N, C) caption rows per image, `class_ids` (N,).
-    Returns prototypes (K, E), unit rows, and `row_of` (max class id + 1,) int64 mapping a class
-    id to its prototype row (−1 for ids absent from the split).
+    `keep` (N, C) bool, optional: only these captions count (the full ones of a split with
+    partial captions: a class's text is what describes the whole class; an image with none
+    kept adds nothing). Returns prototypes (K, E), unit rows, and `row_of` (max class id + 1,)
+    int64 mapping a class id to its prototype row (−1 for ids absent from the split).
     """
     classes, rows = torch.unique(class_ids.cpu(), return_inverse=True)
     sums = torch.zeros(len(classes), table.shape[1], device=table.device)
     for start in range(0, len(index), chunk):
-        per_image = F.normalize(table[index[start : start + chunk]].mean(1), dim=1)  # (n, E)
+        embedded = table[index[start : start + chunk]]  # (n, C, E)
+        if keep is None:
+            per_image = F.normalize(embedded.mean(1), dim=1)  # (n, E)
+        else:
+            weight = keep[start : start + chunk].to(embedded).unsqueeze(2)  # (n, C, 1)
+            summed = (embedded * weight).sum(1) / weight.sum(1).clamp(min=1)
+            per_image = F.normalize(summed, dim=1)  # (n, E); zero rows stay zero
         sums.index_add_(0, rows[start : start + chunk].to(table.device), per_image)
     row_of = torch.full((int(classes.max()) + 1,), -1, dtype=torch.int64)
     row_of[classes] = torch.arange(len(classes))
@@ -156,6 +168,26 @@ def text_image_matching_loss(
     """
     logits = F.normalize(image_embedding, dim=1) @ prototypes.T / temperature  # (B, K)
     return F.cross_entropy(logits, targets)
+
+
+def partial_text_image_matching_loss(
+    image_embedding: torch.Tensor,
+    prototypes: torch.Tensor,
+    allowed: torch.Tensor,
+    temperature: float = 0.1,
+) -> torch.Tensor:
+    """`text_image_matching_loss` for captions that may leave attributes open: −log of the
+    probability mass on every class the caption allows, `allowed` (B, K) bool (each row has at
+    least one; a full caption allows exactly its class, and then this equals the cross-entropy).
+
+    Why not the image's own class as target: for "a person in red" that class's helmet, pose
+    and ground are noise the caption never gave, so the best a generator could do against it is
+    one blurred average of every red class. Rewarding any allowed class instead lets the noise
+    pick one (docs/GAN_TRAINING.md § Partial captions).
+    """
+    logits = F.normalize(image_embedding, dim=1) @ prototypes.T / temperature  # (B, K)
+    inside = logits.masked_fill(~allowed, float("-inf"))
+    return (torch.logsumexp(logits, dim=1) - torch.logsumexp(inside, dim=1)).mean()
 
 
 def r1_penalty(logits_real: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:

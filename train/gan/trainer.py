@@ -14,6 +14,11 @@ One training step (Reed et al. 2016, Algorithm 1, with Salimans et al.'s feature
    step 3 (optional L1);
 5. the generator's weight average moves towards G (`--ema-decay`, train/gan/ema.py).
 
+Partial captions (a split with `caption_stated`): the loader's wrong captions contradict the real
+image on a stated attribute, and the matching term rewards any class the caption allows
+(`allowed_classes`); splits without them train exactly as before (docs/GAN_TRAINING.md § Partial
+captions).
+
 Optional D regularisers (docs/GAN_TRAINING.md § One step): R1 on the real right-text pairs in
 step 3, and the same attribute-keeping augmentation on every image D sees in steps 3 and 4.
 
@@ -226,6 +231,9 @@ class GanTrainer:
             captions = split.captions
         else:
             self.dataset, captions = GanClsDataset.open(c.data, c.split, loader_config)
+        if c.partial_captions == "ignore" and self.dataset.caption_stated is not None:
+            log.info("--partial-captions ignore: every caption is treated as a full one")
+            self.dataset.caption_stated = None
         if c.captions_per_image is not None:
             self.dataset.limit_captions(c.captions_per_image)
             captions = [row[: self.dataset.num_captions] for row in captions]
@@ -259,6 +267,8 @@ class GanTrainer:
         self.data_digest = CaptionTable.from_captions(captions).digest()
         # The frozen image encoder that scores G's images against their captions (match_weight).
         self.match_encoder: nn.Module | None = None
+        self.match_attributes: torch.Tensor | None = None
+        self.image_attributes: torch.Tensor | None = None
         if c.match_weight > 0:
             if self.image_encoder is None:
                 log.warning(
@@ -271,11 +281,21 @@ class GanTrainer:
                 for p in self.match_encoder.parameters():
                     p.requires_grad_(False)
                 # (K, E) class texts and class id → row; the same on every rank (global table).
+                stated = self.dataset.caption_stated  # (N, C) or None: every caption full
+                full_mask = None if stated is None else (1 << self.dataset.attributes.shape[1]) - 1
                 self.match_prototypes, self.match_row_of = losses.class_text_prototypes(
                     self.embeddings.table,
                     self.embeddings.index,
                     torch.from_numpy(np.asarray(self.dataset.class_ids)),
+                    keep=None if stated is None else torch.from_numpy(stated == full_mask),
                 )
+                # Partial captions: each prototype's attributes, to tell which classes a
+                # caption allows (losses.partial_text_image_matching_loss).
+                if stated is not None:
+                    attributes = torch.from_numpy(self.dataset.attributes).to(self.device)
+                    _, first = np.unique(np.asarray(self.dataset.class_ids), return_index=True)
+                    self.image_attributes = attributes  # (N, A), by dataset index
+                    self.match_attributes = attributes[torch.from_numpy(first)]  # (K, A)
 
         # Networks.
         self.gan_config = models.GANConfig(
@@ -482,6 +502,17 @@ class GanTrainer:
 
     # -- one step ------------------------------------------------------------------------------
 
+    def allowed_classes(self, batch: GanClsBatch) -> torch.Tensor:
+        """bool (B, K): the classes (prototype rows) that agree with each sample's real image
+        on every attribute its captions state — for a full caption, its own class only."""
+        assert batch.stated is not None and self.match_attributes is not None
+        assert self.image_attributes is not None
+        own = self.image_attributes[batch.indices]  # (B, A): the real image's own attributes
+        agree = self.match_attributes[None, :, :] == own[:, None, :]  # (B, K, A)
+        bits = torch.arange(own.shape[1], device=own.device)
+        stated = (batch.stated[:, None] >> bits) & 1 == 1  # (B, A)
+        return (agree | ~stated[:, None, :]).all(2)
+
     def train_step(self, batch: GanClsBatch) -> dict[str, torch.Tensor]:
         """One D update then one G update; returns every logged quantity (detached scalars)."""
         c = self.config
@@ -565,12 +596,20 @@ class GanTrainer:
         if self.match_encoder is not None:
             with self.autocast():
                 fake_embedding = self.match_encoder(fake)  # (B, E); BN in eval mode, frozen
-            g_match = losses.text_image_matching_loss(
-                fake_embedding.float(),
-                self.match_prototypes,
-                self.match_row_of[batch.class_ids],
-                c.match_temperature,
-            )
+            if batch.stated is None:
+                g_match = losses.text_image_matching_loss(
+                    fake_embedding.float(),
+                    self.match_prototypes,
+                    self.match_row_of[batch.class_ids],
+                    c.match_temperature,
+                )
+            else:
+                g_match = losses.partial_text_image_matching_loss(
+                    fake_embedding.float(),
+                    self.match_prototypes,
+                    self.allowed_classes(batch),
+                    c.match_temperature,
+                )
         g_ms = (
             losses.mode_seeking_loss(fake[:m], generated[b + n :], noise[:m], noise[b + n :])
             if m

@@ -8,6 +8,15 @@ any subset, so every metric also runs on its own.
 - `attributes_judge` (`--judge`, labels): the same, by the second judge of another design
   (train/quality/oracle.py, "Two designs"): the oracle's design is the generator's image
   encoder's, so every attribute figure is printed by both;
+- partial captions (labels with unstated attributes, `-1`: `--captions` files from `python -m
+  train data phrasing-captions`, the `test_phrasing` split): both attribute metrics score only
+  what each caption states ("all stated attributes right", per attribute "stated attribute
+  right"), overall and for the partial captions alone (`partial`);
+- `unstated_entropy` (oracle) and `unstated_entropy_judge` (`--judge`): for each partial caption,
+  how the judge's reading of each attribute the caption leaves open varies across the seeds —
+  H(values over S seeds) / log(min(S, values of the attribute)), 0 = one value whatever the
+  noise, 1 = as spread as S draws can be; mean per attribute and over every (caption, unstated
+  attribute) pair (`unstated_entropy`; docs/QUALITY.md § 2.1);
 - `fid` (oracle, real images): Fréchet distance in the oracle's feature space, with a
   real-vs-real baseline;
 - `kid` (oracle, real images): kernel distance (unbiased MMD², cubic polynomial kernel) in the
@@ -421,6 +430,10 @@ def _attribute_records(context: EvalContext, metric: str, by: str) -> list[dict[
             "stated": {n: int(stated[:, a].sum()) for a, n in enumerate(names)},
         }
         # Per value: which colours / terrains / ... the generator gets wrong (report chart).
+        partial = ~stated.all(1)  # (n,) captions that leave something open
+        if partial.any():
+            record["partial"] = _stated_right(correct[:, partial], stated[partial], names)
+            record["full"] = _stated_right(correct[:, ~partial], stated[~partial], names)
         record["accuracy_by_value"] = {
             n: {
                 str(v): float(correct[:, truth[:, a] == v, a].mean())
@@ -444,6 +457,113 @@ def _attribute_records(context: EvalContext, metric: str, by: str) -> list[dict[
         record["noise_accuracy"] = _per_name(_masked_mean(ok, stated[rows]), names)
         record["noise_all_correct"] = float(ok.all(1).mean())
         records.append(record)
+    return records
+
+
+def _stated_right(
+    correct: np.ndarray, stated: np.ndarray, names: tuple[str, ...]
+) -> dict[str, Any]:
+    """ "All stated attributes right" and per attribute "stated attribute right" of a subset of
+    captions: `correct` bool (S, m, A) (unstated counted as right), `stated` bool (m, A)."""
+    if not stated.shape[0]:
+        return {"captions": 0}
+    per_seed = _masked_mean(correct, stated[None])  # (S, A), NaN where never stated
+    return {
+        "captions": int(stated.shape[0]),
+        "all_stated_correct": float(correct.all(2).mean()),
+        "accuracy": {
+            n: None if np.isnan(per_seed[:, a]).all() else float(per_seed[:, a].mean())
+            for a, n in enumerate(names)
+        },
+        "stated": {n: int(stated[:, a].sum()) for a, n in enumerate(names)},
+    }
+
+
+def unstated_entropy(
+    labels: np.ndarray, truth: np.ndarray, sizes: tuple[int, ...] | list[int]
+) -> dict[str, Any]:
+    """How a judge's reading of what captions leave open varies across seeds.
+
+    `labels` int (S, n, A): the judge's value of each attribute for seed s of caption i;
+    `truth` int (n, A), −1 where the caption does not state the attribute; `sizes` (A,) values
+    per attribute. For every unstated (caption, attribute): the entropy of its S values divided
+    by log(min(S, size)), the most S draws of `size` values can reach (1 = as varied as they
+    can be, 0 = the same value from every seed). Returns the mean per attribute (None where no
+    caption leaves it open), `overall` (the mean over every unstated pair, so each caption's
+    open attribute weighs the same), and the counts.
+    """
+    labels = np.asarray(labels)
+    seeds = labels.shape[0]
+    if seeds < 2:
+        raise MetricUnavailableError("unstated-attribute entropy needs ≥ 2 seeds (--seeds 8)")
+    open_ = np.asarray(truth) < 0  # (n, A)
+    per_attribute: list[np.ndarray] = []
+    for a, size in enumerate(sizes):
+        rows = np.flatnonzero(open_[:, a])
+        values = labels[:, rows, a]  # (S, m)
+        counts = np.stack([(values == v).sum(0) for v in range(size)], 1)  # (m, size)
+        p = counts / seeds
+        with np.errstate(divide="ignore", invalid="ignore"):
+            h = -(np.where(p > 0, p * np.log(p), 0.0)).sum(1)  # (m,)
+        per_attribute.append(h / np.log(min(seeds, size)))
+    pairs = np.concatenate(per_attribute) if per_attribute else np.zeros(0)
+    return {
+        "seeds": seeds,
+        "per_attribute": [float(v.mean()) if len(v) else None for v in per_attribute],
+        "unstated": [len(v) for v in per_attribute],
+        "overall": float(pairs.mean()) if len(pairs) else None,
+        "pairs": len(pairs),
+    }
+
+
+@register(
+    "unstated_entropy",
+    "partial captions: entropy across seeds of the oracle's reading of each unstated attribute",
+    needs_oracle=True,
+)
+def unstated_entropy_metric(context: EvalContext) -> list[dict[str, Any]]:
+    """`unstated_entropy` per split, judged by the oracle."""
+    return _entropy_records(context, "unstated_entropy", "oracle")
+
+
+@register(
+    "unstated_entropy_judge",
+    "the same by the second judge",
+    needs_judge=True,
+)
+def unstated_entropy_judge_metric(context: EvalContext) -> list[dict[str, Any]]:
+    """`unstated_entropy` per split, judged by the second judge."""
+    return _entropy_records(context, "unstated_entropy_judge", "judge")
+
+
+def _entropy_records(context: EvalContext, metric: str, by: str) -> list[dict[str, Any]]:
+    names = context.attribute_names
+    loaded = getattr(context, by)
+    records: list[dict[str, Any]] = []
+    for split, s in context.splits.items():
+        truth = None if s.attributes is None else np.asarray(s.attributes, np.int64)
+        if truth is None or not (truth < 0).any():
+            why = "no labels" if truth is None else "no partial captions"
+            records.append({"metric": metric, "split": split, "skipped": why})
+            continue
+        pred = context.predictions(split, "generated", by)
+        labels = pred.labels.reshape(s.seeds, len(s), -1)  # (S, n, A)
+        result = unstated_entropy(labels, truth, loaded.model.config.attribute_sizes)
+        records.append(
+            {
+                "metric": metric,
+                "split": split,
+                "judged_by": judge_name(loaded),
+                "design": loaded.model.config.design,
+                "honest": loaded.honesty.passed,
+                "seeds": result["seeds"],
+                "captions": int((truth < 0).any(1).sum()),
+                "entropy": {n: result["per_attribute"][a] for a, n in enumerate(names)},
+                "unstated": {n: result["unstated"][a] for a, n in enumerate(names)},
+                "overall": result["overall"],
+                "pairs": result["pairs"],
+            }
+        )
     return records
 
 

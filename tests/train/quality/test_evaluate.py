@@ -454,3 +454,32 @@ def test_evaluate_refuses_a_judge_of_the_oracles_design(
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--judge" in err and "another design" in err
+
+
+def test_evaluate_test_phrasing_scores_stated_attributes_and_unstated_entropy(
+    files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The held-out phrasing split: partial captions scored on what they state, the entropy of
+    what they leave open by both judges, in metrics.jsonl, the summary and the report."""
+    out = tmp_path / "eval"
+    args = ["--checkpoint", str(files["gan"]), "--data", str(files["data"]), "--splits",
+            "test_phrasing", "--oracle", str(files["oracle"]), "--force-oracle", "--judge",
+            str(files["judge"]), "--force-judge", "--metrics",
+            "attributes,attributes_judge,unstated_entropy,unstated_entropy_judge",
+            "--seeds", "8", "--limit", "24", "--threads", "1", "--out", str(out)]  # fmt: skip
+    assert ev.main(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["test_phrasing"]
+    by = {r["metric"]: r for r in _records(out)}
+    attrs = by["attributes"]
+    assert attrs["partial"]["captions"] + attrs["full"]["captions"] == 24
+    assert attrs["partial"]["captions"] > 0 and min(attrs["stated"].values()) < 24
+    for metric in ("unstated_entropy", "unstated_entropy_judge"):
+        record = by[metric]
+        assert record["seeds"] == 8 and record["captions"] == attrs["partial"]["captions"]
+        assert 0.0 <= record["overall"] <= 1.0
+    assert by["unstated_entropy_judge"]["design"] == "judge"
+    assert summary["unstated_entropy"] == pytest.approx(by["unstated_entropy"]["overall"], abs=1e-4)
+    assert "judge_unstated_entropy" in summary and "partial_all_stated_correct" in summary
+    text = (out / "report.md").read_text()
+    assert "Partial captions: stated attributes right" in text
+    assert "Partial captions: entropy of the unstated attributes" in text
