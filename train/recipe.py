@@ -12,9 +12,10 @@ Stages, in one numbered run folder `<out>/NNNNN/` (its `config.json` written bef
 2. **GAN** (`gan/`): GAN-CLS + GAN-INT (β ½) + feature matching + the text–image matching term
    (`GanTrainConfig.match_weight`) on the cached embeddings of the
    frozen encoder, for whatever remains of `--minutes` (setup and the embedding table count);
-3. with `--ablation`, **the plain loop** (`gan-plain/`): the same trainer with GAN-INT, feature
-   matching and text–image matching switched off (`--int-weight 0 --fm-weight 0
-   --match-weight 0`), for the same wall time stage 2 took;
+3. with `--ablation`, **the leave-one-out ablation** (`gan-<name>/`, `ablation_runs`): the default
+   again at the next seed (seed noise), then each term the objective has on switched off alone
+   (`train.gan.config.ABLATION_TERMS`; `--ablation-terms` picks some), each for the wall time
+   stage 2 took, on the same encoder and cached embeddings;
 4. with `--oracle CKPT` (or `--train-oracle`), **evaluation** (`eval/…`) of each GAN with
    `train.quality.evaluate` and a `REPORT.md` with the stage timings and the ablation table.
 
@@ -108,6 +109,11 @@ class RecipeConfig:
     """Extra `GanTrainConfig` fields."""
     # Stages 3–4
     ablation: bool = False
+    """Leave-one-out (`ablation_runs`): the default again at seed + 1, then each term off alone,
+    each for the wall time the default GAN stage took."""
+    ablation_terms: tuple[str, ...] | None = None
+    """Terms of `train.gan.config.ABLATION_TERMS` to switch off; None: every one the objective
+    has on."""
     oracle: str | None = None
     train_oracle: bool = False
     judge: str | None = None
@@ -162,9 +168,10 @@ def run_gan(
     *,
     folder: str,
     minutes: float | None,
-    plain: bool = False,
+    overrides: dict[str, Any] | None = None,
 ) -> tuple[Path, int]:
-    """Stage 2 (or 3 with `plain`): train a GAN; returns (checkpoint, steps)."""
+    """Stage 2 (or an ablation run with `overrides` of the config): train a GAN; returns
+    (checkpoint, steps)."""
     fields: dict[str, Any] = {
         "data": config.data,
         "text_encoder": str(text_encoder),
@@ -183,8 +190,7 @@ def run_gan(
         "embedding_cache": str(run_dir / "text-embeddings"),
         **config.gan_overrides,
     }
-    if plain:  # the plain GAN-CLS loop: no GAN-INT, no feature matching, no text-image matching
-        fields.update(int_weight=0.0, fm_weight=0.0, match_weight=0.0)
+    fields.update(overrides or {})
     result = gan_loop.train(gan_config.GanTrainConfig(**fields))
     if result.exit_code != 0 or result.checkpoint is None:
         raise StageFailedError(
@@ -196,6 +202,7 @@ def run_gan(
 def run(config: RecipeConfig) -> dict[str, Any]:
     """The whole recipe; returns the summary (also the last stdout line of `main`)."""
     started = time.monotonic()
+    extra_runs = ablation_runs(config) if config.ablation else []  # bad --ablation-terms: now
     run_dir = new_run_dir(config.out)
     write_json_atomic(run_dir / "config.json", dataclasses.asdict(config))
     log.info("recipe run folder %s", run_dir)
@@ -227,20 +234,23 @@ def run(config: RecipeConfig) -> dict[str, Any]:
         log.info("recipe (text encoder + GAN): %.1f min", result["recipe_s"] / 60)
         result["checkpoint"] = str(gan_ckpt)
 
-        runs = [("default: GAN-CLS + GAN-INT + feature matching + text-image matching", gan_ckpt)]
+        runs = [("default", f"{config.objective} objective, seed {config.seed}", gan_ckpt)]
         if config.ablation:
-            t0 = time.monotonic()
+            result["ablation"] = {}
             # Same wall time as the default GAN stage, measured, setup included.
-            plain_minutes = None if config.gan_steps is not None else result["gan_s"] / 60
-            plain_ckpt, plain_steps = run_gan(
-                config, run_dir, te_ckpt, folder="gan-plain", minutes=plain_minutes, plain=True
-            )
-            result["plain_s"] = _stage(
-                stages, "gan_plain", t0, checkpoint=plain_ckpt, steps=plain_steps
-            )
-            result["plain_steps"] = plain_steps
-            result["plain_checkpoint"] = str(plain_ckpt)
-            runs.append(("plain loop: GAN-CLS only", plain_ckpt))
+            same_minutes = None if config.gan_steps is not None else result["gan_s"] / 60
+            for name, label, overrides in extra_runs:
+                t0 = time.monotonic()
+                ckpt, steps = run_gan(
+                    config, run_dir, te_ckpt, folder=f"gan-{name}", minutes=same_minutes,
+                    overrides=overrides,
+                )  # fmt: skip
+                seconds = _stage(stages, f"gan_{name}", t0, checkpoint=ckpt, steps=steps)
+                result["ablation"][name] = {
+                    "label": label, "seconds": round(seconds, 1), "steps": steps,
+                    "checkpoint": str(ckpt),
+                }  # fmt: skip
+                runs.append((name, label, ckpt))
 
         oracle = config.oracle
         if oracle is None and config.train_oracle:
@@ -249,11 +259,11 @@ def run(config: RecipeConfig) -> dict[str, Any]:
             _stage(stages, "oracle", t0, checkpoint=oracle)
         rows = []
         if oracle is not None:
-            for i, (label, ckpt) in enumerate(runs):
+            for i, (name, label, ckpt) in enumerate(runs):
                 t0 = time.monotonic()
                 evaluation = evaluate(
                     EvalOptions(
-                        out=run_dir / "eval" / ("default" if i == 0 else "plain"),
+                        out=run_dir / "eval" / name,
                         checkpoint=str(ckpt),
                         data=config.data,
                         oracle=oracle,
@@ -267,7 +277,7 @@ def run(config: RecipeConfig) -> dict[str, Any]:
                         label=label,
                     )
                 )
-                rows.append((label, summary(evaluation.records)))
+                rows.append((label if i == 0 else f"{name}: {label}", summary(evaluation.records)))
                 _stage(stages, f"evaluate_{i}", t0, label=label)
             result["evaluation"] = {label: s for label, s in rows}
             if PHRASING_SPLIT in read_info(config.data).splits:
@@ -284,6 +294,31 @@ def run(config: RecipeConfig) -> dict[str, Any]:
 
 PHRASING_SPLIT = "test_phrasing"
 PHRASING_METRICS = ("attributes", "unstated_entropy")
+
+
+def ablation_runs(config: RecipeConfig) -> list[tuple[str, str, dict[str, Any]]]:
+    """The ablation's extra GAN runs as (folder name, label, config overrides): the default again
+    at the next seed (how far two seeds differ), then each term of `config.ablation_terms` (None:
+    every `ABLATION_TERMS` entry the default has on) switched off alone."""
+    default = gan_config.GanTrainConfig(
+        data=config.data,
+        text_encoder="random",  # which encoder does not change which terms are on
+        objective=config.objective,
+        **{k: v for k, v in config.gan_overrides.items() if k != "seed"},
+    )
+    active = gan_config.ablated_terms(default)
+    names = active if config.ablation_terms is None else list(config.ablation_terms)
+    seed = config.seed + 1
+    runs = [(f"default-seed{seed}", f"default, seed {seed}", {"seed": seed})]
+    for name in names:
+        if name not in active:
+            raise RecipeError(
+                f"--ablation-terms {name}: the {config.objective} objective has it off "
+                f"(on: {', '.join(active) or 'none'})"
+            )
+        label, overrides = gan_config.ABLATION_TERMS[name]
+        runs.append((f"no-{name}", f"without {label}", dict(overrides)))
+    return runs
 
 
 def evaluate_phrasing(
@@ -348,14 +383,14 @@ def _report(
         f"- GAN: {minutes('gan_s')} ({result.get('gan_steps')} steps)",
         f"- **recipe total: {result['recipe_s'] / 60:.1f} min** (budget {config.minutes:g} min)",
     ]
-    if "plain_s" in result:
-        lines.append(
-            f"- plain loop (ablation): {minutes('plain_s')} ({result.get('plain_steps')} steps)"
-        )
+    for name, run in result.get("ablation", {}).items():
+        lines.append(f"- ablation `{name}` ({run['label']}): {run['seconds'] / 60:.1f} min "
+                     f"({run['steps']} steps)")  # fmt: skip
     if rows:
         lines += [
             "",
-            "## Ablation (same wall time)",
+            "## Evaluation"
+            + (" and leave-one-out ablation (same wall time)" if len(rows) > 1 else ""),
             "",
             table,
             "",
@@ -364,8 +399,7 @@ def _report(
             "(×: over the real-vs-real baseline); HF: mean |Laplacian| of generated ÷ real "
             "(1 = as sharp as the renders); diversity: spread of a caption's seeds ÷ real "
             "same-class spread (oracle features); R-precision by the GAN's own image encoder is "
-            "marked not independent. Full reports: `eval/default/report.md`, "
-            "`eval/plain/report.md`.",
+            "marked not independent. Full reports: `eval/<run>/report.md`.",
         ]
     if result.get("phrasing_records"):
         by_metric: dict[str, list[dict[str, Any]]] = {}
@@ -437,7 +471,17 @@ class RecipeFlags:
         choices=tuple(gan_config.OBJECTIVES),
     )
     ablation: bool = option(
-        False, "also train the plain loop for the same time", show_default=False, store_true=True
+        False,
+        "leave-one-out: the default again at seed+1, then each term off alone, same wall time",
+        show_default=False,
+        store_true=True,
+    )
+    ablation_terms: str | None = option(
+        None,
+        "--ablation: comma-separated terms to switch off (default: every one the objective has "
+        f"on; known: {','.join(gan_config.ABLATION_TERMS)})",
+        show_default=False,
+        metavar="TERMS",
     )
     oracle: str | None = option(
         None, "evaluate with this oracle", show_default=False, metavar="CKPT", exclusive="oracle"
@@ -483,6 +527,17 @@ def config_from_args(args: RecipeFlags) -> RecipeConfig:
         load_checkpoint(args.text_encoder, kind="text_encoder")  # one line if it is not one
         if args.text_steps is not None:
             raise RecipeError("--text-steps: no text encoder is trained with --text-encoder")
+    terms = None
+    if args.ablation_terms is not None:
+        if not args.ablation:
+            raise RecipeError("--ablation-terms chooses the terms of --ablation: give --ablation")
+        terms = tuple(t.strip() for t in args.ablation_terms.split(",") if t.strip())
+        unknown = [t for t in terms if t not in gan_config.ABLATION_TERMS]
+        if unknown or not terms:
+            raise RecipeError(
+                f"--ablation-terms {args.ablation_terms}: unknown {unknown or 'none given'} "
+                f"(known: {', '.join(gan_config.ABLATION_TERMS)})"
+            )
     info = read_info(args.data)
     missing = [s for s in ("train", "test") if s not in info.splits]
     if missing:
@@ -504,6 +559,7 @@ def config_from_args(args: RecipeFlags) -> RecipeConfig:
         captions_per_image=args.captions_per_image,
         captions_per_sample=args.captions_per_sample,
         ablation=args.ablation,
+        ablation_terms=terms,
         oracle=args.oracle,
         train_oracle=args.train_oracle,
         judge=args.judge,

@@ -1,5 +1,5 @@
-"""The default recipe end to end on tiny configs and real renders: text encoder → GAN → plain-loop
-ablation → oracle → evaluation → REPORT.md; and its one-line flag errors."""
+"""The default recipe end to end on tiny configs and real renders: text encoder → GAN →
+leave-one-out ablation → oracle → evaluation → REPORT.md; and its one-line flag errors."""
 
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ def test_recipe_runs_end_to_end_with_ablation_and_report(scenes: Path, tmp_path:
             "checkpoint_every": 1000,
         },
         ablation=True,
+        ablation_terms=("fm", "ema"),
         train_oracle=True,
         oracle_overrides={"epochs": 1, "batch_size": 32, "noise_images": 30, "force": True},
         eval_seeds=2,
@@ -63,27 +64,39 @@ def test_recipe_runs_end_to_end_with_ablation_and_report(scenes: Path, tmp_path:
         "text_encoder",
         "gan",
         "recipe",
-        "gan_plain",
+        "gan_default-seed1",
+        "gan_no-fm",
+        "gan_no-ema",
         "oracle",
         "evaluate_0",
-        "evaluate_1",
+        "evaluate_3",
     ):
         assert name in names, name
-    assert result["gan_steps"] == 2 and result["plain_steps"] == 2
-    # The plain loop really is GAN-CLS only: GAN-INT and feature matching are off in its config.
-    plain = next((run / "gan-plain").glob("*/config.json"))
-    saved = json.loads(plain.read_text())
-    assert saved["int_weight"] == 0.0 and saved["fm_weight"] == 0.0
+    assert result["gan_steps"] == 2
+    assert {k: v["steps"] for k, v in result["ablation"].items()} == {
+        "default-seed1": 2, "no-fm": 2, "no-ema": 2
+    }  # fmt: skip
+    # Leave-one-out: each run differs from the default in its one term (or its seed) only.
     default = json.loads(next((run / "gan").glob("*/config.json")).read_text())
-    assert default["int_weight"] > 0 and default["fm_weight"] > 0
+    ignore = {"out", "text_encoder_checkpoint"}
+    for name, changed in (
+        ("default-seed1", {"seed": 1}),
+        ("no-fm", {"fm_weight": 0.0}),
+        ("no-ema", {"ema_decay": 0.0}),
+    ):
+        saved = json.loads(next((run / f"gan-{name}").glob("*/config.json")).read_text())
+        diff = {k: saved[k] for k in saved if k not in ignore and saved[k] != default.get(k)}
+        assert diff == changed, name
+    assert default["fm_weight"] > 0 and default["ema_decay"] > 0
     report = (run / rc.REPORT_FILE).read_text()
-    assert "Ablation" in report and "plain loop: GAN-CLS only" in report
-    assert "GAN-INT + feature matching" in report
-    for folder in ("default", "plain"):
+    assert "leave-one-out ablation" in report and "without feature matching" in report
+    for folder in ("default", "default-seed1", "no-fm", "no-ema"):
         assert (run / "eval" / folder / "report.md").is_file()
     assert set(result["evaluation"]) == {
-        "default: GAN-CLS + GAN-INT + feature matching + text-image matching",
-        "plain loop: GAN-CLS only",
+        "default objective, seed 0",
+        "default-seed1: default, seed 1",
+        "no-fm: without feature matching",
+        "no-ema: without EMA of G",
     }
     # The held-out phrasing split: partial captions at 8 seeds (issue 17), in REPORT.md too.
     assert "evaluate_phrasing" in names
@@ -104,6 +117,9 @@ def test_recipe_bad_flags_are_one_line(
         (["--oracle", str(tmp_path / "none.pt")], "--oracle"),
         (["--judge", str(tmp_path / "none.pt")], "--judge"),
         (["--text-encoder", str(scenes)], "scenes.h5"),
+        (["--ablation-terms", "fm"], "--ablation-terms"),
+        (["--ablation", "--ablation-terms", "fm,colour"], "colour"),
+        (["--ablation", "--ablation-terms", "fm", "--objective", "paper"], "has it off"),
     ):
         assert rc.main(["--data", str(scenes), "--out", str(tmp_path / "r"), *argv]) == 2
         err = capsys.readouterr().err.strip()
@@ -161,3 +177,17 @@ def test_recipe_cli_reuses_a_pretrained_text_encoder(
     saved = gan["config"]
     assert saved["objective"] == "paper" and saved["fm_weight"] == saved["match_weight"] == 0.0
     assert saved["nonsat_weight"] == pytest.approx(2 / 3)
+
+
+def test_ablated_terms_follow_the_objective() -> None:
+    from train.gan import config as gc
+
+    def terms(**fields: object) -> list[str]:
+        return gc.ablated_terms(gc.GanTrainConfig(text_encoder="random", **fields))  # type: ignore[arg-type]
+
+    assert terms() == ["match", "fm", "int", "wrong", "ema", "text-norm"]
+    assert terms(objective="paper") == ["int", "wrong", "ema", "text-norm"]
+    assert terms(objective="seed") == ["fm", "int", "wrong", "ema", "text-norm"]
+    on = terms(r1_gamma=1.0, hard_negative_fraction=0.3, d_augment="translation", fm_weight=0.0)
+    assert "fm" not in on and {"r1", "hard-negatives", "d-augment"} <= set(on)
+    assert "text-norm" not in terms(text_norm="none")

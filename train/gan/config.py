@@ -342,6 +342,34 @@ OBJECTIVES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
+# The leave-one-out ablation (`python -m train recipe --ablation`, docs/QUALITY.md § 3.7): each
+# term of the trained objective is switched off alone, everything else kept, for the same wall
+# time. A term is ablated only where the run has it on (`ablated_terms`), so the list follows the
+# default as the ablation changes it.
+ABLATION_TERMS: dict[str, tuple[str, dict[str, Any]]] = {
+    "match": ("text–image matching term", {"match_weight": 0.0}),
+    "fm": ("feature matching", {"fm_weight": 0.0}),
+    "int": ("GAN-INT", {"int_weight": 0.0}),
+    "wrong": ("GAN-CLS mismatch pair (matching-aware D)", {"wrong_weight": 0.0}),
+    "ema": ("EMA of G", {"ema_decay": 0.0}),
+    "text-norm": ("batch norm in the text projections", {"text_norm": "none"}),
+    "r1": ("R1 penalty", {"r1_gamma": 0.0}),
+    "hard-negatives": ("hard-negative wrong captions", {"hard_negative_fraction": 0.0}),
+    "d-augment": ("D augmentation", {"d_augment": "none"}),
+    "smoothing": ("one-sided label smoothing", {"label_smoothing": 0.0}),
+}  # fmt: skip
+
+
+def ablated_terms(config: GanTrainConfig) -> list[str]:
+    """Names of `ABLATION_TERMS` that `config` (resolved from its objective) has switched on."""
+    resolved = resolve_objective(config)
+    return [
+        name
+        for name, (_, off) in ABLATION_TERMS.items()
+        if any(getattr(resolved, field) != value for field, value in off.items())
+    ]
+
+
 def objective_weights(objective: str, int_fraction: float) -> dict[str, Any]:
     """The term weights `objective` names, for a batch with `int_fraction` interpolated samples.
 
