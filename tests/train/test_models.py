@@ -68,7 +68,9 @@ def test_text_norm_none_makes_a_captions_conditioning_independent_of_its_batch()
         together = g.project_text(text)[:3]
         outputs[norm] = (alone - together).abs().max().item()
     assert outputs["batch"] > 1e-3
-    assert outputs["none"] == 0.0
+    # Not exactly 0: a matmul over 3 rows and over 6 may take different kernels (AMD Zen 4:
+    # 2.4e-7); batch norm's dependence is four orders of magnitude larger.
+    assert outputs["none"] < 1e-5
 
 
 def test_text_norm_is_checked_and_old_configs_default_to_batch_norm() -> None:
