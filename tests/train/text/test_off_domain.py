@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from edge_runtime import tokenizer
 from train.data import captions as grammar
@@ -76,3 +78,12 @@ def test_generator_vocabulary_names_no_person_garment_or_scene_of_the_grammar() 
     )  # fmt: skip
     for word in forbidden:
         assert not re.search(rf"\b{re.escape(word)}\b", vocabulary), word
+
+
+def test_eval_list_ships_as_package_data() -> None:
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(__file__).resolve().parents[3]
+    project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    shipped = project["tool"]["setuptools"]["package-data"]["train.text"]
+    assert off_domain.EVAL_FILE in shipped
+    assert (root / "train" / "text" / off_domain.EVAL_FILE).is_file()
