@@ -77,6 +77,22 @@ DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sun
         "tomorrow", "tonight", "next week", "this evening", "at noon")  # fmt: skip
 FOODS = ("pasta", "rice", "soup", "curry", "bread", "cheese", "biscuits", "tea", "coffee",
          "juice", "chocolate", "ice cream", "porridge", "dumplings", "lasagne")  # fmt: skip
+NATURE = ("the lake", "the forest", "the hills", "the mountains", "the park", "the sea",
+          "the orchard", "the valley", "the cliffs", "the vineyard", "the pond", "the canal",
+          "the rooftops", "the harbour", "the bay")  # fmt: skip
+TIMES = ("at dawn", "at night", "at midnight", "in the morning", "after lunch", "at sunset",
+         "before breakfast", "at half past six", "at a quarter to nine", "around noon")  # fmt: skip
+CITIES = ("paris", "berlin", "leeds", "glasgow", "madrid", "oslo", "boston", "lisbon", "cardiff",
+          "dublin", "rome", "vienna")  # fmt: skip
+NAMES = ("anna", "tom", "grandma", "the landlord", "my boss", "the plumber", "dad", "sophie",
+         "the dentist", "my brother", "the bank", "the school")  # fmt: skip
+GADGETS = ("phone", "laptop", "printer", "router", "tablet", "headphones", "smartwatch", "car",
+           "dishwasher", "washing machine", "boiler", "doorbell")  # fmt: skip
+PROBLEMS = (
+    "keeps crashing", "will not turn on", "is making a strange noise", "needs an update",
+    "ran out of battery", "is too slow", "lost its connection", "is leaking again",
+)  # fmt: skip
+VEHICLES = ("train", "bus", "ferry", "flight", "coach", "tram", "night bus")
 WORDS = (
     "hello", "hi", "hey", "thanks", "okay", "yes", "maybe", "sorry", "goodbye", "cheers",
     "pizza", "music", "weather", "coffee", "monday", "holiday", "banana", "homework", "movie",
@@ -101,6 +117,26 @@ _TEMPLATES = (
     "i would like some {food} and a {thing}",
     "a bowl of {food} next to a {colour} {thing}",
     "{style} of {scenery} at sunset",
+    "a {animal} {animal_verb} near {nature} {time}",
+    "a {colour} {thing} by {nature}",
+    "mist over {nature} {time}",
+    "{nature} looks lovely {time}",
+    "the {vehicle} to {city} leaves {time}",
+    "the {vehicle} from {city} is delayed",
+    "my {gadget} {problem}",
+    "why does my {gadget} say it {problem}",
+    "call {name} {time}",
+    "send {name} a message about {topic}",
+    "tell {name} that the {thing} is ready",
+    "how long does it take to get to {city}",
+    "what is the weather in {city} {day}",
+    "{name} wants {food} {time}",
+    "the {colour} {thing} next to the {thing}",
+    "an old {thing} in the corner of the {place}",
+    "a {animal} asleep on the {thing}",
+    "there is a {animal} in {nature}",
+    "i saw a {colour} {animal} {time}",
+    "we walked along {nature} {time}",
     "a view of {scenery} from the {place}",
     "draw a {animal}",
     "draw a {colour} {thing}",
@@ -137,6 +173,13 @@ def _sentence(rng: np.random.Generator) -> str:
         "day": _pick(rng, DAYS),
         "food": _pick(rng, FOODS),
         "scenery": _pick(rng, SCENERY),
+        "nature": _pick(rng, NATURE),
+        "time": _pick(rng, TIMES),
+        "city": _pick(rng, CITIES),
+        "name": _pick(rng, NAMES),
+        "gadget": _pick(rng, GADGETS),
+        "problem": _pick(rng, PROBLEMS),
+        "vehicle": _pick(rng, VEHICLES),
     }
     # Two {animal} slots get the same word from str.format; that only makes a plural-ish pair.
     sentence = template.format(**fill)

@@ -36,6 +36,9 @@ def test_eval_list_lines_are_no_template_of_the_generator() -> None:
         "animal": off_domain.ANIMALS, "animal_verb": off_domain.VERBS_ANIMAL,
         "place": off_domain.PLACES, "verb": off_domain.VERBS_THING, "topic": off_domain.TOPICS,
         "day": off_domain.DAYS, "food": off_domain.FOODS, "scenery": off_domain.SCENERY,
+        "nature": off_domain.NATURE, "time": off_domain.TIMES, "city": off_domain.CITIES,
+        "name": off_domain.NAMES, "gadget": off_domain.GADGETS, "problem": off_domain.PROBLEMS,
+        "vehicle": off_domain.VEHICLES,
     }  # fmt: skip
     patterns = []
     for template in off_domain._TEMPLATES:
@@ -73,7 +76,8 @@ def test_generator_vocabulary_names_no_person_garment_or_scene_of_the_grammar() 
             off_domain.THINGS, off_domain.ANIMALS, off_domain.PLACES, off_domain.SCENERY,
             off_domain.VERBS_THING, off_domain.VERBS_ANIMAL, off_domain.STYLES,
             off_domain.TOPICS, off_domain.DAYS, off_domain.FOODS, off_domain.WORDS,
-            off_domain._TEMPLATES,
+            off_domain.NATURE, off_domain.TIMES, off_domain.CITIES, off_domain.NAMES,
+            off_domain.GADGETS, off_domain.PROBLEMS, off_domain.VEHICLES, off_domain._TEMPLATES,
         )
     )  # fmt: skip
     for word in forbidden:
