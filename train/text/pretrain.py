@@ -44,6 +44,7 @@ from edge_runtime import tokenizer
 from train import models, options
 from train.checkpoint import (
     CheckpointError,
+    build_model,
     load_checkpoint,
     new_checkpoint,
     save_checkpoint,
@@ -1046,7 +1047,13 @@ def _final_eval(config: PretrainConfig, run_dir: Path, splits: dict[str, SplitDa
 
         state_ckpt = load_checkpoint(run_dir / CHECKPOINT_FILE, kind="text_encoder")
         model = JointEmbedding.from_checkpoint(state_ckpt, str(run_dir / CHECKPOINT_FILE))
-        records = evaluate(model, {"test": splits["test"]}, EvalConfig(candidates=20))
+        readback = None
+        if "readback" in state_ckpt["models"]:
+            readback = build_model(state_ckpt, "readback", str(run_dir / CHECKPOINT_FILE))
+            assert isinstance(readback, models.ReadBack)
+        records = evaluate(
+            model, {"test": splits["test"]}, EvalConfig(candidates=20), readback=readback
+        )
         print(format_table(records))
         return 0
     if not config.eval_splits:

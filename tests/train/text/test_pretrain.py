@@ -220,7 +220,9 @@ def test_text_encoder_dry_run_writes_a_complete_run_folder(
     assert checkpoint["model_configs"]["text_encoder"]["normalize"] is True
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 1
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
-    assert "clean" in capsys.readouterr().out  # the evaluation table
+    out = capsys.readouterr().out
+    assert "clean" in out  # the evaluation table
+    assert "off_domain_eval" in out and "stated right" in out  # and the read-back
     assert text_encoder.main([*TINY_FLAGS, "--dry-run", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "00001" / "checkpoint.pt").is_file()  # numbered, never overwritten
 
