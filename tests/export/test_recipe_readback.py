@@ -3,9 +3,13 @@ trains the heads, the GAN trainer copies them into its checkpoint, export ships 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
+from tiny_checkpoints import tiny_text_encoder_checkpoint
 
 from edge_runtime import bundle as b
 from edge_runtime.engine import open_session
@@ -15,6 +19,9 @@ from train import checkpoint as ck
 from train import models
 from train import recipe as rc
 from train.data.synth import SynthConfig, synthesize
+from train.distributed import DistEnv
+from train.gan import trainer as gan
+from train.gan.config import GanTrainConfig, validate
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +83,41 @@ def test_recipe_checkpoint_exports_a_bundle_with_readback(recipe_run: dict, tmp_
     bundle = b.load_bundle(out, open_session)
     assert bundle.manifest.readback is not None
     assert all(v.readback is not None for v in bundle.manifest.variants.values())
+
+
+def _gan_trainer(text_encoder: Path) -> Any:
+    config = validate(
+        GanTrainConfig(
+            text_encoder=str(text_encoder), ngf=8, ndf=8, batch_size=8, embedding_cache="off",
+            progress=False, device="cpu", amp="off", threads=1, captions_per_sample=2,
+        )
+    )  # fmt: skip
+    return gan.GanTrainer(config, DistEnv(), split=gan.generated_split(16, captions=2, seed=0))
+
+
+def test_gan_checkpoint_without_readback_when_the_text_encoder_has_none(tmp_path: Path) -> None:
+    te = tiny_text_encoder_checkpoint(tmp_path / "te.pt")  # written before the read-back existed
+    checkpoint = _gan_trainer(te).checkpoint()
+    assert "readback" not in checkpoint["models"]
+    assert "readback" not in checkpoint["model_configs"]
+
+
+def test_gan_checkpoint_copies_the_text_encoders_readback(tmp_path: Path) -> None:
+    te = tiny_text_encoder_checkpoint(tmp_path / "te.pt")
+    saved = ck.load_checkpoint(te, kind="text_encoder")
+    heads = models.ReadBack(models.ReadBackConfig(embedding_dim=32, hidden=8))
+    saved["models"]["readback"] = heads.state_dict()
+    saved["model_configs"]["readback"] = dataclasses.asdict(heads.config)
+    ck.save_checkpoint(saved, te)
+    trainer = _gan_trainer(te)
+    checkpoint = trainer.checkpoint()
+    assert checkpoint["model_configs"]["readback"] == dataclasses.asdict(heads.config)
+    for name, tensor in heads.state_dict().items():
+        assert torch.equal(checkpoint["models"]["readback"][name], tensor), name
+    # A resumed GAN keeps carrying them.
+    path = ck.save_checkpoint(checkpoint, tmp_path / "gan.pt")
+    resumed = gan.GanTrainer(
+        trainer.config, DistEnv(), split=gan.generated_split(16, captions=2, seed=0),
+        resume=ck.load_checkpoint(path, kind="gan"), resume_path=str(path),
+    )  # fmt: skip
+    assert "readback" in resumed.checkpoint()["models"]
