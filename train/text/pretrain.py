@@ -19,6 +19,10 @@ Recipe and why (measured results and wall times: docs/TEXT_ENCODER.md):
   without an interruption, tested) without replaying a data loader.
 - AdamW, linear warm-up then cosine decay to zero over the run (`--steps`, or `--minutes` of
   training time), gradient clipping at 5 (Reed's value).
+- Partial captions (issue 17; `--partial-captions aware`): multi-positive InfoNCE over the images
+  a caption fits. Read-back heads ψ (`--readback-weight`) learn on the text embedding, with
+  `--off-domain-per-batch` generated off-domain lines per step (docs/TEXT_ENCODER.md
+  § Read-back); the checkpoint then carries model "readback".
 """
 
 from __future__ import annotations
