@@ -852,7 +852,7 @@ class PretrainFlags:
         target=("readback_hidden",),
     )
     readback_lr_scale: float | None = _flag(
-        f"read-back learning rate ÷ encoders' (default {_D.readback_lr_scale})",
+        f"read-back learning rate, × the encoders' (default {_D.readback_lr_scale})",
         above=0,
         target=("readback_lr_scale",),
     )
