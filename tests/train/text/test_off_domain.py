@@ -27,6 +27,8 @@ def test_eval_list_is_large_and_never_generated() -> None:
     assert len(set(held_out)) == len(held_out)
     overlap = set(held_out) & _generated()
     assert not overlap, sorted(overlap)[:5]
+    for line in held_out:
+        tokenizer.encode(line)  # every line reaches the encoder
 
 
 def test_eval_list_lines_are_no_template_of_the_generator() -> None:
