@@ -11,9 +11,14 @@ Splits (docs/DATA_FORMAT.md):
 
 Image `i` of split `k` is rendered from `numpy.random.default_rng([seed, k, i, 0])` and captioned
 from `default_rng([seed, k, i, 1])`, so arrays are byte-identical for a seed whatever `--workers`.
-`--partial-fraction` replaces that share of train captions by partial ones drawn from
-`default_rng([seed, k, i, 3])`, a stream of its own: at 0 (the default) no draw is made and the
-three original splits are byte-identical to GENERATOR_VERSION 1's.
+`--partial-fraction` (default `DEFAULT_PARTIAL_FRACTION`, 0.3, since issue 17: the text encoder
+and the GAN learn from partial captions) replaces that share of train captions by partial ones
+drawn from `default_rng([seed, k, i, 3])`, a stream of its own: at 0 no draw is made and the three
+original splits are byte-identical to GENERATOR_VERSION 1's. GENERATOR_VERSION stays 1 because
+what a seed *and its flags* produce did not change: the new default only changes which flags a
+bare `data synth` means, and only for the train captions' mix (images, test splits and every
+caption of a given partial fraction are as before); the file records its `partial_fraction` in
+its provenance.
 """
 
 from __future__ import annotations
@@ -67,6 +72,8 @@ SPLITS: tuple[str, ...] = ("train", "test", "test_unseen", "test_phrasing")
 """In split-index order (`k` of the seed rule): new splits are appended, never inserted."""
 PHRASING_SPLIT = "test_phrasing"
 CAPTIONS_PER_IMAGE = 10
+DEFAULT_PARTIAL_FRACTION = 0.3
+"""`data synth`'s default share of partial train captions (issue 17; module docstring)."""
 # The loader must not flip (left/right is an attribute) nor random-crop (a crop shifts the figure
 # across a third's boundary); see docs/DATA_FORMAT.md, "augmentation".
 AUGMENTATION = {"hflip": False, "crop": False, "reason": "position is an attribute"}
@@ -282,8 +289,9 @@ class SynthFlags:
         at_least=0,
     )
     partial_fraction: float = option(
-        0.0,
-        "share of train captions that state only 1-4 attributes (default 0)",
+        DEFAULT_PARTIAL_FRACTION,
+        f"share of train captions that state only 1-4 attributes (default "
+        f"{DEFAULT_PARTIAL_FRACTION}; 0: the grammar's full captions only)",
         show_default=False,
         at_least=0,
         at_most=1,

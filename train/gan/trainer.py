@@ -249,6 +249,9 @@ class GanTrainer:
             self.total_steps = min(self.total_steps, c.steps)
 
         # The frozen text encoder and the embedding table of every caption.
+        self.readback: tuple[dict[str, Any], dict[str, Any]] | None = None
+        """(state, config) of the text encoder's read-back heads, copied on into every checkpoint
+        for export; None when the text-encoder checkpoint has none (older ones)."""
         self.text_encoder, self.text_encoder_ckpt, self.image_encoder = self._text_encoder(resume)
         for p in self.text_encoder.parameters():
             p.requires_grad_(False)
@@ -371,6 +374,7 @@ class GanTrainer:
         if resume is not None:
             # The GAN checkpoint carries the frozen encoder it was trained with: use that copy.
             encoder = ck.build_model(resume, "text_encoder", "resume checkpoint")
+            self.readback = _readback_of(resume, "resume checkpoint")
             info = dict(resume["config"]["text_encoder_checkpoint"])
             image = None
             if "image_encoder" in resume["models"]:
@@ -390,6 +394,7 @@ class GanTrainer:
         path = c.text_encoder
         checkpoint = ck.load_checkpoint(path, kind="text_encoder")
         encoder = ck.build_model(checkpoint, "text_encoder", path)
+        self.readback = _readback_of(checkpoint, path)
         image = None
         if "image_encoder" in checkpoint["models"]:
             image = (
@@ -714,6 +719,8 @@ class GanTrainer:
         if self.image_encoder is not None:
             model_states["image_encoder"] = _plain_state(self.image_encoder[0])
             model_configs["image_encoder"] = dict(self.image_encoder[1])
+        if self.readback is not None:
+            model_states["readback"], model_configs["readback"] = self.readback
         return ck.new_checkpoint(
             "gan",
             models=model_states,
@@ -766,6 +773,17 @@ class GanTrainer:
         self.step = step
         saturated = checkpoint.get("counters", {}).get("d_saturated_steps", 0)
         self.saturated_steps = torch.tensor(float(saturated), device=self.device)
+
+
+def _readback_of(
+    checkpoint: dict[str, Any], where: str
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The read-back heads of a checkpoint as (state, config), validated by rebuilding them; None
+    when it has none. The GAN never runs them: it only carries them to export."""
+    if "readback" not in checkpoint.get("models", {}):
+        return None
+    heads = ck.build_model(checkpoint, "readback", where)
+    return _plain_state(heads), dict(checkpoint["model_configs"]["readback"])
 
 
 def _plain_state(module: nn.Module) -> dict[str, torch.Tensor]:

@@ -16,6 +16,12 @@ captions, as above, and `<split>:partial` from its partial ones, whose distracto
 a *stated* attribute (`train.text.retrieval.partial_r_precision`): an image differing only in what
 the caption leaves open fits it as well as the true one.
 
+Read-back (docs/TEXT_ENCODER.md § Read-back): where the checkpoint carries the read-back heads,
+the same queries under every variant are also read back with the robot's decision rule
+(`edge_runtime.readback`, via `train.text.readback`): stated attributes right, "not stated"
+recognised (partial captions), rescue captions flagged off-domain (false alarms); and the
+committed held-out off-domain list (`train/text/off_domain_eval.txt`) flagged off-domain.
+
 Results are appended as JSON lines to `eval_text.jsonl` beside the checkpoint (the run folder),
 and a table goes to stdout.
 """
@@ -35,16 +41,19 @@ import numpy as np
 import torch
 
 from train import options
-from train.checkpoint import load_checkpoint
+from train.checkpoint import build_model, load_checkpoint
 from train.data.files import read_info, read_split
 from train.data.phrasing import ALL_STATED
 from train.data.schema import SplitData
 from train.data.synth import PHRASING_SPLIT
 from train.errors import BAD_INPUT, ConfigError
+from train.models import ReadBack
 from train.options import REQUIRED, option
 from train.runs import MetricsLog, OneLineParser
 from train.text.joint_embedding import CaptionError, JointEmbedding
+from train.text.off_domain import eval_sentences
 from train.text.perturb import PERTURBATIONS
+from train.text.readback import decide_embeddings, score_captions
 from train.text.retrieval import attribute_separation, partial_r_precision, r_precision
 
 log = logging.getLogger(__name__)
@@ -57,6 +66,9 @@ VARIANTS = ("clean", *PERTURBATIONS)
 RESULTS_FILE = "eval_text.jsonl"
 METRIC = "r_precision_text_to_image"
 SEPARATION = "attribute_separation"
+READBACK = "readback"
+OFF_DOMAIN_SPLIT = "off_domain_eval"
+"""The row name of the committed held-out off-domain list in the read-back records."""
 
 
 @dataclass(frozen=True)
@@ -139,10 +151,15 @@ def evaluate(
     splits: Mapping[str, SplitData],
     config: EvalConfig,
     attribute_names: Sequence[str] = (),
+    readback: ReadBack | None = None,
 ) -> list[dict[str, Any]]:
     """R-precision per split and variant, one record (dict) each; where a split has attributes,
-    also the clean captions' `attribute_separation` per attribute (named by `attribute_names`)."""
+    also the clean captions' `attribute_separation` per attribute (named by `attribute_names`);
+    with `readback`, the read-back records (`READBACK`) of the same queries and of the held-out
+    off-domain list."""
     records: list[dict[str, Any]] = []
+    if readback is not None:
+        records += _off_domain_records(model, readback, config)
     model.eval()
     for name, split in splits.items():
         started = time.perf_counter()
@@ -155,9 +172,19 @@ def evaluate(
                 split, config.captions_per_image, config.seed, name, full=True
             )
             if split.attributes is not None:
-                records += _partial_records(model, split, image_embeddings, config, name)
+                records += _partial_records(
+                    model, split, image_embeddings, config, name, readback=readback
+                )
         for variant in config.variants:
             text_embeddings = _encode(model, texts, variant, config.seed, name)  # (Q, E)
+            if readback is not None and split.attributes is not None:
+                stated = np.full(len(texts), ALL_STATED, dtype=np.int64)
+                truth = np.asarray(split.attributes)[image_of]
+                records.append(
+                    _readback_record(
+                        readback, text_embeddings, truth, stated, split=name, variant=variant
+                    )
+                )
             result = r_precision(
                 text_embeddings,
                 image_embeddings,
@@ -198,8 +225,11 @@ def _partial_records(
     image_embeddings: np.ndarray,
     config: EvalConfig,
     name: str,
+    *,
+    readback: ReadBack | None = None,
 ) -> list[dict[str, Any]]:
-    """`<name>:partial` R-precision records, one per variant (see the module docstring)."""
+    """`<name>:partial` R-precision records, one per variant (see the module docstring), and
+    their read-back records with `readback`."""
     texts, image_of, stated = select_stated_queries(
         split, config.captions_per_image, config.seed, name, full=False
     )
@@ -220,6 +250,55 @@ def _partial_records(
         )
         record = _record(row, variant, result, config)
         records.append(record | {"distractors": "contradict a stated attribute"})
+        if readback is not None:
+            truth = np.asarray(split.attributes)[image_of]
+            records.append(
+                _readback_record(
+                    readback, text_embeddings, truth, stated, split=row, variant=variant
+                )
+            )
+    return records
+
+
+def _readback_record(
+    readback: ReadBack,
+    embeddings: np.ndarray,
+    truth: np.ndarray,
+    stated: np.ndarray,
+    *,
+    split: str,
+    variant: str,
+) -> dict[str, Any]:
+    """One read-back line: rescue captions' embeddings (Q, E), their images' values (Q, A)."""
+    chosen = decide_embeddings(readback, embeddings)
+    sizes = readback.config.value_counts
+    return {"metric": READBACK, "split": split, "variant": variant} | score_captions(
+        chosen, truth, stated, sizes
+    )
+
+
+def _off_domain_records(
+    model: JointEmbedding, readback: ReadBack, config: EvalConfig
+) -> list[dict[str, Any]]:
+    """The held-out off-domain list under every variant: share flagged off-domain, and share of
+    its attribute readings that are "?" (it states none)."""
+    sentences = eval_sentences()
+    records = []
+    for variant in config.variants:
+        embeddings = _encode(model, sentences, variant, config.seed, OFF_DOMAIN_SPLIT)
+        chosen = decide_embeddings(readback, embeddings)
+        count = len(readback.config.value_counts)
+        unstated = chosen[:, :count] == np.asarray(readback.config.value_counts)[None]
+        records.append(
+            {
+                "metric": READBACK,
+                "split": OFF_DOMAIN_SPLIT,
+                "variant": variant,
+                "captions": len(sentences),
+                "off_domain_flagged": float(chosen[:, count].mean()),
+                "not_stated_right": float(unstated.mean()),
+            }
+        )
     return records
 
 
@@ -252,6 +331,7 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
     """Rows = splits, columns = variants, in percent; plus the largest drop from clean; then the
     attribute separation table where there is one."""
     separation = [r for r in records if r.get("metric") == SEPARATION]
+    readback = [r for r in records if r.get("metric") == READBACK]
     records = [r for r in records if r.get("metric", METRIC) == METRIC]
     splits = list(dict.fromkeys(r["split"] for r in records))
     variants = list(dict.fromkeys(r["variant"] for r in records))
@@ -277,6 +357,40 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
     )
     if separation:
         lines += ["", _separation_table(separation)]
+    if readback:
+        lines += ["", format_readback_table(readback)]
+    return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100.0 * value:.1f}"
+
+
+def format_readback_table(records: Sequence[dict[str, Any]]) -> str:
+    """Rows = (split, variant); columns = the read-back figures, in percent."""
+    header = ["split", "variant", "stated right", "all stated", "not stated", "off-domain"]
+    rows = []
+    for r in records:
+        off = r.get("off_domain_flagged", r.get("false_alarm"))
+        rows.append(
+            [
+                r["split"],
+                r["variant"],
+                _pct(r.get("stated_right")),
+                _pct(r.get("captions_all_stated_right")),
+                _pct(r.get("not_stated_right")),
+                _pct(off),
+            ]
+        )
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    lines = [
+        "  ".join(str(x).rjust(w) for x, w in zip(r, widths, strict=True)) for r in [header, *rows]
+    ]
+    lines.append(
+        "(read-back, %, the robot's decision rule (edge_runtime.readback): stated attributes "
+        "read right, captions with all stated right, unstated read as '?', flagged off-domain "
+        f"(on {OFF_DOMAIN_SPLIT}: wanted; on rescue captions: false alarms))"
+    )
     return "\n".join(lines)
 
 
@@ -314,8 +428,13 @@ def evaluate_checkpoint(
     if checkpoint is None:
         checkpoint = load_checkpoint(checkpoint_path, kind="text_encoder")
     model = JointEmbedding.from_checkpoint(checkpoint, str(checkpoint_path))
+    readback = None
+    if "readback" in checkpoint.get("models", {}):
+        built = build_model(checkpoint, "readback", str(checkpoint_path))
+        assert isinstance(built, ReadBack)
+        readback = built
     loaded = {name: read_split(data, name) for name in splits}
-    records = evaluate(model, loaded, config, read_info(data).attribute_names)
+    records = evaluate(model, loaded, config, read_info(data).attribute_names, readback)
     results_path = Path(results_path or checkpoint_path.parent / RESULTS_FILE)
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     with MetricsLog(results_path) as out:

@@ -41,6 +41,7 @@ __all__ = [
     "JointEmbedding",
     "JointObjective",
     "batch_ids",
+    "caption_positives",
     "encode_captions",
     "encode_images",
     "images_to_tensor",
@@ -185,23 +186,57 @@ class InfoNCE(nn.Module):
         self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / initial_temperature)))
 
     def forward(
-        self, text: torch.Tensor, image: torch.Tensor, labels: torch.Tensor
+        self,
+        text: torch.Tensor,
+        image: torch.Tensor,
+        labels: torch.Tensor,
+        positives: torch.Tensor | None = None,
     ) -> torch.Tensor:
         scale = self.log_scale.clamp(max=math.log(100.0)).exp()
-        return infonce_loss(text, image, labels, scale)
+        return infonce_loss(text, image, labels, scale, positives)
+
+
+def caption_positives(attributes: torch.Tensor, stated: torch.Tensor) -> torch.Tensor:
+    """Which images each caption describes: attributes (B, A) int of the batch's images (caption
+    i was written for image i), stated (B,) bitmasks of the captions → bool (B captions, B
+    images), [i, j] = image j agrees with image i on every attribute caption i states.
+
+    A full caption's positives are its class (rescue-scenes: class = the full combination); a
+    partial one ("anyone in yellow?") fits every image in yellow, and calling those negatives
+    would teach the encoder that the caption means something it does not say.
+    """
+    bits = torch.arange(attributes.shape[1], device=stated.device)
+    says = (stated[:, None] >> bits) & 1 == 1  # (B, A): caption i states attribute a
+    agree = attributes[:, None, :] == attributes[None, :, :]  # (B, B, A)
+    return (agree | ~says[:, None, :]).all(2)
 
 
 def infonce_loss(
-    text: torch.Tensor, image: torch.Tensor, labels: torch.Tensor, scale: torch.Tensor | float
+    text: torch.Tensor,
+    image: torch.Tensor,
+    labels: torch.Tensor,
+    scale: torch.Tensor | float,
+    positives: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Symmetric InfoNCE on L2-normalised text (B, E) and image (B, E), same-class positives."""
+    """Symmetric InfoNCE on L2-normalised text (B, E) and image (B, E).
+
+    Positives: same class, or `positives` (B captions, B images) bool where given (multi-positive
+    InfoNCE for partial captions, `caption_positives`); the target spreads evenly over a row's
+    positives, for captions over images and for images over the captions that fit them.
+    """
     text = F.normalize(text, dim=1)
     image = F.normalize(image, dim=1)
     logits = scale * text @ image.T  # (B, B): row = caption, column = image
-    same = (labels[:, None] == labels[None, :]).to(logits.dtype)  # (B, B), symmetric
-    target = same / same.sum(1, keepdim=True)
+    if positives is None:
+        same = (labels[:, None] == labels[None, :]).to(logits.dtype)  # (B, B), symmetric
+        target = same / same.sum(1, keepdim=True)
+        target_t = target
+    else:
+        fits = positives.to(logits.dtype)  # (B, B), not symmetric when a caption is partial
+        target = fits / fits.sum(1, keepdim=True)
+        target_t = fits.T / fits.T.sum(1, keepdim=True)  # (B images, B captions)
     text_to_image = -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
-    image_to_text = -(target * F.log_softmax(logits.T, dim=1)).sum(1).mean()
+    image_to_text = -(target_t * F.log_softmax(logits.T, dim=1)).sum(1).mean()
     return (text_to_image + image_to_text) / 2
 
 
@@ -225,12 +260,23 @@ class ClassProxies(nn.Module):
         self.scale = scale
 
     def forward(
-        self, text: torch.Tensor, image: torch.Tensor, labels: torch.Tensor
+        self,
+        text: torch.Tensor,
+        image: torch.Tensor,
+        labels: torch.Tensor,
+        full: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`full` (B,) bool: captions that name their class; a partial caption names no class,
+        so it is left out of the text term (None: every caption is full)."""
         proxies = F.normalize(self.proxies, dim=1)  # (K, E)
         text_logits = self.scale * F.normalize(text, dim=1) @ proxies.T  # (B, K)
         image_logits = self.scale * F.normalize(image, dim=1) @ proxies.T  # (B, K)
-        return (F.cross_entropy(text_logits, labels) + F.cross_entropy(image_logits, labels)) / 2
+        if full is None:
+            text_term = F.cross_entropy(text_logits, labels)
+        else:
+            text_term = F.cross_entropy(text_logits, labels.masked_fill(~full, -100))
+            text_term = text_term if bool(full.any()) else text_logits.sum() * 0.0
+        return (text_term + F.cross_entropy(image_logits, labels)) / 2
 
 
 class AttributeHeads(nn.Module):
@@ -249,13 +295,22 @@ class AttributeHeads(nn.Module):
         self.head = nn.Linear(dim, sum(sizes))
 
     def forward(
-        self, text: torch.Tensor, image: torch.Tensor, attributes: torch.Tensor
+        self,
+        text: torch.Tensor,
+        image: torch.Tensor,
+        attributes: torch.Tensor,
+        text_attributes: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """`text_attributes` (B, A): the captions' labels, -100 where a caption leaves an
+        attribute open (ignored); None: the images' `attributes`."""
         loss = text.new_zeros(())
-        for embedding in (text, image):
+        targets = (attributes if text_attributes is None else text_attributes, attributes)
+        for embedding, target in zip((text, image), targets, strict=True):
             logits = self.head(F.normalize(embedding, dim=1)).split(self.sizes, dim=1)
             for a, part in enumerate(logits):  # part: (B, sizes[a])
-                loss = loss + F.cross_entropy(part, attributes[:, a])
+                column = target[:, a]
+                if bool((column >= 0).any()):
+                    loss = loss + F.cross_entropy(part, column)
         return loss / (2 * len(self.sizes))
 
 
@@ -292,20 +347,42 @@ class JointObjective(nn.Module):
         image: torch.Tensor,
         labels: torch.Tensor,
         attributes: torch.Tensor | None = None,
+        stated: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """(total loss, its named parts as floats for logging); attributes (B, A) int64."""
+        """(total loss, its named parts as floats for logging); attributes (B, A) int64 of the
+        images, stated (B,) bitmasks of the captions (None, or every bit set: all full).
+
+        With partial captions in the batch (and attributes to judge them by): InfoNCE's
+        positives are the images each caption fits (`caption_positives`), the class-proxy text
+        term skips partial captions and the attribute heads skip what a caption leaves open.
+        SJE has no per-caption positives and treats every caption as full. A batch of full
+        captions takes exactly the code path (and numbers) of training before partial captions.
+        """
+        full_mask = None
+        if stated is not None and attributes is not None:
+            everything = (1 << attributes.shape[1]) - 1
+            full_mask = stated == everything  # (B,)
+            if bool(full_mask.all()):
+                full_mask = None
+        positives = None if full_mask is None else caption_positives(attributes, stated)
         if self.infonce is not None:
-            cross = self.infonce(text, image, labels)
+            cross = self.infonce(text, image, labels, positives)
         else:
             cross = sje_loss(text, image, labels, self.margin)
         parts = {self.kind: float(cross.detach())}
         total = cross
         if self.proxies is not None:
-            proxy = self.proxies(text, image, labels)
+            proxy = self.proxies(text, image, labels, full_mask)
             parts["proxy"] = float(proxy.detach())
             total = total + self.proxy_weight * proxy
         if self.attributes is not None and attributes is not None:
-            attribute = self.attributes(text, image, attributes)
+            text_attributes = None
+            if full_mask is not None:
+                assert stated is not None
+                bits = torch.arange(attributes.shape[1], device=stated.device)
+                says = (stated[:, None] >> bits) & 1 == 1  # (B, A)
+                text_attributes = attributes.masked_fill(~says, -100)
+            attribute = self.attributes(text, image, attributes, text_attributes)
             parts["attributes"] = float(attribute.detach())
             total = total + self.attribute_weight * attribute
         if self.infonce is not None:

@@ -12,7 +12,8 @@ Six perturbations, each a pure function of (text, rng) so evaluation is reproduc
 - `missing_spaces`: a space bar missed — about a third of the spaces dropped ("inthe mud").
 
 The last two model operators typing under stress (docs/DATA_FORMAT.md § Operator phrasing);
-they are measured, not yet used by `augment`, whose mix the next measured training run decides.
+`augment` uses them too (issue 17), drawn after the others so that a config without them
+(`doubled_prob` = `joined_prob` = 0, as saved before they existed) draws exactly as before.
 
 `augment` draws a random mix of them for training (Reed trained on clean captions only; without
 augmentation a char-CNN trained on a small grammar has never seen a misspelt word. Trained with
@@ -153,6 +154,10 @@ class AugmentConfig:
     """Probability of shuffling the clauses."""
     punctuation_prob: float = 0.3
     """Probability of stray punctuation."""
+    doubled_prob: float = 0.15
+    """Probability of doubled letters (`doubled_letters`)."""
+    joined_prob: float = 0.15
+    """Probability of missing spaces (`missing_spaces`)."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -161,6 +166,8 @@ class AugmentConfig:
             "typo_rate_max",
             "shuffle_prob",
             "punctuation_prob",
+            "doubled_prob",
+            "joined_prob",
         ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -184,4 +191,9 @@ def augment(
         )
     if rng.random() < config.punctuation_prob * strength:
         text = extra_punctuation(text, rng)
+    # Drawn only when configured: a config without them consumes the generator as before.
+    if config.doubled_prob > 0 and rng.random() < config.doubled_prob * strength:
+        text = doubled_letters(text, rng)
+    if config.joined_prob > 0 and rng.random() < config.joined_prob * strength:
+        text = missing_spaces(text, rng)
     return text

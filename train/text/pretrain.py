@@ -19,6 +19,10 @@ Recipe and why (measured results and wall times: docs/TEXT_ENCODER.md):
   without an interruption, tested) without replaying a data loader.
 - AdamW, linear warm-up then cosine decay to zero over the run (`--steps`, or `--minutes` of
   training time), gradient clipping at 5 (Reed's value).
+- Partial captions (issue 17; `--partial-captions aware`): multi-positive InfoNCE over the images
+  a caption fits. Read-back heads ψ (`--readback-weight`) learn on the text embedding, with
+  `--off-domain-per-batch` generated off-domain lines per step (docs/TEXT_ENCODER.md
+  § Read-back); the checkpoint then carries model "readback".
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -44,14 +48,16 @@ from edge_runtime import tokenizer
 from train import models, options
 from train.checkpoint import (
     CheckpointError,
+    build_model,
     load_checkpoint,
     new_checkpoint,
     save_checkpoint,
 )
 from train.data.attributes import Attributes
 from train.data.files import read_info, read_split
+from train.data.phrasing import ALL_STATED
 from train.data.schema import DataError, SplitData
-from train.data.synth import render_items, split_class_ids
+from train.data.synth import render_items_stated, split_class_ids
 from train.data.twins import AttributeTwins
 from train.errors import BAD_INPUT, ConfigError, first_line
 from train.options import option
@@ -71,11 +77,14 @@ from train.text.joint_embedding import (
     batch_ids,
     images_to_tensor,
 )
+from train.text.off_domain import off_domain_batch
 from train.text.perturb import AugmentConfig, augment
+from train.text.readback import default_config, readback_loss, targets
 
 log = logging.getLogger(__name__)
 
 OBJECTIVES = ("sje", "infonce")
+PARTIAL_MODES = ("aware", "ignore")
 CHECKPOINT_FILE = "checkpoint.pt"
 CONFIG_FILE = "config.json"
 
@@ -135,6 +144,26 @@ class PretrainConfig:
     before phrasing version 1 have no test_phrasing)."""
     dry_run: bool = False
     """One step on rendered rescue-scenes data instead of `data`."""
+    partial_captions: str = "aware"
+    """Captions that state only some attributes (a train split with `caption_stated`): "aware"
+    = multi-positive InfoNCE over the images a caption fits, partial captions out of the text
+    class-proxy term, unstated attributes out of the attribute heads
+    (`JointObjective.forward`); "ignore" = every caption treated as full (training before
+    partial captions)."""
+    readback_weight: float = 1.0
+    """Weight of the read-back heads' loss (`train.text.readback`), trained jointly on the text
+    embedding where the dataset has attributes; 0: no heads (the checkpoint carries none)."""
+    readback_detach: bool = False
+    """Heads read a detached embedding: their loss does not reach the text encoder."""
+    readback_hidden: int = 256
+    """Width of the heads' hidden layer (`train.models.ReadBackConfig.hidden`; 0: linear)."""
+    readback_lr_scale: float = 10.0
+    """The heads' learning rate is this × the encoders' (same warm-up and cosine). At 1× the
+    heads lag far behind what the embedding already separates (docs/TEXT_ENCODER.md
+    § Read-back: measured at 300 steps)."""
+    off_domain_per_batch: int = 16
+    """Off-domain lines (`train.text.off_domain`) added to every batch for the off-domain head;
+    they pass through the text encoder with the captions but not through the cross-modal loss."""
     augment_ramp: float = 0.3
     """Augmentation strength rises linearly from 0 to 1 over this fraction of the run: clean
     captions first teach the attributes fast, perturbed ones then teach robustness."""
@@ -145,8 +174,16 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.proxy_weight < 0 or self.attribute_weight < 0:
-            raise ConfigError("proxy_weight and attribute_weight must be ≥ 0")
+        if self.proxy_weight < 0 or self.attribute_weight < 0 or self.readback_weight < 0:
+            raise ConfigError("proxy_weight, attribute_weight and readback_weight must be ≥ 0")
+        if self.partial_captions not in PARTIAL_MODES:
+            raise ConfigError(
+                f"partial_captions must be one of {PARTIAL_MODES}, got {self.partial_captions!r}"
+            )
+        if self.off_domain_per_batch < 0 or self.readback_hidden < 0:
+            raise ConfigError("off_domain_per_batch and readback_hidden must be ≥ 0")
+        if self.readback_lr_scale <= 0:
+            raise ConfigError(f"readback_lr_scale must be > 0, got {self.readback_lr_scale}")
         if not 0.0 <= self.augment_ramp <= 1.0:
             raise ConfigError(f"augment_ramp must be in [0, 1], got {self.augment_ramp}")
         if not 0.0 <= self.twin_fraction <= 0.5:
@@ -162,8 +199,11 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "config") -> PretrainConfig:
-        """Inverse of `to_dict`; unknown fields are refused."""
-        data = dict(data)
+        """Inverse of `to_dict`; unknown fields are refused. A config written before a field
+        existed gets the value that reproduces how it was trained (`LEGACY_VALUES`)."""
+        data = {**LEGACY_VALUES, **data}
+        if isinstance(data.get("augment"), dict):
+            data["augment"] = {**LEGACY_AUGMENT, **data["augment"]}
         nested = {
             "augment": AugmentConfig,
             "text_encoder": models.TextEncoderConfig,
@@ -173,6 +213,18 @@ class PretrainConfig:
             if key in data:
                 data[key] = models.config_from_dict(config_cls, data[key], f"{where}.{key}")
         return models.config_from_dict(cls, data, where)
+
+
+LEGACY_VALUES: dict[str, Any] = {
+    "partial_captions": "ignore",
+    "readback_weight": 0.0,
+    "readback_detach": False,
+    "readback_hidden": 256,
+    "readback_lr_scale": 1.0,
+    "off_domain_per_batch": 0,
+}
+"""Fields a saved config may lack (written before issue 17), with the values it was trained with."""
+LEGACY_AUGMENT: dict[str, Any] = {"doubled_prob": 0.0, "joined_prob": 0.0}
 
 
 def resolve(config: PretrainConfig) -> PretrainConfig:
@@ -205,6 +257,20 @@ def resolve_classes(config: PretrainConfig, train_split: SplitData) -> PretrainC
 # --------------------------------------------------------------------------------------------
 
 
+class Batch(NamedTuple):
+    """One step's training batch."""
+
+    encoded: list[tokenizer.Encoded]
+    images: torch.Tensor
+    """(B, 3, H, W) in [-1, 1]."""
+    labels: torch.Tensor
+    """Class ids (B,) int64."""
+    attributes: torch.Tensor | None
+    """(B, A) int64 of the images, or None (a dataset without attributes)."""
+    stated: torch.Tensor
+    """(B,) int64 bitmask of what each caption states (`ALL_STATED` for a full caption)."""
+
+
 class BatchSchedule:
     """Which images, captions and perturbations step `s` uses, from (seed, s) alone.
 
@@ -230,6 +296,7 @@ class BatchSchedule:
             if split.attributes is None
             else torch.from_numpy(split.attributes.astype(np.int64))
         )
+        self.stated = split.caption_stated  # (N, C) uint8 or None: every caption full
         self.batch_size = batch_size
         self.seed = seed
         self.augment = augment
@@ -260,42 +327,74 @@ class BatchSchedule:
             twins.append(twin if twin is not None else int(rng.integers(n)))
         return np.array(anchors + twins, dtype=np.int64)
 
-    def batch(
-        self, step: int, strength: float = 1.0
-    ) -> tuple[list[tokenizer.Encoded], torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """(encoded captions, images (B, 3, H, W) in [-1, 1], class ids (B,), attributes (B, A)
-        int64 or None) of `step`; `strength` scales the augmentation probabilities."""
+    def batch(self, step: int, strength: float = 1.0) -> Batch:
+        """The `Batch` of `step`; `strength` scales the augmentation probabilities."""
         idx = self.indices(step)
         rng = np.random.default_rng([self.seed, step, 1])
         encoded = []
+        stated = []
         for i in idx:
             row = self.split.captions[int(i)]
-            caption = row[int(rng.integers(len(row)))]
+            j = int(rng.integers(len(row)))
+            caption = row[j]
+            stated.append(ALL_STATED if self.stated is None else int(self.stated[int(i), j]))
             try:
                 encoded.append(tokenizer.encode(augment(caption, rng, self.augment, strength)))
             except tokenizer.CaptionError:
                 # Typos can delete a one-letter caption entirely; train on the original then.
                 encoded.append(tokenizer.encode(caption))
         attributes = None if self.attributes is None else self.attributes[idx]
-        return encoded, images_to_tensor(self.images[idx]), self.labels[idx], attributes
+        return Batch(
+            encoded,
+            images_to_tensor(self.images[idx]),
+            self.labels[idx],
+            attributes,
+            torch.tensor(stated, dtype=torch.int64),
+        )
+
+    def off_domain(self, step: int, count: int, strength: float = 1.0) -> list[tokenizer.Encoded]:
+        """`count` off-domain lines of `step` (`train.text.off_domain`), augmented like the
+        captions (a typo must not be what tells a rescue caption from another sentence)."""
+        rng = np.random.default_rng([self.seed, step, 4])
+        encoded = []
+        for line in off_domain_batch(rng, count):
+            try:
+                encoded.append(tokenizer.encode(augment(line, rng, self.augment, strength)))
+            except tokenizer.CaptionError:
+                encoded.append(tokenizer.encode(line))
+        return encoded
 
 
 def generated_splits(
-    seed: int, counts: dict[str, int] | None = None, captions_per_image: int = 4
+    seed: int,
+    counts: dict[str, int] | None = None,
+    captions_per_image: int = 4,
+    partial_fraction: float = 0.0,
 ) -> dict[str, SplitData]:
     """Small rescue-scenes splits rendered on the fly (dry runs and tests), attributes included.
 
     `counts` maps split names ("train", "test", "test_unseen") to image counts; the default is
-    the dry run's 96 training and 120 test images.
+    the dry run's 96 training and 120 test images. `partial_fraction` > 0 makes that share of
+    the train split's captions partial (with `caption_stated`), as `data synth` does.
     """
     splits = {}
     for name, count in (counts or {"train": 96, "test": 120}).items():
         class_ids = split_class_ids(name, count, seed)
-        images, captions = render_items(seed, name, 0, class_ids, captions_per_image)
+        fraction = partial_fraction if name == "train" else 0.0
+        images, captions, stated = render_items_stated(
+            seed, name, 0, class_ids, captions_per_image, partial_fraction=fraction
+        )
         attributes = np.array(
             [Attributes.from_class_id(int(c)).indices for c in class_ids], dtype=np.int16
         )
-        splits[name] = SplitData(images, captions, class_ids, attributes)
+        masks = np.asarray(stated, np.uint8)
+        splits[name] = SplitData(
+            images,
+            captions,
+            class_ids,
+            attributes,
+            caption_stated=masks if (masks != ALL_STATED).any() else None,
+        )
     return splits
 
 
@@ -333,6 +432,8 @@ class TrainState:
     objective: JointObjective
     """The loss and its parameters (InfoNCE temperature, class proxies)."""
     optimizer: torch.optim.Optimizer
+    readback: models.ReadBack | None = None
+    """The read-back heads ψ (None: `readback_weight` 0 or a dataset without attributes)."""
     step: int = 0
     elapsed_s: float = 0.0
     """Training time so far (across resumes)."""
@@ -355,23 +456,40 @@ class TrainState:
             attribute_sizes=config.attribute_sizes or (),
             attribute_weight=config.attribute_weight,
         )
-        optimizer = torch.optim.AdamW(
-            _param_groups([text, image], objective, config.weight_decay), lr=config.lr
-        )
-        return cls(text, image, objective, optimizer)
+        groups = _param_groups([text, image], objective, config.weight_decay)
+        readback = None
+        if config.readback_weight > 0 and config.attribute_sizes:
+            # Built after the encoders and the objective: their initial weights stay those of a
+            # run without heads.
+            readback = models.ReadBack(
+                dataclasses.replace(
+                    default_config(config.text_encoder.embedding_dim, config.attribute_sizes),
+                    hidden=config.readback_hidden,
+                )
+            )
+            for group in _param_groups([readback], nn.Module(), config.weight_decay):
+                groups.append(group | {"lr_scale": config.readback_lr_scale})
+        optimizer = torch.optim.AdamW(groups, lr=config.lr)
+        return cls(text, image, objective, optimizer, readback)
 
     def checkpoint(self, config: PretrainConfig, metrics: dict[str, Any]) -> dict[str, Any]:
-        """The checkpoint dict (docs/ARCHITECTURE.md, kind "text_encoder")."""
+        """The checkpoint dict (docs/ARCHITECTURE.md, kind "text_encoder"); with heads, model
+        "readback" too (the GAN trainer copies it on into GAN checkpoints, export ships it)."""
+        model_states = {
+            "text_encoder": self.text_encoder.state_dict(),
+            "image_encoder": self.image_encoder.state_dict(),
+        }
+        model_configs = {
+            "text_encoder": dataclasses.asdict(self.text_encoder.config),
+            "image_encoder": dataclasses.asdict(self.image_encoder.config),
+        }
+        if self.readback is not None:
+            model_states["readback"] = self.readback.state_dict()
+            model_configs["readback"] = dataclasses.asdict(self.readback.config)
         return new_checkpoint(
             "text_encoder",
-            models={
-                "text_encoder": self.text_encoder.state_dict(),
-                "image_encoder": self.image_encoder.state_dict(),
-            },
-            model_configs={
-                "text_encoder": dataclasses.asdict(self.text_encoder.config),
-                "image_encoder": dataclasses.asdict(self.image_encoder.config),
-            },
+            models=model_states,
+            model_configs=model_configs,
             config=config.to_dict(),
             step=self.step,
             elapsed_s=self.elapsed_s,
@@ -390,6 +508,8 @@ class TrainState:
         try:
             state.text_encoder.load_state_dict(checkpoint["models"]["text_encoder"])
             state.image_encoder.load_state_dict(checkpoint["models"]["image_encoder"])
+            if state.readback is not None:
+                state.readback.load_state_dict(checkpoint["models"]["readback"])
             state.objective.load_state_dict(checkpoint["objective"])
             state.optimizer.load_state_dict(checkpoint["optimizer"])
             torch.set_rng_state(checkpoint["rng"]["torch"])
@@ -414,6 +534,33 @@ def _monitor(state: TrainState, split: SplitData, images: int, seed: int) -> flo
     )
     model.train()
     return float(records[0]["value"])
+
+
+def _with_readback(
+    config: PretrainConfig,
+    readback: models.ReadBack,
+    text_all: torch.Tensor,
+    batch: Batch,
+    loss: torch.Tensor,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """`loss` plus the weighted read-back loss on text_all (B + K, E): the B captions' labels
+    from their `caption_stated` bits, then K off-domain lines stating nothing."""
+    assert batch.attributes is not None
+    sizes = readback.config.value_counts
+    stated = batch.stated
+    if config.partial_captions == "ignore":
+        stated = torch.full_like(stated, ALL_STATED)
+    captions = targets(batch.attributes, stated, sizes)  # (B, A)
+    extra = text_all.shape[0] - captions.shape[0]
+    nothing = torch.tensor(sizes, dtype=torch.int64).expand(extra, len(sizes))  # (K, A)
+    attribute_targets = torch.cat([captions, nothing])  # (B + K, A)
+    off_domain = torch.cat([torch.zeros(captions.shape[0]), torch.ones(extra)])  # (B + K,)
+    # Detached: the heads only read φ(t). Attached (default): the attribute and off-domain
+    # labels also shape the encoder (docs/TEXT_ENCODER.md § Read-back: both measured).
+    embedding = text_all.detach() if config.readback_detach else text_all
+    read, parts = readback_loss(readback, embedding, attribute_targets, off_domain)
+    parts["readback"] = float(read.detach())
+    return loss + config.readback_weight * read, parts
 
 
 class InterruptedTrainingError(Exception):
@@ -485,6 +632,8 @@ def train(
     )
     state.text_encoder.train()
     state.image_encoder.train()
+    if state.readback is not None:
+        state.readback.train()
     window_start, window_steps = time.perf_counter(), 0
     progress_every = max(1, (total_steps or 1000) // 10)
 
@@ -522,14 +671,24 @@ def train(
             )
             lr = learning_rate(config, state.step, progress)
             for group in state.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
 
             strength = min(1.0, progress / config.augment_ramp) if config.augment_ramp else 1.0
-            encoded, images, labels, attributes = schedule.batch(state.step, strength)
-            ids, lengths = batch_ids(encoded, config.text_encoder)  # (B, T ≤ 201), (B,)
-            text_emb = state.text_encoder(ids, lengths)  # (B, E)
+            batch = schedule.batch(state.step, strength)
+            images, labels, attributes = batch.images, batch.labels, batch.attributes
+            stated = batch.stated if config.partial_captions == "aware" else None
+            encoded = batch.encoded
+            off_count = config.off_domain_per_batch if state.readback is not None else 0
+            if off_count:
+                encoded = encoded + schedule.off_domain(state.step, off_count, strength)
+            ids, lengths = batch_ids(encoded, config.text_encoder)  # (B + K, T ≤ 201), (B + K,)
+            text_all = state.text_encoder(ids, lengths)  # (B + K, E): captions, then off-domain
+            text_emb = text_all[: len(batch.encoded)]  # (B, E)
             image_emb = state.image_encoder(images)  # (B, E)
-            loss, parts = state.objective(text_emb, image_emb, labels, attributes)
+            loss, parts = state.objective(text_emb, image_emb, labels, attributes, stated)
+            if state.readback is not None and attributes is not None:
+                loss, read_parts = _with_readback(config, state.readback, text_all, batch, loss)
+                parts.update(read_parts)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {state.step}")
             state.optimizer.zero_grad(set_to_none=True)
@@ -671,6 +830,37 @@ class PretrainFlags:
         at_least=0,
         target=("proxy_weight",),
     )
+    partial_captions: str | None = _flag(
+        f"aware: multi-positive InfoNCE for partial captions (default {_D.partial_captions})",
+        choices=PARTIAL_MODES,
+        target=("partial_captions",),
+    )
+    readback_weight: float | None = _flag(
+        f"read-back heads (default {_D.readback_weight}; 0: no heads)",
+        at_least=0,
+        target=("readback_weight",),
+    )
+    readback_detach: bool = option(
+        False,
+        "the read-back heads' loss does not reach the text encoder",
+        show_default=False,
+        store_true=True,
+    )
+    readback_hidden: int | None = _flag(
+        f"read-back hidden width (default {_D.readback_hidden}; 0: linear)",
+        at_least=0,
+        target=("readback_hidden",),
+    )
+    readback_lr_scale: float | None = _flag(
+        f"read-back learning rate, × the encoders' (default {_D.readback_lr_scale})",
+        above=0,
+        target=("readback_lr_scale",),
+    )
+    off_domain_per_batch: int | None = _flag(
+        f"off-domain lines per batch for the read-back (default {_D.off_domain_per_batch})",
+        at_least=0,
+        target=("off_domain_per_batch",),
+    )
     lr: float | None = _flag(f"default {_D.lr}", above=0, target=("lr",))
     seed: int | None = _flag(f"default {_D.seed}", target=("seed",))
     threads: int | None = _flag(
@@ -766,10 +956,19 @@ def _apply_flags(config: PretrainConfig, args: PretrainFlags) -> PretrainConfig:
         config = dataclasses.replace(config, steps=None)  # --minutes alone drives the schedule
     if args.no_augment:
         config = dataclasses.replace(
-            config, augment=AugmentConfig(typo_prob=0.0, shuffle_prob=0.0, punctuation_prob=0.0)
+            config,
+            augment=AugmentConfig(
+                typo_prob=0.0,
+                shuffle_prob=0.0,
+                punctuation_prob=0.0,
+                doubled_prob=0.0,
+                joined_prob=0.0,
+            ),
         )
     if args.no_eval:
         config = dataclasses.replace(config, eval_splits=())
+    if args.readback_detach:
+        config = dataclasses.replace(config, readback_detach=True)
     if args.dry_run:
         config = dataclasses.replace(config, dry_run=True, monitor_every=0)
     if args.embedding_dim is not None:  # one shared embedding size: set both encoders at once
@@ -814,6 +1013,11 @@ def _resumed_config(checkpoint: dict[str, Any], args: PretrainFlags, where: Path
             raise ConfigError(
                 f"{flag}: a resumed run keeps its config ({old!r}); start a new run to change it"
             )
+    if args.readback_detach and not saved.readback_detach:
+        raise ConfigError(
+            "--readback-detach: a resumed run keeps its config (False); start a new run to "
+            "change it"
+        )
     for flag in ("no_augment", "no_eval", "dry_run"):
         if getattr(args, flag):
             raise ConfigError(f"--{flag.replace('_', '-')} cannot be combined with --resume")
@@ -824,7 +1028,8 @@ def _resumed_config(checkpoint: dict[str, Any], args: PretrainFlags, where: Path
 def _load_splits(config: PretrainConfig) -> dict[str, SplitData]:
     """The train split (and the monitor split, where present), or rendered data for a dry run."""
     if config.dry_run:
-        return generated_splits(config.seed)
+        # Partial captions too, so a dry run takes every step of the real path.
+        return generated_splits(config.seed, partial_fraction=0.3)
     info = read_info(config.data)
     if "train" not in info.splits:
         raise DataError(f"{config.data}: no 'train' split (has {', '.join(info.splits)})")
@@ -848,7 +1053,13 @@ def _final_eval(config: PretrainConfig, run_dir: Path, splits: dict[str, SplitDa
 
         state_ckpt = load_checkpoint(run_dir / CHECKPOINT_FILE, kind="text_encoder")
         model = JointEmbedding.from_checkpoint(state_ckpt, str(run_dir / CHECKPOINT_FILE))
-        records = evaluate(model, {"test": splits["test"]}, EvalConfig(candidates=20))
+        readback = None
+        if "readback" in state_ckpt["models"]:
+            readback = build_model(state_ckpt, "readback", str(run_dir / CHECKPOINT_FILE))
+            assert isinstance(readback, models.ReadBack)
+        records = evaluate(
+            model, {"test": splits["test"]}, EvalConfig(candidates=20), readback=readback
+        )
         print(format_table(records))
         return 0
     if not config.eval_splits:

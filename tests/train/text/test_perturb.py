@@ -80,7 +80,9 @@ def test_perturb_every_perturbation_is_seeded() -> None:
 
 
 def test_perturb_augment_with_zero_probabilities_is_identity() -> None:
-    off = perturb.AugmentConfig(typo_prob=0.0, shuffle_prob=0.0, punctuation_prob=0.0)
+    off = perturb.AugmentConfig(
+        typo_prob=0.0, shuffle_prob=0.0, punctuation_prob=0.0, doubled_prob=0.0, joined_prob=0.0
+    )
     rng = np.random.default_rng(0)
     assert all(perturb.augment(CAPTION, rng, off) == CAPTION for _ in range(20))
 

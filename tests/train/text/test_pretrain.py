@@ -94,7 +94,7 @@ def test_text_encoder_checkpoint_rebuilds_both_models_from_file_alone(
     run, state = trained
     checkpoint = load_checkpoint(run / "checkpoint.pt", kind="text_encoder")
     assert checkpoint["step"] == 100 and checkpoint["config"]["objective"] == "infonce"
-    assert set(checkpoint["models"]) == {"text_encoder", "image_encoder"}
+    assert set(checkpoint["models"]) == {"text_encoder", "image_encoder", "readback"}
     text = build_model(checkpoint, "text_encoder")
     image = build_model(checkpoint, "image_encoder")
     captions = ["a survivor in red on snow, left", "hiker in blue clothes, lying in mud"]
@@ -121,12 +121,16 @@ def test_text_encoder_schedule_is_a_pure_function_of_seed_and_step(splits: dict)
         )
 
     a, b = make(), make()
-    texts_a, images_a, labels_a, attributes_a = a.batch(7)
+    batch_a = a.batch(7)
     for step in (0, 20, 7):  # b visits other steps first
-        texts_b, images_b, labels_b, attributes_b = b.batch(step)
-    assert texts_a == texts_b
-    assert torch.equal(images_a, images_b) and torch.equal(labels_a, labels_b)
-    assert attributes_a is not None and torch.equal(attributes_a, attributes_b)
+        batch_b = b.batch(step)
+    assert batch_a.encoded == batch_b.encoded
+    assert torch.equal(batch_a.images, batch_b.images)
+    assert torch.equal(batch_a.labels, batch_b.labels)
+    assert batch_a.attributes is not None and batch_b.attributes is not None
+    assert torch.equal(batch_a.attributes, batch_b.attributes)
+    assert torch.equal(batch_a.stated, batch_b.stated)
+    assert a.off_domain(7, 5) == b.off_domain(7, 5)
     # Without twins one epoch (192 images / 32 per step = 6 steps) visits every image once.
     plain = make(0.0)
     seen = np.concatenate([plain.indices(s) for s in range(6)])
@@ -216,7 +220,9 @@ def test_text_encoder_dry_run_writes_a_complete_run_folder(
     assert checkpoint["model_configs"]["text_encoder"]["normalize"] is True
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 1
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
-    assert "clean" in capsys.readouterr().out  # the evaluation table
+    out = capsys.readouterr().out
+    assert "clean" in out  # the evaluation table
+    assert "off_domain_eval" in out and "stated right" in out  # and the read-back
     assert text_encoder.main([*TINY_FLAGS, "--dry-run", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "00001" / "checkpoint.pt").is_file()  # numbered, never overwritten
 

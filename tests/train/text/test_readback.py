@@ -1,0 +1,229 @@
+"""Read-back heads trained with the text encoder (issue 17): losses, positives, checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edge_runtime import tokenizer
+from train import models
+from train.checkpoint import build_model, load_checkpoint
+from train.data.phrasing import ALL_STATED, stated_mask
+from train.text import pretrain as text_encoder
+from train.text import readback as rb
+from train.text.joint_embedding import (
+    JointObjective,
+    batch_ids,
+    caption_positives,
+    infonce_loss,
+)
+
+SIZES = (8, 6, 3, 3, 2)
+
+
+def _tiny_config(**changes: object) -> text_encoder.PretrainConfig:
+    config = text_encoder.PretrainConfig(
+        steps=3,
+        batch_size=16,
+        threads=1,
+        monitor_every=0,
+        log_every=1,
+        checkpoint_every=10,
+        off_domain_per_batch=4,
+        readback_hidden=16,
+        text_encoder=models.TextEncoderConfig(
+            conv_channels=(16, 16, 16), rnn_hidden=16, embedding_dim=16
+        ),
+        image_encoder=models.ImageEncoderConfig(channels=(8, 8, 16, 16), embedding_dim=16),
+    )
+    return text_encoder.resolve(dataclasses.replace(config, **changes))
+
+
+@pytest.fixture(scope="module")
+def partial_splits() -> dict:
+    return text_encoder.generated_splits(1, {"train": 48}, partial_fraction=0.5)
+
+
+@pytest.fixture(scope="module")
+def full_splits() -> dict:
+    return text_encoder.generated_splits(1, {"train": 48})
+
+
+def test_caption_positives_are_the_images_a_caption_fits() -> None:
+    attributes = torch.tensor([[0, 0, 0, 0, 0], [0, 1, 0, 0, 1], [1, 1, 0, 0, 1], [0, 0, 0, 0, 0]])
+    full = torch.full((4,), ALL_STATED)
+    same_class = torch.tensor([[1, 0, 0, 1], [0, 1, 0, 0], [0, 0, 1, 0], [1, 0, 0, 1]]).bool()
+    assert torch.equal(caption_positives(attributes, full), same_class)
+    colour_only = torch.tensor([stated_mask({"colour"}), ALL_STATED, ALL_STATED, ALL_STATED])
+    fits = caption_positives(attributes, colour_only)
+    # Caption 0 says only "colour 0": images 0, 1 and 3 are that colour, image 2 is not.
+    assert fits[0].tolist() == [True, True, False, True]
+    assert torch.equal(fits[1:], same_class[1:])
+    assert fits.diagonal().all()  # a caption always fits its own image
+
+
+def test_infonce_with_full_caption_positives_is_bit_identical_to_class_positives() -> None:
+    gen = torch.Generator().manual_seed(0)
+    text, image = torch.randn(8, 6, generator=gen), torch.randn(8, 6, generator=gen)
+    attributes = torch.randint(0, 2, (8, 5), generator=gen)
+    labels = (attributes * torch.tensor([16, 8, 4, 2, 1])).sum(1)
+    positives = caption_positives(attributes, torch.full((8,), ALL_STATED))
+    assert torch.equal(
+        infonce_loss(text, image, labels, 10.0), infonce_loss(text, image, labels, 10.0, positives)
+    )
+    objective = JointObjective("infonce", 32, 6, proxy_weight=1.0, attribute_sizes=(2,) * 5,
+                               attribute_weight=5.0)  # fmt: skip
+    full = torch.full((8,), ALL_STATED)
+    a, _ = objective(text, image, labels, attributes)
+    b, _ = objective(text, image, labels, attributes, full)
+    assert torch.equal(a, b)
+
+
+def test_partial_caption_does_not_push_away_images_it_fits() -> None:
+    # Caption 0 states only the colour; image 1 has that colour but another terrain.
+    attributes = torch.tensor([[0, 0, 0, 0, 0], [0, 1, 0, 0, 0], [1, 0, 0, 0, 0]])
+    labels = torch.tensor([0, 1, 2])
+    images = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    text = torch.tensor([[0.0, 1.0], [0.0, 1.0], [-1.0, 0.0]])  # caption 0 sits on image 1
+    stated = torch.tensor([stated_mask({"colour"}), ALL_STATED, ALL_STATED])
+    positives = caption_positives(attributes, stated)
+    as_partial = infonce_loss(text, images, labels, 10.0, positives)
+    as_full = infonce_loss(text, images, labels, 10.0)
+    assert float(as_partial) < float(as_full)
+
+
+def test_readback_targets_mark_unstated_attributes_not_stated() -> None:
+    attributes = torch.tensor([[3, 2, 1, 0, 1], [3, 2, 1, 0, 1]])
+    stated = torch.tensor([ALL_STATED, stated_mask({"terrain", "helmet"})])
+    assert rb.targets(attributes, stated, SIZES).tolist() == [[3, 2, 1, 0, 1], [8, 2, 3, 3, 1]]
+
+
+def test_readback_loss_is_positive_and_falls_when_the_heads_are_right() -> None:
+    torch.manual_seed(0)
+    heads = models.ReadBack(rb.default_config(4, SIZES))
+    embedding = torch.randn(6, 4)
+    target = torch.tensor([[0, 1, 2, 0, 1]] * 3 + [[8, 6, 3, 3, 2]] * 3)
+    off = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0])
+    before, parts = rb.readback_loss(heads, embedding, target, off)
+    assert float(before.detach()) > 0
+    assert set(parts) == {"readback_attributes", "readback_off_domain"}
+    optimizer = torch.optim.Adam(heads.parameters(), lr=1e-2)
+    for _ in range(50):
+        optimizer.zero_grad()
+        rb.readback_loss(heads, embedding, target, off)[0].backward()
+        optimizer.step()
+    after, _ = rb.readback_loss(heads, embedding, target, off)
+    assert 0 < float(after.detach()) < 0.5 * float(before.detach())
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_readback_gradient_reaches_the_encoder_only_when_not_detached(
+    detach: bool, partial_splits: dict
+) -> None:
+    config = _tiny_config(readback_detach=detach)
+    config = text_encoder.resolve_classes(config, partial_splits["train"])
+    state = text_encoder.TrainState.fresh(config)
+    assert state.readback is not None
+    schedule = text_encoder.BatchSchedule(
+        partial_splits["train"], 16, 0, text_encoder.AugmentConfig()
+    )
+    batch = schedule.batch(0)
+    encoded = batch.encoded + schedule.off_domain(0, 4)
+    ids, lengths = batch_ids(encoded, config.text_encoder)
+    text_all = state.text_encoder(ids, lengths)  # (20, 16)
+    zero = text_all.sum() * 0.0
+    loss, parts = text_encoder._with_readback(config, state.readback, text_all, batch, zero)
+    loss.backward()
+    assert float(loss.detach()) > 0 and parts["readback"] > 0
+    grads = [p.grad for p in state.text_encoder.parameters()]
+    reached = any(g is not None and bool(g.abs().sum() > 0) for g in grads)
+    assert reached is not detach
+    assert all(p.grad is not None for p in state.readback.parameters())
+
+
+def test_schedule_reports_partial_captions_and_off_domain_lines(partial_splits: dict) -> None:
+    split = partial_splits["train"]
+    assert split.caption_stated is not None
+    schedule = text_encoder.BatchSchedule(split, 16, 0, text_encoder.AugmentConfig())
+    stated = torch.cat([schedule.batch(s).stated for s in range(6)])
+    assert (stated == ALL_STATED).any() and (stated != ALL_STATED).any()
+    lines = schedule.off_domain(3, 8)
+    assert len(lines) == 8 and all(isinstance(e, tokenizer.Encoded) for e in lines)
+
+
+def test_checkpoint_carries_readback_heads(tmp_path: Path, partial_splits: dict) -> None:
+    config = _tiny_config()
+    text_encoder.train(config, tmp_path, partial_splits)
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt", kind="text_encoder")
+    heads = build_model(checkpoint, "readback")
+    assert isinstance(heads, models.ReadBack)
+    assert heads.config.value_counts == SIZES and heads.config.embedding_dim == 16
+    assert "loss_readback" in (tmp_path / "metrics.jsonl").read_text()
+    # Resume rebuilds the heads and their optimiser state.
+    resumed = text_encoder.TrainState.from_checkpoint(
+        checkpoint, text_encoder.PretrainConfig.from_dict(checkpoint["config"]), "ckpt"
+    )
+    assert resumed.readback is not None
+    for a, b in zip(resumed.readback.parameters(), heads.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_readback_weight_zero_trains_no_heads(tmp_path: Path, partial_splits: dict) -> None:
+    text_encoder.train(_tiny_config(readback_weight=0.0), tmp_path, partial_splits)
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt", kind="text_encoder")
+    assert "readback" not in checkpoint["models"]
+
+
+def test_full_captions_train_identically_aware_or_ignoring_partials(
+    tmp_path: Path, full_splits: dict
+) -> None:
+    # Full captions only, no heads: partial-caption awareness must not change a single weight.
+    states = []
+    for mode in ("aware", "ignore"):
+        config = _tiny_config(readback_weight=0.0, partial_captions=mode)
+        states.append(text_encoder.train(config, tmp_path / mode, full_splits))
+    for a, b in zip(
+        states[0].text_encoder.state_dict().values(),
+        states[1].text_encoder.state_dict().values(),
+        strict=True,
+    ):
+        assert torch.equal(a, b)
+
+
+def test_config_from_before_the_readback_resumes_as_it_was_trained() -> None:
+    saved = _tiny_config().to_dict()
+    for key in text_encoder.LEGACY_VALUES:
+        del saved[key]
+    del saved["augment"]["doubled_prob"], saved["augment"]["joined_prob"]
+    old = text_encoder.PretrainConfig.from_dict(saved)
+    assert old.readback_weight == 0.0 and old.partial_captions == "ignore"
+    assert old.off_domain_per_batch == 0
+    assert old.augment.doubled_prob == 0.0 and old.augment.joined_prob == 0.0
+
+
+def test_score_captions_counts_stated_unstated_and_false_alarms() -> None:
+    truth = np.array([[1, 2, 0, 1, 1], [1, 2, 0, 1, 1]])
+    stated = np.array([ALL_STATED, stated_mask({"colour", "pose"})])
+    chosen = np.array([[1, 2, 0, 1, 0, 0], [1, 6, 0, 3, 2, 1]])
+    scores = rb.score_captions(chosen, truth, stated, SIZES)
+    assert scores["stated_right"] == pytest.approx(6 / 7)
+    assert scores["captions_all_stated_right"] == 0.5
+    assert scores["not_stated_right"] == 1.0
+    assert scores["false_alarm"] == 0.5
+    assert scores["per_attribute"]["helmet"] == 0.0
+    assert scores["per_attribute"]["colour"] == 1.0
+
+
+def test_decisions_use_the_robot_rule() -> None:
+    torch.manual_seed(0)
+    heads = models.ReadBack(rb.default_config(4, SIZES))
+    embedding = torch.randn(5, 4)
+    chosen = rb.decide_embeddings(heads, embedding)
+    probs, off = heads.probabilities(embedding)
+    blocks = probs.detach().split(heads.config.block_sizes, dim=1)
+    expected = [b.argmax(1) for b in blocks] + [(off.detach() > 0.5).long()]
+    assert chosen.tolist() == torch.stack(expected, 1).tolist()
