@@ -6,6 +6,7 @@
   client    the operator's side of the serial link: send captions, fetch the images
   keygen    write a new operator-link key file (mode 0600) for both ends of the link
   sign      sign request lines with the key, to paste into a serial terminal
+  find      look for the described person in camera frames (folder, video or camera)
   bench     speed and memory figures on this machine (printed, never judged)
 
 The bundle is --bundle, else $RESCUE_EDGE_BUNDLE, else /opt/rescue-t2i/bundle; the output
@@ -541,6 +542,57 @@ def _sign(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------
 
 
+def _find(args: argparse.Namespace) -> int:
+    """`find`: one JSON line per frame on stdout (boxes, verdict, overlay path)."""
+    import resource
+    import time
+
+    from edge_runtime.find import FrameSource, FrameSourceError, find_in_frame, overlay
+    from edge_runtime.images import OutputDir, encode_png
+
+    if args.max_frames is not None:
+        _int_in("--max-frames", args.max_frames, 1, 1_000_000)
+    tokenizer.encode(args.caption)  # a bad caption fails before the bundle loads
+    source = FrameSource(folder=args.frames, video=args.video, camera=args.camera)
+    engine = _engine(args, warmup=False)
+    if not engine.has_search:
+        raise UsageError(
+            f"bundle {engine.info.bundle} has no frame scorer (export.search adds one)"
+        )
+    embedding = engine.embed([args.caption])  # (1, E)
+    reference = None if args.no_overlay else engine.generate(args.caption, n=1, seed=0)[0]
+    output = OutputDir(args.out if args.out is not None else default_out())
+    seconds, count = 0.0, 0
+    try:
+        for index, (frame_id, frame) in enumerate(source.frames(args.max_frames)):
+            start = time.perf_counter()
+            found = find_in_frame(engine, embedding, frame, frame_id)
+            seconds += time.perf_counter() - start
+            count += 1
+            line = found.to_json()
+            if not args.no_overlay:
+                (name,) = output.names("find", 0, [index])
+                (saved,) = output.save(
+                    [(name, encode_png(overlay(frame, found, reference, args.caption)))]
+                )
+                line["overlay"] = str(saved.path)
+            print(json.dumps(line), flush=True)
+    except FrameSourceError as err:
+        raise UsageError(str(err)) from None
+    if count == 0:
+        raise UsageError(f"{source.describe()}: no frames")
+    if args.bench:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        spec = engine.manifest.search
+        print(
+            f"find bench: {count} frames, {count / seconds:.1f} frames/s (scorer + boxes, "
+            f"{spec.frame_size}² input, precision {engine.precision}, {args.threads} thread(s)), "
+            f"peak memory {peak:.0f} MiB",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from edge_runtime import bench
 
@@ -712,6 +764,21 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("--key-file", type=Path, required=True, metavar="PATH")
     sign.add_argument("--link", type=int, default=2, help="link id 0..127 (default 2)")
     sign.set_defaults(func=_sign)
+
+    find = sub.add_parser("find", help="look for the described person in camera frames")
+    find.add_argument("caption", help="the person to look for, e.g. 'a person in orange lying'")
+    frames = find.add_mutually_exclusive_group(required=True)
+    frames.add_argument("--frames", type=Path, metavar="DIR", help="folder of frames (by name)")
+    frames.add_argument("--video", type=Path, metavar="FILE", help="video file (OpenCV)")
+    frames.add_argument("--camera", type=int, metavar="N", help="camera index (OpenCV)")
+    _out_arg(find)
+    find.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
+    find.add_argument("--no-overlay", action="store_true", help="JSON lines only, no images")
+    find.add_argument(
+        "--bench", action="store_true", help="print frames/s and peak memory to stderr"
+    )
+    _engine_args(find)
+    find.set_defaults(func=_find)
 
     from edge_runtime import bench
 

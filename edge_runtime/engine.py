@@ -32,6 +32,7 @@ from edge_runtime import tokenizer
 from edge_runtime.bundle import (
     ATTRIBUTE_PROBS,
     CHAR_IDS,
+    FRAME,
     IMAGE,
     LENGTHS,
     NOISE,
@@ -245,6 +246,8 @@ class _Variant:
     gate_passed: bool
     readback: Any = None
     """The read-back session, None when the bundle has none."""
+    frame_scorer: Any = None
+    """The frame scorer session (search assist), None when the bundle has none."""
 
 
 @dataclass
@@ -297,7 +300,12 @@ class Engine:
         manifest = load_bundle(bundle_path, graphs=[]).manifest
         candidates = self._candidates(manifest, precision, bundle_path)
         keys = sorted(
-            {k for v in candidates for k in (v.text_encoder, v.generator, v.readback) if k}
+            {
+                k
+                for v in candidates
+                for k in (v.text_encoder, v.generator, v.readback, v.frame_scorer)
+                if k
+            }
         )
         self.bundle = load_bundle(bundle_path, self._open_session, graphs=keys)
         self.manifest = self.bundle.manifest
@@ -322,6 +330,7 @@ class Engine:
             self.manifest.variants[chosen].text_encoder,
             self.manifest.variants[chosen].generator,
             self.manifest.variants[chosen].readback,
+            self.manifest.variants[chosen].frame_scorer,
         }
         self.bundle.sessions = {k: v for k, v in self.bundle.sessions.items() if k in keep}
         del variants
@@ -401,6 +410,9 @@ class Engine:
             embedding_dtype=_input_dtype(gen_spec, TEXT_EMBEDDING),
             gate_passed=variant.gate_passed,
             readback=self.bundle.sessions[variant.readback] if variant.readback else None,
+            frame_scorer=(
+                self.bundle.sessions[variant.frame_scorer] if variant.frame_scorer else None
+            ),
         )
 
     def _measure(self, variants: list[_Variant]) -> dict[str, float]:
@@ -554,6 +566,23 @@ class Engine:
             return None
         probs, off = _run_readback(runner, embedding)  # (1, W), (1,)
         return decide(probs[0], off[0], spec)
+
+    @property
+    def has_search(self) -> bool:
+        """Whether the bundle can score camera frames against a caption (docs/SEARCH.md)."""
+        return self._variant_in_use.frame_scorer is not None and self.manifest.search is not None
+
+    def score_frame(self, frame: np.ndarray, embedding: np.ndarray) -> list[np.ndarray]:
+        """One frame (1, 3, S, S) float32 in [-1, 1] and a caption's (1, E) embedding → the
+        scorer's maps [scores_0 (1, h, w), boxes_0 (1, 4, h, w), ...]; `EngineError` without a
+        frame scorer."""
+        runner = self._variant_in_use
+        if runner.frame_scorer is None or self.manifest.search is None:
+            raise EngineError(f"bundle {self.info.bundle} has no frame scorer (search assist)")
+        return runner.frame_scorer.run(
+            list(self.manifest.search.output_names()),
+            {FRAME: frame, TEXT_EMBEDDING: embedding.astype(np.float32, copy=False)},
+        )
 
     # -- cache ----------------------------------------------------------------------------------
 
