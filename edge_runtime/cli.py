@@ -327,6 +327,21 @@ def _show(images: Any, size: int) -> str | None:
 # ------------------------------------------------------------------------------------------
 
 
+def _find_source(args: argparse.Namespace) -> Any:
+    """`serve`'s frame source for `find` (None without one): named here, never over the link."""
+    from edge_runtime.find import FrameSource
+
+    if args.find_frames is None and args.find_video is None and args.find_camera is None:
+        return None
+    if args.find_frames is not None and not args.find_frames.is_dir():
+        raise UsageError(f"--find-frames {args.find_frames}: not a folder")
+    if args.find_video is not None and not args.find_video.is_file():
+        raise UsageError(f"--find-video {args.find_video}: file not found")
+    if args.find_camera is not None:
+        _int_in("--find-camera", args.find_camera, 0, 63)
+    return FrameSource(folder=args.find_frames, video=args.find_video, camera=args.find_camera)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from edge_runtime.images import OutputDir
     from edge_runtime.sdnotify import Notifier
@@ -364,6 +379,7 @@ def _serve(args: argparse.Namespace) -> int:
         link_state=link_state,
         budget=_budget(args),
         delete_after_fetch=args.delete_after_fetch,
+        frames=_find_source(args),
     )
     notifier = Notifier.from_env()
     engine = _engine(args)
@@ -419,6 +435,8 @@ def _client(args: argparse.Namespace) -> int:
             for caption in args.captions:
                 if args.understand:
                     _client_understand(client, caption)
+                elif args.find:
+                    _client_find(client, caption, args, out)
                 else:
                     _client_caption(client, caption, args, out)
             return 0
@@ -427,7 +445,8 @@ def _client(args: argparse.Namespace) -> int:
         while True:
             if interactive:
                 print(
-                    "caption (or /understand CAPTION, /ping, /status, /help, /quit)> ",
+                    "caption (or /understand CAPTION, /find CAPTION, /ping, /status, /help, "
+                    "/quit)> ",
                     end="",
                     file=sys.stderr,
                 )
@@ -450,8 +469,12 @@ def _client(args: argparse.Namespace) -> int:
                     print("\n".join(client.help()))
                 elif line.startswith("/understand "):
                     _client_understand(client, line.removeprefix("/understand "))
+                elif line.startswith("/find "):
+                    _client_find(client, line.removeprefix("/find "), args, out)
                 elif args.understand:
                     _client_understand(client, line)
+                elif args.find:
+                    _client_find(client, line, args, out)
                 else:
                     _client_caption(client, line, args, out)
             except (ClientError, tokenizer.CaptionError) as err:
@@ -478,6 +501,23 @@ def _client_caption(
         else:
             print(client.fetch(name, out, sha))
         sys.stdout.flush()
+
+
+def _client_find(client: OperatorClient, caption: str, args: argparse.Namespace, out: Path) -> None:
+    """Serial `find`: one JSON line (frame, verdict, boxes, overlay path) on stdout."""
+    tokenizer.encode(caption)
+    result = client.find(caption)
+    name, sha = result.overlay
+    line = {
+        "frame": result.frame,
+        "present": result.present,
+        "best": result.best,
+        "threshold": result.threshold,
+        "boxes": [list(box) for box in result.boxes],
+        "overlay": name if args.no_fetch else str(client.fetch(name, out, sha)),
+    }
+    print(json.dumps(line))
+    sys.stdout.flush()
 
 
 def _client_understand(client: OperatorClient, caption: str) -> None:
@@ -718,6 +758,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--delete-after-fetch", action="store_true",
         help="delete an image once all its chunks were sent (a resumed fetch then fails)",
     )  # fmt: skip
+    frame_source = serve.add_mutually_exclusive_group()
+    frame_source.add_argument(
+        "--find-frames", type=Path, default=None, metavar="DIR",
+        help="frame source of serial find: the newest image in DIR (e.g. where a camera writes)",
+    )  # fmt: skip
+    frame_source.add_argument(
+        "--find-camera", type=int, default=None, metavar="N",
+        help="frame source of serial find: camera N (OpenCV)",
+    )  # fmt: skip
+    frame_source.add_argument(
+        "--find-video", type=Path, default=None, metavar="FILE",
+        help="frame source of serial find: a video's first frame (testing)",
+    )  # fmt: skip
     _engine_args(serve)
     serve.set_defaults(func=_serve)
 
@@ -741,6 +794,10 @@ def build_parser() -> argparse.ArgumentParser:
     client.add_argument(
         "--strict", action="store_true",
         help="the robot draws no image for a caption it reads as off-domain",
+    )  # fmt: skip
+    client.add_argument(
+        "--find", action="store_true",
+        help="look for each caption's person in the robot's camera frame (boxes + overlay)",
     )  # fmt: skip
     client.add_argument(
         "--key-file", type=Path, default=None, metavar="PATH",
