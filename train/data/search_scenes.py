@@ -369,9 +369,9 @@ def draw_frame(split: str, index: int, seed: int, size: int = DEFAULT_SIZE) -> S
     order = rng.permutation(len(people))
     people = [people[int(i)] for i in order]
     frame, boxes, visible, placed = render_frame(terrain, people, rng, size)
-    query_person = -1
-    if not absent:
-        query_person = next(i for i, p in enumerate(placed) if _triple(p) == _triple(query))
+    # -1 also when the described person found no free place in a crowded small frame: the
+    # query then describes nobody drawn, which is what "absent" means.
+    query_person = next((i for i, p in enumerate(placed) if _triple(p) == _triple(query)), -1)
     stated = {"colour", "pose", "helmet"}
     captions = []
     for _ in range(CAPTIONS_PER_FRAME):

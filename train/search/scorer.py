@@ -57,6 +57,8 @@ class ScorerConfig:
         stride = 2 ** len(self.channels)
         if 4 * stride != WINDOW:
             raise ValueError(f"{len(self.channels)} stages give stride {stride}, not {WINDOW // 4}")
+        if not 1 <= self.joint_dim <= self.embedding_dim:
+            raise ValueError(f"joint_dim {self.joint_dim} must be 1..{self.embedding_dim}")
         for s in self.scales:
             side = self.frame_size * s
             if side != int(side) or int(side) % stride or side < WINDOW:

@@ -367,7 +367,8 @@ def train(config: SearchTrainConfig, run_dir: Path) -> dict[str, Any]:
     scorer_config = ScorerConfig(
         channels=tuple(image.config.channels),
         embedding_dim=image.config.embedding_dim,
-        joint_dim=config.joint_dim,
+        # A projection never widens: small (test) encoders score in their own size.
+        joint_dim=min(config.joint_dim, image.config.embedding_dim),
         frame_size=size,
     )
     scorer = FrameScorer.from_image_encoder(image, scorer_config)
