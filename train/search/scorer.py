@@ -5,8 +5,8 @@
 map *is* a 4×4 convolution, so the same weights applied to a whole frame give one embedding per
 64×64 window, 16 pixels apart: on a 64×64 frame exactly the encoder's embedding (tested); inside
 a larger frame a window differs only where the encoder saw zero padding and the frame shows the
-window's neighbours. That is where the scorer starts; fine-tuning then teaches it that a window centred on a person embeds
-near that person's captions, and background or another person does not.
+window's neighbours. That is where the scorer starts; fine-tuning then teaches it that a window
+centred on a person embeds near that person's captions, and background or another person does not.
 
 Per scale s (frame average-pooled by 1/s first: s = 1 sees people up to ~64 px, s = 1/2 up to
 ~128 px):

@@ -51,7 +51,7 @@ def test_search_boxes_stay_in_the_frame_and_are_not_degenerate() -> None:
     for index in range(10):
         item = draw_frame("train", index, 0, 256)
         for box in item.boxes:
-            assert 0 <= box[0] and box[2] <= 256 and 0 <= box[1] and box[3] <= 256
+            assert box[0] >= 0 and box[2] <= 256 and box[1] >= 0 and box[3] <= 256
             assert box[2] - box[0] >= 8 and box[3] - box[1] >= 8
 
 
