@@ -324,3 +324,30 @@ def test_serial_find_names_no_robot_path_when_the_source_fails(
     _, err = reader.until("e1")
     assert (err.kind, err.code) == ("err", Code.NO_SEARCH)
     assert str(tmp_path) not in err.text
+
+
+def test_protocol_doc_find_example_is_what_the_parser_says() -> None:
+    """docs/PROTOCOL.md § Find: every reply's checksum is real, every request gets the reply
+    shown after it (and an error reply the code the parser raises)."""
+    doc = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
+    if not doc.is_file():
+        pytest.skip("docs/ is not part of an installed package")
+    block = doc.read_text().split("## Find", 1)[1].split("```")[1]
+    lines = [line for line in block.splitlines() if line.strip()]
+    checked = 0
+    for i, line in enumerate(lines):
+        if line.startswith("$"):
+            protocol.parse_reply(line.encode() + b"\r\n")
+            continue
+        reply = protocol.parse_reply(lines[i + 1].encode() + b"\r\n")
+        try:
+            request = parse_request(line.encode())
+        except ProtocolError as err:
+            assert (reply.kind, reply.code, reply.id) == ("err", err.code, err.request_id)
+        else:
+            assert request is not None and request.command == "find"
+            assert (reply.kind, reply.id, reply.get("cmd")) == ("ack", request.id, "find")
+            done = protocol.parse_reply(lines[i + 2].encode() + b"\r\n")
+            assert len(done.values("boxes")) <= (request.top_k or 16)
+        checked += 1
+    assert checked == 2
