@@ -137,18 +137,26 @@ class FrameScorer(nn.Module):
         """(B, E) → unit vectors in the scoring space (B, D)."""
         return F.normalize(self.joint_text(text_embedding), dim=1)
 
-    def scale_maps(
-        self, frames: torch.Tensor, text: torch.Tensor, scale: float
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One scale: (logits (B, h, w), boxes (B, 4, h, w) frame px, raw box offsets)."""
+    def cells(self, frames: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One scale's unit window embeddings (B, D, h, w) and raw box offsets (B, 4, h, w)."""
         factor = round(1 / scale)
         x = F.avg_pool2d(frames, factor) if factor > 1 else frames  # (B, 3, S·s, S·s)
         features = self.trunk(x)  # (B, C, S·s/16, S·s/16)
         cells = F.normalize(self.joint_image(self.head(features)), dim=1)  # (B, D, h, w)
-        cosine = torch.einsum("bdhw,bd->bhw", cells, text)  # (B, h, w)
-        logits = self.logit_scale * cosine + self.logit_bias
-        raw = self.box(features)  # (B, 4, h, w): dx, dy, log w, log h in window units
-        return logits, decode_boxes(raw, factor, self.config.stride), raw
+        return cells, self.box(features)  # raw: dx, dy, log w, log h in window units
+
+    def logits(self, cells: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) cells against (B, D) unit text → (B, h, w) score logits."""
+        cosine = torch.einsum("bdhw,bd->bhw", cells, text)
+        return self.logit_scale * cosine + self.logit_bias
+
+    def scale_maps(
+        self, frames: torch.Tensor, text: torch.Tensor, scale: float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One scale: (logits (B, h, w), boxes (B, 4, h, w) frame px, raw box offsets)."""
+        cells, raw = self.cells(frames, scale)
+        boxes = decode_boxes(raw, round(1 / scale), self.config.stride)
+        return self.logits(cells, text), boxes, raw
 
     def forward(
         self, frames: torch.Tensor, text_embedding: torch.Tensor

@@ -12,7 +12,12 @@ Objective, per frame and query caption (each scale's cells are the candidates):
 - *presence*: binary cross-entropy of every cell's score, 1 on the assigned cells, 0 elsewhere
   (all cells of absent frames included): scores are comparable across frames, so one threshold
   can say "not here";
-- *box*: smooth-L1 on the box offsets of cells assigned to any person (caption-free).
+- *box*: smooth-L1 on the box offsets of cells assigned to any person (caption-free);
+- *near miss*: the described person's own cells against a caption of a *near miss* — the same
+  person with the pose, the helmet or the colour changed, matching nobody in the frame: binary
+  cross-entropy pushes every cell's score for it to 0, and a softmax over the two captions at the
+  person's cells prefers the true one. Without it the frequent failure was the right colour on
+  the wrong person (pose or helmet ignored), and absent frames scored as high as present ones.
 
 A cell is assigned to a person when the person's longer side fits its scale (16..72 px at the
 scale) and the person's centre lies within 0.2 windows of the window's centre (the nearest cell
@@ -44,7 +49,7 @@ import torch.nn.functional as F
 
 from edge_runtime import search as es
 from train import checkpoint as ck
-from train.data.attributes import Attributes
+from train.data.attributes import ATTRIBUTE_VALUES, Attributes
 from train.data.phrasing import Family, phrase_for
 from train.data.search_scenes import SearchSplit, read_search, render_split
 from train.errors import InputError
@@ -124,6 +129,21 @@ def assign(boxes: np.ndarray, config: ScorerConfig, frame_size: int) -> list[lis
 # Data
 
 
+def _near_miss(
+    attrs: Attributes, others: set[tuple[str, str, str]], rng: np.random.Generator
+) -> Attributes:
+    """`attrs` with one of pose, helmet or colour changed so that it matches nobody in `others`
+    ((colour, pose, helmet) of the frame's people); `attrs` itself when no change does."""
+    for _ in range(20):
+        which = int(rng.integers(3))
+        values = {0: "pose", 1: "helmet", 2: "colour"}[which]
+        options = [v for v in ATTRIBUTE_VALUES[values] if v != getattr(attrs, values)]
+        changed = dataclasses.replace(attrs, **{values: options[int(rng.integers(len(options)))]})
+        if (changed.colour, changed.pose, changed.helmet) not in others:
+            return changed
+    return attrs
+
+
 def _person_caption(attrs: Attributes, rng: np.random.Generator) -> str:
     stated = {"colour", "pose", "helmet"}
     if rng.random() < 0.5:
@@ -150,21 +170,31 @@ class Batches:
         # Two fresh captions per person (any person can be the query), encoded once.
         rng = np.random.default_rng([seed, 8])
         people = split.boxes.shape[1]
-        texts = []
+        texts, misses = [], []
         for i in range(n):
+            count = int(split.people_counts[i])
+            present = [
+                Attributes.from_indices(split.person_attributes[i, j].tolist())
+                for j in range(count)
+            ]
+            triples = {(a.colour, a.pose, a.helmet) for a in present}
             for j in range(people):
-                if j < split.people_counts[i]:
-                    a = Attributes.from_indices(split.person_attributes[i, j].tolist())
+                if j < count:
+                    a = present[j]
                     texts += [_person_caption(a, rng) for _ in range(2)]
+                    misses += [_person_caption(_near_miss(a, triples, rng), rng) for _ in range(2)]
                 else:
                     texts += ["person", "person"]  # padding, never used
+                    misses += ["person", "person"]
         self.person_emb = encode_captions(encoder, texts).view(n, people, 2, -1)
+        self.miss_emb = encode_captions(encoder, misses).view(n, people, 2, -1)
 
-    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor, list[Any]]:
-        """(frames (B, 3, S, S), text (B, E), per row (boxes (n, 4), query index or -1))."""
+    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Any]]:
+        """(frames (B, 3, S, S), text (B, E), near-miss text (B, E), per row (boxes (n, 4),
+        query index or -1, near-miss person index or -1))."""
         rows = self.rng.integers(0, len(self.split), size)
         frames = self.split.frames[rows].copy()
-        texts, targets = [], []
+        texts, targets, misses = [], [], []
         for b, i in enumerate(rows):
             n = int(self.split.people_counts[i])
             boxes = self.split.boxes[i, :n].copy()
@@ -174,12 +204,15 @@ class Batches:
             if n and self.rng.random() < 0.5:
                 j = int(self.rng.integers(n))
                 texts.append(self.person_emb[i, j, int(self.rng.integers(2))])
-                targets.append((boxes, j))
             else:
                 c = int(self.rng.integers(self.query_emb.shape[1]))
                 texts.append(self.query_emb[i, c])
-                targets.append((boxes, int(self.split.query_person[i])))
-        return images_to_tensor(frames), torch.stack(texts), targets
+                j = int(self.split.query_person[i])
+            # The near miss of a random person of the frame (any frame with people).
+            m = int(self.rng.integers(n)) if n else -1
+            misses.append(self.miss_emb[i, max(m, 0), int(self.rng.integers(2))])
+            targets.append((boxes, j, m))
+        return images_to_tensor(frames), torch.stack(texts), torch.stack(misses), targets
 
 
 def losses(
@@ -188,17 +221,31 @@ def losses(
     text: torch.Tensor,
     targets: list[Any],
     config: SearchTrainConfig,
+    *,
+    miss_text: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The three named terms of the objective (module docstring) on one batch."""
+    """The named terms of the objective (module docstring) on one batch."""
     sc = scorer.config
     size = frames.shape[-1]
     t = scorer.text(text)
-    per_scale = [scorer.scale_maps(frames, t, s) for s in sc.scales]
-    logits = torch.cat([lg.flatten(1) for lg, _, _ in per_scale], 1)  # (B, M)
+    per_scale = [scorer.cells(frames, s) for s in sc.scales]  # (cells, raw box offsets)
+    logits = torch.cat([scorer.logits(c, t).flatten(1) for c, _ in per_scale], 1)  # (B, M)
     labels = torch.zeros_like(logits)
-    rank_terms, box_terms = [], []
-    for b, (boxes, query) in enumerate(targets):
+    rank_terms, box_terms, miss_terms = [], [], []
+    miss_logits = None
+    if miss_text is not None:
+        tm = scorer.text(miss_text)
+        miss_logits = torch.cat([scorer.logits(c, tm).flatten(1) for c, _ in per_scale], 1)
+    for b, (boxes, query, *rest) in enumerate(targets):
         masks = assign(boxes, sc, size)
+        miss = rest[0] if rest else -1
+        if miss_logits is not None and miss >= 0:
+            own = torch.from_numpy(np.concatenate([m.ravel() for m in masks[miss]]))
+            # At the person's cells its near miss scores low on its own (BCE below) and below
+            # a true caption of that person when the row's query is that person.
+            if miss == query:
+                pair = torch.stack([logits[b, own], miss_logits[b, own]], 1)  # (cells, 2)
+                miss_terms.append(F.cross_entropy(pair, torch.zeros(len(pair), dtype=torch.long)))
         if query >= 0:
             labels[b] = torch.from_numpy(np.concatenate([m.ravel() for m in masks[query]])).float()
             log_p = F.log_softmax(logits[b], 0)
@@ -209,7 +256,7 @@ def losses(
                 mask = torch.from_numpy(person_masks[k])
                 if not mask.any():
                     continue
-                raw = per_scale[k][2][b]  # (4, h, w)
+                raw = per_scale[k][1][b]  # (4, h, w)
                 h, w = raw.shape[1:]
                 goal = encode_targets(box, round(1 / scale), sc.stride, h, w)
                 box_terms.append(F.smooth_l1_loss(raw[:, mask], goal[:, mask], beta=0.1))
@@ -218,8 +265,15 @@ def losses(
     zero = logits.sum() * 0
     rank = torch.stack(rank_terms).mean() if rank_terms else zero
     box = torch.stack(box_terms).mean() if box_terms else zero
-    total = rank + config.presence_weight * presence + config.box_weight * box
-    return {"total": total, "rank": rank, "presence": presence, "box": box}
+    near = zero
+    if miss_logits is not None:
+        # Every cell's score for a near miss → 0 (it describes nobody in the frame).
+        near = F.binary_cross_entropy_with_logits(miss_logits, torch.zeros_like(miss_logits))
+        near = near * config.positive_weight / 4
+        if miss_terms:
+            near = near + torch.stack(miss_terms).mean()
+    total = rank + config.presence_weight * presence + config.box_weight * box + near
+    return {"total": total, "rank": rank, "presence": presence, "box": box, "near_miss": near}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -302,7 +356,13 @@ def load_scorer(path: str | Path) -> tuple[FrameScorer, CharCnnRnn, dict[str, An
     search = checkpoint.get("search")
     if not isinstance(search, dict) or "threshold" not in search:
         raise ck.CheckpointError(f"{where}: no 'search' record (threshold)")
-    return scorer.eval(), encoder.eval(), search
+    config = checkpoint.get("config") or {}
+    record = {
+        **search,
+        "metrics": checkpoint.get("metrics") or {},
+        "absent_quantile": config.get("absent_quantile", 0.95),
+    }
+    return scorer.eval(), encoder.eval(), record
 
 
 def _text_for_queries(encoder: CharCnnRnn, split: SearchSplit) -> np.ndarray:
@@ -390,8 +450,8 @@ def train(config: SearchTrainConfig, run_dir: Path) -> dict[str, Any]:
         factor = min(1.0, progress / 0.05) * 0.5 * (1 + math.cos(math.pi * progress))
         for group, lr in zip(optimizer.param_groups, base, strict=True):
             group["lr"] = lr * max(factor, 0.02)
-        frames, text, targets = batches.batch(config.batch_size)
-        terms = losses(scorer, frames, text, targets, config)
+        frames, text, miss, targets = batches.batch(config.batch_size)
+        terms = losses(scorer, frames, text, targets, config, miss_text=miss)
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         torch.nn.utils.clip_grad_norm_(scorer.parameters(), 5.0)

@@ -13,10 +13,19 @@ import torch
 
 from edge_runtime.search import Detection
 from train import checkpoint as ck
+from train.data.attributes import Attributes
 from train.data.search_scenes import render_split
 from train.models import CharCnnRnn, ImageEncoder, ImageEncoderConfig, TextEncoderConfig
 from train.search.scorer import FrameScorer, ScorerConfig, decode_boxes, encode_targets
-from train.search.train import SearchTrainConfig, assign, judge, load_scorer, losses, main
+from train.search.train import (
+    SearchTrainConfig,
+    _near_miss,
+    assign,
+    judge,
+    load_scorer,
+    losses,
+    main,
+)
 
 CHANNELS = (4, 4, 8, 8)
 
@@ -152,3 +161,32 @@ def test_search_scorer_dry_run_writes_a_loadable_checkpoint(tmp_path: Path) -> N
 def test_search_scorer_refuses_a_missing_checkpoint(tmp_path: Path, capsys) -> None:
     assert main(["--text-encoder", str(tmp_path / "none.pt"), "--dry-run"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_near_miss_changes_one_attribute_and_matches_nobody() -> None:
+    rng = np.random.default_rng(0)
+    person = Attributes("red", "mud", "lying", "left", "yes")
+    others = {("red", "lying", "yes"), ("red", "sitting", "yes"), ("blue", "lying", "yes")}
+    for _ in range(50):
+        miss = _near_miss(person, others, rng)
+        assert (miss.colour, miss.pose, miss.helmet) not in others
+        changed = [
+            n for n in ("colour", "pose", "helmet") if getattr(miss, n) != getattr(person, n)
+        ]
+        assert len(changed) == 1 and miss.terrain == "mud"
+
+
+def test_losses_with_a_near_miss_are_finite() -> None:
+    scorer, _ = _scorer(frame_size=128)
+    frames = torch.rand(2, 3, 128, 128) * 2 - 1
+    boxes = np.array([[40.0, 30.0, 60.0, 70.0]], np.float32)
+    targets = [(boxes, 0, 0), (np.zeros((0, 4)), -1, -1)]
+    terms = losses(
+        scorer,
+        frames,
+        torch.randn(2, 16),
+        targets,
+        SearchTrainConfig(),
+        miss_text=torch.randn(2, 16),
+    )
+    assert torch.isfinite(terms["near_miss"]) and terms["near_miss"] > 0
