@@ -211,10 +211,12 @@ def _info(args: argparse.Namespace) -> int:
                 "quality": v.quality,
                 "latency_ms": v.latency_ms,
                 **({"readback": v.readback} if v.readback else {}),
+                **({"frame_scorer": v.frame_scorer} if v.frame_scorer else {}),
             }
             for k, v in m.variants.items()
         },
         "readback": m.readback.to_dict() if m.readback is not None else None,
+        "search": m.search.to_dict() if m.search is not None else None,
         "graphs": {k: {"file": g.file, "size_bytes": g.size_bytes} for k, g in m.graphs.items()},
         "inference_check": ran,
         "providers_available": ort.get_available_providers(),

@@ -224,8 +224,37 @@ def check_variants(bundle: Bundle) -> dict[str, str]:
                 )
             if not (np.isfinite(probs).all() and np.isfinite(off).all()):
                 raise BundleError(f"{where}: non-finite probabilities")
+        search = bundle.manifest.search
+        if variant.frame_scorer is not None and search is not None:
+            _check_frame_scorer(bundle, variant.frame_scorer, name, search, embedding[:1])
         results[name] = "ok"
     return results
+
+
+def _check_frame_scorer(
+    bundle: Bundle, key: str, name: str, search: bundle_mod.SearchSpec, embedding: np.ndarray
+) -> None:
+    """One grey frame through a variant's frame scorer: the maps' shapes, scores in [0, 1]."""
+    where = f"{bundle.path / bundle.manifest.graphs[key].file}: variant {name} frame scorer"
+    size = search.frame_size
+    frame = np.zeros((1, 3, size, size), np.float32)
+    try:
+        maps = bundle.sessions[key].run(
+            list(search.output_names()),
+            {FRAME: frame, TEXT_EMBEDDING: embedding.astype(np.float32)},
+        )
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise BundleError(f"{where}: fails to run: {bundle_mod.first_line(err)}") from None
+    for i, scale in enumerate(search.scales):
+        scores, boxes = maps[2 * i], maps[2 * i + 1]
+        if scores.shape != (1, *scale.cells) or boxes.shape != (1, 4, *scale.cells):
+            raise BundleError(
+                f"{where}: scale {i} produced shapes {list(scores.shape)} and "
+                f"{list(boxes.shape)}, expected [1, {scale.cells[0]}, {scale.cells[1]}] and "
+                f"[1, 4, {scale.cells[0]}, {scale.cells[1]}]"
+            )
+        if not (np.isfinite(scores).all() and (scores >= 0).all() and (scores <= 1).all()):
+            raise BundleError(f"{where}: scale {i} scores outside [0, 1]")
 
 
 def _provider_name(entry: Any) -> str:

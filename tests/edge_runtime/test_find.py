@@ -351,3 +351,12 @@ def test_protocol_doc_find_example_is_what_the_parser_says() -> None:
             assert len(done.values("boxes")) <= (request.top_k or 16)
         checked += 1
     assert checked == 2
+
+
+def test_info_runs_the_frame_scorer_of_every_variant() -> None:
+    code, out, err = _run(["info", str(TINY_SEARCH)])
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["inference_check"] == {"fp32": "ok", "int8": "ok"}
+    assert summary["search"]["frame_size"] == 128
+    assert summary["variants"]["int8"]["frame_scorer"] == "frame_scorer.int8"
