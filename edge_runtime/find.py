@@ -13,6 +13,7 @@ are decoded (`MAX_FRAME_FILE_BYTES`, `MAX_FRAME_PIXELS`): the folder may be a US
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import stat
@@ -186,6 +187,9 @@ def capture_frames(
     source: str | int, limit: int | None = None, label: str = "frame"
 ) -> Iterator[tuple[str, np.ndarray]]:
     """(frame id, RGB frame) from a video file or camera index through OpenCV."""
+    # OpenCV's own warnings ("can't open camera by index") would add lines to our one-line error.
+    with contextlib.suppress(AttributeError):  # builds without cv2.utils.logging
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     capture = cv2.VideoCapture(source)
     if not capture.isOpened():
         raise FrameSourceError(f"{label} {source}: OpenCV cannot open it")

@@ -360,3 +360,8 @@ def test_info_runs_the_frame_scorer_of_every_variant() -> None:
     assert summary["inference_check"] == {"fp32": "ok", "int8": "ok"}
     assert summary["search"]["frame_size"] == 128
     assert summary["variants"]["int8"]["frame_scorer"] == "frame_scorer.int8"
+
+
+def test_find_cli_names_a_camera_it_cannot_open_in_one_line() -> None:
+    code, out, err = _run(["find", CAPTION, "--camera", "63", "--bundle", str(TINY_SEARCH)])
+    assert code == 2 and out == "" and "camera 63" in err and len(err.splitlines()) == 1
