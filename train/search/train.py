@@ -88,6 +88,9 @@ class SearchTrainConfig:
     seed: int = 0
     threads: int = 1
     log_every: int = 50
+    init: str = ""
+    """A scorer checkpoint to start from instead of the image encoder (a second round of
+    fine-tuning, same text encoder: checked)."""
     dry_run: bool = False
 
 
@@ -389,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--absent-quantile", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=_positive, default=1, help="torch threads (default 1)")
+    p.add_argument("--init", default="", help="start from this scorer checkpoint (same encoder)")
     p.add_argument("--dry-run", action="store_true", help="one step on rendered frames")
     return p
 
@@ -432,6 +436,19 @@ def train(config: SearchTrainConfig, run_dir: Path) -> dict[str, Any]:
         frame_size=size,
     )
     scorer = FrameScorer.from_image_encoder(image, scorer_config)
+    if config.init:
+        start_from, start_text, _ = load_scorer(config.init)
+        if start_from.config != scorer_config:
+            raise ck.CheckpointError(f"{config.init}: scorer config differs from this run's")
+        same = all(
+            torch.equal(a, b)
+            for a, b in zip(
+                start_text.state_dict().values(), encoder.state_dict().values(), strict=True
+            )
+        )
+        if not same:
+            raise ck.CheckpointError(f"{config.init}: trained against another text encoder")
+        scorer.load_state_dict(start_from.state_dict())
     batches = Batches(splits["train"], size, encoder, scorer_config, config.seed)
     slow = list(scorer.trunk.parameters()) + list(scorer.head.parameters())
     slow_ids = {id(p) for p in slow}
@@ -524,6 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         absent_quantile=args.absent_quantile,
         seed=args.seed,
         threads=args.threads,
+        init=args.init,
         dry_run=args.dry_run,
     )
     try:

@@ -156,6 +156,15 @@ def test_search_scorer_dry_run_writes_a_loadable_checkpoint(tmp_path: Path) -> N
     scorer, text_encoder, record = load_scorer(out / "checkpoint.pt")
     assert scorer.config.frame_size == 128 and record["threshold"] == metrics["threshold"]
     assert text_encoder.config.embedding_dim == 16
+    # A second round starts from the first run's scorer; another text encoder is refused.
+    again = tmp_path / "run2"
+    args = ["--text-encoder", str(path), "--out", str(again), "--dry-run"]
+    assert main([*args, "--init", str(out / "checkpoint.pt")]) == 0
+    torch.manual_seed(1)
+    checkpoint["models"]["text_encoder"] = CharCnnRnn(text).state_dict()
+    other = ck.save_checkpoint(checkpoint, tmp_path / "te2.pt")
+    args = ["--text-encoder", str(other), "--out", str(tmp_path / "run3"), "--dry-run"]
+    assert main([*args, "--init", str(out / "checkpoint.pt")]) == 2
 
 
 def test_search_scorer_refuses_a_missing_checkpoint(tmp_path: Path, capsys) -> None:
