@@ -41,10 +41,12 @@ from edge_runtime import tokenizer
 from edge_runtime.atomic import fsync_dir
 
 SCHEMA = "rescue-t2i-bundle"
-SCHEMA_VERSION = 2
-"""2 adds the optional read-back (`Manifest.readback`, `Variant.readback`); a bundle without one
-is still written as version 1, so robots that read only version 1 keep loading it."""
+SCHEMA_VERSION = 3
+"""2 adds the optional read-back (`Manifest.readback`, `Variant.readback`); 3 the optional search
+assist (`Manifest.search`, `Variant.frame_scorer`). A bundle is written with the lowest version
+its fields need (1 without either), so robots that read only older versions keep loading it."""
 READBACK_SCHEMA_VERSION = 2
+SEARCH_SCHEMA_VERSION = 3
 MANIFEST_NAME = "manifest.json"
 
 # Tensor names: defined here once; the exporter names graph inputs/outputs with these and the
@@ -65,12 +67,29 @@ and a last "not stated" class (`ReadBackSpec.attributes` order)."""
 OFF_DOMAIN = "off_domain"
 """Read-back output: float32 [batch], probability that the caption describes nothing the robot
 knows."""
+FRAME = "frame"
+"""Frame scorer input: float32 [batch, 3, frame_size, frame_size], RGB in [-1, 1]."""
+
+
+def scores_name(scale: int) -> str:
+    """Frame scorer output of scale `scale`: float32 [batch, h, w], per-window probability that
+    the window shows the described person."""
+    return f"scores_{scale}"
+
+
+def boxes_name(scale: int) -> str:
+    """Frame scorer output of scale `scale`: float32 [batch, 4, h, w], the box (x0, y0, x1, y1 in
+    frame pixels) of whoever each window shows."""
+    return f"boxes_{scale}"
+
 
 TEXT_ENCODER = "text_encoder"
 GENERATOR = "generator"
 READBACK = "readback"
 """Optional role: text embedding → attributes read back (docs/EXPORT.md § Read-back)."""
-ROLES = (TEXT_ENCODER, GENERATOR, READBACK)
+FRAME_SCORER = "frame_scorer"
+"""Optional role: camera frame + text embedding → score and box maps (docs/SEARCH.md)."""
+ROLES = (TEXT_ENCODER, GENERATOR, READBACK, FRAME_SCORER)
 BATCH_DIM = "batch"
 """Symbolic name of the dynamic batch axis in every graph."""
 TIME_DIM = "time"
@@ -120,6 +139,10 @@ their count and length bound that reply: 16 × (24 + 1 + 24 + 5) + separators < 
 _LABEL = re.compile(r"[a-z][a-z0-9_-]{0,23}")
 """Attribute and value names: lower-case ASCII with nothing the link's reply fields escape or
 split on (space, '*', ',', ':', '=')."""
+MAX_SCALES = 4
+MAX_TOP_K = 16
+"""Boxes per frame in a `find` reply: each is ~30 bytes on the link."""
+MIN_FRAME_SIZE = 64
 NOT_STATED = "?"
 """What the read-back prints for an attribute the caption leaves open (never a value name)."""
 _INPUTS = {
@@ -236,11 +259,15 @@ class Variant:
     readback: str | None = None
     """Key into `Manifest.graphs` of this precision's read-back graph; None when the bundle has
     no read-back (then the field is not written, as in schema version 1)."""
+    frame_scorer: str | None = None
+    """Key into `Manifest.graphs` of this precision's frame scorer; None without search assist
+    (then the field is not written)."""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        if self.readback is None:
-            del d["readback"]
+        for optional in ("readback", "frame_scorer"):
+            if d[optional] is None:
+                del d[optional]
         return d
 
     @classmethod
@@ -253,6 +280,7 @@ class Variant:
             quality=_floats(_get(d, "quality", dict, where), where),
             latency_ms=_floats(_get(d, "latency_ms", dict, where), where),
             readback=_get(d, "readback", str, where) if "readback" in d else None,
+            frame_scorer=_get(d, "frame_scorer", str, where) if "frame_scorer" in d else None,
         )
 
 
@@ -328,6 +356,93 @@ class ReadBackSpec:
                 f"got {threshold!r:.40}"
             )
         return cls(attributes=tuple(attributes), off_domain_threshold=threshold)
+
+
+@dataclass(frozen=True)
+class SearchScale:
+    """One scale of the frame scorer: the frame is average-pooled by `factor` first; its score
+    and box maps are `cells` = (h, w) large."""
+
+    factor: int
+    cells: tuple[int, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"factor": self.factor, "cells": list(self.cells)}
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """Search assist (docs/SEARCH.md): how the frame scorer is fed and its output read.
+
+    The robot resizes a camera frame to `frame_size`², runs the scorer with the caption's text
+    embedding, takes every cell of every scale as a candidate box, keeps `top_k` after
+    non-maximum suppression at `nms_iou`, and reports the person present when the best score
+    reaches `threshold` (calibrated on a validation split: `calibration` says how).
+    """
+
+    frame_size: int
+    scales: tuple[SearchScale, ...]
+    threshold: float
+    nms_iou: float = 0.3
+    top_k: int = 5
+    calibration: dict[str, float] = field(default_factory=dict)
+    """Measured at export: e.g. the val split's absent quantile and figures (numbers only)."""
+
+    def output_names(self) -> tuple[str, ...]:
+        """The scorer's outputs in order: scores_0, boxes_0, scores_1, boxes_1, ..."""
+        return tuple(n for i in range(len(self.scales)) for n in (scores_name(i), boxes_name(i)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "frame_size": self.frame_size,
+            "scales": [s.to_dict() for s in self.scales],
+            "threshold": self.threshold,
+            "nms_iou": self.nms_iou,
+            "top_k": self.top_k,
+            "calibration": dict(self.calibration),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str) -> SearchSpec:
+        _only(d, ("frame_size", "scales", "threshold", "nms_iou", "top_k", "calibration"), where)
+        frame_size = _int(d, "frame_size", where, MIN_FRAME_SIZE, MAX_IMAGE_SIZE)
+        items = _get(d, "scales", list, where)
+        if not 1 <= len(items) <= MAX_SCALES:
+            raise BundleError(
+                f"{where}: field 'scales' has {len(items)} entries, expected 1..{MAX_SCALES}"
+            )
+        scales = []
+        for index, raw in enumerate(items):
+            at = f"{where} scales[{index}]"
+            item = _object(raw, at)
+            _only(item, ("factor", "cells"), at)
+            factor = _int(item, "factor", at, 1, 8)
+            cells = _get(item, "cells", list, at)
+            if len(cells) != 2 or not all(
+                isinstance(c, int) and not isinstance(c, bool) and 1 <= c <= frame_size
+                for c in cells
+            ):
+                raise BundleError(
+                    f"{at}: field 'cells' must be two integers 1..{frame_size}, got {cells!r:.60}"
+                )
+            scales.append(SearchScale(factor, (cells[0], cells[1])))
+        threshold = _get(d, "threshold", float, where)
+        if not 0.0 < threshold < 1.0:
+            raise BundleError(
+                f"{where}: field 'threshold' must be strictly between 0 and 1, "
+                f"got {threshold!r:.40}"
+            )
+        nms_iou = _get(d, "nms_iou", float, where)
+        if not 0.0 < nms_iou <= 1.0:
+            raise BundleError(f"{where}: field 'nms_iou' must be in (0, 1], got {nms_iou!r:.40}")
+        return cls(
+            frame_size=frame_size,
+            scales=tuple(scales),
+            threshold=threshold,
+            nms_iou=nms_iou,
+            top_k=_int(d, "top_k", where, 1, MAX_TOP_K),
+            calibration=_floats(_get(d, "calibration", dict, where), f"{where} calibration"),
+        )
 
 
 @dataclass(frozen=True)
@@ -411,6 +526,8 @@ class Manifest:
     """checkpoint_sha256, git_commit, created_utc, exporter and library versions, ..."""
     readback: ReadBackSpec | None = None
     """The read-back's labels and threshold; None: the bundle reads no caption back."""
+    search: SearchSpec | None = None
+    """Search assist's frame size, scales and threshold; None: the bundle has no frame scorer."""
     schema: str = SCHEMA
     schema_version: int = 1
     """Written as `READBACK_SCHEMA_VERSION` when the bundle has a read-back, else as given."""
@@ -419,7 +536,11 @@ class Manifest:
         version = self.schema_version
         if self.readback is not None:
             version = max(version, READBACK_SCHEMA_VERSION)
+        if self.search is not None:
+            version = max(version, SEARCH_SCHEMA_VERSION)
         extra = {} if self.readback is None else {"readback": self.readback.to_dict()}
+        if self.search is not None:
+            extra["search"] = self.search.to_dict()
         return {
             "schema": self.schema,
             "schema_version": version,
@@ -482,6 +603,16 @@ class Manifest:
             readback = ReadBackSpec.from_dict(
                 _object(d["readback"], f"{where} readback"), f"{where} readback"
             )
+        search = None
+        if "search" in d:
+            if version < SEARCH_SCHEMA_VERSION:
+                raise BundleError(
+                    f"{where}: field 'search' needs schema_version {SEARCH_SCHEMA_VERSION}, "
+                    f"the manifest says {version}"
+                )
+            search = SearchSpec.from_dict(
+                _object(d["search"], f"{where} search"), f"{where} search"
+            )
         files: dict[str, GraphSpec] = {}
         total = sum({g.file: g.size_bytes for g in graphs.values()}.values())
         if total > MAX_BUNDLE_BYTES:
@@ -509,13 +640,26 @@ class Manifest:
                         f"{where}: variant {key} uses {graph_key!r} (a {graph.role}) as its {role}"
                     )
             _check_readback_variant(key, variant, graphs, readback, where)
-        if readback is None:
-            for key, graph in graphs.items():
-                if graph.role == READBACK:
-                    raise BundleError(
-                        f"{where}: graphs.{key} is a {READBACK} but the manifest has no 'readback'"
-                        " field naming its attributes"
-                    )
+            _check_optional_role(
+                key,
+                variant.frame_scorer,
+                role=FRAME_SCORER,
+                section="search",
+                graphs=graphs,
+                present=search is not None,
+                where=where,
+            )
+        for key, graph in graphs.items():
+            if graph.role == READBACK and readback is None:
+                raise BundleError(
+                    f"{where}: graphs.{key} is a {READBACK} but the manifest has no 'readback'"
+                    " field naming its attributes"
+                )
+            if graph.role == FRAME_SCORER and search is None:
+                raise BundleError(
+                    f"{where}: graphs.{key} is a {FRAME_SCORER} but the manifest has no 'search'"
+                    " field describing its scales"
+                )
         name = _get(d, "name", str, where)
         # The name reaches logs and the link's status reply: no control characters.
         if not 1 <= len(name) <= MAX_NAME_CHARS or not name.isprintable():
@@ -524,7 +668,7 @@ class Manifest:
             )
         model = ModelSpec.from_dict(_get(d, "model", dict, where), f"{where} model")
         for key, graph in graphs.items():
-            _check_contract(graph, model, f"{where} graphs.{key}", readback)
+            _check_contract(graph, model, f"{where} graphs.{key}", readback, search)
         return cls(
             name=name,
             model=model,
@@ -534,6 +678,7 @@ class Manifest:
             quantization=_get(d, "quantization", dict, where),
             provenance=_get(d, "provenance", dict, where),
             readback=readback,
+            search=search,
             schema=schema,
             schema_version=version,
         )
@@ -566,6 +711,35 @@ def _check_readback_variant(
     if graph.role != READBACK:
         raise BundleError(
             f"{where}: variant {key} uses {variant.readback!r} (a {graph.role}) as its {READBACK}"
+        )
+
+
+def _check_optional_role(
+    key: str,
+    graph_key: str | None,
+    *,
+    role: str,
+    section: str,
+    graphs: Mapping[str, GraphSpec],
+    present: bool,
+    where: str,
+) -> None:
+    """With the manifest's `section` every variant names a graph of `role`; without, none does."""
+    if not present:
+        if graph_key is not None:
+            raise BundleError(
+                f"{where}: variant {key} names {role} graph {graph_key!r:.60} but the manifest has "
+                f"no {section!r} field"
+            )
+        return
+    if graph_key is None:
+        raise BundleError(f"{where}: variant {key} has no {role!r} graph (the bundle has one)")
+    graph = graphs.get(graph_key)
+    if graph is None:
+        raise BundleError(f"{where}: variant {key} names unknown graph {graph_key!r:.60}")
+    if graph.role != role:
+        raise BundleError(
+            f"{where}: variant {key} uses {graph_key!r} (a {graph.role}) as its {role}"
         )
 
 
@@ -632,11 +806,20 @@ def _tensors(d: Mapping[str, Any], key: str, where: str) -> tuple[TensorSpec, ..
 
 
 def _check_contract(
-    graph: GraphSpec, model: ModelSpec, where: str, readback: ReadBackSpec | None = None
+    graph: GraphSpec,
+    model: ModelSpec,
+    where: str,
+    readback: ReadBackSpec | None = None,
+    search: SearchSpec | None = None,
 ) -> None:
     """The graph's declared inputs and outputs are what the runtime will feed and fetch, with the
     model's sizes: a manifest that passes here cannot make `serve` fail on a shape."""
     inputs = {t.name: t for t in graph.inputs}
+    if graph.role == FRAME_SCORER:
+        # Only reached with a search spec: a frame scorer without one is refused earlier.
+        assert search is not None
+        _check_frame_scorer(graph, model, search, where)
+        return
     expected = _INPUTS[graph.role]
     if set(inputs) != set(expected):
         raise BundleError(
@@ -664,6 +847,29 @@ def _check_contract(
         size = model.image_size
         image = [(model.image_channels,), (size,), (size,)]
         _expect(outputs[IMAGE], _FLOAT_TENSORS, image, where)
+
+
+def _check_frame_scorer(graph: GraphSpec, model: ModelSpec, search: SearchSpec, where: str) -> None:
+    inputs = {t.name: t for t in graph.inputs}
+    if set(inputs) != {FRAME, TEXT_EMBEDDING}:
+        raise BundleError(
+            f"{where}: a {FRAME_SCORER} has inputs {sorted([FRAME, TEXT_EMBEDDING])}, manifest "
+            f"says {sorted(inputs)}"
+        )
+    size = search.frame_size
+    _expect(inputs[FRAME], _FLOAT_TENSORS, [(3,), (size,), (size,)], where)
+    _expect(inputs[TEXT_EMBEDDING], _FLOAT_TENSORS, [(model.embedding_dim,)], where)
+    names = [t.name for t in graph.outputs]
+    if names != list(search.output_names()):
+        raise BundleError(
+            f"{where}: a {FRAME_SCORER} with {len(search.scales)} scales has outputs "
+            f"{list(search.output_names())}, manifest says {names}"
+        )
+    outputs = {t.name: t for t in graph.outputs}
+    for i, scale in enumerate(search.scales):
+        h, w = scale.cells
+        _expect(outputs[scores_name(i)], _FLOAT_TENSORS, [(h,), (w,)], where)
+        _expect(outputs[boxes_name(i)], _FLOAT_TENSORS, [(4,), (h,), (w,)], where)
 
 
 def _expect(

@@ -6,6 +6,7 @@
   client    the operator's side of the serial link: send captions, fetch the images
   keygen    write a new operator-link key file (mode 0600) for both ends of the link
   sign      sign request lines with the key, to paste into a serial terminal
+  find      look for the described person in camera frames (folder, video or camera)
   bench     speed and memory figures on this machine (printed, never judged)
 
 The bundle is --bundle, else $RESCUE_EDGE_BUNDLE, else /opt/rescue-t2i/bundle; the output
@@ -210,10 +211,12 @@ def _info(args: argparse.Namespace) -> int:
                 "quality": v.quality,
                 "latency_ms": v.latency_ms,
                 **({"readback": v.readback} if v.readback else {}),
+                **({"frame_scorer": v.frame_scorer} if v.frame_scorer else {}),
             }
             for k, v in m.variants.items()
         },
         "readback": m.readback.to_dict() if m.readback is not None else None,
+        "search": m.search.to_dict() if m.search is not None else None,
         "graphs": {k: {"file": g.file, "size_bytes": g.size_bytes} for k, g in m.graphs.items()},
         "inference_check": ran,
         "providers_available": ort.get_available_providers(),
@@ -326,6 +329,21 @@ def _show(images: Any, size: int) -> str | None:
 # ------------------------------------------------------------------------------------------
 
 
+def _find_source(args: argparse.Namespace) -> Any:
+    """`serve`'s frame source for `find` (None without one): named here, never over the link."""
+    from edge_runtime.find import FrameSource
+
+    if args.find_frames is None and args.find_video is None and args.find_camera is None:
+        return None
+    if args.find_frames is not None and not args.find_frames.is_dir():
+        raise UsageError(f"--find-frames {args.find_frames}: not a folder")
+    if args.find_video is not None and not args.find_video.is_file():
+        raise UsageError(f"--find-video {args.find_video}: file not found")
+    if args.find_camera is not None:
+        _int_in("--find-camera", args.find_camera, 0, 63)
+    return FrameSource(folder=args.find_frames, video=args.find_video, camera=args.find_camera)
+
+
 def _serve(args: argparse.Namespace) -> int:
     from edge_runtime.images import OutputDir
     from edge_runtime.sdnotify import Notifier
@@ -363,6 +381,7 @@ def _serve(args: argparse.Namespace) -> int:
         link_state=link_state,
         budget=_budget(args),
         delete_after_fetch=args.delete_after_fetch,
+        frames=_find_source(args),
     )
     notifier = Notifier.from_env()
     engine = _engine(args)
@@ -418,6 +437,8 @@ def _client(args: argparse.Namespace) -> int:
             for caption in args.captions:
                 if args.understand:
                     _client_understand(client, caption)
+                elif args.find:
+                    _client_find(client, caption, args, out)
                 else:
                     _client_caption(client, caption, args, out)
             return 0
@@ -426,7 +447,8 @@ def _client(args: argparse.Namespace) -> int:
         while True:
             if interactive:
                 print(
-                    "caption (or /understand CAPTION, /ping, /status, /help, /quit)> ",
+                    "caption (or /understand CAPTION, /find CAPTION, /ping, /status, /help, "
+                    "/quit)> ",
                     end="",
                     file=sys.stderr,
                 )
@@ -449,8 +471,12 @@ def _client(args: argparse.Namespace) -> int:
                     print("\n".join(client.help()))
                 elif line.startswith("/understand "):
                     _client_understand(client, line.removeprefix("/understand "))
+                elif line.startswith("/find "):
+                    _client_find(client, line.removeprefix("/find "), args, out)
                 elif args.understand:
                     _client_understand(client, line)
+                elif args.find:
+                    _client_find(client, line, args, out)
                 else:
                     _client_caption(client, line, args, out)
             except (ClientError, tokenizer.CaptionError) as err:
@@ -477,6 +503,23 @@ def _client_caption(
         else:
             print(client.fetch(name, out, sha))
         sys.stdout.flush()
+
+
+def _client_find(client: OperatorClient, caption: str, args: argparse.Namespace, out: Path) -> None:
+    """Serial `find`: one JSON line (frame, verdict, boxes, overlay path) on stdout."""
+    tokenizer.encode(caption)
+    result = client.find(caption)
+    name, sha = result.overlay
+    line = {
+        "frame": result.frame,
+        "present": result.present,
+        "best": result.best,
+        "threshold": result.threshold,
+        "boxes": [list(box) for box in result.boxes],
+        "overlay": name if args.no_fetch else str(client.fetch(name, out, sha)),
+    }
+    print(json.dumps(line))
+    sys.stdout.flush()
 
 
 def _client_understand(client: OperatorClient, caption: str) -> None:
@@ -539,6 +582,57 @@ def _sign(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------
 # bench
 # ------------------------------------------------------------------------------------------
+
+
+def _find(args: argparse.Namespace) -> int:
+    """`find`: one JSON line per frame on stdout (boxes, verdict, overlay path)."""
+    import resource
+    import time
+
+    from edge_runtime.find import FrameSource, FrameSourceError, find_in_frame, overlay
+    from edge_runtime.images import OutputDir, encode_png
+
+    if args.max_frames is not None:
+        _int_in("--max-frames", args.max_frames, 1, 1_000_000)
+    tokenizer.encode(args.caption)  # a bad caption fails before the bundle loads
+    source = FrameSource(folder=args.frames, video=args.video, camera=args.camera)
+    engine = _engine(args, warmup=False)
+    if not engine.has_search:
+        raise UsageError(
+            f"bundle {engine.info.bundle} has no frame scorer (export.search adds one)"
+        )
+    embedding = engine.embed([args.caption])  # (1, E)
+    reference = None if args.no_overlay else engine.generate(args.caption, n=1, seed=0)[0]
+    output = OutputDir(args.out if args.out is not None else default_out())
+    seconds, count = 0.0, 0
+    try:
+        for index, (frame_id, frame) in enumerate(source.frames(args.max_frames)):
+            start = time.perf_counter()
+            found = find_in_frame(engine, embedding, frame, frame_id)
+            seconds += time.perf_counter() - start
+            count += 1
+            line = found.to_json()
+            if not args.no_overlay:
+                (name,) = output.names("find", 0, [index])
+                (saved,) = output.save(
+                    [(name, encode_png(overlay(frame, found, reference, args.caption)))]
+                )
+                line["overlay"] = str(saved.path)
+            print(json.dumps(line), flush=True)
+    except FrameSourceError as err:
+        raise UsageError(str(err)) from None
+    if count == 0:
+        raise UsageError(f"{source.describe()}: no frames")
+    if args.bench:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        spec = engine.manifest.search
+        print(
+            f"find bench: {count} frames, {count / seconds:.1f} frames/s (scorer + boxes, "
+            f"{spec.frame_size}² input, precision {engine.precision}, {args.threads} thread(s)), "
+            f"peak memory {peak:.0f} MiB",
+            file=sys.stderr,
+        )
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -666,6 +760,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--delete-after-fetch", action="store_true",
         help="delete an image once all its chunks were sent (a resumed fetch then fails)",
     )  # fmt: skip
+    frame_source = serve.add_mutually_exclusive_group()
+    frame_source.add_argument(
+        "--find-frames", type=Path, default=None, metavar="DIR",
+        help="frame source of serial find: the newest image in DIR (e.g. where a camera writes)",
+    )  # fmt: skip
+    frame_source.add_argument(
+        "--find-camera", type=int, default=None, metavar="N",
+        help="frame source of serial find: camera N (OpenCV)",
+    )  # fmt: skip
+    frame_source.add_argument(
+        "--find-video", type=Path, default=None, metavar="FILE",
+        help="frame source of serial find: a video's first frame (testing)",
+    )  # fmt: skip
     _engine_args(serve)
     serve.set_defaults(func=_serve)
 
@@ -691,6 +798,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="the robot draws no image for a caption it reads as off-domain",
     )  # fmt: skip
     client.add_argument(
+        "--find", action="store_true",
+        help="look for each caption's person in the robot's camera frame (boxes + overlay)",
+    )  # fmt: skip
+    client.add_argument(
         "--key-file", type=Path, default=None, metavar="PATH",
         help=f"the robot's operator-link key (default ${KEY_ENV})",
     )  # fmt: skip
@@ -712,6 +823,21 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("--key-file", type=Path, required=True, metavar="PATH")
     sign.add_argument("--link", type=int, default=2, help="link id 0..127 (default 2)")
     sign.set_defaults(func=_sign)
+
+    find = sub.add_parser("find", help="look for the described person in camera frames")
+    find.add_argument("caption", help="the person to look for, e.g. 'a person in orange lying'")
+    frames = find.add_mutually_exclusive_group(required=True)
+    frames.add_argument("--frames", type=Path, metavar="DIR", help="folder of frames (by name)")
+    frames.add_argument("--video", type=Path, metavar="FILE", help="video file (OpenCV)")
+    frames.add_argument("--camera", type=int, metavar="N", help="camera index (OpenCV)")
+    _out_arg(find)
+    find.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
+    find.add_argument("--no-overlay", action="store_true", help="JSON lines only, no images")
+    find.add_argument(
+        "--bench", action="store_true", help="print frames/s and peak memory to stderr"
+    )
+    _engine_args(find)
+    find.set_defaults(func=_find)
 
     from edge_runtime import bench
 

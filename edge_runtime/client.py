@@ -208,6 +208,50 @@ class GenerateResult:
     """What the robot understood (None: its bundle has no read-back)."""
 
 
+@dataclass(frozen=True)
+class FindResult:
+    """A `find` request's outcome as the robot reported it (every field checked)."""
+
+    request_id: str
+    frame: str
+    """The frame's id on the robot (a file name made safe, or camera frame number)."""
+    present: bool
+    """The best score reached the robot's threshold."""
+    best: float
+    threshold: float
+    boxes: list[tuple[int, int, int, int, float]]
+    """(x0, y0, x1, y1, score) in the frame's pixels, best first."""
+    overlay: tuple[str, str]
+    """(file name on the robot, sha256) of the overlay image."""
+    ms: float
+    round_trip_ms: float
+
+
+_FRAME_RE = re.compile(r"[A-Za-z0-9_-]{1,48}")
+_BOX_RE = re.compile(r"([0-9]{1,5}):([0-9]{1,5}):([0-9]{1,5}):([0-9]{1,5}):([01]\.[0-9]{3})")
+_SCORE_RE = re.compile(r"(0|[01]\.[0-9]{3})")
+
+
+def parse_boxes(reply: Reply, limit: int) -> list[tuple[int, int, int, int, float]]:
+    """The `boxes` field of a `find` reply: at most `limit` boxes x0:y0:x1:y1:score."""
+    raw = reply.get("boxes")
+    if "boxes" not in reply.fields or len(raw) > limit * 32:
+        raise BadReplyError(reply, "no boxes field, or one too long")
+    boxes = []
+    for item in raw.split(",") if raw else []:
+        match = _BOX_RE.fullmatch(item)
+        if not match:
+            raise BadReplyError(reply, f"box {item[:40]!r} is not x0:y0:x1:y1:score")
+        x0, y0, x1, y1 = (int(match.group(i)) for i in range(1, 5))
+        score = float(match.group(5))
+        if x1 < x0 or y1 < y0 or score > 1.0:
+            raise BadReplyError(reply, f"box {item[:40]!r} is not a box with a score in [0, 1]")
+        boxes.append((x0, y0, x1, y1, score))
+    if len(boxes) > limit:
+        raise BadReplyError(reply, f"{len(boxes)} boxes, asked for at most {limit}")
+    return boxes
+
+
 @dataclass
 class _Fetch:
     size: int = -1
@@ -634,6 +678,38 @@ class OperatorClient:
             else:
                 raise BadReplyError(reply, "out of order in a fetch")
         raise ClientError(f"fetch {name}: {self._silence()}")
+
+    def find(self, caption: str, k: int | None = None) -> FindResult:
+        """Ask the robot to look for the person `caption` describes in its current camera frame;
+        raises `ClientError` (code NO_SEARCH) when it cannot (no frame scorer, no frame source)."""
+        if k is not None and not 1 <= k <= protocol.MAX_FIND_BOXES:
+            raise ClientError(f"k must be 1..{protocol.MAX_FIND_BOXES}, got {k}")
+        t0 = time.perf_counter()
+        replies = self.exchange(
+            lambda rid: self.request_line(rid, "find", caption=caption, top_k=k)
+        )
+        done = self._final(replies, "find")
+        for reply in replies:
+            if reply.kind == "ack":
+                _equal(reply, "cmd", "find")
+        present = _int(done, "present", 0, 1)
+        names = done.values("files") if "files" in done.fields else []
+        digests = done.values("sha256") if "sha256" in done.fields else []
+        if len(names) != 1 or len(digests) != 1:
+            raise BadReplyError(done, f"{len(names)} overlay names and {len(digests)} digests")
+        if not protocol.FILE_RE.fullmatch(names[0]) or not _SHA256_RE.fullmatch(digests[0]):
+            raise BadReplyError(done, f"overlay {names[0][:40]!r} / sha256 {digests[0][:16]!r}")
+        return FindResult(
+            request_id=done.id,
+            frame=_matching(done, "frame", _FRAME_RE, "a frame id"),
+            present=bool(present),
+            best=float(_matching(done, "best", _SCORE_RE, "a score")),
+            threshold=float(_matching(done, "threshold", _SCORE_RE, "a score")),
+            boxes=parse_boxes(done, k or protocol.MAX_FIND_BOXES),
+            overlay=(names[0], digests[0]),
+            ms=_decimal(done, "ms"),
+            round_trip_ms=(time.perf_counter() - t0) * 1000.0,
+        )
 
     def generate_and_fetch(
         self, caption: str, dest: str | Path, n: int = 1, seed: int | None = None

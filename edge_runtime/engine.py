@@ -32,6 +32,7 @@ from edge_runtime import tokenizer
 from edge_runtime.bundle import (
     ATTRIBUTE_PROBS,
     CHAR_IDS,
+    FRAME,
     IMAGE,
     LENGTHS,
     NOISE,
@@ -223,8 +224,37 @@ def check_variants(bundle: Bundle) -> dict[str, str]:
                 )
             if not (np.isfinite(probs).all() and np.isfinite(off).all()):
                 raise BundleError(f"{where}: non-finite probabilities")
+        search = bundle.manifest.search
+        if variant.frame_scorer is not None and search is not None:
+            _check_frame_scorer(bundle, variant.frame_scorer, name, search, embedding[:1])
         results[name] = "ok"
     return results
+
+
+def _check_frame_scorer(
+    bundle: Bundle, key: str, name: str, search: bundle_mod.SearchSpec, embedding: np.ndarray
+) -> None:
+    """One grey frame through a variant's frame scorer: the maps' shapes, scores in [0, 1]."""
+    where = f"{bundle.path / bundle.manifest.graphs[key].file}: variant {name} frame scorer"
+    size = search.frame_size
+    frame = np.zeros((1, 3, size, size), np.float32)
+    try:
+        maps = bundle.sessions[key].run(
+            list(search.output_names()),
+            {FRAME: frame, TEXT_EMBEDDING: embedding.astype(np.float32)},
+        )
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise BundleError(f"{where}: fails to run: {bundle_mod.first_line(err)}") from None
+    for i, scale in enumerate(search.scales):
+        scores, boxes = maps[2 * i], maps[2 * i + 1]
+        if scores.shape != (1, *scale.cells) or boxes.shape != (1, 4, *scale.cells):
+            raise BundleError(
+                f"{where}: scale {i} produced shapes {list(scores.shape)} and "
+                f"{list(boxes.shape)}, expected [1, {scale.cells[0]}, {scale.cells[1]}] and "
+                f"[1, 4, {scale.cells[0]}, {scale.cells[1]}]"
+            )
+        if not (np.isfinite(scores).all() and (scores >= 0).all() and (scores <= 1).all()):
+            raise BundleError(f"{where}: scale {i} scores outside [0, 1]")
 
 
 def _provider_name(entry: Any) -> str:
@@ -245,6 +275,8 @@ class _Variant:
     gate_passed: bool
     readback: Any = None
     """The read-back session, None when the bundle has none."""
+    frame_scorer: Any = None
+    """The frame scorer session (search assist), None when the bundle has none."""
 
 
 @dataclass
@@ -297,7 +329,12 @@ class Engine:
         manifest = load_bundle(bundle_path, graphs=[]).manifest
         candidates = self._candidates(manifest, precision, bundle_path)
         keys = sorted(
-            {k for v in candidates for k in (v.text_encoder, v.generator, v.readback) if k}
+            {
+                k
+                for v in candidates
+                for k in (v.text_encoder, v.generator, v.readback, v.frame_scorer)
+                if k
+            }
         )
         self.bundle = load_bundle(bundle_path, self._open_session, graphs=keys)
         self.manifest = self.bundle.manifest
@@ -322,6 +359,7 @@ class Engine:
             self.manifest.variants[chosen].text_encoder,
             self.manifest.variants[chosen].generator,
             self.manifest.variants[chosen].readback,
+            self.manifest.variants[chosen].frame_scorer,
         }
         self.bundle.sessions = {k: v for k, v in self.bundle.sessions.items() if k in keep}
         del variants
@@ -401,6 +439,9 @@ class Engine:
             embedding_dtype=_input_dtype(gen_spec, TEXT_EMBEDDING),
             gate_passed=variant.gate_passed,
             readback=self.bundle.sessions[variant.readback] if variant.readback else None,
+            frame_scorer=(
+                self.bundle.sessions[variant.frame_scorer] if variant.frame_scorer else None
+            ),
         )
 
     def _measure(self, variants: list[_Variant]) -> dict[str, float]:
@@ -554,6 +595,23 @@ class Engine:
             return None
         probs, off = _run_readback(runner, embedding)  # (1, W), (1,)
         return decide(probs[0], off[0], spec)
+
+    @property
+    def has_search(self) -> bool:
+        """Whether the bundle can score camera frames against a caption (docs/SEARCH.md)."""
+        return self._variant_in_use.frame_scorer is not None and self.manifest.search is not None
+
+    def score_frame(self, frame: np.ndarray, embedding: np.ndarray) -> list[np.ndarray]:
+        """One frame (1, 3, S, S) float32 in [-1, 1] and a caption's (1, E) embedding → the
+        scorer's maps [scores_0 (1, h, w), boxes_0 (1, 4, h, w), ...]; `EngineError` without a
+        frame scorer."""
+        runner = self._variant_in_use
+        if runner.frame_scorer is None or self.manifest.search is None:
+            raise EngineError(f"bundle {self.info.bundle} has no frame scorer (search assist)")
+        return runner.frame_scorer.run(
+            list(self.manifest.search.output_names()),
+            {FRAME: frame, TEXT_EMBEDDING: embedding.astype(np.float32, copy=False)},
+        )
 
     # -- cache ----------------------------------------------------------------------------------
 

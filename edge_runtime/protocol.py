@@ -64,11 +64,15 @@ COMMANDS = {
     "status": "status",
     "help": "help",
     "understand": "understand",
+    "find": "find",
 }
+MAX_FIND_BOXES = 16
+"""Largest `k` of a `find` request: each box is ~25 bytes of the reply."""
 
 HELP = (
     "<id> gen [n=N] [seed=S] [strict=1] [--] <caption>   N images (1..{max_n}) of the caption",
     "<id> understand <caption>                what the robot reads in the caption (no image)",
+    "<id> find [k=K] [--] <caption>            look for that person in the robot's camera frame",
     "<id> fetch <file> [from=K] [count=M]     send a result's bytes in base64 chunks (CRC-32 each)",
     "<id> status                              bundle, precision, uptime, counters, last error",
     "<id> ping                                liveness check",
@@ -96,6 +100,9 @@ class Code:
     """`gen strict=1`: the caption reads as nothing the robot knows; no image was made."""
     NO_READBACK = "NO_READBACK"
     """`understand`: the robot's bundle has no read-back graph."""
+    NO_SEARCH = "NO_SEARCH"
+    """`find`: the robot's bundle has no frame scorer, or `serve` was started without a frame
+    source."""
     AUTH = "AUTH"
     """The line is unsigned, forged, replayed or stale (robot has a key), or signed while the
     robot has none."""
@@ -267,6 +274,8 @@ class Request:
     """`fetch`: first chunk index to send."""
     count: int | None = None
     """`fetch`: number of chunks to send (None: to the end)."""
+    top_k: int | None = None
+    """`find`: boxes to report (None: the bundle's `search.top_k`)."""
     checksummed: bool = False
     """Whether the line carried a (verified) checksum or signature."""
     link: int | None = None
@@ -346,7 +355,7 @@ def parse_request(
             request_id,
         )
     checksummed = authenticated or expected is not None
-    if command in ("gen", "understand"):
+    if command in ("gen", "understand", "find"):
         return _parse_gen(request_id, args, max_images, checksummed, command)
     if command == "fetch":
         return _parse_fetch(request_id, args, checksummed)
@@ -410,9 +419,11 @@ def _parse_gen(
         if token == "--":
             break
         leading.append(token)
-    known = (
-        {"n": (1, max_images), "seed": (0, MAX_SEED), "strict": (0, 1)} if command == "gen" else {}
-    )
+    known: dict[str, tuple[int, int]] = {}
+    if command == "gen":
+        known = {"n": (1, max_images), "seed": (0, MAX_SEED), "strict": (0, 1)}
+    elif command == "find":
+        known = {"k": (1, MAX_FIND_BOXES)}
     options, _ = _options(request_id, leading, known)
     try:
         tokenizer.encode(caption)
@@ -425,6 +436,7 @@ def _parse_gen(
         n=options.get("n", 1),
         seed=options.get("seed"),
         strict=bool(options.get("strict", 0)),
+        top_k=options.get("k"),
         checksummed=checksummed,
     )
 
@@ -473,6 +485,7 @@ def format_request(
     start: int | None = None,
     count: int | None = None,
     strict: bool = False,
+    top_k: int | None = None,
     signer: signing.Signer | None = None,
 ) -> bytes:
     """A request line with CR LF as a program sends it: signed by `signer` when given (the robot
@@ -487,6 +500,9 @@ def format_request(
         # Newlines would end the request early; the tokenizer turns them into spaces anyway.
         parts += ["--", " ".join(caption.split())]
     elif command == "understand":
+        parts += ["--", " ".join(caption.split())]
+    elif command == "find":
+        parts += [f"k={top_k}"] if top_k is not None else []
         parts += ["--", " ".join(caption.split())]
     elif command == "fetch":
         parts.append(file)

@@ -39,6 +39,7 @@ import serial
 
 from edge_runtime import protocol, readback, signing
 from edge_runtime.engine import Engine
+from edge_runtime.find import FrameSource, FrameSourceError, find_in_frame, overlay
 from edge_runtime.images import (
     NO_SUCH_IMAGE,
     Budget,
@@ -46,6 +47,7 @@ from edge_runtime.images import (
     OutputError,
     Usage,
     encode_png,
+    safe_tag,
     write_atomic,
 )
 from edge_runtime.protocol import Code, ProtocolError, Request
@@ -97,6 +99,9 @@ class ServiceConfig:
     budget: Budget = field(default_factory=Budget)
     delete_after_fetch: bool = False
     """Delete a result once all of its chunks were sent."""
+    frames: FrameSource | None = None
+    """Where `find` takes its frame (a folder's newest image, a camera): named at start, never
+    over the link. None: `find` answers NO_SEARCH."""
     junk_share: float | None = 0.05
     """Share of the link's byte rate (baud / 10) for replies to lines that fail before they are
     authenticated (all failing lines when insecure); None: unlimited."""
@@ -717,7 +722,7 @@ class Service:
 
     def _dispatch(self, request: Request, received: float) -> None:
         link = request.link
-        if self._draining and request.command in ("gen", "fetch"):
+        if self._draining and request.command in ("gen", "fetch", "find"):
             self._error(
                 request.id, Code.SHUTDOWN, "service stopping; send again after restart", link
             )
@@ -749,6 +754,19 @@ class Service:
             self._queue_gen(request, received)
         elif request.command == "understand":
             self._understand(request)
+        elif request.command == "find":
+            if not self.engine.has_search:
+                self._error(
+                    request.id, Code.NO_SEARCH, "this robot's bundle has no frame scorer",
+                    request.link,
+                )  # fmt: skip
+            elif self.config.frames is None:
+                self._error(
+                    request.id, Code.NO_SEARCH, "this robot was started without a frame source",
+                    request.link,
+                )  # fmt: skip
+            else:
+                self._queue_gen(request, received)
         elif request.command == "fetch":
             self._start_fetch(request)
 
@@ -791,12 +809,11 @@ class Service:
                 request.link,
             )
             return
+        fields: list[tuple[str, Any]] = [("cmd", "find"), ("ahead", ahead)]
+        if request.command == "gen":
+            fields = [("cmd", "gen"), ("n", request.n), ("seed", seed), ("ahead", ahead)]
         self._send(
-            protocol.reply_body(
-                "ack",
-                request.id,
-                [("cmd", "gen"), ("n", request.n), ("seed", seed), ("ahead", ahead)],
-            ),
+            protocol.reply_body("ack", request.id, fields),
             request.link,
         )
 
@@ -923,8 +940,71 @@ class Service:
                     self._health.inflight -= 1
                 self._wake()
 
+    def _run_find(self, job: _Job) -> None:
+        """`find`: the frame source's latest frame scored against the caption; boxes in the
+        reply, the overlay (frame, heat map, boxes, reference picture) saved as a result."""
+        request = job.request
+        assert self.config.frames is not None  # checked before queueing
+        spec = self.engine.manifest.search
+        t0 = self.clock()
+        try:
+            embedding = self.engine.embed([request.caption])
+            frame_id, frame = self.config.frames.latest()
+            found = find_in_frame(self.engine, embedding, frame, frame_id)
+            reference = self.engine.generate(request.caption, n=1, seed=0)[0]
+        except CaptionError as err:
+            self._error(request.id, Code.BAD_CAPTION, str(err), request.link)
+            return
+        except FrameSourceError as err:
+            # The reason names robot paths: logged here, not sent over the link.
+            log.warning("find %s: %s", request.id, err)
+            self._error(
+                request.id, Code.NO_SEARCH, "no frame from the frame source (see the robot's log)",
+                request.link,
+            )  # fmt: skip
+            return
+        infer_ms = (self.clock() - t0) * 1000.0
+        top_k = request.top_k or spec.top_k
+        try:
+            (name,) = self.output.names(request.id, 0, ["find"])
+            files = [(name, encode_png(overlay(frame, found, reference, request.caption)))]
+            pruned = self.output.make_room([len(data) for _, data in files], self.config.budget)
+            if pruned:
+                with self._counter_lock:
+                    self.counters.pruned += len(pruned)
+            saved = self.output.save(files)
+        except OutputError as err:
+            self._refresh_usage()
+            message = str(err).replace(str(self.output.path), "<out>")
+            self._error(request.id, Code.OUTPUT, message, request.link)
+            return
+        self._refresh_usage()
+        dets = found.detections[:top_k]
+        self._done(
+            request.id,
+            [
+                ("cmd", "find"),
+                ("frame", safe_tag(frame_id, 48)),
+                ("present", int(found.present)),
+                ("best", f"{dets[0].score:.3f}" if dets else "0"),
+                ("threshold", f"{spec.threshold:.3f}"),
+                (
+                    "boxes",
+                    [f"{d.x0:.0f}:{d.y0:.0f}:{d.x1:.0f}:{d.y1:.0f}:{d.score:.3f}" for d in dets],
+                ),
+                ("ms", f"{(self.clock() - job.received) * 1000.0:.1f}"),
+                ("infer_ms", f"{infer_ms:.1f}"),
+                ("files", [s.name for s in saved]),
+                ("sha256", [s.sha256 for s in saved]),
+            ],
+            request.link,
+        )
+
     def _run_job(self, job: _Job) -> None:
         request = job.request
+        if request.command == "find":
+            self._run_find(job)
+            return
         t0 = self.clock()
         try:
             understood = self.engine.understand(request.caption)

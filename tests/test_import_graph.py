@@ -25,7 +25,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("train.models", "train.runs", "train.distributed", "train.timing"),
     ("train.checkpoint",),
     ("train.text", "train.gan"),
-    ("train.quality",),
+    ("train.quality", "train.search"),
     ("train.recipe",),
     ("train.cli",),
     ("train.__main__",),

@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-text": ("train.text.evaluate", "text→image R-precision of a text-encoder checkpoint"),
     "gan": ("train.gan.loop", "train the text-conditioned DCGAN (GAN-CLS + GAN-INT + feature matching)"),
     "oracle": ("train.quality.oracle", "train the rescue-scenes attribute oracle used by evaluate"),
+    "search-scorer": ("train.search.train", "fine-tune the frame scorer for search assist (issue 20)"),
+    "search-eval": ("train.search.evaluate", "judge a bundle's frame scorer on search scenes (as the robot runs it)"),
     "evaluate": ("train.quality.evaluate", "evaluate a GAN checkpoint or an exported bundle"),
     "recipe": ("train.recipe", "run the default rescue-scenes recipe end to end"),
 }

@@ -136,7 +136,7 @@ def reader(operator: serial.Serial) -> ReplyReader:
 # the document, sharing no code with edge_runtime.protocol (only the tokenizer, the contract).
 # ------------------------------------------------------------------------------------------
 
-_ORACLE_COMMANDS = {"gen", "generate", "fetch", "ping", "status", "help", "understand"}
+_ORACLE_COMMANDS = {"gen", "generate", "fetch", "ping", "status", "help", "understand", "find"}
 _ORACLE_ID = re.compile(r"[A-Za-z0-9_-]{1,16}")
 _ORACLE_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
@@ -219,6 +219,8 @@ def expected_reply(
     limits = {"n": (1, max_images), "seed": (0, 2**32 - 1), "strict": (0, 1)}
     if second == "understand":
         limits = {}
+    elif second == "find":
+        limits = {"k": (1, 16)}
     seen = set()
     rest = args
     while rest:
@@ -241,6 +243,8 @@ def expected_reply(
         rest = rest[1:]
     if not tokenizer.normalize(" ".join(rest)):
         return ("err", "BAD_CAPTION", rid)
+    if second == "find":  # the tiny bundle has no frame scorer (docs/PROTOCOL.md § find)
+        return ("err", "NO_SEARCH", rid)
     return ("done", "", rid) if second == "understand" else ("ack", "", rid)
 
 

@@ -14,6 +14,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "train.data.phrasing_captions",
         "a split's labelled captions (test_phrasing) → JSON lines for `evaluate --captions`",
     ),
+    "synth-search": (
+        "train.data.search_scenes",
+        "render search scenes: wide frames, 0-4 people, distractors, query captions (issue 20)",
+    ),
     "info": ("train.data.info", "describe (and optionally verify) a dataset file"),
     "bench": ("train.data.bench", "time rendering and reading (prints, never asserts)"),
 }

@@ -301,7 +301,7 @@ def _head_polygons(fig: _Figure, helmet: bool, s: float) -> tuple[np.ndarray, np
 
 
 def _draw_figure(
-    a: Attributes, fig: _Figure, rng: np.random.Generator, with_roles: bool
+    a: Attributes, fig: _Figure, rng: np.random.Generator, with_roles: bool, limit: int = IMAGE_SIZE
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, tuple[int, int]]:
     """Draw at FIGURE_SUPERSAMPLE× into a canvas around the figure; return premultiplied
     RGB float32 (h, w, 3) and alpha (h, w) at 64-scale, roles (h·s, w·s) or None, and the
@@ -309,8 +309,8 @@ def _draw_figure(
     s = FIGURE_SUPERSAMPLE
     x0, y0, x1, y1 = _extent(fig, 1.0)
     ox, oy = max(math.floor(x0) - 1, 0), max(math.floor(y0) - 1, 0)
-    w = min(math.ceil(x1) + 1, IMAGE_SIZE) - ox
-    h = min(math.ceil(y1) + 1, IMAGE_SIZE) - oy
+    w = min(math.ceil(x1) + 1, limit) - ox  # `limit`: the canvas side (search frames: larger)
+    h = min(math.ceil(y1) + 1, limit) - oy
     moved = _Figure(
         [
             _Capsule((k.p0[0] - ox, k.p0[1] - oy), (k.p1[0] - ox, k.p1[1] - oy), k.radius, k.role,
@@ -403,16 +403,36 @@ def _fractal_noise(rng: np.random.Generator, size: int, cells: tuple[int, ...]) 
     return total / 2.0
 
 
-def _terrain(name: str, rng: np.random.Generator) -> np.ndarray:
-    """Terrain texture, float32 (size, size, 3) RGB in 0..255, size = 64·TERRAIN_SUPERSAMPLE."""
-    size = IMAGE_SIZE * TERRAIN_SUPERSAMPLE
+def _terrain(name: str, rng: np.random.Generator, size: int = _TERRAIN_SIZE) -> np.ndarray:
+    """Terrain texture, float32 (size, size, 3) RGB in 0..255; default size 64·TERRAIN_SUPERSAMPLE.
+
+    Other sizes (search frames, train/data/search_scenes.py) keep the texture's scale and scale
+    the number of stones, blades and puddles with the area; at the default size every draw is the
+    same as before, so rescue-scenes images are unchanged for a seed."""
+    area = (size / _TERRAIN_SIZE) ** 2
+
+    def count(low: int, high: int) -> int:
+        n = int(rng.integers(low, high))
+        return n if size == _TERRAIN_SIZE else round(n * area)
+
+    def cells(*grid: int) -> tuple[int, ...]:  # noise cells per side: same feature size in px
+        return (
+            grid
+            if size == _TERRAIN_SIZE
+            else tuple(max(1, round(g * size / _TERRAIN_SIZE)) for g in grid)
+        )
+
+    if size == _TERRAIN_SIZE:
+        grid_yy, grid_xx = _TERRAIN_YY, _TERRAIN_XX
+    else:
+        grid_yy, grid_xx = np.mgrid[0:size, 0:size].astype(np.float32)
     j = rng.uniform(0.95, 1.05, 3)  # per-image base colour jitter
     if name == "rubble":
         base = np.array([132, 128, 122]) * j
         img = np.empty((size, size, 3), np.float32)
         img[:] = base
-        img *= (1 + 0.12 * _fractal_noise(rng, size, (4, 8)))[..., None]
-        n = int(rng.integers(45, 70))
+        img *= (1 + 0.12 * _fractal_noise(rng, size, cells(4, 8)))[..., None]
+        n = count(45, 70)
         centres = rng.uniform(0, size, (n, 1, 2))
         # Six-vertex chunks with jittered radii and angles: irregular convex-ish stones.
         angles = np.sort(rng.uniform(0, 2 * math.pi, (n, 6)), axis=1)
@@ -428,8 +448,8 @@ def _terrain(name: str, rng: np.random.Generator) -> np.ndarray:
         base = np.array([72, 122, 46]) * j
         img = np.empty((size, size, 3), np.float32)
         img[:] = base
-        img *= (1 + 0.18 * _fractal_noise(rng, size, (4, 8, 16)))[..., None]
-        n = int(rng.integers(350, 500))
+        img *= (1 + 0.18 * _fractal_noise(rng, size, cells(4, 8, 16)))[..., None]
+        n = count(350, 500)
         roots = rng.uniform(0, size, (n, 2))
         lengths, tilts = rng.uniform(3, 8, n), rng.uniform(-0.5, 0.5, n)
         tips = roots + np.stack([tilts * lengths, -lengths], 1)
@@ -442,35 +462,45 @@ def _terrain(name: str, rng: np.random.Generator) -> np.ndarray:
         base = np.array([212, 188, 140]) * j
         img = np.empty((size, size, 3), np.float32)
         img[:] = base
-        yy, xx = _TERRAIN_YY, _TERRAIN_XX
+        yy, xx = grid_yy, grid_xx
         period = rng.uniform(9, 15)
-        warp = 6 * _fractal_noise(rng, size, (3, 6))
+        warp = 6 * _fractal_noise(rng, size, cells(3, 6))
         theta = rng.uniform(-0.5, 0.5)
         along = yy * math.cos(theta) + xx * math.sin(theta)
         ripples = np.sin(2 * math.pi * (along + warp) / period)
         grain = rng.standard_normal((size, size)).astype(np.float32)
-        img *= (1 + 0.07 * ripples + 0.035 * grain + 0.06 * _fractal_noise(rng, size, (4,)))[
-            ..., None
-        ]
+        img *= (
+            1
+            + 0.07 * ripples
+            + 0.035 * grain
+            + 0.06
+            * _fractal_noise(
+                rng,
+                size,
+                cells(
+                    4,
+                ),
+            )
+        )[..., None]
     elif name == "snow":
         base = np.array([186, 203, 234]) * np.clip(j, 0.97, 1.03)
         img = np.empty((size, size, 3), np.float32)
         img[:] = base
-        shade = 0.07 * _fractal_noise(rng, size, (3, 6, 12))
+        shade = 0.07 * _fractal_noise(rng, size, cells(3, 6, 12))
         # Shadows in snow are bluish: darken red and green more than blue.
         img *= 1 + shade[..., None] * np.array([1.25, 1.1, 0.7], np.float32)
-        n = int(rng.integers(40, 80))
+        n = count(40, 80)
         for x, y in rng.uniform(0, size, (n, 2)):
             cv2.circle(img, (int(x), int(y)), 0, (252, 252, 255), -1)
     elif name == "water":
         base = np.array([46, 98, 130]) * j
         img = np.empty((size, size, 3), np.float32)
         img[:] = base
-        yy = _TERRAIN_YY
-        warp = 5 * _fractal_noise(rng, size, (3, 6))
+        yy = grid_yy
+        warp = 5 * _fractal_noise(rng, size, cells(3, 6))
         waves = np.sin(2 * math.pi * (yy + warp) / rng.uniform(6, 10))
-        img *= (1 + 0.10 * waves + 0.12 * _fractal_noise(rng, size, (4, 8)))[..., None]
-        n = int(rng.integers(30, 55))
+        img *= (1 + 0.10 * waves + 0.12 * _fractal_noise(rng, size, cells(4, 8)))[..., None]
+        n = count(30, 55)
         xs, ys = rng.uniform(0, size, (2, n)).astype(int)
         lengths, glints = rng.uniform(4, 12, n).astype(int), rng.uniform(1.45, 1.8, n)
         for x, y, length, glint in zip(xs, ys, lengths, glints, strict=True):
@@ -479,9 +509,9 @@ def _terrain(name: str, rng: np.random.Generator) -> np.ndarray:
         base = np.array([104, 76, 50]) * j
         img = np.empty((size, size, 3), np.float32)
         img[:] = base
-        blotch = _fractal_noise(rng, size, (4, 8, 16))
+        blotch = _fractal_noise(rng, size, cells(4, 8, 16))
         img *= (1 + 0.22 * blotch)[..., None]
-        n = int(rng.integers(5, 12))
+        n = count(5, 12)
         for x, y in rng.uniform(0, size, (n, 2)):
             axes = (int(rng.uniform(4, 12)), int(rng.uniform(2, 5)))
             colour = tuple((base * rng.uniform(1.2, 1.4)).tolist())  # wet, glossy puddles
