@@ -342,7 +342,7 @@ OBJECTIVES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-# The leave-one-out ablation (`python -m train recipe --ablation`, docs/QUALITY.md § 3.7): each
+# The leave-one-out ablation (`python -m train recipe --ablation`, docs/QUALITY.md § 3.8): each
 # term of the trained objective is switched off alone, everything else kept, for the same wall
 # time. A term is ablated only where the run has it on (`ablated_terms`), so the list follows the
 # default as the ablation changes it.
