@@ -226,6 +226,19 @@ def quantize_text_encoder_static_convs(
     ir_version: int,
 ) -> dict[str, Any]:
     """Static int8 QDQ for the 1-D convolutions only (QLinearConv); the RNN stays fp32."""
+    return quantize_static_convs(fp32_path, out_path, feeds, ir_version, reduce_range=True)
+
+
+def quantize_static_convs(
+    fp32_path: Path,
+    out_path: Path,
+    feeds: Sequence[Feed],
+    ir_version: int,
+    *,
+    reduce_range: bool,
+) -> dict[str, Any]:
+    """Static int8 QDQ on Conv only (per channel, MinMax calibration on `feeds`); everything else
+    stays fp32. Returns the manifest's description of the method."""
     # Lazy, as in _as_reader: onnxruntime.quantization is slow to import, only --quantize needs it.
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -237,7 +250,7 @@ def quantize_text_encoder_static_convs(
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=["Conv"],
             per_channel=True,
-            reduce_range=True,
+            reduce_range=reduce_range,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
@@ -251,7 +264,7 @@ def quantize_text_encoder_static_convs(
         "per_channel": True,
         "activation_type": "uint8",
         "weight_type": "int8",
-        "reduce_range": True,
+        "reduce_range": reduce_range,
     }
 
 

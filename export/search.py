@@ -364,38 +364,9 @@ def _quantize(
     fp32_path: Path, out_path: Path, feeds: list[dict[str, np.ndarray]]
 ) -> dict[str, Any]:
     """Static int8 QDQ on Conv only (per channel); everything else stays fp32."""
-    # Lazy: onnxruntime.quantization is slow to import (as in export.quantize).
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    with q._quiet_advice():
-        quantize_static(
-            str(fp32_path),
-            str(out_path),
-            q._as_reader(feeds),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=["Conv"],
-            per_channel=True,
-            reduce_range=False,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            calibration_providers=["CPUExecutionProvider"],
-        )
-    q._fix_versions(out_path, ox.IR_VERSION)
-    return {
-        "method": "static",
-        "format": "QDQ",
-        "op_types": ["Conv"],
-        "per_channel": True,
-        "activation_type": "uint8",
-        "weight_type": "int8",
-        "calibration": f"{CALIBRATION_FRAMES} rendered search frames and their query captions",
-    }
+    method = q.quantize_static_convs(fp32_path, out_path, feeds, ox.IR_VERSION, reduce_range=False)
+    method["calibration"] = f"{CALIBRATION_FRAMES} rendered search frames and their query captions"
+    return method
 
 
 def _sha256(path: Path) -> str:
