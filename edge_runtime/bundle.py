@@ -35,10 +35,12 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from edge_runtime import tokenizer
 from edge_runtime.atomic import fsync_dir
+
+_T = TypeVar("_T")
 
 SCHEMA = "rescue-t2i-bundle"
 SCHEMA_VERSION = 3
@@ -592,27 +594,14 @@ class Manifest:
         }
         if not variants:
             raise BundleError(f"{where}: no variants")
-        readback = None
-        if "readback" in d:
-            # A version-1 reader refuses the field by name; a version-2 bundle says so itself.
-            if version < READBACK_SCHEMA_VERSION:
-                raise BundleError(
-                    f"{where}: field 'readback' needs schema_version {READBACK_SCHEMA_VERSION}, "
-                    f"the manifest says {version}"
-                )
-            readback = ReadBackSpec.from_dict(
-                _object(d["readback"], f"{where} readback"), f"{where} readback"
-            )
-        search = None
-        if "search" in d:
-            if version < SEARCH_SCHEMA_VERSION:
-                raise BundleError(
-                    f"{where}: field 'search' needs schema_version {SEARCH_SCHEMA_VERSION}, "
-                    f"the manifest says {version}"
-                )
-            search = SearchSpec.from_dict(
-                _object(d["search"], f"{where} search"), f"{where} search"
-            )
+        readback = _optional_section(
+            d, "readback", needs_version=READBACK_SCHEMA_VERSION, version=version, where=where,
+            parse=ReadBackSpec.from_dict,
+        )  # fmt: skip
+        search = _optional_section(
+            d, "search", needs_version=SEARCH_SCHEMA_VERSION, version=version, where=where,
+            parse=SearchSpec.from_dict,
+        )  # fmt: skip
         files: dict[str, GraphSpec] = {}
         total = sum({g.file: g.size_bytes for g in graphs.values()}.values())
         if total > MAX_BUNDLE_BYTES:
@@ -758,6 +747,27 @@ def _only(d: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
     unknown = sorted(set(d) - set(allowed))
     if unknown:
         raise BundleError(f"{where}: unknown field {unknown[0]!r:.60}")
+
+
+def _optional_section(
+    d: dict[str, Any],
+    key: str,
+    *,
+    needs_version: int,
+    version: int,
+    where: str,
+    parse: Callable[[dict[str, Any], str], _T],
+) -> _T | None:
+    """A manifest section added in schema `needs_version` (None when absent). An older reader
+    refuses the field by name; a newer bundle must say its version itself."""
+    if key not in d:
+        return None
+    if version < needs_version:
+        raise BundleError(
+            f"{where}: field '{key}' needs schema_version {needs_version}, "
+            f"the manifest says {version}"
+        )
+    return parse(_object(d[key], f"{where} {key}"), f"{where} {key}")
 
 
 def _object(value: Any, where: str) -> Mapping[str, Any]:
