@@ -348,9 +348,13 @@ class JointObjective(nn.Module):
         labels: torch.Tensor,
         attributes: torch.Tensor | None = None,
         stated: torch.Tensor | None = None,
+        *,
+        cross_weight: float = 1.0,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """(total loss, its named parts as floats for logging); attributes (B, A) int64 of the
-        images, stated (B,) bitmasks of the captions (None, or every bit set: all full).
+        images, stated (B,) bitmasks of the captions (None, or every bit set: all full);
+        `cross_weight` scales the cross-modal and class-proxy terms (the trainer ramps it in,
+        `PretrainConfig.cross_modal_ramp`; the logged parts stay unweighted).
 
         With partial captions in the batch (and attributes to judge them by): InfoNCE's
         positives are the images each caption fits (`caption_positives`), the class-proxy text
@@ -370,11 +374,11 @@ class JointObjective(nn.Module):
         else:
             cross = sje_loss(text, image, labels, self.margin)
         parts = {self.kind: float(cross.detach())}
-        total = cross
+        total = cross_weight * cross
         if self.proxies is not None:
             proxy = self.proxies(text, image, labels, full_mask)
             parts["proxy"] = float(proxy.detach())
-            total = total + self.proxy_weight * proxy
+            total = total + cross_weight * self.proxy_weight * proxy
         if self.attributes is not None and attributes is not None:
             text_attributes = None
             if full_mask is not None:

@@ -153,8 +153,11 @@ class PretrainConfig:
     readback_weight: float = 1.0
     """Weight of the read-back heads' loss (`train.text.readback`), trained jointly on the text
     embedding where the dataset has attributes; 0: no heads (the checkpoint carries none)."""
-    readback_detach: bool = False
-    """Heads read a detached embedding: their loss does not reach the text encoder."""
+    readback_detach: bool = True
+    """Heads read a detached embedding: their loss does not reach the text encoder. Attached,
+    the heads (at 10× the learning rate) steer φ so hard that φ learns the attributes far more
+    slowly: trained on the attribute heads alone for 150 steps, the text read colour / helmet
+    34 / 60 % right attached and 66 / 79 % detached (docs/TEXT_ENCODER.md § The helmet)."""
     readback_hidden: int = 256
     """Width of the heads' hidden layer (`train.models.ReadBackConfig.hidden`; 0: linear)."""
     readback_lr_scale: float = 10.0
@@ -164,6 +167,17 @@ class PretrainConfig:
     off_domain_per_batch: int = 16
     """Off-domain lines (`train.text.off_domain`) added to every batch for the off-domain head;
     they pass through the text encoder with the captions but not through the cross-modal loss."""
+    cross_modal_ramp: float = 0.25
+    """The cross-modal term (InfoNCE / SJE) and the class proxies weigh 0 for this fraction of
+    the run, then rise linearly to 1 over the next such fraction (`cross_modal_weight`); the
+    attribute heads count in full from step 0. 0: full weight from step 0 (before the fix).
+    Why: on L2-normalised embeddings InfoNCE penalises every text feature the image encoder
+    does not yet share, so an attribute that both encoders learn slowly — the helmet, a
+    negation late in the caption against a few pixels of the image — stayed at chance for the
+    whole run (600 steps: 52–57 % on `test` by the objective's own head), and a linear ramp
+    from 0 did not help (54 %). Held at 0, the heads alone teach both encoders every attribute
+    first; InfoNCE then keeps what they share (300 steps: 97.6 %). docs/TEXT_ENCODER.md
+    § The helmet."""
     augment_ramp: float = 0.3
     """Augmentation strength rises linearly from 0 to 1 over this fraction of the run: clean
     captions first teach the attributes fast, perturbed ones then teach robustness."""
@@ -184,6 +198,8 @@ class PretrainConfig:
             raise ConfigError("off_domain_per_batch and readback_hidden must be ≥ 0")
         if self.readback_lr_scale <= 0:
             raise ConfigError(f"readback_lr_scale must be > 0, got {self.readback_lr_scale}")
+        if not 0.0 <= self.cross_modal_ramp <= 1.0:
+            raise ConfigError(f"cross_modal_ramp must be in [0, 1], got {self.cross_modal_ramp}")
         if not 0.0 <= self.augment_ramp <= 1.0:
             raise ConfigError(f"augment_ramp must be in [0, 1], got {self.augment_ramp}")
         if not 0.0 <= self.twin_fraction <= 0.5:
@@ -222,8 +238,10 @@ LEGACY_VALUES: dict[str, Any] = {
     "readback_hidden": 256,
     "readback_lr_scale": 1.0,
     "off_domain_per_batch": 0,
+    "cross_modal_ramp": 0.0,
 }
-"""Fields a saved config may lack (written before issue 17), with the values it was trained with."""
+"""Fields a saved config may lack (written before issue 17 or before the cross-modal ramp), with
+the values it was trained with."""
 LEGACY_AUGMENT: dict[str, Any] = {"doubled_prob": 0.0, "joined_prob": 0.0}
 
 
@@ -401,6 +419,14 @@ def generated_splits(
 # --------------------------------------------------------------------------------------------
 # Training
 # --------------------------------------------------------------------------------------------
+
+
+def cross_modal_weight(ramp: float, progress: float) -> float:
+    """Weight of the cross-modal and proxy terms: 0 for the first `ramp` of the run (the
+    attribute heads alone), then linear to 1 over the next `ramp`; 1 throughout if `ramp` is 0."""
+    if ramp <= 0:
+        return 1.0
+    return min(1.0, max(0.0, progress / ramp - 1.0))
 
 
 def learning_rate(config: PretrainConfig, step: int, progress: float) -> float:
@@ -685,7 +711,10 @@ def train(
             text_all = state.text_encoder(ids, lengths)  # (B + K, E): captions, then off-domain
             text_emb = text_all[: len(batch.encoded)]  # (B, E)
             image_emb = state.image_encoder(images)  # (B, E)
-            loss, parts = state.objective(text_emb, image_emb, labels, attributes, stated)
+            cross_weight = cross_modal_weight(config.cross_modal_ramp, progress)
+            loss, parts = state.objective(
+                text_emb, image_emb, labels, attributes, stated, cross_weight=cross_weight
+            )
             if state.readback is not None and attributes is not None:
                 loss, read_parts = _with_readback(config, state.readback, text_all, batch, loss)
                 parts.update(read_parts)
@@ -825,6 +854,13 @@ class PretrainFlags:
         at_least=0,
         target=("attribute_weight",),
     )
+    cross_modal_ramp: float | None = _flag(
+        f"fraction of the run over which InfoNCE/SJE and the proxies ramp in "
+        f"(default {_D.cross_modal_ramp}; 0: none)",
+        at_least=0,
+        at_most=1,
+        target=("cross_modal_ramp",),
+    )
     proxy_weight: float | None = _flag(
         f"class-proxy term (default {_D.proxy_weight}; 0: off)",
         at_least=0,
@@ -842,7 +878,13 @@ class PretrainFlags:
     )
     readback_detach: bool = option(
         False,
-        "the read-back heads' loss does not reach the text encoder",
+        "the read-back heads' loss does not reach the text encoder (the default)",
+        show_default=False,
+        store_true=True,
+    )
+    readback_attach: bool = option(
+        False,
+        "the read-back heads' loss also trains the text encoder",
         show_default=False,
         store_true=True,
     )
@@ -967,8 +1009,10 @@ def _apply_flags(config: PretrainConfig, args: PretrainFlags) -> PretrainConfig:
         )
     if args.no_eval:
         config = dataclasses.replace(config, eval_splits=())
-    if args.readback_detach:
-        config = dataclasses.replace(config, readback_detach=True)
+    if args.readback_detach and args.readback_attach:
+        raise ConfigError("--readback-detach and --readback-attach exclude each other")
+    if args.readback_detach or args.readback_attach:
+        config = dataclasses.replace(config, readback_detach=args.readback_detach)
     if args.dry_run:
         config = dataclasses.replace(config, dry_run=True, monitor_every=0)
     if args.embedding_dim is not None:  # one shared embedding size: set both encoders at once
@@ -1013,11 +1057,12 @@ def _resumed_config(checkpoint: dict[str, Any], args: PretrainFlags, where: Path
             raise ConfigError(
                 f"{flag}: a resumed run keeps its config ({old!r}); start a new run to change it"
             )
-    if args.readback_detach and not saved.readback_detach:
-        raise ConfigError(
-            "--readback-detach: a resumed run keeps its config (False); start a new run to "
-            "change it"
-        )
+    for flag, wanted in (("readback_detach", True), ("readback_attach", False)):
+        if getattr(args, flag) and saved.readback_detach != wanted:
+            raise ConfigError(
+                f"--{flag.replace('_', '-')}: a resumed run keeps its config "
+                f"(readback_detach={saved.readback_detach}); start a new run to change it"
+            )
     for flag in ("no_augment", "no_eval", "dry_run"):
         if getattr(args, flag):
             raise ConfigError(f"--{flag.replace('_', '-')} cannot be combined with --resume")

@@ -188,6 +188,28 @@ def test_joint_embedding_objective_adds_weighted_auxiliaries(kind: str) -> None:
         je.JointObjective("triplet", 10, 8)
 
 
+@pytest.mark.parametrize("kind", ["infonce", "sje"])
+def test_joint_embedding_cross_weight_scales_cross_modal_and_proxy_terms_only(kind: str) -> None:
+    torch.manual_seed(5)
+    text, image = torch.randn(6, 8, requires_grad=True), torch.randn(6, 8)
+    labels = torch.tensor([3, 1, 4, 1, 5, 9])
+    attributes = torch.tensor([[0, 1], [1, 2], [0, 0], [1, 2], [1, 1], [0, 2]])
+    objective = je.JointObjective(
+        kind, 10, 8, proxy_weight=0.5, attribute_sizes=(2, 3), attribute_weight=2.0
+    )
+    for weight in (0.0, 0.3, 1.0):
+        total, parts = objective(text, image, labels, attributes, cross_weight=weight)
+        expected = weight * (parts[kind] + 0.5 * parts["proxy"]) + 2.0 * parts["attributes"]
+        assert float(total.detach()) == pytest.approx(expected, rel=1e-5)
+    # At weight 0 the text's gradient is the attribute heads' alone.
+    total, _ = objective(text, image, labels, attributes, cross_weight=0.0)
+    (from_total,) = torch.autograd.grad(total, text)
+    assert objective.attributes is not None
+    heads_only = 2.0 * objective.attributes(text, image, attributes)
+    (from_heads,) = torch.autograd.grad(heads_only, text)
+    torch.testing.assert_close(from_total, from_heads)
+
+
 def test_joint_embedding_class_proxies_classify_both_modalities() -> None:
     proxies = je.ClassProxies(3, 2, scale=30.0)
     with torch.no_grad():

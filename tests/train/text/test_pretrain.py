@@ -85,7 +85,9 @@ def test_text_encoder_tiny_pretraining_beats_chance(trained: tuple, splits: dict
     assert trained_value > fresh_value + 0.08, (trained_value, fresh_value)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(2, 101, 2))
-    assert records[-1]["loss"] < records[0]["loss"]
+    # The total rises as the cross-modal term is weighed in (`cross_modal_ramp`); each logged
+    # part is unweighted, so the cross-modal one must fall.
+    assert records[-1]["loss_infonce"] < records[0]["loss_infonce"]
 
 
 def test_text_encoder_checkpoint_rebuilds_both_models_from_file_alone(
@@ -135,6 +137,15 @@ def test_text_encoder_schedule_is_a_pure_function_of_seed_and_step(splits: dict)
     plain = make(0.0)
     seen = np.concatenate([plain.indices(s) for s in range(6)])
     assert sorted(seen.tolist()) == list(range(192))
+
+
+def test_text_encoder_cross_modal_weight_holds_then_ramps() -> None:
+    weight = text_encoder.cross_modal_weight
+    assert [weight(0.25, p) for p in (0.0, 0.1, 0.25, 0.375, 0.5, 0.9)] == [
+        0.0, 0.0, 0.0, 0.5, 1.0, 1.0,
+    ]  # fmt: skip
+    assert weight(0.0, 0.0) == 1.0  # no ramp: the cross-modal term counts from step 0
+    assert weight(0.5, 1.0) == 1.0
 
 
 def test_text_encoder_twins_differ_from_their_anchor_in_exactly_one_attribute() -> None:
@@ -245,6 +256,14 @@ def test_text_encoder_minutes_cap_stops_the_run(tmp_path: Path, dataset: Path) -
         (["--data", "{data}", "--lr", "0"], "--lr 0.0: must be > 0"),
         (["--data", "{data}", "--batch-size", "1000"], "--batch-size 1000 exceeds the 192"),
         (["--data", "{data}", "--objective", "triplet"], "argument --objective: invalid choice"),
+        (
+            ["--data", "{data}", "--cross-modal-ramp", "1.5"],
+            "--cross-modal-ramp 1.5: must lie in [0, 1]",
+        ),
+        (
+            ["--data", "{data}", "--readback-detach", "--readback-attach"],
+            "--readback-detach and --readback-attach exclude each other",
+        ),
         (["--resume"], "--resume: no run folder with a checkpoint.pt"),
         (["--resume", "{tmp}/nowhere"], "--resume: {tmp}/nowhere not found"),
     ],

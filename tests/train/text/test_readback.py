@@ -201,7 +201,7 @@ def test_config_from_before_the_readback_resumes_as_it_was_trained() -> None:
     del saved["augment"]["doubled_prob"], saved["augment"]["joined_prob"]
     old = text_encoder.PretrainConfig.from_dict(saved)
     assert old.readback_weight == 0.0 and old.partial_captions == "ignore"
-    assert old.off_domain_per_batch == 0
+    assert old.off_domain_per_batch == 0 and old.cross_modal_ramp == 0.0
     assert old.augment.doubled_prob == 0.0 and old.augment.joined_prob == 0.0
 
 
