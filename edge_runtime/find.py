@@ -266,7 +266,8 @@ class CaptureGrabber:
 
     def latest(self) -> tuple[str, np.ndarray]:
         """(frame id, RGB frame) grabbed after this call began; FrameSourceError (one line
-        naming the source) when the capture cannot be opened or read, or within `timeout_s`."""
+        naming the source) when the capture cannot be opened or read, or gives no frame within
+        `timeout_s`."""
         with self._cv:
             if self._closed:
                 raise FrameSourceError(f"{self.name}: closed")
@@ -296,7 +297,8 @@ class CaptureGrabber:
                 log.warning("%s: reader still inside OpenCV after %.1f s", self.name, timeout_s)
 
     def _start(self) -> None:
-        """Start a reader (lock held): the capture is opened in it, never on a request's time."""
+        """Start a reader (lock held). The capture is opened there, not here: an open that hangs
+        inside OpenCV then holds up no request beyond `timeout_s`."""
         self._running = True
         self._error = ""
         self._thread = threading.Thread(

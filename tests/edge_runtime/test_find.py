@@ -310,16 +310,25 @@ def test_grabber_fails_the_request_whose_read_fails_then_serves_the_next(
         grabber.close()
 
 
-def test_grabber_close_stops_its_reader_and_releases(monkeypatch: pytest.MonkeyPatch) -> None:
-    capture = _Unplugged(frames=10**6)
-    monkeypatch.setattr(find, "_open_capture", lambda source: capture)
-    grabber = CaptureGrabber(0, "camera", live=True)
+def test_grabber_close_stops_its_reader_and_releases(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    captures: list[Any] = []
+    real = find._open_capture
+
+    def kept(source: str | int) -> Any:
+        captures.append(real(source))
+        return captures[-1]
+
+    monkeypatch.setattr(find, "_open_capture", kept)
+    grabber = FrameSource(video=_clip(tmp_path / "clip.avi")).open_latest()
     grabber.latest()
     reader = grabber._thread
     assert reader is not None and reader.daemon and reader.is_alive()
+    assert len(captures) == 1 and captures[0].isOpened()
     grabber.close()
-    assert not reader.is_alive() and capture.released
-    with pytest.raises(FrameSourceError, match="camera 0: closed"):
+    assert not reader.is_alive() and not captures[0].isOpened()
+    with pytest.raises(FrameSourceError, match=r"^video .*clip\.avi: closed$"):
         grabber.latest()
 
 
