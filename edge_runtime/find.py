@@ -8,15 +8,20 @@ generator draws for the same caption.
 
 Frame sources are chosen on the robot, never over the link: a folder of images (sorted by name),
 a video file, or a camera index (OpenCV capture). A folder's files are size-checked before they
-are decoded (`MAX_FRAME_FILE_BYTES`, `MAX_FRAME_PIXELS`): the folder may be a USB stick.
+are decoded (`MAX_FRAME_FILE_BYTES`, `MAX_FRAME_PIXELS`): the folder may be a USB stick. The
+service keeps a camera or video open across requests (`CaptureGrabber`, docs/SEARCH.md § On the
+robot): opening a camera per request costs up to seconds, fails while the device is busy, and
+hands back a frame that waited in the driver's buffer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +39,10 @@ MAX_FRAME_FILE_BYTES = 32 << 20
 MAX_FRAME_PIXELS = 40_000_000
 """≈ 120 MB decoded as RGB: a 4K camera frame is 8.3 M pixels."""
 MAX_FRAME_SIDE = 8192
+FRAME_TIMEOUT_S = 5.0
+"""Longest wait of a serial `find` for its frame, opening the camera included."""
+
+log = logging.getLogger(__name__)
 
 
 class FrameSourceError(ValueError):
@@ -183,14 +192,27 @@ def folder_frames(folder: Path, limit: int | None = None) -> Iterator[tuple[str,
         yield name, _read_image(folder / name)
 
 
+def _open_capture(source: str | int) -> Any:
+    """An OpenCV capture of a video file or camera index (the one place captures are opened)."""
+    # OpenCV's own warnings ("can't open camera by index") would add lines to our one-line error.
+    with contextlib.suppress(AttributeError):  # builds without cv2.utils.logging
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    return cv2.VideoCapture(source)
+
+
+def _rgb(frame: np.ndarray, name: str) -> np.ndarray:
+    """A captured BGR frame as RGB, refused when larger than `MAX_FRAME_SIDE`."""
+    h, w = frame.shape[:2]
+    if h > MAX_FRAME_SIDE or w > MAX_FRAME_SIDE:
+        raise FrameSourceError(f"{name}: frame {w}×{h} is too large")
+    return frame[..., ::-1].copy()
+
+
 def capture_frames(
     source: str | int, limit: int | None = None, label: str = "frame"
 ) -> Iterator[tuple[str, np.ndarray]]:
     """(frame id, RGB frame) from a video file or camera index through OpenCV."""
-    # OpenCV's own warnings ("can't open camera by index") would add lines to our one-line error.
-    with contextlib.suppress(AttributeError):  # builds without cv2.utils.logging
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-    capture = cv2.VideoCapture(source)
+    capture = _open_capture(source)
     if not capture.isOpened():
         raise FrameSourceError(f"{label} {source}: OpenCV cannot open it")
     try:
@@ -199,13 +221,164 @@ def capture_frames(
             ok, frame = capture.read()
             if not ok or frame is None:
                 return
-            h, w = frame.shape[:2]
-            if h > MAX_FRAME_SIDE or w > MAX_FRAME_SIDE:
-                raise FrameSourceError(f"{label} {source}: frame {w}×{h} is too large")
-            yield f"{label}{index:06d}", frame[..., ::-1].copy()
+            yield f"{label}{index:06d}", _rgb(frame, f"{label} {source}")
             index += 1
     finally:
         capture.release()
+
+
+class CaptureGrabber:
+    """A camera or video file opened once for many serial `find`s: `latest()` opens it lazily,
+    a failed open or read releases it (the next `latest()` opens it again), `close()` ends it.
+
+    One daemon reader thread owns the capture; it alone calls OpenCV, so no capture call ever
+    runs on two threads. For a camera (`live`) it `grab()`s every frame as the driver delivers
+    it and decodes (`retrieve()`) only the frames a request waits for: the driver's buffer never
+    holds old frames, no request pays for opening, and idle decoding costs nothing. Draining the
+    buffer per request instead (a few `grab()`s) would cost one frame period per buffered frame,
+    and `CAP_PROP_BUFFERSIZE` is honoured by some backends only (it is still set, for them).
+    The frame a request gets was grabbed after the request arrived, so it is never stale.
+
+    A video file has no "now": each `latest()` takes the file's next frame and the file starts
+    over at its end, so a demo clip walks forward request by request (`live` false: the reader
+    grabs only on demand instead of racing through the file).
+    """
+
+    def __init__(
+        self, source: str | int, label: str, *, live: bool, timeout_s: float = FRAME_TIMEOUT_S
+    ) -> None:
+        self.source = source
+        self.name = f"{label} {source}"
+        self.label = label
+        self.live = live
+        self.timeout_s = timeout_s
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._running = False
+        """A reader thread owns the capture (set by `latest`, cleared by the thread on exit)."""
+        self._error = ""
+        """Why the last reader stopped ("" while it runs)."""
+        self._asked = 0
+        """Requests for a frame so far; a frame grabbed after request k serves every j ≤ k."""
+        self._served = 0
+        self._frame: tuple[str, np.ndarray] | None = None
+        self._closed = False
+
+    def latest(self) -> tuple[str, np.ndarray]:
+        """(frame id, RGB frame) grabbed after this call began; FrameSourceError (one line
+        naming the source) when the capture cannot be opened or read, or gives no frame within
+        `timeout_s`."""
+        with self._cv:
+            if self._closed:
+                raise FrameSourceError(f"{self.name}: closed")
+            if not self._running:
+                self._start()
+            self._asked += 1
+            ticket = self._asked
+            self._cv.notify_all()
+            if not self._cv.wait_for(
+                lambda: self._served >= ticket or not self._running, self.timeout_s
+            ):
+                raise FrameSourceError(f"{self.name}: no frame within {self.timeout_s:.1f} s")
+            if self._served < ticket:
+                raise FrameSourceError(self._error or f"{self.name}: reader stopped")
+            assert self._frame is not None
+            return self._frame
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        """Stop the reader and release the capture (waits up to `timeout_s` for the reader)."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout_s)
+            if thread.is_alive():  # stuck inside OpenCV; a daemon, so it cannot hold up exit
+                log.warning("%s: reader still inside OpenCV after %.1f s", self.name, timeout_s)
+
+    def _start(self) -> None:
+        """Start a reader (lock held). The capture is opened there, not here: an open that hangs
+        inside OpenCV then holds up no request beyond `timeout_s`."""
+        self._running = True
+        self._error = ""
+        self._thread = threading.Thread(
+            target=self._read, name=f"rescue-edge-{self.label}", daemon=True
+        )
+        self._thread.start()
+
+    def _read(self) -> None:
+        capture = None
+        error = ""
+        try:
+            capture = _open_capture(self.source)
+            if not capture.isOpened():
+                error = f"{self.name}: OpenCV cannot open it"
+                return
+            with contextlib.suppress(cv2.error):  # honoured by V4L2 and a few others only
+                capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+            log.info("%s: open", self.name)
+            index = -1
+            while True:
+                with self._cv:
+                    if not self.live:
+                        self._cv.wait_for(lambda: self._closed or self._asked > self._served)
+                    if self._closed:
+                        return
+                    asked = self._asked
+                ok = capture.grab()
+                if not ok and not self.live:  # the file's end: from its start again
+                    capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
+                    index = -1
+                    ok = capture.grab()
+                if not ok:
+                    error = f"{self.name}: read failed (unplugged?); reopened on next request"
+                    return
+                index += 1
+                if asked <= self._served:  # nobody waits (only this thread writes _served)
+                    continue
+                ok, frame = capture.retrieve()
+                if not ok or frame is None:
+                    error = f"{self.name}: cannot decode a frame; reopened on next request"
+                    return
+                item = (f"{self.label}{index:06d}", _rgb(frame, self.name))
+                with self._cv:
+                    self._frame = item
+                    self._served = asked
+                    self._cv.notify_all()
+        except FrameSourceError as err:
+            error = str(err)
+        except Exception as err:  # cv2.error and friends: the service must keep serving
+            error = f"{self.name}: {type(err).__name__}: {str(err).strip().splitlines()[0]}"
+        finally:
+            if capture is not None:
+                with contextlib.suppress(Exception):
+                    capture.release()
+            if error:
+                log.warning("%s", error)
+            with self._cv:
+                self._running = False
+                self._error = error
+                self._cv.notify_all()
+
+
+class FolderLatest:
+    """The newest image file in a folder (a camera writing there), read afresh per request."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def latest(self) -> tuple[str, np.ndarray]:
+        """(file name, RGB frame) of the folder's newest image."""
+        if not self.folder.is_dir():
+            raise FrameSourceError(f"{self.folder}: not a folder of frames")
+        files = [p for p in self.folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES]
+        if not files:
+            raise FrameSourceError(f"{self.folder}: no frames yet")
+        newest = max(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
+        return newest.name, _read_image(newest)
+
+    def close(self) -> None:
+        """Nothing is held between requests."""
 
 
 @dataclass(frozen=True)
@@ -233,17 +406,13 @@ class FrameSource:
         assert self.camera is not None
         return capture_frames(self.camera, limit, "camera")
 
-    def latest(self) -> tuple[str, np.ndarray]:
-        """One frame for a serial `find`: a camera's next frame, a folder's newest file, a
-        video's first frame."""
+    def open_latest(self, timeout_s: float = FRAME_TIMEOUT_S) -> FolderLatest | CaptureGrabber:
+        """What serial `find` reads its frame from, opened lazily on the first `latest()`: a
+        folder's newest file, a camera's next frame, a video's next frame (see
+        `CaptureGrabber`). The caller closes it."""
         if self.folder is not None:
-            if not self.folder.is_dir():
-                raise FrameSourceError(f"{self.folder}: not a folder of frames")
-            files = [p for p in self.folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES]
-            if not files:
-                raise FrameSourceError(f"{self.folder}: no frames yet")
-            newest = max(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
-            return newest.name, _read_image(newest)
-        for item in self.frames(limit=1):
-            return item
-        raise FrameSourceError(f"{self.describe()}: no frame")
+            return FolderLatest(self.folder)
+        if self.video is not None:
+            return CaptureGrabber(str(self.video), "video", live=False, timeout_s=timeout_s)
+        assert self.camera is not None
+        return CaptureGrabber(self.camera, "camera", live=True, timeout_s=timeout_s)

@@ -351,6 +351,9 @@ class Service:
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._worker = threading.Thread(target=self._work, name="rescue-edge-worker", daemon=True)
+        # Opened on the first `find` and kept open (a camera costs up to seconds to open); closed
+        # when `run` ends.
+        self._frames = config.frames.open_latest() if config.frames is not None else None
         try:
             self.output.ensure()
         except OutputError as err:
@@ -401,6 +404,8 @@ class Service:
         finally:
             self._jobs_shutdown()
             self._worker.join(timeout=self.config.stop_timeout_s)
+            if self._frames is not None:
+                self._frames.close()
             self.link.close()
             self._save_link_state(self.clock(), force=True)
             os.close(self._wake_r)
@@ -944,12 +949,12 @@ class Service:
         """`find`: the frame source's latest frame scored against the caption; boxes in the
         reply, the overlay (frame, heat map, boxes, reference picture) saved as a result."""
         request = job.request
-        assert self.config.frames is not None  # checked before queueing
+        assert self._frames is not None  # checked before queueing
         spec = self.engine.manifest.search
         t0 = self.clock()
         try:
             embedding = self.engine.embed([request.caption])
-            frame_id, frame = self.config.frames.latest()
+            frame_id, frame = self._frames.latest()
             found = find_in_frame(self.engine, embedding, frame, frame_id)
             reference = self.engine.generate(request.caption, n=1, seed=0)[0]
         except CaptionError as err:

@@ -21,11 +21,11 @@ import pytest
 import serial
 
 from edge_runtime import bundle as b
-from edge_runtime import protocol, search
+from edge_runtime import find, protocol, search
 from edge_runtime.cli import main
 from edge_runtime.client import BadReplyError, OperatorClient, parse_boxes
 from edge_runtime.engine import Engine
-from edge_runtime.find import FrameSource, find_in_frame
+from edge_runtime.find import CaptureGrabber, FrameSource, FrameSourceError, find_in_frame
 from edge_runtime.images import decode_png
 from edge_runtime.protocol import Code, ProtocolError, format_request, parse_request
 from edge_runtime.service import Service, ServiceConfig
@@ -191,19 +191,175 @@ def test_find_cli_refuses_a_bundle_without_frame_scorer_and_a_missing_folder(
     assert code == 2 and "not a folder" in err and len(err.splitlines()) == 1
 
 
-def test_find_reads_a_video_through_opencv(tmp_path: Path, search_engine: Engine) -> None:
-    path = tmp_path / "clip.avi"
+def _clip(path: Path, count: int = 4) -> Path:
+    """A real MJPG video whose frame k is uniformly grey level 40·k."""
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (160, 120))
     if not writer.isOpened():
         pytest.skip("this OpenCV build cannot write MJPG video")
-    for k in range(4):
+    for k in range(count):
         writer.write(np.full((120, 160, 3), 40 * k, np.uint8))
     writer.release()
+    return path
+
+
+def test_find_reads_a_video_through_opencv(tmp_path: Path, search_engine: Engine) -> None:
+    path = _clip(tmp_path / "clip.avi")
     frames = list(FrameSource(video=path).frames())
     assert [f for f, _ in frames] == [f"video{k:06d}" for k in range(4)]
     embedding = search_engine.embed([CAPTION])
     found = find_in_frame(search_engine, embedding, frames[0][1], frames[0][0])
     assert found.heat.shape == (128, 128) and found.detections
+
+
+# -- the service's frame grabber: opened once, reopened after a failure, closed -----------------
+
+
+@pytest.fixture
+def opens(monkeypatch: pytest.MonkeyPatch) -> list[str | int]:
+    """Every capture the grabber opens (the real OpenCV opener, counted)."""
+    opened: list[str | int] = []
+    real = find._open_capture
+
+    def counted(source: str | int) -> Any:
+        opened.append(source)
+        return real(source)
+
+    monkeypatch.setattr(find, "_open_capture", counted)
+    return opened
+
+
+def test_grabber_opens_a_video_once_and_walks_its_frames(tmp_path: Path, opens: list) -> None:
+    path = _clip(tmp_path / "clip.avi", count=4)
+    grabber = FrameSource(video=path).open_latest(timeout_s=10.0)
+    assert opens == []  # lazily: nothing opened before the first request
+    try:
+        got = [grabber.latest() for _ in range(10)]
+    finally:
+        grabber.close()
+    assert opens == [str(path)]
+    # One frame per request, from the file's start again after its end.
+    assert [frame_id for frame_id, _ in got] == [f"video{k % 4:06d}" for k in range(10)]
+    levels = [round(float(frame.mean())) for _, frame in got]
+    assert all(abs(level - 40 * (k % 4)) <= 3 for k, level in enumerate(levels)), levels
+    assert got[0][1].shape == (120, 160, 3)
+
+
+class _Unplugged:
+    """A capture whose camera is pulled after `frames` grabs (the only case a real device
+    cannot be made to show on demand)."""
+
+    def __init__(self, frames: int) -> None:
+        self.frames = frames
+        self.released = False
+
+    def isOpened(self) -> bool:  # noqa: N802 (OpenCV's name)
+        return True
+
+    def set(self, prop: int, value: float) -> bool:
+        return False
+
+    def grab(self) -> bool:
+        time.sleep(0.005)  # a camera delivers frames at its own pace
+        self.frames -= 1
+        return self.frames >= 0
+
+    def retrieve(self) -> tuple[bool, np.ndarray]:
+        return True, np.zeros((48, 64, 3), np.uint8)
+
+    def release(self) -> None:
+        self.released = True
+
+
+def test_grabber_reopens_a_camera_after_a_failed_read(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    captures = [_Unplugged(frames=3), _Unplugged(frames=10**6)]
+    opened = iter(captures)
+    monkeypatch.setattr(find, "_open_capture", lambda source: next(opened))
+    grabber = CaptureGrabber(7, "camera", live=True, timeout_s=5.0)
+    try:
+        grabber.latest()  # opens the first capture, which dies within three grabs
+        assert grabber._thread is not None
+        grabber._thread.join(5.0)  # the camera is pulled between requests
+        assert captures[0].released
+        (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert warning.startswith("camera 7: read failed") and "\n" not in warning
+        frame_id, frame = grabber.latest()  # the next request opens it again and is served
+        assert frame_id.startswith("camera") and frame.shape == (48, 64, 3)
+    finally:
+        grabber.close()
+    assert captures[1].released
+
+
+def test_grabber_fails_the_request_whose_read_fails_then_serves_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A file is read on demand, so the failing read is certainly the waiting request's.
+    captures = [_Unplugged(frames=1), _Unplugged(frames=10**6)]
+    opened = iter(captures)
+    monkeypatch.setattr(find, "_open_capture", lambda source: next(opened))
+    grabber = CaptureGrabber("clip.avi", "video", live=False, timeout_s=5.0)
+    try:
+        assert grabber.latest()[0] == "video000000"
+        with pytest.raises(FrameSourceError) as failed:
+            grabber.latest()
+        assert str(failed.value).startswith("video clip.avi: read failed")
+        assert "\n" not in str(failed.value) and captures[0].released
+        assert grabber.latest()[0] == "video000000"  # reopened
+    finally:
+        grabber.close()
+
+
+def test_grabber_close_stops_its_reader_and_releases(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    captures: list[Any] = []
+    real = find._open_capture
+
+    def kept(source: str | int) -> Any:
+        captures.append(real(source))
+        return captures[-1]
+
+    monkeypatch.setattr(find, "_open_capture", kept)
+    grabber = FrameSource(video=_clip(tmp_path / "clip.avi")).open_latest()
+    grabber.latest()
+    reader = grabber._thread
+    assert reader is not None and reader.daemon and reader.is_alive()
+    assert len(captures) == 1 and captures[0].isOpened()
+    grabber.close()
+    assert not reader.is_alive() and not captures[0].isOpened()
+    with pytest.raises(FrameSourceError, match=r"^video .*clip\.avi: closed$"):
+        grabber.latest()
+
+
+def test_grabber_bounds_the_wait_for_a_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+    stalled = threading.Event()
+
+    class Stalled(_Unplugged):
+        def grab(self) -> bool:
+            stalled.wait(10.0)  # a camera that stops delivering without failing
+            return False
+
+    monkeypatch.setattr(find, "_open_capture", lambda source: Stalled(frames=0))
+    grabber = CaptureGrabber(3, "camera", live=True, timeout_s=0.2)
+    try:
+        start = time.monotonic()
+        with pytest.raises(FrameSourceError, match=r"^camera 3: no frame within 0\.2 s$"):
+            grabber.latest()
+        assert time.monotonic() - start < 2.0
+    finally:
+        stalled.set()
+        grabber.close()
+
+
+def test_grabber_names_a_camera_it_cannot_open_in_one_line() -> None:
+    grabber = CaptureGrabber(63, "camera", live=True)
+    try:
+        with pytest.raises(FrameSourceError) as failed:
+            grabber.latest()
+    finally:
+        grabber.close()
+    assert str(failed.value) == "camera 63: OpenCV cannot open it"
 
 
 # -- protocol and client -----------------------------------------------------------------------
@@ -312,6 +468,22 @@ def test_serial_find_without_frame_source_or_scorer_answers_no_search(
     (err,) = reader.until("n1")
     assert (err.kind, err.code) == ("err", Code.NO_SEARCH)
     assert "frame source" in err.text and str(tmp_path) not in err.text
+
+
+def test_serial_find_keeps_a_video_open_across_requests(
+    search_service, reader, tmp_path: Path, opens: list
+) -> None:
+    service = search_service(frames=FrameSource(video=_clip(tmp_path / "clip.avi", count=4)))
+    for k in range(3):
+        reader.send(format_request(f"v{k}", "find", caption=CAPTION, top_k=1))
+        _, done = reader.until(f"v{k}")
+        assert (done.kind, done.get("frame")) == ("done", f"video{k:06d}"), done
+    assert len(opens) == 1
+    grabber = service._frames
+    assert isinstance(grabber, CaptureGrabber) and grabber._thread is not None
+    service.request_stop()
+    grabber._thread.join(timeout=20)
+    assert not grabber._thread.is_alive()  # closed when the service stopped
 
 
 def test_serial_find_names_no_robot_path_when_the_source_fails(
