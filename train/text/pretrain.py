@@ -157,7 +157,8 @@ class PretrainConfig:
     """Heads read a detached embedding: their loss does not reach the text encoder. Attached,
     the heads (at 10× the learning rate) steer φ so hard that φ learns the attributes far more
     slowly: trained on the attribute heads alone for 150 steps, the text read colour / helmet
-    34 / 60 % right attached and 66 / 79 % detached (docs/TEXT_ENCODER.md § The helmet)."""
+    37 / 62 % right attached (even without off-domain lines) and 66 / 79 % detached (with 16)
+    (docs/TEXT_ENCODER.md § The helmet)."""
     readback_hidden: int = 256
     """Width of the heads' hidden layer (`train.models.ReadBackConfig.hidden`; 0: linear)."""
     readback_lr_scale: float = 10.0
