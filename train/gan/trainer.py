@@ -66,7 +66,7 @@ from train.distributed import DistEnv
 from train.errors import first_line
 from train.gan import augment, losses
 from train.gan.config import GanTrainConfig, config_to_dict, resolve_objective
-from train.gan.ema import ema_decay_at, update_ema
+from train.gan.ema import STANDING_BATCHES, ema_decay_at, standing_statistics, update_ema
 from train.gan.text_embeddings import CaptionTable, TextEmbeddings, embed_texts, load_or_compute
 
 log = logging.getLogger(__name__)
@@ -677,6 +677,7 @@ class GanTrainer:
         """(grid, strips) as float (3, H, W) in [0, 1]: fixed captions (rows) × fixed noise
         (columns), and GAN-INT strips from caption a (left) to caption b (right), eval mode,
         from the weight average where there is one (what evaluation and export use)."""
+        self.refresh_ema_statistics()
         g = self.generator_ema if self.generator_ema is not None else self.generator
         was_training = g.training
         g.eval()
@@ -700,8 +701,33 @@ class GanTrainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
 
+    @torch.no_grad()
+    def refresh_ema_statistics(self) -> None:
+        """The weight average's batch-norm statistics from its own weights (standing statistics,
+        train/gan/ema.py): training captions of the embedding table and fresh noise, drawn from
+        (seed, step) streams of their own, so training's draws and resume are untouched."""
+        if self.generator_ema is None:
+            return
+        c = self.config
+        gen = torch.Generator().manual_seed(stateless_seed(c.seed, self.step, 7))
+        rows = torch.randint(
+            len(self.embeddings.table), (STANDING_BATCHES, c.batch_size), generator=gen
+        )
+        noise = torch.randn(
+            STANDING_BATCHES, c.batch_size, self.gan_config.noise_dim, generator=gen
+        )
+        table = self.embeddings.table
+
+        def inputs(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+            text = table[rows[i].to(table.device)].float()  # (B, E)
+            return noise[i].to(self.device), text
+
+        standing_statistics(self.generator_ema, inputs, STANDING_BATCHES)
+
     def checkpoint(self) -> dict[str, Any]:
-        """The full training state as a weights_only-loadable dict (train/checkpoint.py)."""
+        """The full training state as a weights_only-loadable dict (train/checkpoint.py); the
+        weight average saved with its standing batch-norm statistics (train/gan/ema.py)."""
+        self.refresh_ema_statistics()
         model_states = {
             "generator": _plain_state(self.generator),
             "discriminator": _plain_state(self.discriminator),

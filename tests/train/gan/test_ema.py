@@ -13,7 +13,7 @@ from export import pipeline
 from train import checkpoint as ck
 from train import models
 from train.gan.config import GanTrainConfig, config_from_checkpoint
-from train.gan.ema import ema_decay_at, update_ema
+from train.gan.ema import ema_decay_at, standing_statistics, update_ema
 from train.quality.evaluate import CheckpointSource
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -45,6 +45,32 @@ def test_update_ema_averages_parameters_and_copies_buffers() -> None:
     for name, value in model.state_dict().items():
         assert torch.equal(average.state_dict()[name], value)
         assert torch.equal(snapshot[name], value)
+
+
+def test_standing_statistics_are_the_average_of_the_passes_and_touch_nothing_else() -> None:
+    torch.manual_seed(2)
+    g = models.Generator(TINY).eval()
+    g.blocks[0].bn.running_mean.fill_(5.0)  # what copying the trained G's statistics left there
+    weights = copy.deepcopy({k: v for k, v in g.named_parameters()})
+    inputs = [
+        (torch.randn(6, TINY.noise_dim), torch.randn(6, TINY.embedding_dim)) for _ in range(3)
+    ]
+    seen: list[torch.Tensor] = []  # the first BN layer's input in each pass: (6, C, 4, 4)
+    hook = g.blocks[0].bn.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    standing_statistics(g, lambda i: inputs[i], 3)
+    hook.remove()
+    assert len(seen) == 3
+    per_pass = torch.stack([x.mean(dim=(0, 2, 3)) for x in seen])  # (3, C)
+    assert torch.allclose(g.blocks[0].bn.running_mean, per_pass.mean(0), atol=1e-6)
+    assert int(g.blocks[0].bn.num_batches_tracked) == 3
+    assert not g.training and g.blocks[0].bn.momentum == 0.1  # mode and momentum restored
+    for name, p in g.named_parameters():
+        assert torch.equal(p, weights[name]), name
+    # Deterministic: the same passes give the same statistics again.
+    first = copy.deepcopy(g.state_dict())
+    standing_statistics(g, lambda i: inputs[i], 3)
+    for name, value in g.state_dict().items():
+        assert torch.equal(value, first[name]), name
 
 
 def _gan_checkpoint(with_ema: bool) -> dict:

@@ -169,6 +169,10 @@ def test_gan_resume_is_bitwise_identical_to_an_uninterrupted_run(
     # The weight average moved away from the trained weights (warm-up: it is not a copy).
     ema, trained = resumed["models"]["generator_ema"], resumed["models"]["generator"]
     assert not torch.equal(ema["to_rgb.weight"], trained["to_rgb.weight"])
+    # ... and carries batch-norm statistics of its own weights, not the trained G's (standing
+    # statistics, train/gan/ema.py); equal in both runs above, so they are deterministic.
+    for key in ("blocks.0.bn.running_mean", "blocks.3.bn.running_var"):
+        assert not torch.equal(ema[key], trained[key]), key
     assert isinstance(resumed["rng"]["torch"], torch.Tensor)
     assert resumed["epoch"] == 1 and resumed["batch_in_epoch"] == 2
 
