@@ -7,8 +7,12 @@ saying which attributes they state, in two families that never share a form or a
 
 - `Family.TRAIN`: the grammar's own tables plus more synonyms, in the grammar's forms (subject
   first, an optional "find"/"search for" prefix, the radio-style comma list, a position label
-  before a colon), with the grammar's clause orders. Full training captions stay
-  `captions.caption_for`'s, byte for byte.
+  before a colon) and, since PHRASING_VERSION 2, in operator forms of its own — questions,
+  imperatives, telegraphic clauses ("blue jacket and lying down"), filler words — whose fixed
+  words (openers, verbs, separators, fillers) the held-out family never uses. Operators speak
+  that way; a robot that never saw a question or a bare "red top" reads one as nothing it knows
+  (docs/TEXT_ENCODER.md § Operator forms). Full training captions stay `captions.caption_for`'s,
+  byte for byte; free-form full ones are `--free-fraction`'s (train.data.synth).
 - `Family.HELDOUT`: forms the grammar never uses — questions, "show me …" imperatives,
   telegraphic clauses without a subject ("red top, near the left edge"), "helmet: none"-style
   slot labels, filler words ("uh", "copy that", "please", "over") and free clause orders — with
@@ -238,6 +242,10 @@ _TRAIN_COLOUR_INLINE: tuple[str, ...] = (
 _HELDOUT_COLOUR_INLINE: tuple[str, ...] = (
     "clad in {c}", "with {a_cg} on", "wearing something {c}", "in {c} gear",
 )  # fmt: skip
+# "{c} {g}" ("red top") is an operator's commonest way to state a colour, so training has it too
+# (PHRASING_VERSION 2); the held-out tuple is kept as it was so that `test_phrasing` renders byte
+# for byte as before — its garments and colour words stay held out (HELDOUT_WORD_PROB).
+_TRAIN_COLOUR_TERSE: tuple[str, ...] = ("in {c}", "{c} {g}")
 _HELDOUT_COLOUR_TERSE: tuple[str, ...] = ("{c} {g}", "{c} clothing", "{c} {g}")
 # Fixed words of the held-out colour phrasings: none occurs in training output (tested).
 _HELDOUT_COLOUR_MARKERS: tuple[tuple[str, str], ...] = (
@@ -268,7 +276,7 @@ def _slot(name: str, a: Attributes, family: Family, rng: np.random.Generator) ->
         c, cf = _word(rng, family, TRAIN_COLOURS[value], HELDOUT_COLOURS[value])
         g, gf = _word(rng, family, TRAIN_GARMENTS, HELDOUT_GARMENTS)
         if family is Family.TRAIN:
-            inline_t, terse_t = _pick(rng, _TRAIN_COLOUR_INLINE), "in {c}"
+            inline_t, terse_t = _pick(rng, _TRAIN_COLOUR_INLINE), _pick(rng, _TRAIN_COLOUR_TERSE)
         else:
             inline_t = _pick(rng, _HELDOUT_COLOUR_INLINE + _TRAIN_COLOUR_INLINE[:2])
             terse_t = _pick(rng, _HELDOUT_COLOUR_TERSE)
@@ -360,10 +368,44 @@ def _bare_subject(person: str, slots: list[_Slot], rng: np.random.Generator) -> 
     return f"{person} {_inline(slots)}"
 
 
+# Training's own operator forms (PHRASING_VERSION 2). Their fixed words are disjoint from the
+# held-out forms' ("anyone", "show me", ", " / " - " / "; " separators, "uh", "over", …; tested),
+# so `test_phrasing` still measures wording the encoder never saw: the *kind* of sentence is
+# known, its openers, verbs, separators, fillers and (mostly) synonyms are not.
+_TRAIN_QUESTION_OPENERS: tuple[str, ...] = (
+    "can you spot {a_p}", "is there {a_p}", "any sign of {a_p}", "have you got {a_p}",
+    "do we have {a_p}", "where is the {p}",
+)  # fmt: skip
+_TRAIN_IMPERATIVE_VERBS: tuple[str, ...] = (
+    "look for", "locate", "render", "picture", "bring up", "i want", "display", "spot",
+)  # fmt: skip
+_TRAIN_TELEGRAPHIC_JOINERS: tuple[str, ...] = (" and ", " / ", ". ")
+TRAIN_FILLER_PREFIXES: tuple[str, ...] = ("ok, ", "hey, ", "next: ", "base here: ", "okay ")
+TRAIN_FILLER_SUFFIXES: tuple[str, ...] = (" now", ", quick", ", urgent", ", thank you", " pls")
+TRAIN_FILLER_PROB = 0.2
+
+
+def _train_question(person: str, slots: list[_Slot], rng: np.random.Generator) -> str:
+    opener = _pick(rng, _TRAIN_QUESTION_OPENERS).format(a_p=_a(person), p=person)
+    return f"{opener} {_inline(slots)}?"
+
+
+def _train_imperative(person: str, slots: list[_Slot], rng: np.random.Generator) -> str:
+    return f"{_pick(rng, _TRAIN_IMPERATIVE_VERBS)} {_a(person)} {_inline(slots)}"
+
+
+def _train_telegraphic(person: str, slots: list[_Slot], rng: np.random.Generator) -> str:
+    del person
+    return _pick(rng, _TRAIN_TELEGRAPHIC_JOINERS).join(s.terse for s in slots)
+
+
 FORMS: tuple[_Form, ...] = (
     _Form("subject", Family.TRAIN, _train_subject),
     _Form("list", Family.TRAIN, _train_list),
     _Form("position-first", Family.TRAIN, _train_position_first),
+    _Form("question-train", Family.TRAIN, _train_question),
+    _Form("imperative-train", Family.TRAIN, _train_imperative),
+    _Form("telegraphic-train", Family.TRAIN, _train_telegraphic),
     _Form("question", Family.HELDOUT, _question),
     _Form("imperative", Family.HELDOUT, _imperative),
     _Form("telegraphic", Family.HELDOUT, _telegraphic),
@@ -427,18 +469,32 @@ def phrase_for(
         else:
             caption = caption.rstrip("?") + _pick(rng, HELDOUT_FILLER_SUFFIXES)
         tags.append("filler:heldout")
+    elif family is Family.TRAIN and rng.random() < TRAIN_FILLER_PROB:
+        if rng.random() < 0.5:
+            caption = _pick(rng, TRAIN_FILLER_PREFIXES) + caption
+        else:
+            caption = caption.rstrip("?") + _pick(rng, TRAIN_FILLER_SUFFIXES)
+        tags.append("filler:train")
     tags += [t for s in slots for t in s.tags]
     return Phrase(caption, stated, family, tuple(tags))
 
 
 def training_caption(
-    attributes: Attributes, rng: np.random.Generator, partial_fraction: float
+    attributes: Attributes,
+    rng: np.random.Generator,
+    partial_fraction: float,
+    free_fraction: float = 0.0,
 ) -> tuple[str, frozenset[str]]:
     """A training caption: with probability `partial_fraction` a partial one of the training
-    family, else the grammar's full caption (`captions.caption_for`)."""
-    if partial_fraction > 0 and rng.random() < partial_fraction:
-        phrase = phrase_for(attributes, draw_stated(rng), Family.TRAIN, rng)
-        return phrase.caption, phrase.stated
+    family, with probability `free_fraction` a full one in the training family's forms, else
+    the grammar's full caption (`captions.caption_for`)."""
+    if partial_fraction > 0 or free_fraction > 0:
+        u = rng.random()
+        if u < partial_fraction + free_fraction:
+            full = u >= partial_fraction
+            stated = frozenset(ATTRIBUTE_NAMES) if full else draw_stated(rng)
+            phrase = phrase_for(attributes, stated, Family.TRAIN, rng)
+            return phrase.caption, phrase.stated
     return caption_for(attributes, rng), frozenset(ATTRIBUTE_NAMES)
 
 

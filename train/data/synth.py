@@ -65,8 +65,11 @@ GENERATOR_VERSION = 1
 """Bump when a change to the renderer or grammar changes the images or captions for a seed.
 Adding `test_phrasing` did not: train, test and test_unseen are unchanged, and the new
 split is named by `PHRASING_VERSION`."""
-PHRASING_VERSION = 1
-"""Bump when `train.data.phrasing` changes what a seed produces (test_phrasing, partial ones)."""
+PHRASING_VERSION = 2
+"""Bump when `train.data.phrasing` changes what a seed produces (test_phrasing, partial ones).
+2: the training family gained operator forms (questions, imperatives, telegraphic clauses,
+fillers) and "{c} {g}" colours, and `--free-fraction` full captions in those forms; train
+captions of a partial fraction differ from 1's, `test_phrasing` is byte-identical (tested)."""
 DATASET_NAME = "rescue-scenes"
 SPLITS: tuple[str, ...] = ("train", "test", "test_unseen", "test_phrasing")
 """In split-index order (`k` of the seed rule): new splits are appended, never inserted."""
@@ -74,6 +77,9 @@ PHRASING_SPLIT = "test_phrasing"
 CAPTIONS_PER_IMAGE = 10
 DEFAULT_PARTIAL_FRACTION = 0.3
 """`data synth`'s default share of partial train captions (issue 17; module docstring)."""
+DEFAULT_FREE_FRACTION = 0.15
+"""`data synth`'s default share of train captions that state all five attributes in the
+training family's operator forms rather than the grammar's templates (PHRASING_VERSION 2)."""
 # The loader must not flip (left/right is an attribute) nor random-crop (a crop shifts the figure
 # across a third's boundary); see docs/DATA_FORMAT.md, "augmentation".
 AUGMENTATION = {"hflip": False, "crop": False, "reason": "position is an attribute"}
@@ -95,6 +101,8 @@ class SynthConfig:
     captions_per_image: int = CAPTIONS_PER_IMAGE
     partial_fraction: float = 0.0
     """Share of train captions replaced by partial ones of the training phrasing family."""
+    free_fraction: float = 0.0
+    """Share of train captions replaced by full ones in the training family's forms."""
 
     def counts(self) -> dict[str, int]:
         """Images per split, in split order (test_phrasing only when asked for)."""
@@ -124,15 +132,24 @@ def render_items(
 
 
 def _partial_captions(
-    attributes: Attributes, captions: list[str], rng: np.random.Generator, fraction: float
+    attributes: Attributes,
+    captions: list[str],
+    rng: np.random.Generator,
+    fraction: float,
+    free_fraction: float = 0.0,
 ) -> tuple[list[str], list[int]]:
-    """Replace about `fraction` of `captions` by distinct partial training-family captions."""
+    """Replace about `fraction` of `captions` by distinct partial training-family captions and
+    about `free_fraction` by full ones in the training family's forms. At `free_fraction` 0 the
+    draws are exactly PHRASING_VERSION 1's."""
     out, masks = list(captions), [ALL_STATED] * len(captions)
     for j in range(len(out)):
-        if rng.random() >= fraction:
+        u = rng.random()
+        if u >= fraction + free_fraction:
             continue
-        for _ in range(20):  # a partial phrase may repeat one already there; redraw
-            phrase = phrase_for(attributes, draw_stated(rng), Family.TRAIN, rng)
+        full = u >= fraction
+        for _ in range(20):  # a phrase may repeat one already there; redraw
+            stated = frozenset(ATTRIBUTE_NAMES) if full else draw_stated(rng)
+            phrase = phrase_for(attributes, stated, Family.TRAIN, rng)
             if phrase.caption not in out:
                 out[j], masks[j] = phrase.caption, phrase.mask
                 break
@@ -147,6 +164,7 @@ def render_items_stated(
     captions_per_image: int,
     *,
     partial_fraction: float = 0.0,
+    free_fraction: float = 0.0,
 ) -> tuple[np.ndarray, list[list[str]], list[list[int]]]:
     """`render_items` plus each caption's `caption_stated` bitmask (ALL_STATED for full ones).
 
@@ -165,20 +183,22 @@ def render_items_stated(
         else:
             row = captions_for(attributes, captions_per_image, rng)
             masks = [ALL_STATED] * len(row)
-            if partial_fraction > 0:
+            if partial_fraction > 0 or free_fraction > 0:
                 partial_rng = np.random.default_rng([seed, k, start + j, 3])
-                row, masks = _partial_captions(attributes, row, partial_rng, partial_fraction)
+                row, masks = _partial_captions(
+                    attributes, row, partial_rng, partial_fraction, free_fraction
+                )
         captions.append(row)
         stated.append(masks)
     return images, captions, stated
 
 
-_Task = tuple[int, str, int, np.ndarray, int, float]
+_Task = tuple[int, str, int, np.ndarray, int, float, float]
 
 
 def _render_task(args: _Task) -> tuple[np.ndarray, list[list[str]], list[list[int]]]:
-    *head, fraction = args
-    return render_items_stated(*head, partial_fraction=fraction)
+    *head, fraction, free = args
+    return render_items_stated(*head, partial_fraction=fraction, free_fraction=free)
 
 
 def _worker_init() -> None:
@@ -202,8 +222,9 @@ def synthesize(config: SynthConfig) -> dict[str, object]:
             names=[f"{split}/{i:06d}" for i in range(count)],
         )
         fraction = config.partial_fraction if split == "train" else 0.0
+        free = config.free_fraction if split == "train" else 0.0
         tasks += [
-            (config.seed, split, s, ids[s : s + _CHUNK], config.captions_per_image, fraction)
+            (config.seed, split, s, ids[s : s + _CHUNK], config.captions_per_image, fraction, free)
             for s in range(0, count, _CHUNK)
         ]
     total = sum(config.counts().values())
@@ -239,6 +260,7 @@ def synthesize(config: SynthConfig) -> dict[str, object]:
         "generator_version": GENERATOR_VERSION,
         "phrasing_version": PHRASING_VERSION,
         "partial_fraction": config.partial_fraction,
+        "free_fraction": config.free_fraction,
         "seed": config.seed,
         "counts": config.counts(),
         "captions_per_image": config.captions_per_image,
@@ -296,6 +318,15 @@ class SynthFlags:
         at_least=0,
         at_most=1,
     )
+    free_fraction: float = option(
+        DEFAULT_FREE_FRACTION,
+        f"share of train captions stating all five attributes in operator forms (questions, "
+        f"imperatives, terse clauses) instead of the grammar's templates (default "
+        f"{DEFAULT_FREE_FRACTION}; 0: none)",
+        show_default=False,
+        at_least=0,
+        at_most=1,
+    )
     # No help: the flag's name says it, and --help stays as it was.
     captions_per_image: int = option(CAPTIONS_PER_IMAGE, "", show_default=False, at_least=1)
     workers: int = option(
@@ -319,6 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     """Render the dataset; print a JSON summary line on stdout."""
     args = SynthFlags(**vars(build_parser().parse_args(argv)))
     problem = check_out_path(args.out)
+    if args.partial_fraction + args.free_fraction > 1:
+        problem = (
+            f"--partial-fraction {args.partial_fraction:g} + --free-fraction "
+            f"{args.free_fraction:g} exceed 1: they are shares of the same train captions"
+        )
     if problem:
         print(problem, file=sys.stderr)
         return 2
@@ -330,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         test_unseen=args.unseen,
         test_phrasing=args.phrasing,
         partial_fraction=args.partial_fraction,
+        free_fraction=args.free_fraction,
         workers=args.workers,
         captions_per_image=args.captions_per_image,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from itertools import combinations
 
@@ -66,8 +67,40 @@ def test_phrasing_no_heldout_phrase_appears_in_training_output(training_output: 
         if re.search(rf"(?<![a-z-]){re.escape(phrase)}(?![a-z-])", text)
     ]
     assert not found, f"held-out phrases occur in training output: {found}"
-    # Held-out forms leave marks of their own no training caption carries.
-    assert "?" not in text and not re.search(r"\b(show me|anyone|someone)\b", text)
+    # Held-out forms leave marks of their own no training caption carries: their openers,
+    # verbs and separators (training has questions, imperatives and terse clauses of its own).
+    held_out_marks = r"\b(show me|anyone|someone|get me a picture of|i need|draw me|give me)\b"
+    assert not re.search(held_out_marks, text)
+    assert not re.search(r"\w - \w|; |need eyes on", text)
+
+
+def test_phrasing_training_family_speaks_like_an_operator_too(training_output: list[str]) -> None:
+    """Questions, imperatives, terse clauses, fillers and "blue jacket"-style colours reach
+    training (PHRASING_VERSION 2), in words of their own."""
+    sample = _sample(Family.TRAIN, 3000, 13)
+    assert any("filler:train" in p.tags for p in sample)
+    text = "\n".join(training_output)
+    for mark in ("?", "can you spot a ", "look for a ", " / ", " and ", "base here: ", " pls"):
+        assert mark in text, mark
+    colour_garment = (
+        r"(^|\n)(red|scarlet|orange|yellow|green|blue|purple|violet|white|black) "
+        r"(jacket|coat|shirt|hoodie|raincoat|jumpsuit|sweater|parka|outfit)"
+    )
+    assert re.search(colour_garment, text)
+
+
+def test_phrasing_test_split_wording_is_unchanged_since_phrasing_version_1() -> None:
+    """Broadening the training family must not move `test_phrasing`: the held-out captions of
+    a fixed seed are pinned (hash taken before PHRASING_VERSION 2)."""
+    digest = hashlib.sha256()
+    for i in range(0, 864, 7):
+        captions, masks = phrasing.heldout_captions_for(
+            ATTRIBUTES[i], 10, np.random.default_rng([0, 3, i, 1])
+        )
+        digest.update(("\n".join(captions) + repr(masks)).encode())
+    assert digest.hexdigest() == (
+        "69770846dd88912c33e4471abf27cc0c3943d32b49006c5dcec85c0c4d3668e1"
+    )
 
 
 def test_phrasing_heldout_output_does_use_the_heldout_phrases() -> None:

@@ -25,10 +25,11 @@ from train.data.phrasing import ALL_STATED, read_back, stated_names
 from train.data.schema import read_info, read_split
 
 REPO = Path(__file__).resolve().parents[3]
-# --partial-fraction 0: the grammar-only train captions of GENERATOR_VERSION 1 (the default, 0.3,
-# mixes in partial ones; test_synth_partial_fraction_* cover that).
+# --partial-fraction 0 --free-fraction 0: the grammar-only train captions of GENERATOR_VERSION 1
+# (the defaults, 0.3 and 0.15, mix in partial and free-form ones; test_synth_partial_fraction_*
+# and test_synth_free_fraction_* cover those).
 SMALL = ["--train", "150", "--test", "40", "--unseen", "40", "--phrasing", "30",
-         "--partial-fraction", "0"]  # fmt: skip
+         "--partial-fraction", "0", "--free-fraction", "0"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -206,6 +207,39 @@ def test_synth_partial_fraction_replaces_train_captions_only(
     one = read_split(again, "train")
     assert one.captions == partial.captions
     assert np.array_equal(one.caption_stated, partial.caption_stated)
+
+
+def test_synth_free_fraction_writes_full_captions_in_operator_forms(
+    small_set: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "free.h5"
+    assert synth.main(["--out", str(out), *SMALL, "--seed", "3", "--free-fraction", "0.4",
+                       "--workers", "1"]) == 0  # fmt: skip
+    grammar, free = read_split(small_set, "train"), read_split(out, "train")
+    assert free.caption_stated is None  # every caption still states all five
+    moved = np.array([[f != g for f, g in zip(fr, gr, strict=True)]
+                      for fr, gr in zip(free.captions, grammar.captions, strict=True)])  # fmt: skip
+    assert 0.3 < moved.mean() < 0.5
+    for i in range(len(free)):
+        a = Attributes.from_class_id(int(free.class_ids[i]))
+        assert len(set(free.captions[i])) == 10
+        for caption, was_moved in zip(free.captions[i], moved[i], strict=True):
+            if was_moved:  # the keyword reader knows the phrasing lexicon, not the grammar's
+                assert read_back(caption) == {n: getattr(a, n) for n in ATTRIBUTE_NAMES}, caption
+    for name in ("test", "test_unseen", "test_phrasing"):
+        assert read_split(out, name).captions == read_split(small_set, name).captions
+    assert read_info(out).provenance["free_fraction"] == 0.4
+
+
+def test_synth_refuses_partial_and_free_fractions_above_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "x.h5"
+    flags = ["--partial-fraction", "0.7", "--free-fraction", "0.4"]
+    assert synth.main(["--out", str(out), *SMALL[:8], *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--free-fraction 0.4" in err[0] and "exceed 1" in err[0]
+    assert not out.exists()
 
 
 def test_synth_without_phrasing_writes_no_such_split(tmp_path: Path) -> None:
