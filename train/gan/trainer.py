@@ -709,6 +709,7 @@ class GanTrainer:
         if self.generator_ema is None:
             return
         c = self.config
+        # Stream 7: training draws from streams 1–5 (noise, mode seeking, D augmentation).
         gen = torch.Generator().manual_seed(stateless_seed(c.seed, self.step, 7))
         rows = torch.randint(
             len(self.embeddings.table), (STANDING_BATCHES, c.batch_size), generator=gen
