@@ -450,6 +450,13 @@ def draw_stated(rng: np.random.Generator) -> frozenset[str]:
     return frozenset(ATTRIBUTE_NAMES[int(i)] for i in picked)
 
 
+# family → (chance of a filler, prefixes, suffixes); one draw decides, as before version 2.
+_FILLERS: dict[Family, tuple[float, tuple[str, ...], tuple[str, ...]]] = {
+    Family.HELDOUT: (HELDOUT_FILLER_PROB, HELDOUT_FILLER_PREFIXES, HELDOUT_FILLER_SUFFIXES),
+    Family.TRAIN: (TRAIN_FILLER_PROB, TRAIN_FILLER_PREFIXES, TRAIN_FILLER_SUFFIXES),
+}
+
+
 def phrase_for(
     attributes: Attributes, stated: Iterable[str], family: Family, rng: np.random.Generator
 ) -> Phrase:
@@ -463,18 +470,13 @@ def phrase_for(
     form = _pick(rng, _FORMS_BY_FAMILY[family])  # type: ignore[arg-type]
     caption = form.render(person, slots, rng)
     tags = [f"form:{form.family.value}", f"person:{person_family.value}"]
-    if family is Family.HELDOUT and rng.random() < HELDOUT_FILLER_PROB:
+    chance, prefixes, suffixes = _FILLERS[family]
+    if rng.random() < chance:
         if rng.random() < 0.5:
-            caption = _pick(rng, HELDOUT_FILLER_PREFIXES) + caption
+            caption = _pick(rng, prefixes) + caption
         else:
-            caption = caption.rstrip("?") + _pick(rng, HELDOUT_FILLER_SUFFIXES)
-        tags.append("filler:heldout")
-    elif family is Family.TRAIN and rng.random() < TRAIN_FILLER_PROB:
-        if rng.random() < 0.5:
-            caption = _pick(rng, TRAIN_FILLER_PREFIXES) + caption
-        else:
-            caption = caption.rstrip("?") + _pick(rng, TRAIN_FILLER_SUFFIXES)
-        tags.append("filler:train")
+            caption = caption.rstrip("?") + _pick(rng, suffixes)
+        tags.append(f"filler:{family.value}")
     tags += [t for s in slots for t in s.tags]
     return Phrase(caption, stated, family, tuple(tags))
 
