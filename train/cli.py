@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("train.data.cli", "render rescue-scenes, convert CUB / Oxford-102 / birds.hdf5, inspect"),
     "text-encoder": ("train.text.pretrain", "pretrain the char-CNN-RNN text encoder jointly with an image encoder"),
     "eval-text": ("train.text.evaluate", "text→image R-precision of a text-encoder checkpoint"),
+    "fit-readback": ("train.text.refit", "fit a checkpoint's read-back heads afresh on its frozen text encoder"),
     "gan": ("train.gan.loop", "train the text-conditioned DCGAN (GAN-CLS + GAN-INT + feature matching)"),
     "oracle": ("train.quality.oracle", "train the rescue-scenes attribute oracle used by evaluate"),
     "search-scorer": ("train.search.train", "fine-tune the frame scorer for search assist (issue 20)"),

@@ -79,7 +79,7 @@ from train.text.joint_embedding import (
 )
 from train.text.off_domain import off_domain_batch
 from train.text.perturb import AugmentConfig, augment
-from train.text.readback import default_config, readback_loss, targets
+from train.text.readback import RefitConfig, default_config, fit_heads, readback_loss, targets
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,13 @@ class PretrainConfig:
     (docs/TEXT_ENCODER.md § The helmet)."""
     readback_hidden: int = 256
     """Width of the heads' hidden layer (`train.models.ReadBackConfig.hidden`; 0: linear)."""
+    readback_linear_attributes: bool = True
+    """The attribute blocks read φ(t) linearly; only the off-domain logit goes through the hidden
+    layer (`train.models.ReadBackConfig.linear_attributes`)."""
+    readback_refit_captions: int = 20_000
+    """After the last step, ψ is fitted afresh on the frozen encoder from this many training
+    captions (`train.text.readback.fit_heads`, ~30 s at the default); 0: keep the heads
+    trained beside the encoder, which learn the seen colour×terrain combinations."""
     readback_lr_scale: float = 10.0
     """The heads' learning rate is this × the encoders' (same warm-up and cosine). At 1× the
     heads lag far behind what the embedding already separates (docs/TEXT_ENCODER.md
@@ -195,8 +202,10 @@ class PretrainConfig:
             raise ConfigError(
                 f"partial_captions must be one of {PARTIAL_MODES}, got {self.partial_captions!r}"
             )
-        if self.off_domain_per_batch < 0 or self.readback_hidden < 0:
-            raise ConfigError("off_domain_per_batch and readback_hidden must be ≥ 0")
+        if min(self.off_domain_per_batch, self.readback_hidden, self.readback_refit_captions) < 0:
+            raise ConfigError(
+                "off_domain_per_batch, readback_hidden and readback_refit_captions must be ≥ 0"
+            )
         if self.readback_lr_scale <= 0:
             raise ConfigError(f"readback_lr_scale must be > 0, got {self.readback_lr_scale}")
         if not 0.0 <= self.cross_modal_ramp <= 1.0:
@@ -237,6 +246,8 @@ LEGACY_VALUES: dict[str, Any] = {
     "readback_weight": 0.0,
     "readback_detach": False,
     "readback_hidden": 256,
+    "readback_linear_attributes": False,
+    "readback_refit_captions": 0,
     "readback_lr_scale": 1.0,
     "off_domain_per_batch": 0,
     "cross_modal_ramp": 0.0,
@@ -492,6 +503,7 @@ class TrainState:
                 dataclasses.replace(
                     default_config(config.text_encoder.embedding_dim, config.attribute_sizes),
                     hidden=config.readback_hidden,
+                    linear_attributes=config.readback_linear_attributes,
                 )
             )
             for group in _param_groups([readback], nn.Module(), config.weight_decay):
@@ -781,6 +793,16 @@ def train(
                 )
             if state.step % config.checkpoint_every == 0:
                 save()
+        if state.readback is not None and config.readback_refit_captions and not config.dry_run:
+            state.readback, figures = fit_heads(
+                state.text_encoder,
+                splits["train"],
+                state.readback.config,
+                RefitConfig(captions=config.readback_refit_captions, seed=config.seed),
+                config.augment,
+            )
+            last = last | figures
+            metrics.write({"step": state.step} | figures)
     finally:
         stop.uninstall()
         progress_bar.close()
@@ -893,6 +915,12 @@ class PretrainFlags:
         f"read-back hidden width (default {_D.readback_hidden}; 0: linear)",
         at_least=0,
         target=("readback_hidden",),
+    )
+    readback_refit_captions: int | None = _flag(
+        "captions the read-back heads are fitted on afresh after the last step, on the frozen "
+        f"encoder (default {_D.readback_refit_captions}; 0: keep the jointly trained heads)",
+        at_least=0,
+        target=("readback_refit_captions",),
     )
     readback_lr_scale: float | None = _flag(
         f"read-back learning rate, × the encoders' (default {_D.readback_lr_scale})",

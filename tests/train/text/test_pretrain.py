@@ -84,6 +84,8 @@ def test_text_encoder_tiny_pretraining_beats_chance(trained: tuple, splits: dict
     assert trained_value > 0.12, trained_value  # 400 queries: chance ± 3σ is 5 ± 3 %
     assert trained_value > fresh_value + 0.08, (trained_value, fresh_value)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    refit = records.pop()  # the read-back heads' refit on the frozen encoder, after step 100
+    assert refit["step"] == 100 and "readback_refit_s" in refit and "loss" not in refit
     assert [r["step"] for r in records] == list(range(2, 101, 2))
     # The total rises as the cross-modal term is weighed in (`cross_modal_ramp`); each logged
     # part is unweighted, so the cross-modal one must fall.
@@ -210,11 +212,13 @@ def test_text_encoder_resume_continues_exactly(
     a = load_checkpoint(tmp_path / "straight" / "00000" / "checkpoint.pt")
     b = load_checkpoint(run / "checkpoint.pt")
     assert a["step"] == b["step"] == 6
-    for name in ("text_encoder", "image_encoder"):
+    for name in ("text_encoder", "image_encoder", "readback"):  # the refit too: same encoder
         for key, value in a["models"][name].items():
             torch.testing.assert_close(b["models"][name][key], value, atol=0, rtol=0)
-    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [6]  # logged every 10 steps and at the end; nothing twice
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    refits = [r["step"] for r in records if "readback_refit_s" in r]
+    steps = [r["step"] for r in records if "readback_refit_s" not in r]
+    assert steps == [6] and refits == [6]  # logged every 10 steps and at the end; nothing twice
 
 
 def test_text_encoder_dry_run_writes_a_complete_run_folder(

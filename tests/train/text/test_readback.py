@@ -12,6 +12,7 @@ import torch
 from edge_runtime import tokenizer
 from train import models
 from train.checkpoint import build_model, load_checkpoint
+from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES
 from train.data.phrasing import ALL_STATED, stated_mask
 from train.text import pretrain as text_encoder
 from train.text import readback as rb
@@ -21,6 +22,7 @@ from train.text.joint_embedding import (
     caption_positives,
     infonce_loss,
 )
+from train.text.off_domain import eval_sentences
 
 SIZES = (8, 6, 3, 3, 2)
 
@@ -227,3 +229,122 @@ def test_decisions_use_the_robot_rule() -> None:
     blocks = probs.detach().split(heads.config.block_sizes, dim=1)
     expected = [b.argmax(1) for b in blocks] + [(off.detach() > 0.5).long()]
     assert chosen.tolist() == torch.stack(expected, 1).tolist()
+
+
+# --------------------------------------------------------------------------------------------
+# Linear attribute blocks and the refit on a frozen encoder
+# --------------------------------------------------------------------------------------------
+
+
+def test_linear_attribute_blocks_do_not_read_the_hidden_layer() -> None:
+    config = dataclasses.replace(rb.default_config(8, SIZES), hidden=4, linear_attributes=True)
+    heads = models.ReadBack(config)
+    assert heads.attributes.in_features == 8 and heads.off_domain.in_features == 4
+    embedding = torch.randn(3, 8)
+    before = heads(embedding)
+    with torch.no_grad():
+        for p in heads.trunk.parameters():
+            p.add_(1.0)
+    after = heads(embedding)
+    assert torch.equal(before[0], after[0])  # attributes: linear in the normalised embedding
+    assert not torch.equal(before[1], after[1])  # off-domain: through the hidden layer
+    # A config saved before the field builds the shared-layer heads its weights were saved from.
+    old = models.config_from_dict(
+        models.ReadBackConfig, {"embedding_dim": 8, "value_counts": SIZES, "hidden": 4}, "old"
+    )
+    assert models.ReadBack(old).attributes.in_features == 4
+
+
+def test_refit_inputs_label_captions_copies_and_off_domain_lines(partial_splits: dict) -> None:
+    split = partial_splits["train"]
+    config = rb.RefitConfig(captions=120, perturbed_share=0.25, off_domain_share=0.5, seed=3)
+    texts, targets, off = rb.refit_inputs(split, SIZES, config, text_encoder.AugmentConfig())
+    lines, copies = 60, 30
+    assert len(texts) == 120 + copies + lines + 15 == len(targets) == len(off)
+    assert off[:150].sum() == 0 and off[150:].sum() == 75
+    assert (targets[150:] == torch.tensor(SIZES)).all()  # off-domain lines state nothing
+    # Every caption row is labelled from its own image and its own stated bits.
+    captions = np.asarray(split.captions, dtype=object).reshape(-1).tolist()
+    stated = np.asarray(split.caption_stated).reshape(-1)
+    per_image = np.asarray(split.captions).shape[1]
+    for row in range(120):
+        index = captions.index(texts[row])
+        expected = rb.targets(
+            torch.as_tensor(
+                np.asarray(split.attributes)[index // per_image : index // per_image + 1]
+            ),
+            torch.tensor([int(stated[index])]),
+            SIZES,
+        )[0]
+        if captions.count(texts[row]) == 1:
+            assert torch.equal(targets[row], expected)
+    assert (targets[:120] == torch.tensor(SIZES)).any()  # partial captions leave some open
+    # The copies are labelled as the captions they were drawn from, and some do change.
+    assert sum(t not in captions for t in texts[120:150]) > 0
+    again = rb.refit_inputs(split, SIZES, config, text_encoder.AugmentConfig())
+    assert again[0] == texts and torch.equal(again[1], targets)
+
+
+def _word_encoder(texts: list[str]) -> torch.Tensor:
+    """A stand-in text encoder whose embedding is which attribute words a text contains: the
+    refit must read those back; anything without one of them is off-domain."""
+    words = [w for name in ATTRIBUTE_NAMES for w in _WORDS[name]]
+    rows = [[float(w in text.lower()) for w in words] + [1.0] for text in texts]
+    noise = torch.randn(len(rows), len(words) + 1, generator=torch.Generator().manual_seed(0))
+    return torch.tensor(rows) + 0.01 * noise
+
+
+_WORDS = {
+    "colour": ATTRIBUTE_VALUES["colour"],
+    "terrain": ATTRIBUTE_VALUES["terrain"],
+    "pose": ["stand", "sit", "lying"],
+    "position": ["left", "cent", "right"],
+    "helmet": ["no helmet", "wearing a helmet"],
+}
+
+
+def test_fit_heads_reads_back_what_the_embedding_separates(
+    partial_splits: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rb, "encode_captions", lambda encoder, texts: _word_encoder(list(texts)))
+    width = sum(len(v) for v in _WORDS.values()) + 1
+    heads_config = dataclasses.replace(
+        rb.default_config(width, SIZES), hidden=16, linear_attributes=True
+    )
+    config = rb.RefitConfig(captions=480, steps=600, perturbed_share=0.0, lr=1e-2)
+    heads, figures = rb.fit_heads(None, partial_splits["train"], heads_config, config)  # type: ignore[arg-type]
+    assert not heads.training and figures["readback_refit_steps"] == 600
+    # It reads back the captions it was fitted on from the words their embeddings carry, and
+    # flags the held-out off-domain list it never saw.
+    texts, targets, off = rb.refit_inputs(
+        partial_splits["train"], SIZES, config, text_encoder.AugmentConfig()
+    )
+    chosen = rb.decide_embeddings(heads, _word_encoder(texts))
+    right = (chosen[:, :5] == targets.numpy()).mean(0)
+    assert right[0] > 0.85 and right[3] > 0.85, right  # colour, position
+    assert (chosen[:, 5] == off.numpy()).mean() > 0.85
+    flagged = rb.decide_embeddings(heads, _word_encoder(eval_sentences()))[:, 5]
+    assert flagged.mean() > 0.7
+
+
+def test_training_ends_with_heads_refitted_on_the_frozen_encoder(
+    tmp_path: Path, partial_splits: dict
+) -> None:
+    config = _tiny_config(readback_refit_captions=200)
+    state = text_encoder.train(config, tmp_path, partial_splits)
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.pt", kind="text_encoder")
+    heads = build_model(checkpoint, "readback")
+    assert isinstance(heads, models.ReadBack) and heads.config.linear_attributes
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert "readback_refit_s" in lines[-1]
+    # The refit is a function of (encoder, data, seed): the same run gives the same heads.
+    again = text_encoder.train(config, tmp_path / "again", partial_splits)
+    assert state.readback is not None and again.readback is not None
+    for a, b in zip(state.readback.parameters(), again.readback.parameters(), strict=True):
+        assert torch.equal(a, b)
+    # Off: the jointly trained heads are what the checkpoint keeps.
+    kept = text_encoder.train(
+        _tiny_config(readback_refit_captions=0), tmp_path / "kept", partial_splits
+    )
+    assert "readback_refit_s" not in (tmp_path / "kept" / "metrics.jsonl").read_text()
+    assert kept.readback is not None
