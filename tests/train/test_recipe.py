@@ -22,6 +22,16 @@ def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def test_recipe_trains_without_a_weight_average_unless_asked() -> None:
+    default = rc.RecipeConfig(data="scenes.h5")
+    assert default.ema_decay == 0.0
+    assert "no-ema" not in [name for name, _, _ in rc.ablation_runs(default)]
+    flags = rc.RecipeFlags(**vars(rc.build_parser().parse_args(["--ema-decay", "0.999"])))
+    assert flags.ema_decay == 0.999
+    with_average = rc.RecipeConfig(data="scenes.h5", ema_decay=0.999)
+    assert "no-ema" in [name for name, _, _ in rc.ablation_runs(with_average)]
+
+
 def test_recipe_runs_end_to_end_with_ablation_and_report(scenes: Path, tmp_path: Path) -> None:
     config = rc.RecipeConfig(
         data=str(scenes),
@@ -47,6 +57,7 @@ def test_recipe_runs_end_to_end_with_ablation_and_report(scenes: Path, tmp_path:
             "sample_every": 1000,
             "checkpoint_every": 1000,
         },
+        ema_decay=0.999,  # as the demo: the recipe's own default trains without the average
         ablation=True,
         ablation_terms=("fm", "ema"),
         train_oracle=True,
