@@ -50,13 +50,15 @@ class RefitFlags:
     )
 
 
+DESCRIPTION = (
+    "Fit a checkpoint's read-back heads afresh on its frozen text encoder (linear attribute "
+    "blocks) and write the checkpoint with them to --out."
+)
+
+
 def build_parser() -> OneLineParser:
     """The fit-readback flags, generated from `RefitFlags`."""
-    parser = OneLineParser(
-        prog="python -m train fit-readback",
-        description="Fit a checkpoint's read-back heads afresh on its frozen text encoder "
-        "(linear attribute blocks) and write the checkpoint with them to --out.",
-    )
+    parser = OneLineParser(prog="python -m train fit-readback", description=DESCRIPTION)
     return options.build_parser(RefitFlags, parser, given_only=False)
 
 

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from rescue_files import write_rescue_scenes
 
 from train import models
 from train.checkpoint import save_checkpoint
 from train.data import synth
-from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES, Attributes
-from train.data.schema import SplitData, read_split, write_dataset
+from train.data.attributes import Attributes
+from train.data.schema import SplitData, read_split
 from train.text import evaluate as eval_text
 from train.text import pretrain as text_encoder
 
@@ -20,11 +21,7 @@ from train.text import pretrain as text_encoder
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     splits = text_encoder.generated_splits(1, {"test": 110, "test_unseen": 110})
     path = tmp_path_factory.mktemp("data") / "tiny.h5"
-    write_dataset(
-        path, splits, dataset="rescue-scenes", image_size=64,
-        attribute_names=ATTRIBUTE_NAMES, attribute_values=ATTRIBUTE_VALUES,
-    )  # fmt: skip
-    return path
+    return write_rescue_scenes(path, splits)
 
 
 @pytest.fixture(scope="module")
@@ -146,11 +143,7 @@ def phrasing_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
         caption_stated=np.array(stated, np.uint8),
     )  # fmt: skip
     path = tmp_path_factory.mktemp("phrasing") / "tiny.h5"
-    write_dataset(
-        path, splits, dataset="rescue-scenes", image_size=64,
-        attribute_names=ATTRIBUTE_NAMES, attribute_values=ATTRIBUTE_VALUES,
-    )  # fmt: skip
-    return path
+    return write_rescue_scenes(path, splits)
 
 
 def test_eval_text_measures_test_phrasing_full_and_partial_when_present(

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from rescue_files import write_rescue_scenes
 
 from export.tiny import tiny_checkpoint
 from train.checkpoint import build_model, load_checkpoint, save_checkpoint
-from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES
-from train.data.schema import write_dataset
 from train.models import ReadBack
 from train.text import pretrain as text_encoder
 from train.text import refit
@@ -20,11 +19,7 @@ from train.text import refit
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     splits = text_encoder.generated_splits(1, {"train": 40}, partial_fraction=0.5)
     path = tmp_path_factory.mktemp("data") / "tiny.h5"
-    write_dataset(
-        path, splits, dataset="rescue-scenes", image_size=64,
-        attribute_names=ATTRIBUTE_NAMES, attribute_values=ATTRIBUTE_VALUES,
-    )  # fmt: skip
-    return path
+    return write_rescue_scenes(path, splits)
 
 
 @pytest.fixture(scope="module")
