@@ -107,11 +107,11 @@ class RecipeConfig:
     """The GAN's named objective (`train.gan.config.OBJECTIVES`: paper, seed, default)."""
     ema_decay: float = 0.0
     """The GAN's weight average (`GanTrainConfig.ema_decay`; 0 = none: the trained weights are
-    evaluated and exported). Off in the recipe: at its length the average (with standing
-    statistics) drew worse than the trained weights of the same run both times it was measured —
-    all five right on `test_unseen` 49.3 vs 98.3 % and 82.0 vs 87.9 % (oracle), HF 3.35 vs
-    2.00 × real (docs/QUALITY.md § 3.11). The demo keeps 0.999: at its 1,468 steps the average
-    drew better (75.2 / 42.8 vs 67.4 / 40.6 %)."""
+    evaluated and exported). Off in the recipe: from ~5,000 steps on, the average (with standing
+    statistics) drew worse than the trained weights of the same run in all three runs measured —
+    all five right on `test_unseen` 49.3 vs 98.3 %, 82.0 vs 87.9 % and 53.1 vs 78.2 % (oracle),
+    and less sharp every time (docs/QUALITY.md § 3.11). The demo keeps 0.999: at its 1,468 steps
+    the average drew better (75.2 / 42.8 vs 67.4 / 40.6 %)."""
     gan_overrides: dict[str, Any] = field(default_factory=dict)
     """Extra `GanTrainConfig` fields."""
     # Stages 3–4
