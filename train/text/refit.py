@@ -24,6 +24,7 @@ from train.models import CharCnnRnn, ReadBack
 from train.options import REQUIRED, option
 from train.runs import OneLineParser
 from train.text.perturb import AugmentConfig
+from train.text.pretrain import PretrainConfig
 from train.text.readback import RefitConfig, default_config, fit_heads
 
 KINDS = ("text_encoder", "gan")
@@ -84,10 +85,11 @@ def refit_checkpoint(
     else:
         heads_config = default_config(encoder.config.embedding_dim, sizes)
         heads_config = dataclasses.replace(heads_config, linear_attributes=True)
+    # The text encoder's own augmentation, read as its trainer reads it (legacy fields
+    # included); a GAN checkpoint's config is the GAN's, so the default there.
     augment = AugmentConfig()
-    saved_augment = (checkpoint.get("config") or {}).get("augment")
-    if checkpoint.get("kind") == "text_encoder" and isinstance(saved_augment, dict):
-        augment = AugmentConfig(**{k: v for k, v in saved_augment.items() if hasattr(augment, k)})
+    if checkpoint.get("kind") == "text_encoder" and checkpoint.get("config"):
+        augment = PretrainConfig.from_dict(checkpoint["config"], f"{where}: config").augment
     heads, figures = fit_heads(encoder, read_split(data, "train"), heads_config, config, augment)
     out = dict(checkpoint)
     out["models"] = dict(checkpoint["models"]) | {"readback": heads.state_dict()}
