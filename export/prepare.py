@@ -237,6 +237,9 @@ class ExportGenerator(nn.Module):
         if generator.training:
             raise ValueError("fold batch norm only in eval mode (call generator.eval())")
         self.form = form
+        # A "resize" generator's ×2 stages are transposed convolutions in disguise (ResizeConv):
+        # from here on both kinds are the same plain ConvTranspose2d(4, 2, 1) graph.
+        generator = generator.as_deconv()
         linear, norm, act = generator.project_text
         # text_norm "none" has an Identity where batch norm would be: nothing to fold.
         folded = fuse_linear_bn_eval(linear, norm) if isinstance(norm, nn.BatchNorm1d) else linear

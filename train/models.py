@@ -264,6 +264,7 @@ class ImageEncoder(nn.Module):
 
 
 TEXT_NORMS: tuple[str, ...] = ("batch", "none")
+UPSAMPLES: tuple[str, ...] = ("deconv", "resize")
 
 
 @dataclass(frozen=True)
@@ -285,10 +286,17 @@ class GANConfig:
     residual: bool = False
     """Residual blocks at 4×4 and 8×8 in both networks, as in Reed's released CUB model."""
     image_size: int = 64
+    upsample: str = "deconv"
+    """G's four ×2 stages: "deconv" (DCGAN's free 4×4 transposed convolution) or "resize"
+    (nearest ×2 then a 3×3 convolution, Odena et al. 2016, "Deconvolution and Checkerboard
+    Artifacts"). A "resize" stage is computed as the ConvTranspose2d(4, 2, 1) it equals
+    (`ResizeConv`), so export and the robot see the same graph either way."""
 
     def __post_init__(self) -> None:
         if self.text_norm not in TEXT_NORMS:
             raise ValueError(f"text_norm must be one of {TEXT_NORMS}, got {self.text_norm!r}")
+        if self.upsample not in UPSAMPLES:
+            raise ValueError(f"upsample must be one of {UPSAMPLES}, got {self.upsample!r}")
         if self.image_size != 64:
             raise ValueError(f"only 64×64 images are supported, got {self.image_size}")
 
@@ -330,12 +338,73 @@ def _act_args(act: nn.Module) -> tuple[Any, ...]:
     return (act.negative_slope,) if isinstance(act, nn.LeakyReLU) else ()
 
 
-class UpBlock(nn.Module):
-    """Transposed convolution → BatchNorm → ReLU; export folds `bn` into `conv` and rewrites it."""
+class ResizeConv(nn.Module):
+    """Nearest-neighbour ×2 upsampling then a 3×3 convolution (padding 1), without bias.
 
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int, padding: int) -> None:
+    (B, C_in, H, W) → (B, C_out, 2H, 2W). Every output pixel of a free ConvTranspose2d(4, 2, 1)
+    mixes a different subset of its kernel (one of four phases), which lets G learn a 2-pixel
+    checkerboard; here all four phases are sums of one 3×3 kernel, so a flat input stays flat.
+    The composition is itself that transposed convolution with the 4×4 kernel
+    `transposed_weight()` (the 3×3 kernel, flipped, summed over every 2×2 offset), so it runs
+    as one ConvTranspose2d, and export turns it into a plain one (`as_conv_transpose`).
+    """
+
+    def __init__(self, c_in: int, c_out: int) -> None:
         super().__init__()
-        self.conv = nn.ConvTranspose2d(c_in, c_out, kernel, stride, padding, bias=False)
+        self.weight = nn.Parameter(torch.empty(c_out, c_in, 3, 3))  # Conv2d layout
+        nn.init.normal_(self.weight, 0.0, 0.02)
+
+    def transposed_weight(self) -> torch.Tensor:
+        """(C_out, C_in, 3, 3) → the equal ConvTranspose2d(4, 2, 1) weight (C_in, C_out, 4, 4).
+
+        Output row p of ConvTranspose2d(4, 2, 1) takes input row i through kernel row
+        a = p + 1 − 2i; the upsample-then-convolve reads input row i = (p + dy) // 2 through
+        kernel row dy + 1 ∈ {0, 1, 2}, so kernel row a gathers the flipped rows a − 1 and a.
+        """
+        flipped = self.weight.flip(2, 3).transpose(0, 1)  # (C_in, C_out, 3, 3)
+        return sum(F.pad(flipped, (dx, 1 - dx, dy, 1 - dy)) for dy in (0, 1) for dx in (0, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv_transpose2d(x, self.transposed_weight(), stride=2, padding=1)
+
+    def as_conv_transpose(self) -> nn.ConvTranspose2d:
+        """The plain nn.ConvTranspose2d(4, 2, 1) computing exactly this."""
+        c_out, c_in = self.weight.shape[:2]
+        deconv = nn.ConvTranspose2d(
+            c_in, c_out, 4, 2, 1, bias=False, device=self.weight.device, dtype=self.weight.dtype
+        )
+        deconv.weight.data.copy_(self.transposed_weight().detach())
+        return deconv
+
+
+def _upsample_x2(c_in: int, c_out: int, mode: str) -> nn.Module:
+    """One ×2 stage of G, (B, C_in, H, W) → (B, C_out, 2H, 2W)."""
+    if mode == "resize":
+        return ResizeConv(c_in, c_out)
+    return nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False)
+
+
+class UpBlock(nn.Module):
+    """Transposed convolution → BatchNorm → ReLU; export folds `bn` into `conv` and rewrites it.
+
+    `conv` is an nn.ConvTranspose2d, or a `ResizeConv` for a ×2 stage of GANConfig.upsample
+    "resize"."""
+
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        kernel: int,
+        stride: int,
+        padding: int,
+        *,
+        upsample: str = "deconv",
+    ) -> None:
+        super().__init__()
+        if (kernel, stride, padding) == (4, 2, 1):
+            self.conv: nn.Module = _upsample_x2(c_in, c_out, upsample)
+        else:
+            self.conv = nn.ConvTranspose2d(c_in, c_out, kernel, stride, padding, bias=False)
         self.bn = nn.BatchNorm2d(c_out)
         self.act = nn.ReLU(inplace=True)
 
@@ -354,9 +423,9 @@ class Generator(nn.Module):
         self.blocks = nn.ModuleList(
             [
                 UpBlock(config.noise_dim + config.projected_dim, ngf * 8, 4, 1, 0),  # 1 → 4
-                UpBlock(ngf * 8, ngf * 4, 4, 2, 1),  # 4 → 8
-                UpBlock(ngf * 4, ngf * 2, 4, 2, 1),  # 8 → 16
-                UpBlock(ngf * 2, ngf, 4, 2, 1),  # 16 → 32
+                UpBlock(ngf * 8, ngf * 4, 4, 2, 1, upsample=config.upsample),  # 4 → 8
+                UpBlock(ngf * 4, ngf * 2, 4, 2, 1, upsample=config.upsample),  # 8 → 16
+                UpBlock(ngf * 2, ngf, 4, 2, 1, upsample=config.upsample),  # 16 → 32
             ]
         )
         # Residual refinement after the 4×4 and 8×8 stages (block index → module).
@@ -368,7 +437,25 @@ class Generator(nn.Module):
             if config.residual
             else {}
         )
-        self.to_rgb = nn.ConvTranspose2d(ngf, 3, 4, 2, 1, bias=False)  # 32 → 64
+        self.to_rgb = _upsample_x2(ngf, 3, config.upsample)  # 32 → 64
+
+    def as_deconv(self) -> Generator:
+        """The same function with every `ResizeConv` a plain ConvTranspose2d (config upsample
+        "deconv"): what export folds and rewrites. A "deconv" generator returns itself."""
+        if self.config.upsample == "deconv":
+            return self
+        weight = self.to_rgb.weight
+        plain = Generator(dataclasses.replace(self.config, upsample="deconv"))
+        plain.to(device=weight.device, dtype=weight.dtype)
+        state = {}
+        for name, module in self.named_modules():
+            if isinstance(module, ResizeConv):
+                state[f"{name}.weight"] = module.transposed_weight().detach()
+        for key, value in self.state_dict().items():
+            state.setdefault(key, value)
+        plain.load_state_dict(state)
+        plain.train(self.training)
+        return plain
 
     def forward(self, noise: torch.Tensor, text_embedding: torch.Tensor) -> torch.Tensor:
         text = self.project_text(text_embedding)  # (B, 128)
@@ -525,7 +612,9 @@ MODEL_TYPES: dict[str, tuple[type, type[nn.Module]]] = {
 def init_dcgan_weights(module: nn.Module) -> None:
     """DCGAN initialisation: conv weights N(0, 0.02), batch-norm scale N(1, 0.02), shift 0."""
     for m in module.modules():
-        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+        if isinstance(m, ResizeConv):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        elif isinstance(m, nn.Conv1d | nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
             nn.init.normal_(m.weight, 0.0, 0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

@@ -48,12 +48,15 @@ def test_text_encoder_export_matches_torch_at_any_batch_and_length(
 
 
 @pytest.mark.parametrize("form", ["convtranspose", "2x2"])
-@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize(
+    ("residual", "upsample"), [(False, "deconv"), (True, "deconv"), (False, "resize")]
+)
 def test_generator_export_matches_the_trained_generator(
-    form: str, residual: bool, tmp_path: Path
+    form: str, residual: bool, upsample: str, tmp_path: Path
 ) -> None:
     torch.manual_seed(1)
-    generator = models.Generator(models.GANConfig(**{**GAN_CONFIG.__dict__, "residual": residual}))
+    config = {**GAN_CONFIG.__dict__, "residual": residual, "upsample": upsample}
+    generator = models.Generator(models.GANConfig(**config))
     randomize_batch_norm(generator, torch.Generator().manual_seed(1))
     generator.eval()
     path = tmp_path / "generator.onnx"

@@ -82,13 +82,17 @@ def test_linear_to_map_matches_the_first_conv_transpose(bias: bool) -> None:
 
 @pytest.mark.parametrize("form", GENERATOR_FORMS)
 @pytest.mark.parametrize(
-    ("residual", "text_norm"), [(False, "batch"), (True, "batch"), (False, "none")]
-)
+    ("residual", "text_norm", "upsample"),
+    [(False, "batch", "deconv"), (True, "batch", "deconv"), (False, "none", "deconv"),
+     (False, "batch", "resize"), (True, "none", "resize")],
+)  # fmt: skip
 def test_prepared_generator_matches_the_trained_one(
-    form: str, residual: bool, text_norm: str
+    form: str, residual: bool, text_norm: str, upsample: str
 ) -> None:
     torch.manual_seed(2)
-    config = models.GANConfig(ngf=8, embedding_dim=48, residual=residual, text_norm=text_norm)
+    config = models.GANConfig(
+        ngf=8, embedding_dim=48, residual=residual, text_norm=text_norm, upsample=upsample
+    )
     generator = models.Generator(config)
     randomize_batch_norm(generator, torch.Generator().manual_seed(2))
     generator.eval()

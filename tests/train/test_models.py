@@ -81,3 +81,53 @@ def test_text_norm_is_checked_and_old_configs_default_to_batch_norm() -> None:
     assert isinstance(models.Generator(old).project_text[1], nn.BatchNorm1d)
     none = models.Generator(models.GANConfig(ngf=4, text_norm="none"))
     assert not any(isinstance(m, nn.BatchNorm1d) for m in none.project_text)
+
+
+def test_resize_conv_is_upsampling_then_a_3x3_convolution_and_equals_a_transposed_conv() -> None:
+    torch.manual_seed(0)
+    layer = models.ResizeConv(5, 7).double()
+    x = torch.randn(2, 5, 6, 9, dtype=torch.double)  # (B, C_in, H, W), not square
+    expected = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), layer.weight, padding=1)
+    got = layer(x)  # (B, C_out, 2H, 2W)
+    assert got.shape == (2, 7, 12, 18)
+    assert (got - expected).abs().max().item() < 1e-12
+    plain = layer.as_conv_transpose()
+    assert type(plain) is nn.ConvTranspose2d and plain.weight.shape == (5, 7, 4, 4)
+    assert (plain(x) - expected).abs().max().item() < 1e-12
+    # Why it exists: a flat input stays flat away from the border (all four output phases sum
+    # the same 3×3 kernel); a free 4×4 transposed kernel draws a 2-pixel checkerboard.
+    flat = torch.ones(1, 5, 8, 8, dtype=torch.double)
+    assert layer(flat)[..., 2:-2, 2:-2].std(dim=(2, 3)).max().item() < 1e-12
+    free = nn.ConvTranspose2d(5, 7, 4, 2, 1, bias=False).double()
+    assert free(flat)[..., 2:-2, 2:-2].std(dim=(2, 3)).max().item() > 1e-3
+
+
+def test_resize_generator_trains_its_3x3_kernels_and_exports_as_the_equal_deconv_one() -> None:
+    torch.manual_seed(1)
+    config = models.GANConfig(ngf=8, embedding_dim=16, upsample="resize")
+    generator = models.Generator(config)
+    models.init_dcgan_weights(generator)
+    shapes = {k: tuple(v.shape) for k, v in generator.state_dict().items()}
+    assert shapes["to_rgb.weight"] == (3, 8, 3, 3)
+    assert shapes["blocks.1.conv.weight"] == (32, 64, 3, 3)  # (C_out, C_in, 3, 3)
+    assert shapes["blocks.0.conv.weight"] == (228, 64, 4, 4)  # 1 → 4 stays a transposed conv
+    generator.train()
+    noise, text = torch.randn(4, 100), torch.randn(4, 16)
+    generator(noise, text).square().mean().backward()
+    assert generator.to_rgb.weight.grad is not None and generator.to_rgb.weight.grad.abs().sum() > 0
+    plain = generator.as_deconv()
+    assert plain.config.upsample == "deconv" and plain.training
+    assert not any(isinstance(m, models.ResizeConv) for m in plain.modules())
+    generator.eval(), plain.eval()
+    with torch.no_grad():
+        assert (plain(noise, text) - generator(noise, text)).abs().max().item() < 1e-6
+    deconv = models.Generator(models.GANConfig(ngf=8, embedding_dim=16))
+    assert deconv.as_deconv() is deconv
+
+
+def test_upsample_is_checked_and_old_configs_default_to_deconv() -> None:
+    with pytest.raises(ValueError, match="upsample"):
+        models.GANConfig(upsample="bilinear")
+    old = models.config_from_dict(models.GANConfig, {"ngf": 4, "ndf": 4}, "old checkpoint")
+    assert old.upsample == "deconv"
+    assert type(models.Generator(old).to_rgb) is nn.ConvTranspose2d

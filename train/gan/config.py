@@ -72,6 +72,13 @@ class GanTrainConfig:
         group="networks",
         choices=models.TEXT_NORMS,
     )
+    upsample: str = option(
+        "deconv",
+        "G's ×2 stages: deconv (4×4 transposed convolution) or resize (nearest ×2 + 3×3 "
+        "convolution, no checkerboard; same exported graph)",
+        group="networks",
+        choices=models.UPSAMPLES,
+    )
     # Objective (train/gan/losses.py): --objective names a set of term weights (OBJECTIVES);
     # a weight flag given beside it overrides that one weight. None = "from --objective".
     objective: str = option(
@@ -399,7 +406,11 @@ RESUMABLE_OVERRIDES = frozenset(
 )  # fmt: skip
 
 
-LEGACY_VALUES: dict[str, Any] = {"ema_decay": 0.0, "partial_captions": "ignore"}
+LEGACY_VALUES: dict[str, Any] = {
+    "ema_decay": 0.0,
+    "partial_captions": "ignore",
+    "upsample": "deconv",
+}
 """Values of fields added after a checkpoint was written that match how it was trained (checkpoints
 written before `ema_decay` existed hold no weight average; before `partial_captions`, every
 caption was read as a full one)."""

@@ -307,6 +307,7 @@ class GanTrainer:
             ndf=c.ndf,
             residual=c.residual,
             text_norm=c.text_norm,
+            upsample=c.upsample,
         )
         self.generator = models.Generator(self.gan_config)
         self.discriminator = models.Discriminator(self.gan_config)

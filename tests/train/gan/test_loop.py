@@ -20,6 +20,7 @@ import torch
 from tiny_checkpoints import tiny_text_encoder_checkpoint
 
 from train import checkpoint as ck
+from train import models
 from train.data import schema
 from train.gan import loop, losses
 from train.gan.trainer import METRIC_NAMES, generated_split
@@ -73,6 +74,20 @@ def _assert_same_training_state(a: dict, b: dict) -> None:
 
 def _run_dirs(out: Path) -> list[Path]:
     return sorted(p for p in out.iterdir() if p.is_dir() and p.name[:5].isdigit())
+
+
+def test_gan_upsample_resize_trains_3x3_kernels_and_rebuilds_from_the_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--dry-run", "--out", str(tmp_path), "--no-progress", "--ngf", "8", "--ndf", "8",
+            "--batch-size", "8", "--embedding-cache", "off", "--threads", "1",
+            "--upsample", "resize", "--ema-decay", "0"]  # fmt: skip
+    assert loop.main(argv) == 0
+    checkpoint = _state(Path(capsys.readouterr().out.strip()))
+    assert checkpoint["model_configs"]["generator"]["upsample"] == "resize"
+    assert checkpoint["models"]["generator"]["to_rgb.weight"].shape == (3, 8, 3, 3)
+    gen = ck.build_model(checkpoint, "generator")
+    assert isinstance(gen.to_rgb, models.ResizeConv)
 
 
 def test_gan_dry_run_trains_one_step_and_writes_a_complete_run_folder(
