@@ -450,7 +450,7 @@ class Generator(nn.Module):
         state = {}
         for name, module in self.named_modules():
             if isinstance(module, ResizeConv):
-                state[f"{name}.weight"] = module.transposed_weight().detach()
+                state[f"{name}.weight"] = module.as_conv_transpose().weight.detach()
         for key, value in self.state_dict().items():
             state.setdefault(key, value)
         plain.load_state_dict(state)
