@@ -612,11 +612,9 @@ MODEL_TYPES: dict[str, tuple[type, type[nn.Module]]] = {
 def init_dcgan_weights(module: nn.Module) -> None:
     """DCGAN initialisation: conv weights N(0, 0.02), batch-norm scale N(1, 0.02), shift 0."""
     for m in module.modules():
-        if isinstance(m, ResizeConv):
+        if isinstance(m, nn.Conv1d | nn.Conv2d | nn.ConvTranspose2d | nn.Linear | ResizeConv):
             nn.init.normal_(m.weight, 0.0, 0.02)
-        elif isinstance(m, nn.Conv1d | nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-            if m.bias is not None:
+            if getattr(m, "bias", None) is not None:  # ResizeConv has none
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
             nn.init.normal_(m.weight, 1.0, 0.02)
