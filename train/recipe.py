@@ -224,6 +224,7 @@ def run(config: RecipeConfig) -> dict[str, Any]:
         else:
             te_ckpt = run_text_encoder(config, run_dir)
         result["text_encoder_s"] = _stage(stages, "text_encoder", t0, checkpoint=te_ckpt)
+        result["text_encoder"] = str(te_ckpt)  # what a frame scorer must be trained against
 
         t0 = time.monotonic()
         remaining = config.minutes * 60 - (t0 - started) - FINISH_MARGIN_S

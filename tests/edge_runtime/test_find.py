@@ -537,3 +537,54 @@ def test_info_runs_the_frame_scorer_of_every_variant() -> None:
 def test_find_cli_names_a_camera_it_cannot_open_in_one_line() -> None:
     code, out, err = _run(["find", CAPTION, "--camera", "63", "--bundle", str(TINY_SEARCH)])
     assert code == 2 and out == "" and "camera 63" in err and len(err.splitlines()) == 1
+
+
+def _demo_module(out: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """scripts/demo.py as a module (it is a script, not a package), writing under `out`."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "demo.py"
+    spec = importlib.util.spec_from_file_location("rescue_demo", path)
+    assert spec is not None and spec.loader is not None
+    demo = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, demo)  # its dataclass resolves names there
+    spec.loader.exec_module(demo)
+    demo.OUT = out
+    return demo
+
+
+def test_demo_search_step_judges_each_find_over_the_link_by_the_true_box(
+    search_service, cable, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo's search step (issue 20): each frame becomes the watched folder's only image, the
+    operator's `find` answer is judged against the ground truth, and the sheet is written."""
+    demo = _demo_module(tmp_path, monkeypatch)
+    camera = tmp_path / "camera"
+    camera.mkdir()
+    (camera / "stale.png").write_bytes(b"an older frame that must not be searched")
+    search_service(frames=FrameSource(folder=camera))
+    frame = np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    port = serial.Serial(cable.operator_path, 115200, timeout=0.05)
+    with OperatorClient(port, timeout=10.0) as client:
+
+        def ask(name: str, truth: Any) -> dict[str, Any]:
+            query = demo.SearchQuery(name, frame, CAPTION, truth)
+            return demo.find_over_link(client, query, camera, tmp_path / "received")
+
+        absent = ask("absent", None)
+        assert absent["frame"] == "absent" and absent["iou"] is None
+        assert absent["right"] is (not absent["present"])  # nobody there: right iff "not seen"
+        assert [p.name for p in camera.iterdir()] == ["absent.png"]
+        best = absent["boxes"][0][:4]
+        on_best = ask("on-best", tuple(float(v) for v in best))
+        assert on_best["iou"] == pytest.approx(1.0) and on_best["right"] is True
+        elsewhere = (best[2] + 5.0, best[3] + 5.0, best[2] + 20.0, best[3] + 20.0)
+        missed = ask("elsewhere", elsewhere)
+        assert missed["iou"] == 0.0 and missed["right"] is False
+    finds = [absent, on_best, missed]
+    queries = [demo.SearchQuery(f["frame"], frame, CAPTION, f["truth"]) for f in finds]
+    sheet = cv2.imread(str(demo.search_sheet(finds, queries)), cv2.IMREAD_COLOR)
+    assert sheet is not None and sheet.shape[0] > 3 * 64
+    report = "\n".join(demo.search_lines([], finds))
+    assert "**1 of 3** right by the ground truth" in report

@@ -52,6 +52,7 @@ from train import checkpoint as ck
 from train.data.attributes import ATTRIBUTE_VALUES, Attributes
 from train.data.phrasing import Family, phrase_for
 from train.data.search_scenes import SearchSplit, read_search, render_split
+from train.distributed import cpu_computes_bf16
 from train.errors import InputError
 from train.models import CharCnnRnn, ImageEncoder, config_from_dict
 from train.search.scorer import WINDOW, FrameScorer, ScorerConfig, config_to_dict, encode_targets
@@ -87,6 +88,8 @@ class SearchTrainConfig:
     joint_dim: int = 128
     seed: int = 0
     threads: int = 1
+    amp: str = "off"
+    """Autocast: "bf16" runs the trunk's forward and backward in CPU bf16 (`resolve_amp`)."""
     log_every: int = 50
     init: str = ""
     """A scorer checkpoint to start from instead of the image encoder (a second round of
@@ -231,7 +234,11 @@ def losses(
     sc = scorer.config
     size = frames.shape[-1]
     t = scorer.text(text)
-    per_scale = [scorer.cells(frames, s) for s in sc.scales]  # (cells, raw box offsets)
+    # The convolutional trunk is where the time goes: it alone runs under autocast (bf16 where
+    # the config asks for it); scores and losses are computed in fp32 from its outputs.
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.amp == "bf16"):
+        per_scale = [scorer.cells(frames, s) for s in sc.scales]  # (cells, raw box offsets)
+    per_scale = [(c.float(), r.float()) for c, r in per_scale]
     logits = torch.cat([scorer.logits(c, t).flatten(1) for c, _ in per_scale], 1)  # (B, M)
     labels = torch.zeros_like(logits)
     rank_terms, box_terms, miss_terms = [], [], []
@@ -392,9 +399,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--absent-quantile", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=_positive, default=1, help="torch threads (default 1)")
+    p.add_argument(
+        "--amp",
+        choices=("auto", "bf16", "off"),
+        default="auto",
+        help="autocast: auto = bf16 on CPUs with bf16 hardware (AVX-512 BF16 / AMX), else fp32",
+    )
     p.add_argument("--init", default="", help="start from this scorer checkpoint (same encoder)")
     p.add_argument("--dry-run", action="store_true", help="one step on rendered frames")
     return p
+
+
+def resolve_amp(amp: str) -> str:
+    """Resolve `--amp`: auto is "bf16" where the CPU computes bf16 natively, else "off" (emulated
+    bf16 on AVX2 CPUs is many times slower than fp32: docs/GAN_TRAINING.md § Speed on CPU)."""
+    if amp == "auto":
+        return "bf16" if cpu_computes_bf16() else "off"
+    if amp == "bf16" and not cpu_computes_bf16():
+        log.warning("--amp bf16: this CPU has no native bf16; it is emulated and far slower")
+    return amp
 
 
 def _positive(text: str) -> int:
@@ -450,6 +473,8 @@ def train(config: SearchTrainConfig, run_dir: Path) -> dict[str, Any]:
             raise ck.CheckpointError(f"{config.init}: trained against another text encoder")
         scorer.load_state_dict(start_from.state_dict())
     batches = Batches(splits["train"], size, encoder, scorer_config, config.seed)
+    log.info("training %d steps of %d frames, autocast %s", config.steps, config.batch_size,
+             config.amp)  # fmt: skip
     slow = list(scorer.trunk.parameters()) + list(scorer.head.parameters())
     slow_ids = {id(p) for p in slow}
     fast = [p for p in scorer.parameters() if id(p) not in slow_ids]
@@ -541,6 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         absent_quantile=args.absent_quantile,
         seed=args.seed,
         threads=args.threads,
+        amp=resolve_amp(args.amp),
         init=args.init,
         dry_run=args.dry_run,
     )

@@ -199,3 +199,38 @@ def test_losses_with_a_near_miss_are_finite() -> None:
         miss_text=torch.randn(2, 16),
     )
     assert torch.isfinite(terms["near_miss"]) and terms["near_miss"] > 0
+
+
+def test_bf16_autocast_runs_the_trunk_in_bf16_and_the_losses_in_fp32() -> None:
+    """`--amp bf16`: the same terms as fp32 within bf16's precision, fp32 loss values, and a
+    gradient that reaches the trunk's fp32 weights."""
+    scorer, _ = _scorer(frame_size=128)
+    scorer.train()
+    frames = torch.rand(2, 3, 128, 128) * 2 - 1
+    text = torch.randn(2, 16)
+    targets = [(np.array([[40.0, 30.0, 60.0, 70.0]], np.float32), 0), (np.zeros((0, 4)), -1)]
+    plain = losses(scorer, frames, text, targets, SearchTrainConfig(amp="off"))
+    seen: list[torch.dtype] = []
+    first_conv = next(m for m in scorer.trunk if isinstance(m, torch.nn.Conv2d))
+    hook = first_conv.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    mixed = losses(scorer, frames, text, targets, SearchTrainConfig(amp="bf16"))
+    hook.remove()
+    assert seen and set(seen) == {torch.bfloat16}
+    assert all(v.dtype == torch.float32 for v in mixed.values())
+    for name, value in plain.items():
+        assert mixed[name].item() == pytest.approx(value.item(), rel=0.05, abs=0.02), name
+    mixed["total"].backward()
+    assert first_conv.weight.dtype == torch.float32
+    assert first_conv.weight.grad is not None and first_conv.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(("native", "asked", "resolved"), [
+    (True, "auto", "bf16"), (False, "auto", "off"), (True, "off", "off"), (False, "bf16", "bf16"),
+])  # fmt: skip
+def test_amp_auto_uses_bf16_only_where_the_cpu_computes_it(
+    monkeypatch: pytest.MonkeyPatch, native: bool, asked: str, resolved: str
+) -> None:
+    import train.search.train as search_train
+
+    monkeypatch.setattr(search_train, "cpu_computes_bf16", lambda: native)
+    assert search_train.resolve_amp(asked) == resolved
