@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,8 @@ C = TypeVar("C")
 def config_from_dict(cls: type[C], data: dict[str, Any], where: str = "config") -> C:
     """Rebuild a frozen config dataclass, refusing unknown fields (lists become tuples)."""
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    # Fields a config saved before they existed lacks, with the value it was trained with.
+    data = {**getattr(cls, "LEGACY_FIELDS", {}), **data}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"{where}: unknown {cls.__name__} fields {unknown}")
@@ -79,12 +81,30 @@ class TextEncoderConfig:
     normalize: bool = False
     """L2-normalise the output (InfoNCE pretraining); inside the model, so the exported graph
     hands the generator exactly what it was trained on (docs/ARCHITECTURE.md)."""
+    lead_pad: int = 18
+    """Padding characters put before the caption inside the model (so the exported graph and
+    the robot's ids are unchanged). Without them no receptive field of the valid convolutions
+    has a caption's first characters near its centre: char 0 reaches step 0 through one path
+    of the conv/pool stack where a central character has hundreds, and the encoder learnt to
+    read a colour only from its context ("in a blue ..."). Measured on a 600-step encoder:
+    "blue jacket" and "red jacket" embedded at cosine 0.98, "qqqq blue jacket" / "... red ..."
+    at 0.20, and the read-back took "blue jacket" for nothing it knows
+    (docs/TEXT_ENCODER.md § Terse commands). 18 = two length strides: the first character sits
+    at offset 18 of the first window's 48."""
+    LEGACY_FIELDS: ClassVar[dict[str, Any]] = {"lead_pad": 0}
+    """What a config saved before a field existed was trained with."""
 
     def __post_init__(self) -> None:
         if self.rnn not in ("gru", "lstm"):
             raise ValueError(f"rnn must be 'gru' or 'lstm', got {self.rnn!r}")
         if len(self.conv_channels) != 3:
             raise ValueError(f"conv_channels needs 3 sizes, got {self.conv_channels}")
+        if self.lead_pad < 0 or self.lead_pad % self.pool_size**2:
+            # A multiple of the length stride keeps `min_input_length` exact: the last valid
+            # step's window still ends where the padding the caller added ends.
+            raise ValueError(
+                f"lead_pad must be a multiple of {self.pool_size**2} and >= 0, got {self.lead_pad}"
+            )
 
     @property
     def length_stride(self) -> int:
@@ -184,6 +204,10 @@ class CharCnnRnn(nn.Module):
         return torch.clamp((lengths + stride - 1) // stride, min=1, max=steps)
 
     def forward(self, char_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if self.config.lead_pad:
+            lead = char_ids.new_zeros(char_ids.shape[0], self.config.lead_pad)  # PAD_ID is 0
+            char_ids = torch.cat([lead, char_ids], dim=1)  # (B, lead_pad + T)
+            lengths = lengths + self.config.lead_pad
         x = self.pool(F.relu(self.norm1(self._conv1_one_hot(char_ids))))  # (B, C1, (T-3)/3)
         x = self.pool(F.relu(self.norm2(self.conv2(x))))  # (B, C2, ((T-3)/3-3)/3)
         x = F.relu(self.norm3(self.conv3(x))).transpose(1, 2)  # (B, S, C3), S = output_steps(T)

@@ -37,9 +37,9 @@ def test_models_text_encoder_conv1_gather_equals_one_hot_convolution() -> None:
     torch.testing.assert_close(enc._conv1_one_hot(ids), enc.conv1(one_hot), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("rnn", ["gru", "lstm"])
-def test_models_text_encoder_padding_does_not_change_embedding(rnn: str) -> None:
-    config = models.TextEncoderConfig(rnn=rnn)
+@pytest.mark.parametrize(("rnn", "lead_pad"), [("gru", 18), ("lstm", 18), ("lstm", 0)])
+def test_models_text_encoder_padding_does_not_change_embedding(rnn: str, lead_pad: int) -> None:
+    config = models.TextEncoderConfig(rnn=rnn, lead_pad=lead_pad)
     enc = models.CharCnnRnn(config).eval()
     captions = ["a survivor in an orange jacket lying on rubble at the left", "red", "x" * 300]
     rows, lengths = tokenizer.encode_batch(captions)
@@ -54,6 +54,32 @@ def test_models_text_encoder_padding_does_not_change_embedding(rnn: str) -> None
         noisy = ids.clone()
         noisy[1, config.min_input_length(lengths[1]) :] = 5
         torch.testing.assert_close(enc(noisy, lengths_t)[1], batch[1], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(("lead_pad", "steps_reached"), [(0, 1), (18, 3)])
+def test_models_text_encoder_first_character_reaches_several_rnn_steps(
+    lead_pad: int, steps_reached: int
+) -> None:
+    """Which RNN inputs (conv3 steps) change when only a caption's first character does: one
+    without the lead padding (at the edge of its window), three with it."""
+    enc = models.CharCnnRnn(models.TextEncoderConfig(lead_pad=lead_pad)).eval()
+    seen: list[torch.Tensor] = []
+    enc.conv3.register_forward_hook(lambda _m, _i, out: seen.append(out.detach()))
+    with torch.no_grad():
+        for caption in ("blue jacket", "rlue jacket"):
+            rows, lengths = tokenizer.encode_batch([caption])
+            enc(torch.tensor(rows), torch.tensor(lengths))
+    changed = (seen[0] - seen[1]).abs().amax(dim=1)[0] > 0  # (S,)
+    assert int(changed.sum()) == steps_reached
+
+
+def test_models_text_encoder_lead_pad_is_checked_and_old_configs_have_none() -> None:
+    with pytest.raises(ValueError, match="lead_pad"):
+        models.TextEncoderConfig(lead_pad=10)
+    saved = {k: v for k, v in models.dataclasses.asdict(models.TextEncoderConfig()).items()}
+    assert saved["lead_pad"] == 18 and "LEGACY_FIELDS" not in saved
+    del saved["lead_pad"]
+    assert models.config_from_dict(models.TextEncoderConfig, saved).lead_pad == 0
 
 
 def test_text_norm_none_makes_a_captions_conditioning_independent_of_its_batch() -> None:

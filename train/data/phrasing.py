@@ -500,6 +500,32 @@ def training_caption(
     return caption_for(attributes, rng), frozenset(ATTRIBUTE_NAMES)
 
 
+TERSE_MAX_STATED = 2
+"""A terse command (`terse_phrase`) states one or two attributes."""
+
+
+def terse_phrase(attributes: Attributes, stated: Iterable[str], rng: np.random.Generator) -> Phrase:
+    """The training family's bare telegraphic clause stating exactly `stated`: "blue jacket",
+    "lying down / helmet on". No person word, no opener, no filler — the shortest thing an
+    operator types. The dataset holds few of them (a one- or two-attribute caption takes one of
+    six forms), so the read-back's refit draws them on its own (`train.text.readback`)."""
+    stated = frozenset(stated)
+    if not stated or not stated <= set(ATTRIBUTE_NAMES):
+        raise ValueError(f"stated must be a non-empty subset of {ATTRIBUTE_NAMES}, got {stated}")
+    slots = [_slot(n, attributes, Family.TRAIN, rng) for n in ATTRIBUTE_NAMES if n in stated]
+    slots = _ordered(slots, Family.TRAIN, rng)
+    caption = _train_telegraphic("", slots, rng)
+    tags = ("form:train", *(t for s in slots for t in s.tags))
+    return Phrase(caption, stated, Family.TRAIN, tags)
+
+
+def draw_terse_stated(rng: np.random.Generator) -> frozenset[str]:
+    """1..`TERSE_MAX_STATED` attribute names, size uniform, then names uniform."""
+    size = int(rng.integers(1, TERSE_MAX_STATED + 1))
+    picked = rng.choice(len(ATTRIBUTE_NAMES), size, replace=False)
+    return frozenset(ATTRIBUTE_NAMES[int(i)] for i in picked)
+
+
 def heldout_phrase(attributes: Attributes, rng: np.random.Generator) -> Phrase:
     """A `test_phrasing` caption: full with probability `FULL_CAPTION_PROB`, else partial."""
     full = rng.random() < FULL_CAPTION_PROB

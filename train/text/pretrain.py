@@ -55,7 +55,7 @@ from train.checkpoint import (
 )
 from train.data.attributes import Attributes
 from train.data.files import read_info, read_split
-from train.data.phrasing import ALL_STATED
+from train.data.phrasing import ALL_STATED, draw_terse_stated, terse_phrase
 from train.data.schema import DataError, SplitData
 from train.data.synth import render_items_stated, split_class_ids
 from train.data.twins import AttributeTwins
@@ -111,6 +111,12 @@ class PretrainConfig:
     twin_fraction: float = 0.5
     """Share of each batch that are attribute twins of other members (see `AttributeTwins`);
     used only where the dataset has attributes."""
+    terse_share: float = 0.0
+    """Chance that a batch member's caption is swapped for a terse command about its image
+    (`train.data.phrasing.terse_phrase`: "blue jacket", "on the snow / helmet on"), drawn
+    on the fly where the dataset has attributes. Off by default: at 0.15 it moved no read-back
+    or retrieval figure beyond one seed's noise, on top of the lead padding that did fix terse
+    commands (`TextEncoderConfig.lead_pad`; docs/TEXT_ENCODER.md § Terse commands)."""
     lr: float = 1e-3
     warmup_steps: int = 50
     weight_decay: float = 1e-4
@@ -212,6 +218,8 @@ class PretrainConfig:
             raise ConfigError(f"cross_modal_ramp must be in [0, 1], got {self.cross_modal_ramp}")
         if not 0.0 <= self.augment_ramp <= 1.0:
             raise ConfigError(f"augment_ramp must be in [0, 1], got {self.augment_ramp}")
+        if not 0.0 <= self.terse_share <= 1.0:
+            raise ConfigError(f"terse_share must be in [0, 1], got {self.terse_share}")
         if not 0.0 <= self.twin_fraction <= 0.5:
             raise ConfigError(f"twin_fraction must be in [0, 0.5], got {self.twin_fraction}")
         if self.steps is None and self.minutes is None:
@@ -251,6 +259,7 @@ LEGACY_VALUES: dict[str, Any] = {
     "readback_lr_scale": 1.0,
     "off_domain_per_batch": 0,
     "cross_modal_ramp": 0.0,
+    "terse_share": 0.0,
 }
 """Fields a saved config may lack (written before issue 17 or before the cross-modal ramp), with
 the values it was trained with."""
@@ -315,6 +324,8 @@ class BatchSchedule:
         seed: int,
         augment: AugmentConfig,
         twin_fraction: float = 0.0,
+        *,
+        terse_share: float = 0.0,
     ) -> None:
         if len(split) < batch_size:
             raise DataError(f"train split has {len(split)} images, fewer than the batch size")
@@ -334,6 +345,7 @@ class BatchSchedule:
         self.twins = round(batch_size * twin_fraction) if self.twins_of else 0
         self.twins = min(self.twins, batch_size // 2)
         self.anchors = batch_size - self.twins
+        self.terse_share = terse_share if split.attributes is not None else 0.0
         self._perms: dict[int, np.ndarray] = {}
 
     def _perm(self, epoch: int) -> np.ndarray:
@@ -361,13 +373,21 @@ class BatchSchedule:
         """The `Batch` of `step`; `strength` scales the augmentation probabilities."""
         idx = self.indices(step)
         rng = np.random.default_rng([self.seed, step, 1])
+        # Its own stream, so that terse_share 0 draws every batch exactly as before.
+        terse_rng = np.random.default_rng([self.seed, step, 5])
         encoded = []
         stated = []
         for i in idx:
             row = self.split.captions[int(i)]
             j = int(rng.integers(len(row)))
             caption = row[j]
-            stated.append(ALL_STATED if self.stated is None else int(self.stated[int(i), j]))
+            mask = ALL_STATED if self.stated is None else int(self.stated[int(i), j])
+            if self.terse_share and terse_rng.random() < self.terse_share:
+                assert self.split.attributes is not None
+                values = Attributes.from_indices(self.split.attributes[int(i)].tolist())
+                phrase = terse_phrase(values, draw_terse_stated(terse_rng), terse_rng)
+                caption, mask = phrase.caption, phrase.mask
+            stated.append(mask)
             try:
                 encoded.append(tokenizer.encode(augment(caption, rng, self.augment, strength)))
             except tokenizer.CaptionError:
@@ -658,7 +678,12 @@ def train(
             "resuming %s at step %d (%d later metric lines dropped)", run_dir, state.step, dropped
         )
     schedule = BatchSchedule(
-        splits["train"], config.batch_size, config.seed, config.augment, config.twin_fraction
+        splits["train"],
+        config.batch_size,
+        config.seed,
+        config.augment,
+        config.twin_fraction,
+        terse_share=config.terse_share,
     )
     monitor = splits.get(config.monitor_split) if config.monitor_every else None
     total_steps = 1 if config.dry_run else config.steps
@@ -865,6 +890,13 @@ class PretrainFlags:
     )  # ≥ 2: contrastive batches
     twin_fraction: float | None = _flag(
         f"default {_D.twin_fraction}", at_least=0, at_most=0.5, target=("twin_fraction",)
+    )
+    terse_share: float | None = _flag(
+        f"chance a caption is swapped for a terse command about its image (default "
+        f"{_D.terse_share})",
+        at_least=0,
+        at_most=1,
+        target=("terse_share",),
     )
     temperature: float | None = _flag(
         f"InfoNCE initial (default {_D.temperature})", above=0, target=("temperature",)

@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from edge_runtime import tokenizer
 from edge_runtime.bundle import ReadBackSpec
 from edge_runtime.readback import decision_indices
-from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES
-from train.data.phrasing import ALL_STATED
+from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES, Attributes
+from train.data.phrasing import ALL_STATED, draw_terse_stated, terse_phrase
 from train.data.schema import SplitData
 from train.models import CharCnnRnn, ReadBack, ReadBackConfig
 from train.text.joint_embedding import encode_captions
@@ -170,6 +170,11 @@ class RefitConfig:
     nor tell a rescue caption from another sentence."""
     off_domain_share: float = 0.2
     """Off-domain lines (`train.text.off_domain`), as a share of `captions`."""
+    terse_share: float = 0.1
+    """Terse commands (`train.data.phrasing.terse_phrase`: "blue jacket", "lying down / helmet
+    on"), as a share of `captions`, labelled with what they state; an augmented copy of
+    `perturbed_share` of them joins. They are the in-domain counterparts of the off-domain
+    generator's many "{colour} {thing}" lines ("draw a blue kettle")."""
     steps: int = 2_400
     batch_size: int = 256
     lr: float = 3e-3
@@ -179,13 +184,16 @@ class RefitConfig:
     def __post_init__(self) -> None:
         if self.captions < 1 or self.steps < 1 or self.batch_size < 1:
             raise ValueError("captions, steps and batch_size must be >= 1")
-        if not 0 <= self.perturbed_share <= 1 or self.off_domain_share < 0 or self.lr <= 0:
-            raise ValueError("perturbed_share must be in [0, 1], off_domain_share >= 0, lr > 0")
+        if not 0 <= self.perturbed_share <= 1 or self.lr <= 0:
+            raise ValueError("perturbed_share must be in [0, 1] and lr > 0")
+        if self.off_domain_share < 0 or self.terse_share < 0:
+            raise ValueError("off_domain_share and terse_share must be >= 0")
 
 
 REFIT_STREAM = 17
 """`numpy.random.default_rng([seed, REFIT_STREAM])` draws the refit's captions, augmentation
-and off-domain lines: a stream no training step uses ((seed, step, k) streams have 3 entries)."""
+and off-domain lines: a stream no training step uses ((seed, step, k) streams have 3 entries);
+`[seed, REFIT_STREAM, 1]` draws the terse commands, so that `terse_share` 0 refits as before."""
 
 
 def _augmented(texts: Sequence[str], rng: np.random.Generator, config: AugmentConfig) -> list[str]:
@@ -227,8 +235,34 @@ def refit_inputs(
     lines = off_domain_batch(rng, round(config.off_domain_share * len(flat)))
     lines += _augmented(lines[: round(config.perturbed_share * len(lines))], rng, augment_config)
     nothing = torch.tensor(sizes, dtype=torch.int64).expand(len(lines), len(sizes))  # (K, A)
+    terse, terse_targets = _terse_commands(split, sizes, config, augment_config)  # (T, A)
+    texts += terse
+    caption_targets = torch.cat([caption_targets, terse_targets])
     off_domain = torch.cat([torch.zeros(len(texts)), torch.ones(len(lines))])  # (N,)
     return texts + lines, torch.cat([caption_targets, nothing]), off_domain
+
+
+def _terse_commands(
+    split: SplitData, sizes: Sequence[int], config: RefitConfig, augment_config: AugmentConfig
+) -> tuple[list[str], torch.Tensor]:
+    """`terse_share` × `captions` terse commands about the split's own images (so a held-out
+    colour×terrain pair is never stated by them) and an augmented copy of a share: (texts,
+    targets (T, A))."""
+    count = round(config.terse_share * config.captions)
+    if count == 0:
+        return [], torch.empty(0, len(sizes), dtype=torch.int64)
+    assert split.attributes is not None
+    rng = np.random.default_rng([config.seed, REFIT_STREAM, 1])
+    rows = np.asarray(split.attributes, dtype=np.int64)[rng.integers(len(split), size=count)]
+    texts, masks = [], []
+    for row in rows:
+        phrase = terse_phrase(Attributes.from_indices(row.tolist()), draw_terse_stated(rng), rng)
+        texts.append(phrase.caption)
+        masks.append(phrase.mask)
+    found = targets(torch.as_tensor(rows), torch.as_tensor(masks), sizes)  # (T, A)
+    copies = rng.permutation(count)[: round(config.perturbed_share * count)]
+    texts += _augmented([texts[i] for i in copies], rng, augment_config)
+    return texts, torch.cat([found, found[torch.as_tensor(copies, dtype=torch.int64)]])
 
 
 def fit_heads(

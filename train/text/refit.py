@@ -44,6 +44,9 @@ class RefitFlags:
         show_default=False,
     )
     captions: int = option(_R.captions, "training captions encoded", at_least=1)
+    terse_share: float = option(
+        _R.terse_share, 'terse commands ("blue jacket"), as a share of --captions', at_least=0.0
+    )
     steps: int = option(_R.steps, "optimiser steps", at_least=1)
     seed: int = option(_R.seed, "")
     threads: int | None = option(
@@ -116,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         data = args.data or (checkpoint.get("config") or {}).get("data")
         if not data:
             raise ConfigError("--data is required (the checkpoint names no dataset)")
-        config = RefitConfig(captions=args.captions, steps=args.steps, seed=args.seed)
+        config = RefitConfig(
+            captions=args.captions, terse_share=args.terse_share, steps=args.steps, seed=args.seed
+        )
         out, figures = refit_checkpoint(checkpoint, str(data), config, args.checkpoint)
         save_checkpoint(out, args.out)
     except BAD_INPUT as err:

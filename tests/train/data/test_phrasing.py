@@ -42,7 +42,13 @@ def training_output() -> list[str]:
         phrasing.training_caption(ATTRIBUTES[int(rng.integers(864))], rng, 1.0)[0]
         for _ in range(4000)
     ]
-    return full + partial + [p.caption for p in _sample(Family.TRAIN, 2000, 12)]
+    terse = [
+        phrasing.terse_phrase(
+            ATTRIBUTES[int(rng.integers(864))], phrasing.draw_terse_stated(rng), rng
+        ).caption
+        for _ in range(2000)
+    ]
+    return full + partial + terse + [p.caption for p in _sample(Family.TRAIN, 2000, 12)]
 
 
 def test_phrasing_training_family_uses_only_training_tags() -> None:
@@ -119,6 +125,28 @@ def test_phrasing_partial_captions_state_exactly_the_labelled_attributes(family:
             p = phrase_for(a, stated, family, rng)
             assert p.stated == stated
             assert read_back(p.caption) == {n: getattr(a, n) for n in stated}, p.caption
+
+
+def test_phrasing_terse_commands_are_bare_clauses_stating_exactly_their_labels() -> None:
+    rng = np.random.default_rng(21)
+    sizes = []
+    seen = set()
+    for _ in range(3000):
+        a = ATTRIBUTES[int(rng.integers(len(ATTRIBUTES)))]
+        stated = phrasing.draw_terse_stated(rng)
+        p = phrasing.terse_phrase(a, stated, rng)
+        assert 1 <= len(p.stated) <= phrasing.TERSE_MAX_STATED and p.stated == stated
+        assert p.family is Family.TRAIN and all(t.endswith(":train") for t in p.tags), p.tags
+        assert read_back(p.caption) == {n: getattr(a, n) for n in stated}, p.caption
+        tokenizer.encode(p.caption)
+        sizes.append(len(stated))
+        seen.add(p.caption)
+    assert set(sizes) == {1, 2}
+    # The commonest way to state a colour alone: "blue jacket", no person, no article.
+    assert seen & {"blue jacket", "red coat", "black shirt", "green hoodie", "white parka"}
+    assert not any(c.startswith(("a ", "an ")) for c in seen)
+    with pytest.raises(ValueError, match="non-empty"):
+        phrasing.terse_phrase(ATTRIBUTES[0], [], rng)
 
 
 def test_phrasing_captions_fit_the_tokenizer() -> None:

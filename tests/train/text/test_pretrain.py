@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 import torch
 
+from edge_runtime import tokenizer
 from train import models
 from train.checkpoint import build_model, load_checkpoint
+from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES
+from train.data.phrasing import TERSE_MAX_STATED, read_back, stated_names
 from train.data.schema import write_dataset
 from train.text import pretrain as text_encoder
 from train.text.evaluate import EvalConfig, evaluate
@@ -184,6 +187,33 @@ def test_text_encoder_batches_pair_anchors_with_twins(splits: dict) -> None:
     # 192 images of 738 classes: an anchor lacks a twin (and gets a random image) only when
     # none of its 17 one-attribute neighbours was rendered, which is rare.
     assert np.mean(differ == 1) > 0.9, differ
+
+
+def test_text_encoder_terse_commands_swap_in_about_their_own_image(splits: dict) -> None:
+    def make(share: float) -> text_encoder.BatchSchedule:
+        return text_encoder.BatchSchedule(
+            splits["train"], 32, seed=5, augment=text_encoder.AugmentConfig(),
+            twin_fraction=0.5, terse_share=share,
+        )  # fmt: skip
+
+    # Strength 0: no typos, so the read-back below sees the phrases as drawn.
+    plain, none, every = make(0.0).batch(4, 0.0), make(0.0).batch(4, 0.0), make(1.0).batch(4, 0.0)
+    assert plain.encoded == none.encoded and torch.equal(plain.stated, none.stated)
+    # Same images either way: only the captions (and what they state) change.
+    assert torch.equal(plain.images, every.images) and torch.equal(plain.labels, every.labels)
+    assert every.attributes is not None
+    values = {n: ATTRIBUTE_VALUES[n] for n in ATTRIBUTE_NAMES}
+    for encoded, mask, row in zip(every.encoded, every.stated, every.attributes, strict=True):
+        text = tokenizer.decode(encoded.ids)
+        stated = stated_names(int(mask))
+        assert 1 <= len(stated) <= TERSE_MAX_STATED, text
+        wanted = {n: values[n][int(row[i])] for i, n in enumerate(ATTRIBUTE_NAMES) if n in stated}
+        assert read_back(text) == wanted, text
+    some = make(0.3).batch(4, 0.0)
+    swapped = sum(a != b for a, b in zip(some.encoded, plain.encoded, strict=True))
+    assert 0 < swapped < 32
+    with pytest.raises(text_encoder.ConfigError, match="terse_share"):
+        _tiny_config(terse_share=1.5)
 
 
 def test_text_encoder_resume_continues_exactly(

@@ -13,7 +13,7 @@ from edge_runtime import tokenizer
 from train import models
 from train.checkpoint import build_model, load_checkpoint
 from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES
-from train.data.phrasing import ALL_STATED, stated_mask
+from train.data.phrasing import ALL_STATED, read_back, stated_mask
 from train.text import pretrain as text_encoder
 from train.text import readback as rb
 from train.text.joint_embedding import (
@@ -283,6 +283,34 @@ def test_refit_inputs_label_captions_copies_and_off_domain_lines(partial_splits:
     assert sum(t not in captions for t in texts[120:150]) > 0
     again = rb.refit_inputs(split, SIZES, config, text_encoder.AugmentConfig())
     assert again[0] == texts and torch.equal(again[1], targets)
+
+
+def test_refit_inputs_add_terse_commands_about_the_splits_images(partial_splits: dict) -> None:
+    split = partial_splits["train"]
+    base = rb.RefitConfig(captions=120, perturbed_share=0.25, off_domain_share=0.5, seed=3)
+    before = rb.refit_inputs(split, SIZES, base, text_encoder.AugmentConfig())
+    config = dataclasses.replace(base, terse_share=0.5)
+    texts, targets, off = rb.refit_inputs(split, SIZES, config, text_encoder.AugmentConfig())
+    terse, copies = 60, 15
+    assert len(texts) == len(before[0]) + terse + copies == len(targets) == len(off)
+    # The captions and their copies come first, as without terse commands; then the terse
+    # commands (rescue: off-domain 0) and their copies; the off-domain lines stay last.
+    assert texts[:150] == before[0][:150] and texts[150 + terse + copies :] == before[0][150:]
+    assert off[: 150 + terse + copies].sum() == 0 and off[150 + terse + copies :].all()
+    rows = {tuple(r) for r in np.asarray(split.attributes).tolist()}
+    for text, target in zip(texts[150 : 150 + terse], targets[150 : 150 + terse], strict=True):
+        read = read_back(text)
+        assert 1 <= len(read) <= 2, text
+        stated = [a for a, name in enumerate(ATTRIBUTE_NAMES) if name in read]
+        for a, name in enumerate(ATTRIBUTE_NAMES):
+            want = ATTRIBUTE_VALUES[name].index(read[name]) if name in read else SIZES[a]
+            assert int(target[a]) == want, (text, a)
+        # Stated values are those of one of the split's images (no held-out pair is stated).
+        assert any(all(r[a] == int(target[a]) for a in stated) for r in rows)
+    drawn = {tuple(t) for t in targets[150 : 150 + terse].tolist()}
+    assert all(tuple(t) in drawn for t in targets[150 + terse : 150 + terse + copies].tolist())
+    with pytest.raises(ValueError, match="terse_share"):
+        rb.RefitConfig(terse_share=-0.1)
 
 
 def _word_encoder(texts: list[str]) -> torch.Tensor:
