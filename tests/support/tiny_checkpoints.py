@@ -6,8 +6,11 @@ import dataclasses
 from pathlib import Path
 
 
-def tiny_text_encoder_checkpoint(path: Path, embedding_dim: int = 32) -> Path:
-    """A real (small) text-encoder checkpoint with an image encoder, as its trainer writes."""
+def tiny_text_encoder_checkpoint(
+    path: Path, embedding_dim: int = 32, *, lead_pad: int | None = None
+) -> Path:
+    """A real (small) text-encoder checkpoint with an image encoder, as its trainer writes;
+    `lead_pad` overrides the model default (tests pinned before it existed use 0)."""
     import torch
 
     from train import checkpoint as ck
@@ -17,6 +20,8 @@ def tiny_text_encoder_checkpoint(path: Path, embedding_dim: int = 32) -> Path:
     te = models.TextEncoderConfig(
         conv_channels=(16, 16, 16), rnn_hidden=16, embedding_dim=embedding_dim
     )
+    if lead_pad is not None:
+        te = dataclasses.replace(te, lead_pad=lead_pad)
     ie = models.ImageEncoderConfig(channels=(8, 8), embedding_dim=embedding_dim)
     checkpoint = ck.new_checkpoint(
         "text_encoder",

@@ -257,7 +257,9 @@ def test_linear_attribute_blocks_do_not_read_the_hidden_layer() -> None:
 
 def test_refit_inputs_label_captions_copies_and_off_domain_lines(partial_splits: dict) -> None:
     split = partial_splits["train"]
-    config = rb.RefitConfig(captions=120, perturbed_share=0.25, off_domain_share=0.5, seed=3)
+    config = rb.RefitConfig(
+        captions=120, perturbed_share=0.25, off_domain_share=0.5, terse_share=0.0, seed=3
+    )
     texts, targets, off = rb.refit_inputs(split, SIZES, config, text_encoder.AugmentConfig())
     lines, copies = 60, 30
     assert len(texts) == 120 + copies + lines + 15 == len(targets) == len(off)
@@ -287,7 +289,9 @@ def test_refit_inputs_label_captions_copies_and_off_domain_lines(partial_splits:
 
 def test_refit_inputs_add_terse_commands_about_the_splits_images(partial_splits: dict) -> None:
     split = partial_splits["train"]
-    base = rb.RefitConfig(captions=120, perturbed_share=0.25, off_domain_share=0.5, seed=3)
+    base = rb.RefitConfig(
+        captions=120, perturbed_share=0.25, off_domain_share=0.5, terse_share=0.0, seed=3
+    )
     before = rb.refit_inputs(split, SIZES, base, text_encoder.AugmentConfig())
     config = dataclasses.replace(base, terse_share=0.5)
     texts, targets, off = rb.refit_inputs(split, SIZES, config, text_encoder.AugmentConfig())
