@@ -457,13 +457,18 @@ _FILLERS: dict[Family, tuple[float, tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
+def _checked_stated(stated: Iterable[str]) -> frozenset[str]:
+    stated = frozenset(stated)
+    if not stated or not stated <= set(ATTRIBUTE_NAMES):
+        raise ValueError(f"stated must be a non-empty subset of {ATTRIBUTE_NAMES}, got {stated}")
+    return stated
+
+
 def phrase_for(
     attributes: Attributes, stated: Iterable[str], family: Family, rng: np.random.Generator
 ) -> Phrase:
     """A caption stating exactly `stated` (non-empty) of `attributes`, in `family`'s phrasing."""
-    stated = frozenset(stated)
-    if not stated or not stated <= set(ATTRIBUTE_NAMES):
-        raise ValueError(f"stated must be a non-empty subset of {ATTRIBUTE_NAMES}, got {stated}")
+    stated = _checked_stated(stated)
     person, person_family = _word(rng, family, TRAIN_PEOPLE, HELDOUT_PEOPLE)
     slots = [_slot(n, attributes, family, rng) for n in ATTRIBUTE_NAMES if n in stated]
     slots = _ordered(slots, family, rng)
@@ -509,9 +514,7 @@ def terse_phrase(attributes: Attributes, stated: Iterable[str], rng: np.random.G
     "lying down / helmet on". No person word, no opener, no filler — the shortest thing an
     operator types. The dataset holds few of them (a one- or two-attribute caption takes one of
     six forms), so the read-back's refit draws them on its own (`train.text.readback`)."""
-    stated = frozenset(stated)
-    if not stated or not stated <= set(ATTRIBUTE_NAMES):
-        raise ValueError(f"stated must be a non-empty subset of {ATTRIBUTE_NAMES}, got {stated}")
+    stated = _checked_stated(stated)
     slots = [_slot(n, attributes, Family.TRAIN, rng) for n in ATTRIBUTE_NAMES if n in stated]
     slots = _ordered(slots, Family.TRAIN, rng)
     caption = _train_telegraphic("", slots, rng)

@@ -235,7 +235,7 @@ def refit_inputs(
     lines = off_domain_batch(rng, round(config.off_domain_share * len(flat)))
     lines += _augmented(lines[: round(config.perturbed_share * len(lines))], rng, augment_config)
     nothing = torch.tensor(sizes, dtype=torch.int64).expand(len(lines), len(sizes))  # (K, A)
-    terse, terse_targets = _terse_commands(split, sizes, config, augment_config)  # (T, A)
+    terse, terse_targets = _terse_commands(split, len(flat), sizes, config, augment_config)
     texts += terse
     caption_targets = torch.cat([caption_targets, terse_targets])
     off_domain = torch.cat([torch.zeros(len(texts)), torch.ones(len(lines))])  # (N,)
@@ -243,12 +243,16 @@ def refit_inputs(
 
 
 def _terse_commands(
-    split: SplitData, sizes: Sequence[int], config: RefitConfig, augment_config: AugmentConfig
+    split: SplitData,
+    captions: int,
+    sizes: Sequence[int],
+    config: RefitConfig,
+    augment_config: AugmentConfig,
 ) -> tuple[list[str], torch.Tensor]:
-    """`terse_share` × `captions` terse commands about the split's own images (so a held-out
-    colour×terrain pair is never stated by them) and an augmented copy of a share: (texts,
-    targets (T, A))."""
-    count = round(config.terse_share * config.captions)
+    """`terse_share` × `captions` (those drawn, as for the off-domain lines) terse commands about
+    the split's own images (so a held-out colour×terrain pair is never stated by them) and an
+    augmented copy of a share: (texts, targets (T, A))."""
+    count = round(config.terse_share * captions)
     if count == 0:
         return [], torch.empty(0, len(sizes), dtype=torch.int64)
     assert split.attributes is not None
