@@ -4,6 +4,7 @@ serves."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -443,8 +444,14 @@ def test_link_security_flooding_gen_stays_within_the_budget(signed, link, tmp_pa
     out = tmp_path / "out"
 
     def within_budget() -> None:
-        files = [p for p in out.iterdir() if p.suffix == ".png"]
-        assert len(files) <= 40 and sum(p.stat().st_size for p in files) <= 400_000
+        # The service evicts old images while it serves: one listed here may be gone by its
+        # stat, which only makes the folder smaller (seen once in CI as FileNotFoundError).
+        sizes = []
+        for p in out.iterdir():
+            if p.suffix == ".png":
+                with contextlib.suppress(FileNotFoundError):
+                    sizes.append(p.stat().st_size)
+        assert len(sizes) <= 40 and sum(sizes) <= 400_000
 
     # A burst: what does not fit the queue gets BUSY; what runs stays within the budget.
     burst = [f"g{i}" for i in range(12)]
