@@ -147,8 +147,9 @@ def _latency(engines: dict[str, Any], iters: int) -> dict[str, dict[str, Any]]:
 
 
 def _readback(engines: dict[str, Any], iters: int) -> dict[str, dict[str, Any]]:
-    """p50/p99 of the read-back alone per caption (graph + decision on a cached embedding), one
-    thread, variants interleaved; engines whose bundle has no read-back are left out."""
+    """p50/p99 of the read-back alone per caption (graph + decision on a cached embedding, and
+    the unknown-words check on its text), one thread, variants interleaved; engines whose bundle
+    has no read-back are left out."""
     engines = {k: e for k, e in engines.items() if e.has_readback}
     times: dict[str, list[float]] = {k: [] for k in engines}
     texts = captions(min(iters, 50), offset=50_000)
@@ -158,6 +159,7 @@ def _readback(engines: dict[str, Any], iters: int) -> dict[str, dict[str, Any]]:
             embedding = embeddings[name][i % len(texts)]
             t0 = time.perf_counter()
             engine.read_back(embedding)
+            engine.unknown_words(texts[i % len(texts)])
             if i >= 5:  # warm-up
                 times[name].append((time.perf_counter() - t0) * 1000.0)
     out = {}

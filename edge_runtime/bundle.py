@@ -37,18 +37,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from edge_runtime import tokenizer
+from edge_runtime import tokenizer, vocabulary
 from edge_runtime.atomic import fsync_dir
 
 _T = TypeVar("_T")
 
 SCHEMA = "rescue-t2i-bundle"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """2 adds the optional read-back (`Manifest.readback`, `Variant.readback`); 3 the optional search
-assist (`Manifest.search`, `Variant.frame_scorer`). A bundle is written with the lowest version
-its fields need (1 without either), so robots that read only older versions keep loading it."""
+assist (`Manifest.search`, `Variant.frame_scorer`); 4 the read-back's optional `known_words`. A
+bundle is written with the lowest version its fields need (1 without any), so robots that read
+only older versions keep loading it."""
 READBACK_SCHEMA_VERSION = 2
 SEARCH_SCHEMA_VERSION = 3
+KNOWN_WORDS_SCHEMA_VERSION = 4
 MANIFEST_NAME = "manifest.json"
 
 # Tensor names: defined here once; the exporter names graph inputs/outputs with these and the
@@ -141,6 +143,8 @@ their count and length bound that reply: 16 × (24 + 1 + 24 + 5) + separators < 
 _LABEL = re.compile(r"[a-z][a-z0-9_-]{0,23}")
 """Attribute and value names: lower-case ASCII with nothing the link's reply fields escape or
 split on (space, '*', ',', ':', '=')."""
+_WORD_RE = re.compile(rf"[a-z]{{1,{vocabulary.MAX_WORD_LENGTH}}}")
+"""A read-back known word (`vocabulary.WORD`, bounded)."""
 MAX_SCALES = 4
 MAX_TOP_K = 16
 """Boxes per frame in a `find` reply: each is ~30 bytes on the link."""
@@ -299,6 +303,10 @@ class ReadBackSpec:
     attributes: tuple[tuple[str, tuple[str, ...]], ...]
     """(attribute name, its value names) in block order."""
     off_domain_threshold: float = 0.5
+    known_words: tuple[str, ...] = ()
+    """The words of the captions the text encoder and the heads learnt from, sorted (schema 4;
+    `edge_runtime.vocabulary`); () when the checkpoint did not record them. Lets the robot name
+    the words of a caption it never saw."""
 
     @property
     def block_sizes(self) -> tuple[int, ...]:
@@ -311,16 +319,18 @@ class ReadBackSpec:
         return sum(self.block_sizes)
 
     def to_dict(self) -> dict[str, Any]:
+        known = {"known_words": list(self.known_words)} if self.known_words else {}
         return {
             "attributes": [
                 {"name": name, "values": list(values)} for name, values in self.attributes
             ],
             "off_domain_threshold": self.off_domain_threshold,
+            **known,
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str) -> ReadBackSpec:
-        _only(d, ("attributes", "off_domain_threshold"), where)
+        _only(d, ("attributes", "off_domain_threshold", "known_words"), where)
         items = _get(d, "attributes", list, where)
         if not 1 <= len(items) <= MAX_ATTRIBUTES:
             raise BundleError(
@@ -357,7 +367,10 @@ class ReadBackSpec:
                 f"{where}: field 'off_domain_threshold' must be strictly between 0 and 1, "
                 f"got {threshold!r:.40}"
             )
-        return cls(attributes=tuple(attributes), off_domain_threshold=threshold)
+        known_words = _known_words(d.get("known_words", []), where)
+        return cls(
+            attributes=tuple(attributes), off_domain_threshold=threshold, known_words=known_words
+        )
 
 
 @dataclass(frozen=True)
@@ -540,6 +553,8 @@ class Manifest:
             version = max(version, READBACK_SCHEMA_VERSION)
         if self.search is not None:
             version = max(version, SEARCH_SCHEMA_VERSION)
+        if self.readback is not None and self.readback.known_words:
+            version = max(version, KNOWN_WORDS_SCHEMA_VERSION)
         extra = {} if self.readback is None else {"readback": self.readback.to_dict()}
         if self.search is not None:
             extra["search"] = self.search.to_dict()
@@ -602,6 +617,11 @@ class Manifest:
             d, "search", needs_version=SEARCH_SCHEMA_VERSION, version=version, where=where,
             parse=SearchSpec.from_dict,
         )  # fmt: skip
+        if readback is not None and readback.known_words and version < KNOWN_WORDS_SCHEMA_VERSION:
+            raise BundleError(
+                f"{where} readback: field 'known_words' needs schema_version "
+                f"{KNOWN_WORDS_SCHEMA_VERSION}, the manifest says {version}"
+            )
         files: dict[str, GraphSpec] = {}
         total = sum({g.file: g.size_bytes for g in graphs.values()}.values())
         if total > MAX_BUNDLE_BYTES:
@@ -747,6 +767,27 @@ def _only(d: Mapping[str, Any], allowed: Sequence[str], where: str) -> None:
     unknown = sorted(set(d) - set(allowed))
     if unknown:
         raise BundleError(f"{where}: unknown field {unknown[0]!r:.60}")
+
+
+def _known_words(raw: Any, where: str) -> tuple[str, ...]:
+    """The read-back's `known_words`: a list of at most `vocabulary.MAX_KNOWN_WORDS` distinct
+    words of 1..`vocabulary.MAX_WORD_LENGTH` letters a–z (what `vocabulary.words_of` yields)."""
+    if not isinstance(raw, list):
+        raise BundleError(f"{where}: field 'known_words' should be list, got {type(raw).__name__}")
+    if len(raw) > vocabulary.MAX_KNOWN_WORDS:
+        raise BundleError(
+            f"{where}: field 'known_words' has {len(raw)} entries, at most "
+            f"{vocabulary.MAX_KNOWN_WORDS} allowed"
+        )
+    for index, word in enumerate(raw):
+        if not isinstance(word, str) or not _WORD_RE.fullmatch(word):
+            raise BundleError(
+                f"{where}: known_words[{index}] is {word!r:.40}, expected 1..."
+                f"{vocabulary.MAX_WORD_LENGTH} letters a-z"
+            )
+    if len(set(raw)) != len(raw):
+        raise BundleError(f"{where}: field 'known_words' repeats a word")
+    return tuple(raw)
 
 
 def _optional_section(

@@ -253,8 +253,9 @@ def _generate(args: argparse.Namespace) -> int:
     understood = engine.understand(args.caption)
     if understood is not None and not args.quiet:  # -q: errors only
         print(understood.summary(), file=sys.stderr)
-        if understood.warning:
-            print(understood.warning, file=sys.stderr)
+        for line in (understood.warning, understood.unknown_line):
+            if line:
+                print(line, file=sys.stderr)
         if args.strict and understood.is_off_domain:
             raise UsageError(
                 f"--strict: the caption reads as nothing this robot knows (off-domain "
@@ -531,9 +532,9 @@ def _print_readback(understood: Any) -> None:
     """The robot's read-back (a client.ReadBack) on stderr, before any image is fetched: stdout
     stays one path (or file name) a line."""
     print(understood.summary(), file=sys.stderr)
-    warning = understood.warning_line()
-    if warning:
-        print(warning, file=sys.stderr)
+    for line in (understood.warning_line(), understood.unknown_line):
+        if line:
+            print(line, file=sys.stderr)
     sys.stderr.flush()
 
 

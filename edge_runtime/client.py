@@ -33,7 +33,7 @@ from types import TracebackType
 
 import serial
 
-from edge_runtime import protocol, readback, signing
+from edge_runtime import protocol, readback, signing, vocabulary
 from edge_runtime.bundle import MAX_ATTRIBUTES, NOT_STATED
 from edge_runtime.images import MAX_FILE_BYTES, write_atomic
 from edge_runtime.protocol import Code, Reply, ReplyError, SignedReplyError
@@ -137,6 +137,8 @@ class ReadBack:
     off_domain: float
     warning: str | None
     """`readback.WARNING_OFF_DOMAIN`, `readback.WARNING_NOTHING_STATED` or None."""
+    unknown_words: tuple[str, ...] = ()
+    """The caption's words the robot's text encoder never learnt from."""
 
     def summary(self) -> str:
         """`understood as: colour=red (0.98) terrain=? (0.91) ...`."""
@@ -146,14 +148,19 @@ class ReadBack:
         """The operator's warning, or None."""
         return readback.warning_text(self.warning, self.off_domain)
 
+    @property
+    def unknown_line(self) -> str | None:
+        """`not in the robot's vocabulary: tangerine`, or None."""
+        return readback.unknown_text(self.unknown_words)
+
 
 def parse_readback(reply: Reply) -> ReadBack | None:
     """The read-back fields of a `gen` or `understand` reply; None when the robot sent none (its
     bundle has no read-back). Every item is checked: count, names, values, confidences, the
     warning's value; anything else is one `BadReplyError` naming the field."""
     if "understood" not in reply.fields:
-        if "off_domain" in reply.fields or "warning" in reply.fields:
-            raise BadReplyError(reply, "off_domain or warning without understood")
+        if any(key in reply.fields for key in ("off_domain", "warning", "unknown")):
+            raise BadReplyError(reply, "off_domain, warning or unknown without understood")
         return None
     raw = reply.fields["understood"]
     if len(raw) > _MAX_UNDERSTOOD:
@@ -188,7 +195,19 @@ def parse_readback(reply: Reply) -> ReadBack | None:
             raise BadReplyError(
                 reply, f"warning={warning[:24]!r} is not one of {readback.WARNINGS}"
             )
-    return ReadBack(tuple(readings), float(off_domain), warning)
+    if len(reply.fields.get("unknown", "")) > vocabulary.MAX_REPORTED * (
+        vocabulary.MAX_WORD_LENGTH + 1
+    ):
+        raise BadReplyError(reply, f"unknown is {len(reply.fields['unknown'])} characters long")
+    unknown = reply.values("unknown")
+    if len(unknown) > vocabulary.MAX_REPORTED:
+        raise BadReplyError(
+            reply, f"unknown has {len(unknown)} words, at most {vocabulary.MAX_REPORTED}"
+        )
+    for word in unknown:
+        if not vocabulary.WORD.fullmatch(word) or len(word) > vocabulary.MAX_WORD_LENGTH:
+            raise BadReplyError(reply, f"unknown word {word[:40]!r} is not 1..32 letters a-z")
+    return ReadBack(tuple(readings), float(off_domain), warning, tuple(unknown))
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ single image of a batch can be regenerated alone.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import gc
 import logging
 import os
@@ -28,7 +29,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_runtime import bundle as bundle_mod
-from edge_runtime import tokenizer
+from edge_runtime import tokenizer, vocabulary
 from edge_runtime.bundle import (
     ATTRIBUTE_PROBS,
     CHAR_IDS,
@@ -367,6 +368,10 @@ class Engine:
             _return_freed_memory()
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._understood: OrderedDict[str, Understood] = OrderedDict()
+        readback_spec = self.manifest.readback
+        self._known_words = vocabulary.KnownWords(
+            readback_spec.known_words if readback_spec is not None else ()
+        )
         self._cache_capacity = cache_size
         self._stats = CacheStats(capacity=cache_size)
         self._lock = threading.Lock()
@@ -563,9 +568,11 @@ class Engine:
 
     def understand(self, caption: str) -> Understood | None:
         """What the robot understood from `caption` (docs/PROTOCOL.md § Read-back): per attribute
-        a value or "?" with a confidence, and the off-domain probability; None when the bundle
-        has no read-back. Cached by normalised text like the embedding, and a function of the
-        caption alone (its embedding is, and the read-back runs on that one row); raises
+        a value or "?" with a confidence, the off-domain probability and the caption's words
+        the encoder never learnt from (`edge_runtime.vocabulary`; none when the bundle records
+        no vocabulary); None when the bundle has no read-back. Cached by normalised text like
+        the embedding, and a function of the caption alone (its embedding is, and the read-back
+        runs on that one row); raises
         `tokenizer.CaptionError` for a caption that is empty after normalisation."""
         spec = self.manifest.readback
         runner = self._variant_in_use
@@ -579,12 +586,18 @@ class Engine:
                 return hit
         understood = self.read_back(self.embed([caption]))
         assert understood is not None  # checked above: this bundle has a read-back
+        understood = dataclasses.replace(understood, unknown_words=self.unknown_words(text))
         with self._lock:
             if self._cache_capacity > 0:
                 self._understood[text] = understood
                 while len(self._understood) > self._cache_capacity:
                     self._understood.popitem(last=False)
         return understood
+
+    def unknown_words(self, caption: str) -> tuple[str, ...]:
+        """The words of `caption` the bundle's text encoder never learnt from (at most
+        `vocabulary.MAX_REPORTED`); () when the bundle records no vocabulary."""
+        return self._known_words.unknown(caption)
 
     def read_back(self, embedding: np.ndarray) -> Understood | None:
         """One caption's (1, E) text embedding → `Understood` (no cache): the read-back's own

@@ -53,6 +53,8 @@ class Understood:
     off_domain: float
     """Probability that the caption describes nothing the robot knows."""
     off_domain_threshold: float
+    unknown_words: tuple[str, ...] = ()
+    """The caption's words the text encoder never learnt from (`edge_runtime.vocabulary`)."""
 
     @property
     def is_off_domain(self) -> bool:
@@ -70,6 +72,18 @@ class Understood:
     def summary(self) -> str:
         """`understood as: colour=red (0.98) terrain=? (0.91) ...`."""
         return summary(self.attributes)
+
+    @property
+    def unknown_line(self) -> str | None:
+        """`not in the robot's vocabulary: tangerine, drifts`, or None."""
+        return unknown_text(self.unknown_words)
+
+
+def unknown_text(words: tuple[str, ...]) -> str | None:
+    """The operator's line naming the words the robot never learnt (None: there are none)."""
+    if not words:
+        return None
+    return "not in the robot's vocabulary: " + ", ".join(words)
 
 
 def summary(attributes: tuple[AttributeReading, ...]) -> str:
@@ -141,8 +155,9 @@ def warning_code(understood: Understood) -> str | None:
 
 def reply_fields(understood: Understood) -> list[tuple[str, object]]:
     """The read-back's fields of a `gen` or `understand` reply: `understood` (a list of
-    `name:value:confidence`), `off_domain` and, when there is one, `warning`. Bounded by the
-    manifest's limits (≤ 16 attributes, labels ≤ 24 characters): under 1 KiB."""
+    `name:value:confidence`), `off_domain` and, when there are, `warning` and `unknown` (the
+    words the robot never learnt). Bounded by the manifest's limits (≤ 16 attributes, labels ≤
+    24 characters) and `vocabulary.MAX_REPORTED`: under 1.2 KiB."""
     fields: list[tuple[str, object]] = [
         (
             "understood",
@@ -156,4 +171,7 @@ def reply_fields(understood: Understood) -> list[tuple[str, object]]:
     code = warning_code(understood)
     if code is not None:
         fields.append(("warning", code))
+    if understood.unknown_words:
+        # ≤ MAX_REPORTED words of ≤ 32 letters a–z: nothing the link escapes, under 200 bytes.
+        fields.append(("unknown", list(understood.unknown_words)))
     return fields

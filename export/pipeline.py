@@ -355,7 +355,9 @@ def export_bundle(options: ExportOptions) -> b.Manifest:
         variants = {"fp32": b.Variant("text_encoder.fp32", "generator.fp32", True, {}, {})}
         quantization: dict[str, Any] = {"method": "none"}
         sessions = {"fp32": (text_session, ox.session(gen_path))}
-        spec = readback_spec() if readback is not None else None
+        spec = None
+        if readback is not None:
+            spec = readback_spec(known_words=readback.config.known_words)
         readbacks: dict[str, Any] = {}
         build = None
         if readback is not None and spec is not None:

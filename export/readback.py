@@ -97,11 +97,15 @@ def load_readback(checkpoint: dict[str, Any], path: Path, encoder: CharCnnRnn) -
     return readback.eval()
 
 
-def readback_spec(threshold: float = DEFAULT_OFF_DOMAIN_THRESHOLD) -> b.ReadBackSpec:
-    """The manifest's labels (train.data.attributes) and the decision threshold."""
+def readback_spec(
+    threshold: float = DEFAULT_OFF_DOMAIN_THRESHOLD, known_words: tuple[str, ...] = ()
+) -> b.ReadBackSpec:
+    """The manifest's labels (train.data.attributes), the decision threshold and the words the
+    heads learnt from (`ReadBackConfig.known_words`; () for checkpoints before them)."""
     return b.ReadBackSpec(
         attributes=tuple((name, tuple(ATTRIBUTE_VALUES[name])) for name in ATTRIBUTE_NAMES),
         off_domain_threshold=threshold,
+        known_words=tuple(known_words),
     )
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge_runtime import tokenizer
+from edge_runtime import tokenizer, vocabulary
 from export.cli import main as export_main
 from train import checkpoint as ck
 from train import models
@@ -195,6 +195,9 @@ def fit_readback(encoder: models.CharCnnRnn, seed: int = 0, steps: int = 400) ->
                 for name, index in zip(ATTRIBUTE_NAMES, attributes.indices, strict=True)
             ]
         )
+    # The words of the rescue captions, as a trained checkpoint records them (fit_heads).
+    known = sorted({word for text in texts for word in vocabulary.words_of(text)})
+    config = dataclasses.replace(config, known_words=tuple(known))
     off = list(OFF_DOMAIN_SENTENCES) * 25
     rows, lengths = tokenizer.encode_batch(texts + off, encoder.config.max_length)
     with torch.no_grad():

@@ -251,14 +251,16 @@ def robot_session(
                 understood = result.readback
                 if understood is not None:
                     say(f"robot> {understood.summary()}")
-                    if understood.warning_line():
-                        say(f"robot> {understood.warning_line()}")
+                    for line in (understood.warning_line(), understood.unknown_line):
+                        if line:
+                            say(f"robot> {line}")
                 results.append(
                     {"caption": caption, "wanted": wanted, "paths": [str(p) for p in paths],
                      "robot_ms": result.ms, "infer_ms": result.infer_ms,
                      "round_trip_ms": result.round_trip_ms,
                      "understood": understood.summary() if understood else None,
-                     "readback_warning": understood.warning if understood else None}
+                     "readback_warning": understood.warning if understood else None,
+                     "unknown_words": list(understood.unknown_words) if understood else []}
                 )  # fmt: skip
             for query in queries:
                 finds.append(find_over_link(client, query, camera, OUT / "operator-search"))
@@ -371,6 +373,8 @@ def judge_and_sheet(session: dict[str, Any], oracle_path: str, data: Path) -> di
         if request.get("understood"):  # the robot's read-back under the caption
             warning = request.get("readback_warning")
             title += f"\nrobot {request['understood']}" + (f" [{warning}]" if warning else "")
+            if request.get("unknown_words"):
+                title += f" [unknown: {', '.join(request['unknown_words'])}]"
         rows.append(contact_sheet(images, title, verdicts, tile=160, columns=len(images)))
     width = max(r.shape[1] for r in rows)
     padded = [
@@ -584,6 +588,8 @@ def write_report(facts: dict[str, Any], timings: dict[str, float]) -> Path:
         understood = (r.get("understood") or "no read-back").removeprefix("understood as: ")
         if r.get("readback_warning"):
             understood += f" **{r['readback_warning']}**"
+        if r.get("unknown_words"):
+            understood += f" (unknown: {', '.join(r['unknown_words'])})"
         lines.append(
             f"| {r['caption']} | {understood} | {r['robot_ms']:.0f} | {r['infer_ms']:.0f} | "
             f"{r['round_trip_ms']:.0f} | {'; '.join(r['oracle'])} |"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import io
 import json
@@ -145,7 +146,13 @@ def test_bundle_search_roundtrips_and_old_bundles_still_load() -> None:
     again = b.Manifest.from_dict(copy.deepcopy(manifest.to_dict()), "x")
     assert again.search == manifest.search
     old = b.load_bundle(TINY).manifest
-    assert old.search is None and old.to_dict()["schema_version"] == 2
+    assert old.search is None and old.to_dict()["schema_version"] == b.KNOWN_WORDS_SCHEMA_VERSION
+    # Without its read-back vocabulary the same bundle is written as schema 2 again.
+    assert old.readback is not None
+    plain = dataclasses.replace(
+        old, readback=dataclasses.replace(old.readback, known_words=()), schema_version=1
+    )
+    assert plain.to_dict()["schema_version"] == 2
     assert all(v.frame_scorer is None for v in old.variants.values())
 
 

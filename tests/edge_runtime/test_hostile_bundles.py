@@ -157,8 +157,13 @@ def _field_cases() -> list[Case]:
             # A variant removed leaves its graphs hashed and unused: still a valid bundle.
             whole_variant = len(path) == 2 and path[0] == "variants"
             metric = len(path) == 4 and path[2] in METRICS
+            optional = path == ("readback", "known_words")  # a bundle may carry no vocabulary
             cases.append(
-                Case(f"delete:{_name(path)}", _delete(path), valid=whole_variant or metric)
+                Case(
+                    f"delete:{_name(path)}",
+                    _delete(path),
+                    valid=whole_variant or metric or optional,
+                )
             )
     for path, value in [((), BASE), *_leaves(BASE)]:
         if isinstance(value, dict) and not (path and path[0] in FREE_FORM):

@@ -4,6 +4,7 @@ read-back (an old checkpoint's) that keeps working as before (docs/PROTOCOL.md Â
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 
 from edge_runtime import bundle as b
-from edge_runtime import protocol, readback
+from edge_runtime import protocol, readback, vocabulary
 from edge_runtime.cli import main
 from edge_runtime.client import parse_readback
 from edge_runtime.engine import Engine, open_session
@@ -114,8 +115,9 @@ def test_reply_fields_are_what_the_client_parses_back() -> None:
 
 def test_tiny_bundle_has_a_readback_for_every_variant(tiny_bundle: Path) -> None:
     manifest = b.load_bundle(tiny_bundle).manifest
-    assert manifest.schema_version == b.READBACK_SCHEMA_VERSION
+    assert manifest.schema_version == b.KNOWN_WORDS_SCHEMA_VERSION
     assert manifest.readback is not None
+    assert {"orange", "jacket", "rubble"} <= set(manifest.readback.known_words)
     assert [name for name, _ in manifest.readback.attributes] == [
         "colour", "terrain", "pose", "position", "helmet",
     ]  # fmt: skip
@@ -141,7 +143,15 @@ def test_engine_understand_is_the_decision_rule_on_the_graphs_output(
         for size in manifest.readback.block_sizes:
             assert probs[0, start : start + size].sum() == pytest.approx(1.0, abs=1e-5)
             start += size
-        assert engine.understand(caption) == readback.decide(probs[0], off[0], manifest.readback)
+        understood = engine.understand(caption)
+        assert understood is not None
+        decided = readback.decide(probs[0], off[0], manifest.readback)
+        assert dataclasses.replace(understood, unknown_words=()) == decided
+        # ... plus the words the heads never learnt from, by the bundle's vocabulary.
+        known = vocabulary.KnownWords(manifest.readback.known_words)
+        assert understood.unknown_words == known.unknown(caption)
+    assert engine.understand(CAPTION).unknown_words == ()  # type: ignore[union-attr]
+    assert engine.understand(OFF_DOMAIN).unknown_words == ("draw", "cat")  # type: ignore[union-attr]
 
 
 def test_engine_understand_flags_an_off_domain_caption_and_not_a_rescue_one(
@@ -258,7 +268,8 @@ def test_understand_command_answers_at_once_without_an_image(
     (done,) = reader.read(1)
     assert (done.kind, done.id, done.get("cmd")) == ("done", "u1", "understand")
     assert done.get("warning") == readback.WARNING_OFF_DOMAIN
-    assert set(done.fields) == {"cmd", "understood", "off_domain", "warning"}
+    assert set(done.fields) == {"cmd", "understood", "off_domain", "warning", "unknown"}
+    assert done.values("unknown") == ["draw", "cat"]
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     reader.send(b"s1 status\r\n")
     *_, status = reader.until("s1")
@@ -332,9 +343,10 @@ def test_cli_generate_warns_off_domain_and_strict_writes_nothing(
     assert main([*argv, "--out", str(tmp_path / "a")]) == 0
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 1
-    summary, warning = err.splitlines()
+    summary, warning, unknown = err.splitlines()
     assert summary.startswith("understood as: ")
     assert warning.startswith("warning: the caption reads as nothing this robot knows")
+    assert unknown == "not in the robot's vocabulary: draw, cat"
     assert main([*argv, "--out", str(tmp_path / "b"), "--strict"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.splitlines()[-1].startswith("rescue-edge: --strict: ")
@@ -376,9 +388,10 @@ def test_cli_client_shows_the_readback_and_strict_and_understand_work(
     # Read-back only: no image asked for, the warning shown.
     assert main([*argv, "--understand", OFF_DOMAIN]) == 0
     out, err = capsys.readouterr()
-    summary, warning = client_lines(err)
+    summary, warning, unknown = client_lines(err)
     assert out == "" and summary.startswith("understood as: ")
     assert warning.startswith("warning: the caption reads as nothing")
+    assert unknown == "not in the robot's vocabulary: draw, cat"
     # strict: the robot refuses the off-domain caption; bad input, exit 2, one line.
     assert main([*argv, "--strict", OFF_DOMAIN]) == 2
     out, err = capsys.readouterr()
@@ -390,7 +403,7 @@ def test_cli_client_shows_the_readback_and_strict_and_understand_work(
         patch.setattr("sys.stdin", io.StringIO(f"/understand {OFF_DOMAIN}\n/quit\n"))
         assert main(argv) == 0
     out, err = capsys.readouterr()
-    summary, warning = client_lines(err)
+    summary, warning, _ = client_lines(err)
     assert out == "" and summary.startswith("understood as: ") and warning.startswith("warning:")
 
 

@@ -46,13 +46,19 @@ def readback_bundle(tmp_path_factory: pytest.TempPathFactory, readback_checkpoin
     return out
 
 
-def test_readback_graph_is_hashed_labelled_and_in_every_variant(readback_bundle: Path) -> None:
+def test_readback_graph_is_hashed_labelled_and_in_every_variant(
+    readback_bundle: Path, readback_checkpoint: Path
+) -> None:
     bundle = b.load_bundle(readback_bundle, open_session)  # hashes and graph I/O verified
     m = bundle.manifest
-    assert m.schema_version == b.READBACK_SCHEMA_VERSION
+    # The heads record the words they were fitted on; a bundle carrying them is schema 4.
+    heads = ck.build_model(ck.load_checkpoint(readback_checkpoint), "readback", "checkpoint")
+    assert isinstance(heads, ReadBack) and "red" in heads.config.known_words
+    assert m.schema_version == b.KNOWN_WORDS_SCHEMA_VERSION
     assert m.readback == b.ReadBackSpec(
         attributes=tuple((n, ATTRIBUTE_VALUES[n]) for n in ATTRIBUTE_NAMES),
         off_domain_threshold=rb.DEFAULT_OFF_DOMAIN_THRESHOLD,
+        known_words=heads.config.known_words,
     )
     assert m.graphs["readback.fp32"].role == b.READBACK
     assert m.variants["fp32"].readback == "readback.fp32"

@@ -21,8 +21,10 @@ block, the last class = "?", off-domain above the threshold), never a re-impleme
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edge_runtime import tokenizer
+from edge_runtime import tokenizer, vocabulary
 from edge_runtime.bundle import ReadBackSpec
 from edge_runtime.readback import decision_indices
 from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES, Attributes
@@ -269,6 +271,19 @@ def _terse_commands(
     return texts, torch.cat([found, found[torch.as_tensor(copies, dtype=torch.int64)]])
 
 
+def known_words(split: SplitData) -> tuple[str, ...]:
+    """The words of every caption of `split` as the robot splits them (`vocabulary.words_of`),
+    sorted; the most frequent `vocabulary.MAX_KNOWN_WORDS` of at most `MAX_WORD_LENGTH` letters
+    where there are more (a rescue-scenes train split has about 200)."""
+    counts: Counter[str] = Counter()
+    for row in split.captions:
+        for caption in row:
+            counts.update(vocabulary.words_of(caption))
+    usable = [(n, w) for w, n in counts.items() if len(w) <= vocabulary.MAX_WORD_LENGTH]
+    kept = sorted(usable, key=lambda item: (-item[0], item[1]))[: vocabulary.MAX_KNOWN_WORDS]
+    return tuple(sorted(w for _, w in kept))
+
+
 def fit_heads(
     encoder: CharCnnRnn,
     split: SplitData,
@@ -280,6 +295,7 @@ def fit_heads(
     (`refit_inputs`); returns (ψ in eval mode, figures for the run's metrics). Deterministic in
     `config.seed` on one machine; the encoder is not changed."""
     started = time.perf_counter()
+    heads_config = dataclasses.replace(heads_config, known_words=known_words(split))
     texts, attribute_targets, off_domain = refit_inputs(
         split, heads_config.value_counts, config, augment_config or AugmentConfig()
     )

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from edge_runtime import tokenizer
+from edge_runtime.vocabulary import words_of
 from train import models
 from train.checkpoint import build_model, load_checkpoint
 from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES
@@ -367,6 +368,10 @@ def test_training_ends_with_heads_refitted_on_the_frozen_encoder(
     checkpoint = load_checkpoint(tmp_path / "checkpoint.pt", kind="text_encoder")
     heads = build_model(checkpoint, "readback")
     assert isinstance(heads, models.ReadBack) and heads.config.linear_attributes
+    # The heads record the words of the captions they learnt from, for the robot's "not in the
+    # robot's vocabulary" line (edge_runtime.vocabulary): every word of every train caption.
+    words = {w for row in partial_splits["train"].captions for c in row for w in words_of(c)}
+    assert heads.config.known_words == tuple(sorted(words)) and "jacket" in words
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert "readback_refit_s" in lines[-1]
     # The refit is a function of (encoder, data, seed): the same run gives the same heads.
