@@ -572,6 +572,10 @@ class ReadBackConfig:
     colour 66.9 % right on `test_unseen`, a linear read of the same embedding 99.7 %), while
     "is this a rescue caption at all" is not linear in φ (docs/TEXT_ENCODER.md § Read-back).
     False: one shared hidden layer (checkpoints saved before this field)."""
+    known_words: tuple[str, ...] = ()
+    """The words of the captions the heads were fitted on (`train.text.readback.known_words`),
+    which export puts in the bundle so the robot can name a caption's words it never learnt
+    (`edge_runtime.vocabulary`). Not part of the network; () before this field existed."""
 
     def __post_init__(self) -> None:
         if self.embedding_dim < 1 or self.hidden < 0:

@@ -161,6 +161,16 @@ class GanTrainConfig:
         at_most=1,
     )
     """Images per batch drawn a second time for mode seeking, relative to the batch."""
+    open_weight: float | None = _term(
+        "weight of the open-attribute divergence on partial captions (0 = off)", at_least=0
+    )
+    """Open-attribute divergence (`train.gan.losses.open_attribute_divergence_loss`; 0 = off):
+    like mode seeking, G draws `ms_fraction` × batch captions a second time with fresh noise —
+    partial captions first — and the two images of a caption that leaves attributes open are
+    pushed to read, in the matching encoder's class softmax over the classes the caption allows,
+    as different classes. Why: a partial caption's open attributes are nearly fixed per caption
+    (unstated-attribute entropy 0.1, target 0.6; docs/QUALITY.md § 3.14). Needs the matching
+    term's encoder and a dataset with partial captions; does nothing on full captions."""
     label_smoothing: float | None = _term(
         "one-sided label smoothing of the real target", at_least=0, below=0.5
     )
@@ -333,6 +343,7 @@ _REED: dict[str, Any] = {
     "match_weight": 0.0,
     "l1_weight": 0.0,
     "ms_weight": 0.0,
+    "open_weight": 0.0,
     "label_smoothing": 0.0,
     "hard_negative_fraction": 0.0,
     "r1_gamma": 0.0,
@@ -364,6 +375,7 @@ ABLATION_TERMS: dict[str, tuple[str, dict[str, Any]]] = {
     "hard-negatives": ("hard-negative wrong captions", {"hard_negative_fraction": 0.0}),
     "d-augment": ("D augmentation", {"d_augment": "none"}),
     "smoothing": ("one-sided label smoothing", {"label_smoothing": 0.0}),
+    "open": ("open-attribute divergence", {"open_weight": 0.0}),
 }  # fmt: skip
 
 

@@ -14,6 +14,10 @@
 - R1 (Mescheder et al. 2018): a zero-centred penalty on the gradient of D's real-pair score with
   respect to the real image, `γ/2 · E ‖∇ₓ D(x, t)‖²`, which keeps D from becoming so sharp that it
   stops telling G anything (docs/GAN_TRAINING.md § D regularisers).
+- Open-attribute divergence (ours): two images of one partial caption, different noise, should
+  read as different classes among those the caption allows (Jensen–Shannon of the matching
+  softmax), so the noise picks what the caption leaves open (docs/GAN_TRAINING.md § Partial
+  captions).
 - Optional extras: one-sided label smoothing (Salimans et al. 2016, §3.4) and an L1 term pulling
   the generated image towards the real image of the same caption.
 
@@ -23,6 +27,7 @@ return scalar tensors; the trainer logs each term under its name.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -188,6 +193,47 @@ def partial_text_image_matching_loss(
     logits = F.normalize(image_embedding, dim=1) @ prototypes.T / temperature  # (B, K)
     inside = logits.masked_fill(~allowed, float("-inf"))
     return (torch.logsumexp(logits, dim=1) - torch.logsumexp(inside, dim=1)).mean()
+
+
+def open_attribute_divergence_loss(
+    embedding_a: torch.Tensor,
+    embedding_b: torch.Tensor,
+    prototypes: torch.Tensor,
+    allowed: torch.Tensor,
+    temperature: float = 0.1,
+) -> torch.Tensor:
+    """−JS(p_a, p_b) / log 2, mean over the rows whose caption leaves something open: two images
+    of one caption made with different noise, `embedding_a`, `embedding_b` (M, E) in the matching
+    encoder's space, should read as *different* classes among those the caption allows,
+    `allowed` (M, K) bool; p is the matching softmax over the allowed classes only.
+
+    Why Jensen–Shannon and not MSGAN's pixel distance: the pixel term buys its diversity as
+    speckle (docs/QUALITY.md § 3.0), and a collision probability p_a·p_b would also be lowered by
+    two blurred averages of every allowed class. JS is 0 for identical posteriors (two uniform
+    ones included) and log 2 only for two confident, different readings — another helmet, pose or
+    ground, which is what a partial caption leaves to the noise. A full caption allows one class,
+    so its rows are exactly 0 and are left out of the mean; no open row gives 0.
+    """
+    scale = 1.0 / temperature
+    # A large negative instead of −inf keeps log-probabilities finite (no 0·−inf in the gradient).
+    outside = torch.finfo(torch.float32).min / 4
+    logits_a = (F.normalize(embedding_a.float(), dim=1) @ prototypes.T * scale).masked_fill(
+        ~allowed, outside
+    )  # (M, K)
+    logits_b = (F.normalize(embedding_b.float(), dim=1) @ prototypes.T * scale).masked_fill(
+        ~allowed, outside
+    )
+    log_a = F.log_softmax(logits_a, dim=1)
+    log_b = F.log_softmax(logits_b, dim=1)
+    log_mix = torch.logaddexp(log_a, log_b) - math.log(2.0)
+    p_a, p_b = log_a.exp(), log_b.exp()
+    # JS = ½ KL(a‖m) + ½ KL(b‖m); allowed entries only (the others are exactly 0 in p_a, p_b).
+    inside = allowed.float()
+    js = 0.5 * ((p_a * (log_a - log_mix) + p_b * (log_b - log_mix)) * inside).sum(1)  # (M,)
+    open_rows = allowed.sum(1) > 1
+    if not bool(open_rows.any()):
+        return js.sum() * 0.0  # keeps the graph, gradient 0
+    return -(js[open_rows].mean() / math.log(2.0))
 
 
 def r1_penalty(logits_real: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:

@@ -169,7 +169,8 @@ def stateless_seed(*parts: int) -> int:
 METRIC_NAMES = (
     "gan_cls/real", "gan_cls/wrong", "gan_cls/fake", "gan_cls/total_D",
     "generator/nonsaturating", "generator/gan_int", "generator/feature_matching", "generator/l1",
-    "generator/text_image_match", "generator/mode_seeking", "generator/total_G",
+    "generator/text_image_match", "generator/mode_seeking", "generator/open_attributes",
+    "generator/total_G",
     "D(x)/real_right_text", "D(x)/real_wrong_text", "D(G(z))/before_D_step",
     "D(G(z))/after_D_step", "D(G(z))/interpolated", "D/r1_penalty", "D/saturated",
 )  # fmt: skip
@@ -243,7 +244,8 @@ class GanTrainer:
         self.steps_per_epoch = self.loader.steps_per_epoch
         self.local_batch = local_batch
         self.local_interp = int(local_batch * c.int_fraction) if c.int_weight > 0 else 0
-        self.local_ms = max(1, int(local_batch * c.ms_fraction)) if c.ms_weight > 0 else 0
+        drawn_again = c.ms_weight > 0 or c.open_weight > 0
+        self.local_ms = max(1, int(local_batch * c.ms_fraction)) if drawn_again else 0
         self.total_steps = c.epochs * self.steps_per_epoch
         if c.steps is not None:
             self.total_steps = min(self.total_steps, c.steps)
@@ -299,6 +301,14 @@ class GanTrainer:
                     _, first = np.unique(np.asarray(self.dataset.class_ids), return_index=True)
                     self.image_attributes = attributes  # (N, A), by dataset index
                     self.match_attributes = attributes[torch.from_numpy(first)]  # (K, A)
+        # The open-attribute divergence reads G's images in the matching term's class space.
+        self.open_active = c.open_weight > 0 and self.match_attributes is not None
+        if c.open_weight > 0 and not self.open_active:
+            log.warning(
+                "--open-weight %g: needs the matching term's image encoder and partial captions "
+                "(caption_stated, --partial-captions aware); the open-attribute term is off",
+                c.open_weight,
+            )
 
         # Networks.
         self.gan_config = models.GANConfig(
@@ -519,6 +529,16 @@ class GanTrainer:
         stated = (batch.stated[:, None] >> bits) & 1 == 1  # (B, A)
         return (agree | ~stated[:, None, :]).all(2)
 
+    def rows_drawn_again(self, batch: GanClsBatch, m: int) -> torch.Tensor:
+        """(m,) int64: the batch rows G draws a second time (mode seeking, open attributes). The
+        first m rows, as before the open-attribute term; with that term on, the partial captions
+        come first (stable order), since a full caption gives it nothing to vary."""
+        rows = torch.arange(len(batch), device=self.device)
+        if self.open_active and batch.stated is not None:
+            full = (1 << self.match_attributes.shape[1]) - 1
+            rows = torch.argsort((batch.stated == full).to(torch.int8), stable=True)
+        return rows[:m]
+
     def train_step(self, batch: GanClsBatch) -> dict[str, torch.Tensor]:
         """One D update then one G update; returns every logged quantity (detached scalars)."""
         c = self.config
@@ -543,7 +563,8 @@ class GanTrainer:
             gen = torch.Generator().manual_seed(stateless_seed(c.seed, self.step, 2))
             again = torch.randn(m * self.env.world_size, self.gan_config.noise_dim, generator=gen)
             noise = torch.cat([noise, again[self.env.rank :: self.env.world_size].to(self.device)])
-            texts = torch.cat([texts, right[:m]])  # (B + n + m, E)
+            again_rows = self.rows_drawn_again(batch, m)  # (m,)
+            texts = torch.cat([texts, right[again_rows]])  # (B + n + m, E)
         wrong_images = batch.wrong_images
         if wrong_images is not None:
             wrong_images = wrong_images.contiguous(memory_format=self.memory_format)
@@ -599,6 +620,7 @@ class GanTrainer:
         )
         g_l1 = losses.l1_loss(fake, real) if c.l1_weight > 0 else zero
         g_match = zero
+        g_open = zero
         if self.match_encoder is not None:
             with self.autocast():
                 fake_embedding = self.match_encoder(fake)  # (B, E); BN in eval mode, frozen
@@ -610,15 +632,25 @@ class GanTrainer:
                     c.match_temperature,
                 )
             else:
+                allowed = self.allowed_classes(batch)  # (B, K)
                 g_match = losses.partial_text_image_matching_loss(
-                    fake_embedding.float(),
-                    self.match_prototypes,
-                    self.allowed_classes(batch),
-                    c.match_temperature,
+                    fake_embedding.float(), self.match_prototypes, allowed, c.match_temperature
                 )
+                if m and self.open_active:
+                    with self.autocast():
+                        again_embedding = self.match_encoder(generated[b + n :])  # (m, E)
+                    g_open = losses.open_attribute_divergence_loss(
+                        fake_embedding[again_rows].float(),
+                        again_embedding.float(),
+                        self.match_prototypes,
+                        allowed[again_rows],
+                        c.match_temperature,
+                    )
         g_ms = (
-            losses.mode_seeking_loss(fake[:m], generated[b + n :], noise[:m], noise[b + n :])
-            if m
+            losses.mode_seeking_loss(
+                fake[again_rows], generated[b + n :], noise[again_rows], noise[b + n :]
+            )
+            if m and c.ms_weight > 0
             else zero
         )
         g_total = (
@@ -628,6 +660,7 @@ class GanTrainer:
             + c.l1_weight * g_l1
             + c.match_weight * g_match
             + c.ms_weight * g_ms
+            + c.open_weight * g_open
         )
         if c.grad_norm_every and (self.step + 1) % c.grad_norm_every == 0:
             weighted = {
@@ -636,7 +669,8 @@ class GanTrainer:
                 "feature_matching": c.fm_weight * g_fm if c.fm_weight > 0 else None,
                 "text_image_match": c.match_weight * g_match if self.match_encoder else None,
                 "l1": c.l1_weight * g_l1 if c.l1_weight > 0 else None,
-                "mode_seeking": c.ms_weight * g_ms if m else None,
+                "mode_seeking": c.ms_weight * g_ms if m and c.ms_weight > 0 else None,
+                "open_attributes": c.open_weight * g_open if m and self.open_active else None,
             }
             active = {k: v for k, v in weighted.items() if v is not None and v.requires_grad}
             self.probe = self._gradient_norms(active)
@@ -656,7 +690,7 @@ class GanTrainer:
         with torch.no_grad():
             values = [
                 d.real, d.wrong, d.fake, d.total, g_nonsat, g_int, g_fm, g_l1, g_match, g_ms,
-                g_total,
+                g_open, g_total,
                 torch.sigmoid(logits_rr.float()).mean(), torch.sigmoid(logits_rw.float()).mean(),
                 torch.sigmoid(logits_fr.float()).mean(), torch.sigmoid(logits[:b]).mean(),
                 torch.sigmoid(logits[b:]).mean() if n else zero, d_r1.detach(), saturated,

@@ -982,6 +982,12 @@ class PretrainFlags:
     rnn_hidden: int | None = _flag(
         f"default {_D.text_encoder.rnn_hidden}", at_least=1, target=("text_encoder", "rnn_hidden")
     )
+    lead_pad: int | None = _flag(
+        f"PAD characters the text encoder prepends (default {_D.text_encoder.lead_pad}; a "
+        "multiple of pool_size² — docs/TEXT_ENCODER.md § Terse commands)",
+        at_least=0,
+        target=("text_encoder", "lead_pad"),
+    )
     image_channels: tuple[int, ...] | None = _flag(
         "image-encoder stage widths (default 32,64,128,256)",
         parse=_channels("--image-channels", None),
@@ -1050,11 +1056,14 @@ def _apply_flags(config: PretrainConfig, args: PretrainFlags) -> PretrainConfig:
         value = getattr(args, name)
         if value is None:
             continue
-        if len(path) == 1:
-            config = dataclasses.replace(config, **{path[0]: value})
-        else:
-            inner = dataclasses.replace(getattr(config, path[0]), **{path[1]: value})
-            config = dataclasses.replace(config, **{path[0]: inner})
+        try:  # the configs validate themselves; name the flag that broke the rule
+            if len(path) == 1:
+                config = dataclasses.replace(config, **{path[0]: value})
+            else:
+                inner = dataclasses.replace(getattr(config, path[0]), **{path[1]: value})
+                config = dataclasses.replace(config, **{path[0]: inner})
+        except ValueError as error:
+            raise ConfigError(f"--{name.replace('_', '-')}: {error}") from None
     if args.minutes is not None and args.steps is None and not args.resume:
         config = dataclasses.replace(config, steps=None)  # --minutes alone drives the schedule
     if args.no_augment:

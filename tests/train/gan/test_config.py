@@ -53,7 +53,7 @@ def _resolved(**fields) -> GanTrainConfig:
 
 TERMS = (
     "nonsat_weight", "wrong_weight", "fake_weight", "int_weight", "fm_weight", "match_weight",
-    "l1_weight", "ms_weight", "label_smoothing", "hard_negative_fraction",
+    "l1_weight", "ms_weight", "open_weight", "label_smoothing", "hard_negative_fraction",
 )  # fmt: skip
 
 
@@ -63,14 +63,14 @@ def test_objective_default_resolves_to_the_weights_trained_before_objectives_had
     assert {k: getattr(c, k) for k in TERMS} == {
         "nonsat_weight": 1.0, "wrong_weight": 0.5, "fake_weight": 0.5, "int_weight": 1.0,
         "fm_weight": 1.0, "match_weight": 1.0, "l1_weight": 0.0, "ms_weight": 0.0,
-        "label_smoothing": 0.0, "hard_negative_fraction": 0.0,
+        "open_weight": 0.0, "label_smoothing": 0.0, "hard_negative_fraction": 0.0,
     }  # fmt: skip
 
 
 def test_objective_paper_is_reeds_gan_cls_and_gan_int_weighted_per_sample() -> None:
     c = _resolved(objective="paper")
     assert (c.wrong_weight, c.fake_weight) == (0.5, 0.5)
-    assert c.fm_weight == c.match_weight == c.l1_weight == c.ms_weight == 0.0
+    assert c.fm_weight == c.match_weight == c.l1_weight == c.ms_weight == c.open_weight == 0.0
     assert c.label_smoothing == c.hard_negative_fraction == 0.0
     # One BCE mean over B right-text + B/2 interpolated fakes: each sample weighs 1/(3B/2).
     assert c.nonsat_weight == pytest.approx(2 / 3) and c.int_weight == pytest.approx(1 / 3)

@@ -192,3 +192,74 @@ def test_ignore_mode_reads_a_partial_split_as_full(tmp_path: Path) -> None:
     trainer = _trainer(te, _split(partial=True), partial_captions="ignore")
     assert trainer.dataset.caption_stated is None
     assert next(trainer.loader.batches(0)).stated is None
+
+
+def test_open_attribute_divergence_rewards_confident_different_readings_only() -> None:
+    """Sign and scale: −1 for two confident readings as different allowed classes, 0 for the
+    same reading or two blurred averages; a full caption (one allowed class) contributes
+    nothing; the gradient reaches both images' embeddings and never the prototypes' rows the
+    caption excludes."""
+    protos = torch.eye(4)  # (K=4, E=4) unit rows
+    allowed = torch.tensor([[True, True, False, False]])
+    sharp_a, sharp_b = protos[[0]] * 5, protos[[1]] * 5
+    different = losses.open_attribute_divergence_loss(sharp_a, sharp_b, protos, allowed, 0.05)
+    same = losses.open_attribute_divergence_loss(sharp_a, sharp_a, protos, allowed, 0.05)
+    blurred = protos[[0]] + protos[[1]]  # halfway between the two allowed classes
+    averages = losses.open_attribute_divergence_loss(blurred, blurred, protos, allowed, 0.05)
+    assert different.item() == pytest.approx(-1.0, abs=1e-4)
+    assert same.item() == pytest.approx(0.0, abs=1e-6)
+    assert averages.item() == pytest.approx(0.0, abs=1e-6)
+    # An excluded class (2) is never read, however close the image is to it.
+    toward_excluded = losses.open_attribute_divergence_loss(
+        protos[[2]] * 5 + protos[[0]] * 0.1, protos[[2]] * 5 + protos[[1]] * 0.1, protos, allowed
+    )
+    assert torch.isfinite(toward_excluded)
+    # Full captions: exactly 0, and they do not dilute the open rows' mean.
+    full = torch.tensor([[True, False, False, False]])
+    alone = losses.open_attribute_divergence_loss(sharp_a, sharp_b, protos, full, 0.05)
+    assert alone.item() == 0.0
+    mixed = losses.open_attribute_divergence_loss(
+        torch.cat([sharp_a, sharp_a]), torch.cat([sharp_b, sharp_b]), protos,
+        torch.cat([allowed, full]), 0.05,
+    )  # fmt: skip
+    assert mixed.item() == pytest.approx(different.item(), abs=1e-6)
+    # Gradient: finite, on both images; pushing b's embedding towards class 1 (away from a's
+    # class 0) lowers the loss.
+    a = (protos[[0]] + 0.5 * protos[[1]]).requires_grad_(True)
+    b = (protos[[0]] + 0.6 * protos[[1]]).requires_grad_(True)
+    prototypes = protos.clone().requires_grad_(True)
+    losses.open_attribute_divergence_loss(a, b, prototypes, allowed, 0.1).backward()
+    assert torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
+    assert b.grad[0, 1] < 0 < a.grad[0, 1]  # b moves towards class 1, a away from it
+    assert torch.all(prototypes.grad[2:] == 0)  # excluded classes take no gradient
+
+
+def test_trainer_open_attribute_term_draws_partial_captions_again_and_moves_only_g(
+    tmp_path: Path,
+) -> None:
+    te = tiny_text_encoder_checkpoint(tmp_path / "te.pt")
+    split = _split(partial=True)
+    trainer = _trainer(te, split, open_weight=1.0, ms_fraction=0.5)
+    assert trainer.open_active and trainer.local_ms == 4
+    batch = next(trainer.loader.batches(0))
+    rows = trainer.rows_drawn_again(batch, trainer.local_ms)
+    partial = (batch.stated != 3).nonzero().flatten()
+    # The partial captions come first (the batch's own order among them).
+    expected = partial[: len(rows)].tolist()
+    assert rows.tolist()[: len(expected)] == expected
+    encoder_before = {k: v.clone() for k, v in trainer.match_encoder.state_dict().items()}
+    g = dict(trainer.generator.named_parameters())
+    g_before = {k: v.detach().clone() for k, v in g.items()}
+    metrics = trainer.train_step(batch)
+    open_term = float(metrics["generator/open_attributes"])
+    assert -1.0 <= open_term <= 0.0 and open_term < 0  # two different noises read differently
+    assert float(metrics["generator/mode_seeking"]) == 0  # the pixel term stays off
+    for key, value in trainer.match_encoder.state_dict().items():
+        torch.testing.assert_close(value, encoder_before[key])  # frozen, statistics included
+    assert any(not torch.equal(g_before[k], v) for k, v in g.items())
+    # A full-caption split leaves the term off, with the first rows drawn again as before.
+    full = _trainer(te, _split(partial=False), open_weight=1.0)
+    assert not full.open_active
+    batch = next(full.loader.batches(0))
+    assert full.rows_drawn_again(batch, full.local_ms).tolist() == list(range(full.local_ms))
+    assert float(full.train_step(batch)["generator/open_attributes"]) == 0
