@@ -208,6 +208,17 @@ def heldout_phrases() -> list[str]:
     return list(dict.fromkeys(phrases))
 
 
+def heldout_value_phrases() -> dict[str, dict[str, tuple[str, ...]]]:
+    """attribute → value → the held-out phrases that state it (colour: the bare held-out colour
+    words): what `eval-text` looks for to tell a held-out word from a held-out form."""
+    out: dict[str, dict[str, tuple[str, ...]]] = {"colour": dict(HELDOUT_COLOURS)}
+    for name, table in _TABLES[Family.HELDOUT].items():
+        out[name] = {
+            v: tuple(dict.fromkeys((*table.inline[v], *table.terse[v]))) for v in table.inline
+        }
+    return out
+
+
 def value_phrases() -> dict[str, dict[str, tuple[str, ...]]]:
     """attribute → value → every phrase (both families) that states it; colour words are bare
     colour names. The keyword parser of the tests reads captions back with this."""

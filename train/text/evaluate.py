@@ -42,8 +42,9 @@ import torch
 
 from train import options
 from train.checkpoint import build_model, load_checkpoint
+from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES
 from train.data.files import read_info, read_split
-from train.data.phrasing import ALL_STATED
+from train.data.phrasing import ALL_STATED, heldout_value_phrases
 from train.data.schema import SplitData
 from train.data.synth import PHRASING_SPLIT
 from train.errors import BAD_INPUT, ConfigError
@@ -67,6 +68,7 @@ RESULTS_FILE = "eval_text.jsonl"
 METRIC = "r_precision_text_to_image"
 SEPARATION = "attribute_separation"
 READBACK = "readback"
+READBACK_BY_WORD = "readback_by_word"
 OFF_DOMAIN_SPLIT = "off_domain_eval"
 """The row name of the committed held-out off-domain list in the read-back records."""
 
@@ -185,6 +187,10 @@ def evaluate(
                         readback, text_embeddings, truth, stated, split=name, variant=variant
                     )
                 )
+                if variant == "clean" and split.caption_stated is not None:
+                    records += _by_word_records(
+                        readback, text_embeddings, texts, truth, stated, split=name
+                    )
             result = r_precision(
                 text_embeddings,
                 image_embeddings,
@@ -256,6 +262,61 @@ def _partial_records(
                 _readback_record(
                     readback, text_embeddings, truth, stated, split=row, variant=variant
                 )
+            )
+            if variant == "clean":
+                records += _by_word_records(
+                    readback, text_embeddings, texts, truth, stated, split=row
+                )
+    return records
+
+
+def _by_word_records(
+    readback: ReadBack,
+    embeddings: np.ndarray,
+    texts: Sequence[str],
+    truth: np.ndarray,
+    stated: np.ndarray,
+    *,
+    split: str,
+) -> list[dict[str, Any]]:
+    """Read-back of clean held-out-phrasing captions per attribute, split by whether the caption
+    states the attribute with one of the phrasing's held-out words for its true value ("held-out
+    word") or with a training word in a held-out form ("training word"): which of the two the
+    encoder fails to generalise to (docs/TEXT_ENCODER.md § Read-back). Rescue-scenes attributes
+    only; [] for another dataset's."""
+    sizes = readback.config.value_counts
+    if len(sizes) != len(ATTRIBUTE_NAMES) or any(
+        n != len(ATTRIBUTE_VALUES[a]) for a, n in zip(ATTRIBUTE_NAMES, sizes, strict=True)
+    ):
+        return []
+    heldout = heldout_value_phrases()
+    chosen = decide_embeddings(readback, embeddings)[:, : len(sizes)]  # (Q, A)
+    lowered = [t.lower() for t in texts]
+    records = []
+    for a, name in enumerate(ATTRIBUTE_NAMES):
+        rows = np.flatnonzero((stated >> a) & 1)
+        if not rows.size:
+            continue
+        is_heldout = np.array(
+            [
+                any(p in lowered[q] for p in heldout[name][ATTRIBUTE_VALUES[name][truth[q, a]]])
+                for q in rows
+            ]
+        )
+        for words, mask in (("training word", ~is_heldout), ("held-out word", is_heldout)):
+            if not mask.any():
+                continue
+            picked = rows[mask]
+            records.append(
+                {
+                    "metric": READBACK_BY_WORD,
+                    "split": split,
+                    "attribute": name,
+                    "words": words,
+                    "captions": int(picked.size),
+                    "right": float((chosen[picked, a] == truth[picked, a]).mean()),
+                    "read_unstated": float((chosen[picked, a] == sizes[a]).mean()),
+                }
             )
     return records
 
@@ -330,6 +391,7 @@ def _record(split: str, variant: str, result: Any, config: EvalConfig) -> dict[s
 def format_table(records: Sequence[dict[str, Any]]) -> str:
     """Rows = splits, columns = variants, in percent; plus the largest drop from clean; then the
     attribute separation table where there is one."""
+    records_in = records
     separation = [r for r in records if r.get("metric") == SEPARATION]
     readback = [r for r in records if r.get("metric") == READBACK]
     records = [r for r in records if r.get("metric", METRIC) == METRIC]
@@ -359,6 +421,9 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
         lines += ["", _separation_table(separation)]
     if readback:
         lines += ["", format_readback_table(readback)]
+    by_word = [r for r in records_in if r.get("metric") == READBACK_BY_WORD]
+    if by_word:
+        lines += ["", format_by_word_table(by_word)]
     return "\n".join(lines)
 
 
@@ -390,6 +455,31 @@ def format_readback_table(records: Sequence[dict[str, Any]]) -> str:
         "(read-back, %, the robot's decision rule (edge_runtime.readback): stated attributes "
         "read right, captions with all stated right, unstated read as '?', flagged off-domain "
         f"(on {OFF_DOMAIN_SPLIT}: wanted; on rescue captions: false alarms))"
+    )
+    return "\n".join(lines)
+
+
+def format_by_word_table(records: Sequence[dict[str, Any]]) -> str:
+    """Rows = (split, attribute, words); columns = captions, read right, read '?', in percent."""
+    header = ["split", "attribute", "words", "captions", "right", "read '?'"]
+    rows = [
+        [
+            r["split"],
+            r["attribute"],
+            r["words"],
+            str(r["captions"]),
+            _pct(r["right"]),
+            _pct(r["read_unstated"]),
+        ]
+        for r in records
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    lines = [
+        "  ".join(str(x).rjust(w) for x, w in zip(r, widths, strict=True)) for r in [header, *rows]
+    ]
+    lines.append(
+        "(read-back of clean held-out phrasings per stated attribute, %: stated with a held-out "
+        "word for its value, or with a training word in a held-out form)"
     )
     return "\n".join(lines)
 

@@ -173,3 +173,44 @@ def test_eval_text_measures_test_phrasing_full_and_partial_when_present(
     assert all(m != 31 for m in masks) and all(
         t in split.captions[i] for t, i in zip(texts, images, strict=True)
     )
+
+
+def test_read_back_by_word_tells_held_out_words_from_held_out_forms(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from train.text import readback as rb
+
+    sizes = (8, 6, 3, 3, 2)
+    heads = models.ReadBack(rb.default_config(4, sizes))
+    texts = ["anyone in a crimson top?", "show me a red jacket", "uh, someone in the wreckage"]
+    truth = np.array([[0, 0, 0, 0, 0], [0, 0, 0, 0, 0], [3, 0, 0, 0, 0]])  # red; rubble
+    stated = np.array([0b00001, 0b00001, 0b00010])
+    # The robot read: colour "?" for crimson, red for "red", terrain right for "wreckage".
+    chosen = np.array([[8, 6, 3, 3, 2, 0], [0, 6, 3, 3, 2, 0], [8, 0, 3, 3, 2, 0]])
+    monkeypatch.setattr(eval_text, "decide_embeddings", lambda heads, e: chosen)
+    records = eval_text._by_word_records(heads, np.zeros((3, 4)), texts, truth, stated, split="s")
+    got = {(r["attribute"], r["words"]): (r["captions"], r["right"], r["read_unstated"])
+           for r in records}  # fmt: skip
+    assert got == {
+        ("colour", "held-out word"): (1, 0.0, 1.0),
+        ("colour", "training word"): (1, 1.0, 0.0),
+        ("terrain", "held-out word"): (1, 1.0, 0.0),
+    }
+    assert "held-out word" in eval_text.format_by_word_table(records)
+    # Another dataset's attributes: nothing to split by.
+    other = models.ReadBack(rb.default_config(4, (3, 3)))
+    assert (
+        eval_text._by_word_records(other, np.zeros((3, 4)), texts, truth, stated, split="s") == []
+    )
+
+
+def test_held_out_value_phrases_are_held_out_and_name_one_value() -> None:
+    from train.data import phrasing
+
+    table = phrasing.heldout_value_phrases()
+    every = set(phrasing.heldout_phrases())
+    for name, by_value in table.items():
+        assert set(by_value) == set(phrasing.ATTRIBUTE_VALUES[name])
+        phrases = [p for ps in by_value.values() for p in ps]
+        assert set(phrases) <= every
+        assert len(phrases) == len(set(phrases)), name  # no phrase states two values
