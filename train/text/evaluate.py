@@ -407,15 +407,13 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
             drops = [value[s, "clean"] - value[s, v] for v in variants if v != "clean"]
             row.append(f"{max(drops):.1f}")
         rows.append(row)
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
-    lines = [
-        "  ".join(str(x).rjust(w) for x, w in zip(r, widths, strict=True)) for r in [header, *rows]
-    ]
     queries = records[0]["queries"] if records else 0
     candidates = records[0]["candidates"] if records else 0
-    lines.append(
+    lines = _aligned(
+        header,
+        rows,
         f"(text→image R-precision, %; 1 true among {candidates}, chance "
-        f"{100.0 / max(candidates, 1):.0f} %; {queries} queries per split)"
+        f"{100.0 / max(candidates, 1):.0f} %; {queries} queries per split)",
     )
     if separation:
         lines += ["", _separation_table(separation)]
@@ -425,6 +423,14 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
     if by_word:
         lines += ["", format_by_word_table(by_word)]
     return "\n".join(lines)
+
+
+def _aligned(header: Sequence[str], rows: Sequence[Sequence[str]], note: str) -> list[str]:
+    """The header and rows as right-aligned columns, one line each, then the note line."""
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    return [
+        "  ".join(str(x).rjust(w) for x, w in zip(r, widths, strict=True)) for r in [header, *rows]
+    ] + [note]
 
 
 def _pct(value: float | None) -> str:
@@ -447,14 +453,12 @@ def format_readback_table(records: Sequence[dict[str, Any]]) -> str:
                 _pct(off),
             ]
         )
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
-    lines = [
-        "  ".join(str(x).rjust(w) for x, w in zip(r, widths, strict=True)) for r in [header, *rows]
-    ]
-    lines.append(
+    lines = _aligned(
+        header,
+        rows,
         "(read-back, %, the robot's decision rule (edge_runtime.readback): stated attributes "
         "read right, captions with all stated right, unstated read as '?', flagged off-domain "
-        f"(on {OFF_DOMAIN_SPLIT}: wanted; on rescue captions: false alarms))"
+        f"(on {OFF_DOMAIN_SPLIT}: wanted; on rescue captions: false alarms))",
     )
     return "\n".join(lines)
 
@@ -473,13 +477,11 @@ def format_by_word_table(records: Sequence[dict[str, Any]]) -> str:
         ]
         for r in records
     ]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
-    lines = [
-        "  ".join(str(x).rjust(w) for x, w in zip(r, widths, strict=True)) for r in [header, *rows]
-    ]
-    lines.append(
+    lines = _aligned(
+        header,
+        rows,
         "(read-back of clean held-out phrasings per stated attribute, %: stated with a held-out "
-        "word for its value, or with a training word in a held-out form)"
+        "word for its value, or with a training word in a held-out form)",
     )
     return "\n".join(lines)
 
@@ -493,13 +495,11 @@ def _separation_table(records: Sequence[dict[str, Any]]) -> str:
         [s] + ["-" if value.get((s, a)) is None else f"{100.0 * value[s, a]:.1f}" for a in names]
         for s in splits
     ]
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
-    lines = [
-        "  ".join(str(x).rjust(w) for x, w in zip(r, widths, strict=True)) for r in [header, *rows]
-    ]
-    lines.append(
+    lines = _aligned(
+        header,
+        rows,
         "(attribute separation, %: clean captions nearer their own attribute combination than "
-        "to every combination differing in that attribute alone; train.text.retrieval)"
+        "to every combination differing in that attribute alone; train.text.retrieval)",
     )
     return "\n".join(lines)
 
