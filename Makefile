@@ -27,7 +27,7 @@ help:
 $(VENV)/.stamp: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) --upgrade "pip>=23"
-	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e ".[train,export,dev]"
+	$(PY) -m pip install $(PIP_FLAGS) -c constraints.txt -e ".[train,export,dev,lexicon]"
 	touch $@
 
 # The robot install: the base package only (plus test tools), never torch.

@@ -24,10 +24,15 @@ Every lexicon item and form is tagged with its family and every rendered caption
 tags it used (`Phrase.tags`), so a test proves no held-out item reaches training output; the
 held-out synonym tables are literal strings, so a second test checks that at the string level.
 
-Lexicon: hand-curated. WordNet would be the obvious source, but `wn` and NLTK's `wordnet` both
-download their data at run time (not allowed here) and no well-kept PyPI wheel ships it; its
-synsets also cross our value boundaries ("red" → "reddish", "carmine", "Red"; "lie" → "lie
-down", "rest"), and a synonym that names another value would corrupt a label.
+Lexicon: hand-curated, except colours. WordNet would be the obvious source, but `wn` and NLTK's
+`wordnet` both download their data at run time (not allowed here) and no well-kept PyPI wheel
+ships it; its synsets also cross our value boundaries ("red" → "reddish", "carmine", "Red"; "lie"
+→ "lie down", "rest"), and a synonym that names another value would corrupt a label. Colours
+have a resource that fits: the xkcd colour survey's names with their RGB values, shipped in
+matplotlib's wheel; `train.data.colour_names` maps 96 of the 300 commonest to the six chromatic
+clothing colours by a fixed rule, and since PHRASING_VERSION 3, 70 % of the training family's
+colour slots take one ("cobalt blue jacket", "anyone in mahogany?"). None shares a word with a
+held-out phrase.
 docs/DATA_FORMAT.md § Operator phrasing.
 """
 
@@ -54,6 +59,7 @@ from train.data.captions import (
     TERRAIN_PHRASES,
     caption_for,
 )
+from train.data.colour_names import LEXICON_COLOURS
 
 
 class Family(str, Enum):
@@ -67,6 +73,9 @@ HELDOUT_WORD_PROB = 0.7
 """Chance that a held-out caption's slot takes a held-out synonym rather than a training one."""
 FULL_CAPTION_PROB = 0.4
 """Share of full (all five attributes) captions among `test_phrasing`'s captions."""
+LEXICON_PROB = 0.7
+"""Chance that a training-family colour slot names its colour from the xkcd survey's names
+(`colour_names.LEXICON_COLOURS`, PHRASING_VERSION 3) rather than the grammar's few words."""
 ALL_STATED = (1 << len(ATTRIBUTE_NAMES)) - 1
 """The `caption_stated` bitmask of a caption that states every attribute."""
 
@@ -219,10 +228,29 @@ def heldout_value_phrases() -> dict[str, dict[str, tuple[str, ...]]]:
     return out
 
 
+def lexicon_excluded_words() -> frozenset[str]:
+    """Words no colour name of `colour_names.LEXICON_COLOURS` may contain: every word of the
+    held-out colour phrases (so `test_phrasing`'s colour words stay unseen) and of the other
+    attributes', garments' and people's phrases in both families ("snow", "sandy") and of the
+    off-domain generator ("apple", "forest"), less the clothing-colour words themselves."""
+    from train.text import off_domain  # train.text imports this package: import when called
+
+    phrases = [p for ws in HELDOUT_COLOURS.values() for p in ws]
+    phrases += [*TRAIN_GARMENTS, *HELDOUT_GARMENTS, *TRAIN_PEOPLE, *HELDOUT_PEOPLE]
+    for family in Family:
+        for table in _TABLES[family].values():
+            phrases += [p for ps in (*table.inline.values(), *table.terse.values()) for p in ps]
+    phrases += off_domain.vocabulary()
+    words = {w for p in phrases for w in re.findall(r"[a-z]+", p)}
+    colour_words = {w for ws in COLOUR_WORDS.values() for p in ws for w in p.split()}
+    return frozenset(words - colour_words)
+
+
 def value_phrases() -> dict[str, dict[str, tuple[str, ...]]]:
     """attribute → value → every phrase (both families) that states it; colour words are bare
     colour names. The keyword parser of the tests reads captions back with this."""
-    out: dict[str, dict[str, tuple[str, ...]]] = {"colour": _merge(TRAIN_COLOURS, HELDOUT_COLOURS)}
+    colours = _merge(TRAIN_COLOURS, LEXICON_COLOURS, HELDOUT_COLOURS)
+    out: dict[str, dict[str, tuple[str, ...]]] = {"colour": colours}
     for name in ("terrain", "pose", "position", "helmet"):
         parts = [
             t
@@ -284,7 +312,10 @@ def _word(
 def _slot(name: str, a: Attributes, family: Family, rng: np.random.Generator) -> _Slot:
     value = getattr(a, name)
     if name == "colour":
-        c, cf = _word(rng, family, TRAIN_COLOURS[value], HELDOUT_COLOURS[value])
+        if family is Family.TRAIN and value in LEXICON_COLOURS and rng.random() < LEXICON_PROB:
+            c, cf = _pick(rng, LEXICON_COLOURS[value]), Family.TRAIN
+        else:
+            c, cf = _word(rng, family, TRAIN_COLOURS[value], HELDOUT_COLOURS[value])
         g, gf = _word(rng, family, TRAIN_GARMENTS, HELDOUT_GARMENTS)
         if family is Family.TRAIN:
             inline_t, terse_t = _pick(rng, _TRAIN_COLOUR_INLINE), _pick(rng, _TRAIN_COLOUR_TERSE)

@@ -23,6 +23,7 @@ schedule stays a pure function of (seed, step) and resume stays exact.
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 
 import numpy as np
@@ -186,6 +187,18 @@ def _sentence(rng: np.random.Generator) -> str:
     if rng.random() < 0.15:
         sentence += _pick(rng, ("?", "!", ".", " please", " thanks"))
     return sentence
+
+
+def vocabulary() -> list[str]:
+    """Every word list and template's fixed words: what `train.data.phrasing` keeps colour
+    names of the training lexicon clear of, so the off-domain head's "a pumpkin" is not also a
+    jacket colour."""
+    lists = (
+        COLOURS, THINGS, ANIMALS, PLACES, SCENERY, VERBS_THING, VERBS_ANIMAL, STYLES, TOPICS,
+        DAYS, FOODS, NATURE, TIMES, CITIES, NAMES, GADGETS, PROBLEMS, VEHICLES, WORDS,
+    )  # fmt: skip
+    fixed = [re.sub(r"\{\w+\}", " ", t) for t in _TEMPLATES]
+    return [*(w for words in lists for w in words), *fixed]
 
 
 def _junk(rng: np.random.Generator) -> str:
