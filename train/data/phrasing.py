@@ -228,19 +228,20 @@ def heldout_value_phrases() -> dict[str, dict[str, tuple[str, ...]]]:
     return out
 
 
-def lexicon_excluded_words() -> frozenset[str]:
+def lexicon_excluded_words(off_domain_words: Iterable[str] = ()) -> frozenset[str]:
     """Words no colour name of `colour_names.LEXICON_COLOURS` may contain: every word of the
     held-out colour phrases (so `test_phrasing`'s colour words stay unseen) and of the other
     attributes', garments' and people's phrases in both families ("snow", "sandy") and of the
-    off-domain generator ("apple", "forest"), less the clothing-colour words themselves."""
-    from train.text import off_domain  # train.text imports this package: import when called
+    off-domain generator ("apple", "forest": `train.text.off_domain.vocabulary()`, passed in by
+    the caller because train.text is a higher room than train.data), less the clothing-colour
+    words themselves."""
 
     phrases = [p for ws in HELDOUT_COLOURS.values() for p in ws]
     phrases += [*TRAIN_GARMENTS, *HELDOUT_GARMENTS, *TRAIN_PEOPLE, *HELDOUT_PEOPLE]
     for family in Family:
         for table in _TABLES[family].values():
             phrases += [p for ps in (*table.inline.values(), *table.terse.values()) for p in ps]
-    phrases += off_domain.vocabulary()
+    phrases += list(off_domain_words)
     words = {w for p in phrases for w in re.findall(r"[a-z]+", p)}
     colour_words = {w for ws in COLOUR_WORDS.values() for p in ws for w in p.split()}
     return frozenset(words - colour_words)
