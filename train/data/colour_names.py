@@ -40,6 +40,8 @@ import colorsys
 import re
 from collections.abc import Iterable, Mapping
 
+from train.data.captions import COLOUR_WORDS
+
 # Words of colour categories the renderer has no clothing colour for.
 _OTHER_CATEGORY_WORDS = frozenset((
     "aqua", "aquamarine", "beige", "brown", "brownish", "browny", "cyan", "gray", "grayish",
@@ -48,11 +50,10 @@ _OTHER_CATEGORY_WORDS = frozenset((
 ))  # fmt: skip
 # Words that do not belong in a robot's training captions, whatever colour they name.
 _UNFIT_WORDS = frozenset(["barf", "piss", "poo", "poop", "puke", "shit", "snot", "vomit"])
-# Clothing-colour words as the grammar uses them (train.data.captions.COLOUR_WORDS' single words).
+# Clothing-colour words as the grammar uses them ("scarlet" → red, "violet" → purple).
 _CLASS_WORDS: Mapping[str, str] = {
-    "red": "red", "scarlet": "red", "orange": "orange", "yellow": "yellow", "green": "green",
-    "blue": "blue", "purple": "purple", "violet": "purple", "white": "white", "black": "black",
-}  # fmt: skip
+    word: value for value, words in COLOUR_WORDS.items() for word in words if " " not in word
+}
 _HUE_BINS: tuple[tuple[float, float, str], ...] = (
     (345.0, 360.0, "red"), (0.0, 12.0, "red"), (12.0, 40.0, "orange"), (45.0, 65.0, "yellow"),
     (75.0, 160.0, "green"), (195.0, 250.0, "blue"), (255.0, 320.0, "purple"),

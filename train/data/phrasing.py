@@ -235,13 +235,12 @@ def lexicon_excluded_words(off_domain_words: Iterable[str] = ()) -> frozenset[st
     off-domain generator ("apple", "forest": `train.text.off_domain.vocabulary()`, passed in by
     the caller because train.text is a higher room than train.data), less the clothing-colour
     words themselves."""
-
     phrases = [p for ws in HELDOUT_COLOURS.values() for p in ws]
     phrases += [*TRAIN_GARMENTS, *HELDOUT_GARMENTS, *TRAIN_PEOPLE, *HELDOUT_PEOPLE]
-    for family in Family:
-        for table in _TABLES[family].values():
-            phrases += [p for ps in (*table.inline.values(), *table.terse.values()) for p in ps]
-    phrases += list(off_domain_words)
+    for name, values in value_phrases().items():
+        if name != "colour":
+            phrases += [p for ps in values.values() for p in ps]
+    phrases += off_domain_words
     words = {w for p in phrases for w in re.findall(r"[a-z]+", p)}
     colour_words = {w for ws in COLOUR_WORDS.values() for p in ws for w in p.split()}
     return frozenset(words - colour_words)

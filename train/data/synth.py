@@ -70,7 +70,7 @@ PHRASING_VERSION = 3
 2: the training family gained operator forms (questions, imperatives, telegraphic clauses,
 fillers) and "{c} {g}" colours, and `--free-fraction` full captions in those forms; train
 captions of a partial fraction differ from 1's, `test_phrasing` is byte-identical (tested).
-3: half of the training family's colour slots take an xkcd-survey colour name
+3: 70 % of the training family's colour slots take an xkcd-survey colour name
 (`train.data.colour_names`); `test_phrasing` is still byte-identical."""
 DATASET_NAME = "rescue-scenes"
 SPLITS: tuple[str, ...] = ("train", "test", "test_unseen", "test_phrasing")
