@@ -100,6 +100,10 @@ OPERATOR_CAPTIONS: list[tuple[str, Wanted]] = [
     ("somebody in purpel on the sand", ("purple", "sand", None, None, None)),
     ("survivr in grean, standng", ("green", None, "standing", None, None)),
     ("BLUE JACKET", ("blue", None, None, None, None)),
+    # Colour names from the xkcd survey's training lexicon (docs/TEXT_ENCODER.md): one that
+    # leans on a clothing-colour word, one that stands alone (read right about half the time).
+    ("anyone in cobalt blue near the middle?", ("blue", None, None, "center", None)),
+    ("mahogany jacket, sitting", ("red", None, "sitting", None, None)),
 ]  # fmt: skip
 
 

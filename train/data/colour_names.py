@@ -78,6 +78,12 @@ def classify(words: tuple[str, ...], rgb: tuple[int, int, int]) -> str | None:
     return by_hue if saturation >= 0.6 else None
 
 
+def has_colour_word(name: str) -> bool:
+    """Whether a colour name contains one of the grammar's clothing-colour words ("cobalt blue",
+    "reddish" does not): such names lean on that word; the others ("aubergine") stand alone."""
+    return any(word in _CLASS_WORDS for word in name.split())
+
+
 def derive(
     named_colours: Mapping[str, tuple[int, int, int]],
     excluded_words: Iterable[str],

@@ -309,10 +309,18 @@ def _word(
     return _pick(rng, train), Family.TRAIN
 
 
-def _slot(name: str, a: Attributes, family: Family, rng: np.random.Generator) -> _Slot:
+def _slot(
+    name: str,
+    a: Attributes,
+    family: Family,
+    rng: np.random.Generator,
+    colour_word: str | None = None,
+) -> _Slot:
     value = getattr(a, name)
     if name == "colour":
-        if family is Family.TRAIN and value in LEXICON_COLOURS and rng.random() < LEXICON_PROB:
+        if colour_word is not None:
+            c, cf = colour_word, family
+        elif family is Family.TRAIN and value in LEXICON_COLOURS and rng.random() < LEXICON_PROB:
             c, cf = _pick(rng, LEXICON_COLOURS[value]), Family.TRAIN
         else:
             c, cf = _word(rng, family, TRAIN_COLOURS[value], HELDOUT_COLOURS[value])
@@ -507,12 +515,20 @@ def _checked_stated(stated: Iterable[str]) -> frozenset[str]:
 
 
 def phrase_for(
-    attributes: Attributes, stated: Iterable[str], family: Family, rng: np.random.Generator
+    attributes: Attributes,
+    stated: Iterable[str],
+    family: Family,
+    rng: np.random.Generator,
+    *,
+    colour_word: str | None = None,
 ) -> Phrase:
-    """A caption stating exactly `stated` (non-empty) of `attributes`, in `family`'s phrasing."""
+    """A caption stating exactly `stated` (non-empty) of `attributes`, in `family`'s phrasing.
+    `colour_word` names the colour instead of the family's words (the evaluation of colour
+    names, `train.text.colour_name_eval`; the caller vouches that it names that colour); without
+    it the generator is consumed exactly as always."""
     stated = _checked_stated(stated)
     person, person_family = _word(rng, family, TRAIN_PEOPLE, HELDOUT_PEOPLE)
-    slots = [_slot(n, attributes, family, rng) for n in ATTRIBUTE_NAMES if n in stated]
+    slots = [_slot(n, attributes, family, rng, colour_word) for n in ATTRIBUTE_NAMES if n in stated]
     slots = _ordered(slots, family, rng)
     form = _pick(rng, _FORMS_BY_FAMILY[family])  # type: ignore[arg-type]
     caption = form.render(person, slots, rng)

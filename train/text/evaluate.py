@@ -51,6 +51,7 @@ from train.errors import BAD_INPUT, ConfigError
 from train.models import ReadBack
 from train.options import REQUIRED, option
 from train.runs import MetricsLog, OneLineParser
+from train.text import colour_name_eval
 from train.text.joint_embedding import CaptionError, JointEmbedding
 from train.text.off_domain import eval_sentences
 from train.text.perturb import PERTURBATIONS
@@ -162,6 +163,9 @@ def evaluate(
     records: list[dict[str, Any]] = []
     if readback is not None:
         records += _off_domain_records(model, readback, config)
+        records += colour_name_eval.records(
+            lambda texts: model.encode_texts(texts).numpy(), readback, config.seed
+        )
     model.eval()
     for name, split in splits.items():
         started = time.perf_counter()
@@ -422,6 +426,30 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
     by_word = [r for r in records_in if r.get("metric") == READBACK_BY_WORD]
     if by_word:
         lines += ["", format_by_word_table(by_word)]
+    colour_names = [
+        r for r in records_in if r.get("metric") == colour_name_eval.READBACK_COLOUR_NAMES
+    ]
+    if colour_names:
+        lines += ["", format_colour_names_table(colour_names)]
+    return "\n".join(lines)
+
+
+def format_colour_names_table(records: Sequence[dict[str, Any]]) -> str:
+    """Rows = (name set, kind, name form); columns = the colour-name read-back, in percent."""
+    header = ["names", "kind", "form", "commands", "colour right", "colour '?'", "others right",
+              "off-domain"]  # fmt: skip
+    rows = [
+        [r["names"], r["kind"], r["form"], str(r["commands"]), _pct(r["colour_right"]),
+         _pct(r["colour_unstated"]), _pct(r["others_right"]), _pct(r["flagged"])]
+        for r in records
+    ]  # fmt: skip
+    lines = _aligned(
+        header,
+        rows,
+        "(read-back of training-family commands naming their colour with an xkcd survey name, %: "
+        "trained = the lexicon's names, rare = names that pass its rule but never reached "
+        "training; judge: the commands' labels; train.text.colour_name_eval)",
+    )
     return "\n".join(lines)
 
 
