@@ -29,8 +29,9 @@ Lexicon: hand-curated, except colours. WordNet would be the obvious source, but 
 ships it; its synsets also cross our value boundaries ("red" → "reddish", "carmine", "Red"; "lie"
 → "lie down", "rest"), and a synonym that names another value would corrupt a label. Colours
 have a resource that fits: the xkcd colour survey's names with their RGB values, shipped in
-matplotlib's wheel; `train.data.colour_names` maps 96 of the 300 commonest to the six chromatic
-clothing colours by a fixed rule, and since PHRASING_VERSION 3, 70 % of the training family's
+matplotlib's wheel; `train.data.colour_names` maps 90 of the 300 commonest (96 in
+PHRASING_VERSION 3) to the six chromatic clothing colours by a fixed rule, and since
+PHRASING_VERSION 3, 70 % of the training family's
 colour slots take one ("cobalt blue jacket", "anyone in mahogany?"). None shares a word with a
 held-out phrase.
 docs/DATA_FORMAT.md § Operator phrasing.
@@ -75,7 +76,7 @@ FULL_CAPTION_PROB = 0.4
 """Share of full (all five attributes) captions among `test_phrasing`'s captions."""
 LEXICON_PROB = 0.7
 """Chance that a training-family colour slot names its colour from the xkcd survey's names
-(`colour_names.LEXICON_COLOURS`, PHRASING_VERSION 3) rather than the grammar's few words."""
+(`colour_names.LEXICON_COLOURS`, PHRASING_VERSION 3 and 4) rather than the grammar's few words."""
 ALL_STATED = (1 << len(ATTRIBUTE_NAMES)) - 1
 """The `caption_stated` bitmask of a caption that states every attribute."""
 

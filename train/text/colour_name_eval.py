@@ -2,7 +2,7 @@
 
 `test_phrasing` keeps its held-out colour words ("crimson", "navy") out of every lexicon on
 purpose, so it cannot say whether the survey's names in the training lexicon
-(`train.data.colour_names.LEXICON_COLOURS`, PHRASING_VERSION 3) are read — nor whether names
+(`train.data.colour_names.LEXICON_COLOURS`, PHRASING_VERSION 3 and 4) are read — nor whether names
 the encoder never saw are. This measures both, as `eval-text` prints it:
 
 - commands of the training family (`train.data.phrasing.phrase_for`) whose colour is named by a
