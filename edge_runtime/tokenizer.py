@@ -52,6 +52,7 @@ VOCAB_SIZE = len(ALPHABET) + 1
 assert len(ALPHABET) == 70 and len(set(ALPHABET)) == 69
 
 _CHAR_TO_ID = {ch: i + 1 for i, ch in enumerate(ALPHABET)}  # later duplicate wins, as in Lua
+SPACE_ID = _CHAR_TO_ID[" "]
 
 # Folded before the alphabet check. NFKC already maps many compatibility forms (e.g. '…' → '...',
 # full-width '！' → '!'); these are the typographic characters it leaves alone.

@@ -73,13 +73,31 @@ def test_models_text_encoder_first_character_reaches_several_rnn_steps(
     assert int(changed.sum()) == steps_reached
 
 
+@pytest.mark.parametrize("lead_space", [True, False])
+def test_models_text_encoder_first_word_is_read_like_a_middle_word(lead_space: bool) -> None:
+    """With `lead_space` the first convolution sees a caption-initial "red" through the same
+    window (" red") as the "red" of "a red jacket"; without it through "<pad>red", a window no
+    middle word makes — a three-letter word has no window of its own (§ The first word)."""
+    enc = models.CharCnnRnn(models.TextEncoderConfig(lead_space=lead_space)).eval()
+    conv1: list[torch.Tensor] = []
+    enc.norm1.register_forward_hook(lambda _m, args, _out: conv1.append(args[0].detach()))
+    with torch.no_grad():
+        for caption in ("red jacket", "a red jacket"):
+            rows, lengths = tokenizer.encode_batch([caption])
+            enc(torch.tensor(rows), torch.tensor(lengths))
+    lead = enc.config.lead_pad
+    first, middle = conv1[0][0, :, lead - 1], conv1[1][0, :, lead + 1]  # windows ending on "d"
+    assert torch.equal(first, middle) == lead_space
+
+
 def test_models_text_encoder_lead_pad_is_checked_and_old_configs_have_none() -> None:
     with pytest.raises(ValueError, match="lead_pad"):
         models.TextEncoderConfig(lead_pad=10)
     saved = {k: v for k, v in models.dataclasses.asdict(models.TextEncoderConfig()).items()}
-    assert saved["lead_pad"] == 18 and "LEGACY_FIELDS" not in saved
-    del saved["lead_pad"]
-    assert models.config_from_dict(models.TextEncoderConfig, saved).lead_pad == 0
+    assert saved["lead_pad"] == 18 and saved["lead_space"] and "LEGACY_FIELDS" not in saved
+    del saved["lead_pad"], saved["lead_space"]
+    old = models.config_from_dict(models.TextEncoderConfig, saved)
+    assert old.lead_pad == 0 and not old.lead_space
 
 
 def test_text_norm_none_makes_a_captions_conditioning_independent_of_its_batch() -> None:

@@ -31,9 +31,9 @@ ships it; its synsets also cross our value boundaries ("red" → "reddish", "car
 have a resource that fits: the xkcd colour survey's names with their RGB values, shipped in
 matplotlib's wheel; `train.data.colour_names` maps 90 of the 300 commonest (96 in
 PHRASING_VERSION 3) to the six chromatic clothing colours by a fixed rule, and since
-PHRASING_VERSION 3, 70 % of the training family's
-colour slots take one ("cobalt blue jacket", "anyone in mahogany?"). None shares a word with a
-held-out phrase.
+PHRASING_VERSION 3, 70 % of the training family's colour slots that do not say the plain word
+(30 % do since PHRASING_VERSION 5: "red", "purple") take one ("cobalt blue jacket", "anyone in
+mahogany?"). None shares a word with a held-out phrase.
 docs/DATA_FORMAT.md § Operator phrasing.
 """
 
@@ -75,8 +75,15 @@ HELDOUT_WORD_PROB = 0.7
 FULL_CAPTION_PROB = 0.4
 """Share of full (all five attributes) captions among `test_phrasing`'s captions."""
 LEXICON_PROB = 0.7
-"""Chance that a training-family colour slot names its colour from the xkcd survey's names
-(`colour_names.LEXICON_COLOURS`, PHRASING_VERSION 3 and 4) rather than the grammar's few words."""
+"""Chance that a training-family colour slot not given the plain word (`PLAIN_COLOUR_PROB`)
+names its colour from the xkcd survey's names (`colour_names.LEXICON_COLOURS`, since
+PHRASING_VERSION 3) rather than the grammar's few words."""
+PLAIN_COLOUR_PROB = 0.3
+"""Chance (PHRASING_VERSION 5, drawn before `LEXICON_PROB`) that a training-family colour slot
+says the value's own word ("red", "purple"): the word operators use most. Without it the bare
+"red" was the rarest colour word of the train split ("scarlet" and the survey's names take its
+share) and "red coat", "anyone in red?" read colour "?" (docs/TEXT_ENCODER.md § The first
+word)."""
 ALL_STATED = (1 << len(ATTRIBUTE_NAMES)) - 1
 """The `caption_stated` bitmask of a caption that states every attribute."""
 
@@ -321,6 +328,8 @@ def _slot(
     if name == "colour":
         if colour_word is not None:
             c, cf = colour_word, family
+        elif family is Family.TRAIN and rng.random() < PLAIN_COLOUR_PROB:
+            c, cf = value, Family.TRAIN
         elif family is Family.TRAIN and value in LEXICON_COLOURS and rng.random() < LEXICON_PROB:
             c, cf = _pick(rng, LEXICON_COLOURS[value]), Family.TRAIN
         else:

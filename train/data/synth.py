@@ -65,14 +65,16 @@ GENERATOR_VERSION = 1
 """Bump when a change to the renderer or grammar changes the images or captions for a seed.
 Adding `test_phrasing` did not: train, test and test_unseen are unchanged, and the new
 split is named by `PHRASING_VERSION`."""
-PHRASING_VERSION = 4
+PHRASING_VERSION = 5
 """Bump when `train.data.phrasing` changes what a seed produces (test_phrasing, partial ones).
 2: the training family gained operator forms (questions, imperatives, telegraphic clauses,
 fillers) and "{c} {g}" colours, and `--free-fraction` full captions in those forms; train
 captions of a partial fraction differ from 1's, `test_phrasing` is byte-identical (tested).
 3: 70 % of the training family's colour slots take an xkcd-survey colour name
 (`train.data.colour_names`); `test_phrasing` is still byte-identical.
-4: no colour name that leans on two clothing colours ("orange red", "yellow green")."""
+4: no colour name that leans on two clothing colours ("orange red", "yellow green").
+5: 30 % of the training family's colour slots say the value's own word ("red", "purple";
+`phrasing.PLAIN_COLOUR_PROB`); `test_phrasing` is still byte-identical."""
 DATASET_NAME = "rescue-scenes"
 SPLITS: tuple[str, ...] = ("train", "test", "test_unseen", "test_phrasing")
 """In split-index order (`k` of the seed rule): new splits are appended, never inserted."""

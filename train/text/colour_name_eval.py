@@ -9,7 +9,8 @@ the encoder never saw are. This measures both, as `eval-text` prints it:
   survey name, half stating the colour alone ("anyone in aubergine?"), half with one to four
   more attributes; the attributes and the name are drawn uniformly, the name from its colour's
   list;
-- two name sets: "trained" (the committed lexicon) and "rare" (names that pass the same rule
+- three name sets: "plain" (each value's own word: "red", "purple"), "trained" (the committed
+  lexicon) and "rare" (names that pass the same rule
   but lie outside the survey's `COMMONEST` names, so no training caption carried them; derived
   from matplotlib's copy of the survey, the `lexicon` extra, and left out with one log line
   where it is not installed);
@@ -46,9 +47,12 @@ NameSets = Mapping[str, Mapping[str, tuple[str, ...]]]
 
 
 def name_sets() -> dict[str, dict[str, tuple[str, ...]]]:
-    """{"trained": the committed lexicon, "rare": survey names the rule places outside the
-    commonest (only where matplotlib is installed)}, each {colour: names}."""
-    sets = {"trained": dict(LEXICON_COLOURS)}
+    """{"plain": each value's own word ("red"), "trained": the committed lexicon, "rare": survey
+    names the rule places outside the commonest (only where matplotlib is installed)}, each
+    {colour: names}. The plain words are the baseline every name is read against, and where a
+    short word's defect showed (docs/TEXT_ENCODER.md § The first word)."""
+    plain = {v: (v,) for v in ATTRIBUTE_VALUES["colour"]}
+    sets = {"plain": plain, "trained": dict(LEXICON_COLOURS)}
     try:
         survey = xkcd_survey()
     except ImportError:
@@ -93,7 +97,9 @@ def records(
     encode: Any, readback: ReadBack, seed: int, sets: NameSets | None = None
 ) -> list[dict[str, Any]]:
     """One record per (name set, kind, name form): commands, colour read right, colour read
-    '?', other stated attributes read right, flagged off-domain. `encode(texts)` → (N, E)."""
+    '?', other stated attributes read right, flagged off-domain, and the colour read right
+    least often (one colour's words can fail while the mean hides it: plain "red" did).
+    `encode(texts)` → (N, E)."""
     sizes = readback.config.value_counts
     if list(sizes) != [len(ATTRIBUTE_VALUES[n]) for n in ATTRIBUTE_NAMES]:
         return []
@@ -111,6 +117,12 @@ def records(
                 if not rows.any():
                     continue
                 others = says[rows]
+                per_colour = {
+                    value: float(right[rows & (truth[:, colour] == i), colour].mean())
+                    for i, value in enumerate(ATTRIBUTE_VALUES["colour"])
+                    if (rows & (truth[:, colour] == i)).any()
+                }
+                worst = min(per_colour, key=lambda v: per_colour[v])
                 out.append(
                     {
                         "metric": READBACK_COLOUR_NAMES,
@@ -125,6 +137,8 @@ def records(
                             float(right[rows][others].mean()) if others.any() else None
                         ),
                         "flagged": float(chosen[rows, len(sizes)].mean()),
+                        "worst_colour": worst,
+                        "worst_colour_right": per_colour[worst],
                     }
                 )
     return out

@@ -437,18 +437,20 @@ def format_table(records: Sequence[dict[str, Any]]) -> str:
 def format_colour_names_table(records: Sequence[dict[str, Any]]) -> str:
     """Rows = (name set, kind, name form); columns = the colour-name read-back, in percent."""
     header = ["names", "kind", "form", "commands", "colour right", "colour '?'", "others right",
-              "off-domain"]  # fmt: skip
+              "off-domain", "worst colour"]  # fmt: skip
     rows = [
         [r["names"], r["kind"], r["form"], str(r["commands"]), _pct(r["colour_right"]),
-         _pct(r["colour_unstated"]), _pct(r["others_right"]), _pct(r["flagged"])]
+         _pct(r["colour_unstated"]), _pct(r["others_right"]), _pct(r["flagged"]),
+         f"{r['worst_colour']} {_pct(r['worst_colour_right'])}"]
         for r in records
     ]  # fmt: skip
     lines = _aligned(
         header,
         rows,
         "(read-back of training-family commands naming their colour with an xkcd survey name, %: "
-        "trained = the lexicon's names, rare = names that pass its rule but never reached "
-        "training; judge: the commands' labels; train.text.colour_name_eval)",
+        "plain = each colour's own word, trained = the lexicon's names, rare = names that pass "
+        "its rule but never reached training; worst colour = the colour read right least often; "
+        "judge: the commands' labels; train.text.colour_name_eval)",
     )
     return "\n".join(lines)
 

@@ -988,6 +988,13 @@ class PretrainFlags:
         at_least=0,
         target=("text_encoder", "lead_pad"),
     )
+    no_lead_space: bool = option(
+        False,
+        "the text encoder's lead characters are all padding, as before 2026-12-06 "
+        "(docs/TEXT_ENCODER.md § The first word)",
+        show_default=False,
+        store_true=True,
+    )
     image_channels: tuple[int, ...] | None = _flag(
         "image-encoder stage widths (default 32,64,128,256)",
         parse=_channels("--image-channels", None),
@@ -1079,6 +1086,10 @@ def _apply_flags(config: PretrainConfig, args: PretrainFlags) -> PretrainConfig:
         )
     if args.no_eval:
         config = dataclasses.replace(config, eval_splits=())
+    if args.no_lead_space:
+        config = dataclasses.replace(
+            config, text_encoder=dataclasses.replace(config.text_encoder, lead_space=False)
+        )
     if args.readback_detach and args.readback_attach:
         raise ConfigError("--readback-detach and --readback-attach exclude each other")
     if args.readback_detach or args.readback_attach:
@@ -1133,6 +1144,11 @@ def _resumed_config(checkpoint: dict[str, Any], args: PretrainFlags, where: Path
                 f"--{flag.replace('_', '-')}: a resumed run keeps its config "
                 f"(readback_detach={saved.readback_detach}); start a new run to change it"
             )
+    if args.no_lead_space and saved.text_encoder.lead_space:
+        raise ConfigError(
+            "--no-lead-space: a resumed run keeps its config (lead_space=True); "
+            "start a new run to change it"
+        )
     for flag in ("no_augment", "no_eval", "dry_run"):
         if getattr(args, flag):
             raise ConfigError(f"--{flag.replace('_', '-')} cannot be combined with --resume")

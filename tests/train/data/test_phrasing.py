@@ -95,6 +95,28 @@ def test_phrasing_training_family_speaks_like_an_operator_too(training_output: l
     assert re.search(colour_garment, text)
 
 
+def test_phrasing_training_family_says_the_plain_colour_word_often() -> None:
+    """PHRASING_VERSION 5: about `PLAIN_COLOUR_PROB` of training-family colour slots say the
+    value's own word ("red", not "scarlet", "dark red" or "mahogany"): before it, a bare "red"
+    was a sixteenth of them and "red jacket" read colour "?"."""
+    modified = sorted(
+        {p for ps in phrasing.value_phrases()["colour"].values() for p in ps if " " in p},
+        key=len,
+        reverse=True,
+    )
+    rng = np.random.default_rng(31)
+    for value in ("red", "purple", "blue"):
+        plain = 0
+        for _ in range(2000):
+            start = int(rng.integers(864))
+            a = next(x for x in ATTRIBUTES[start:] + ATTRIBUTES if x.colour == value)
+            caption = phrase_for(a, {"colour"}, Family.TRAIN, rng).caption
+            for phrase in modified:  # "dark red" is not the plain word
+                caption = caption.replace(phrase, "#")
+            plain += bool(re.search(rf"\b{value}\b", caption))
+        assert plain / 2000 > phrasing.PLAIN_COLOUR_PROB - 0.04, (value, plain)
+
+
 def test_phrasing_test_split_wording_is_unchanged_since_phrasing_version_1() -> None:
     """Broadening the training family must not move `test_phrasing`: the held-out captions of
     a fixed seed are pinned (hash taken before PHRASING_VERSION 2)."""

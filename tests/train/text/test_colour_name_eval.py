@@ -81,3 +81,32 @@ def test_rare_names_never_reached_training() -> None:
     commonest = set(list(survey)[-COMMONEST:])
     assert len(rare) > 100 and not rare & trained and not rare & commonest
     assert set(sets["rare"]) <= set(ATTRIBUTE_VALUES["colour"])
+
+
+def test_plain_words_are_measured_and_the_worst_colour_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A robot that misses only "red" scores 7/8 on the mean; the record names red at 0 %
+    (the plain "red" defect, docs/TEXT_ENCODER.md § The first word)."""
+    plain = colour_name_eval.name_sets()["plain"]
+    assert plain == {v: (v,) for v in ATTRIBUTE_VALUES["colour"]}
+    monkeypatch.setattr(colour_name_eval, "COMMANDS_PER_KIND", 400)
+    sizes = [len(ATTRIBUTE_VALUES[n]) for n in ATTRIBUTE_NAMES]
+    kinds = iter(colour_name_eval.KINDS)
+
+    def decide(_: Any, embeddings: np.ndarray) -> np.ndarray:
+        _, _, truth, _ = colour_name_eval.commands(plain, next(kinds), 400, seed=0)
+        chosen = np.concatenate([truth, np.zeros((len(truth), 1), np.int64)], axis=1)
+        red = truth[:, COLOUR] == ATTRIBUTE_VALUES["colour"].index("red")
+        chosen[red, COLOUR] = sizes[COLOUR]
+        return chosen
+
+    monkeypatch.setattr(colour_name_eval, "decide_embeddings", decide)
+    heads = models.ReadBack(rb.default_config(4, sizes))
+    records = colour_name_eval.records(
+        lambda texts: np.zeros((len(texts), 4)), heads, seed=0, sets={"plain": plain}
+    )
+    assert [r["form"] for r in records] == ["with a colour word"] * 2
+    for r in records:
+        assert r["worst_colour"] == "red" and r["worst_colour_right"] == 0.0
+        assert 0.8 < r["colour_right"] < 0.95 and r["distinct_names"] == 8

@@ -337,5 +337,15 @@ def test_text_encoder_resume_refuses_a_changed_flag(
     assert text_encoder.main(["--resume", "--out", str(tmp_path), "--lr", "0.5"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("text-encoder: --lr: a resumed run keeps its config")
+    assert text_encoder.main(["--resume", "--out", str(tmp_path), "--no-lead-space"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("text-encoder: --no-lead-space: a resumed run keeps its config"), err
     # Repeating the saved value, or moving the data, is fine; the run is already complete.
     assert text_encoder.main(["--resume", str(tmp_path / "00000"), "--steps", "2"]) == 0
+
+
+def test_text_encoder_no_lead_space_flag_sets_the_model_config() -> None:
+    assert text_encoder.PretrainConfig().text_encoder.lead_space
+    flags = text_encoder.parse_flags(["--no-lead-space"])
+    config = text_encoder._apply_flags(text_encoder.PretrainConfig(), flags)
+    assert not config.text_encoder.lead_space and config.text_encoder.lead_pad == 18
