@@ -29,7 +29,6 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from edge_runtime import tokenizer
-from edge_runtime.tokenizer import PAD_ID, SPACE_ID
 
 C = TypeVar("C")
 
@@ -214,9 +213,9 @@ class CharCnnRnn(nn.Module):
 
     def forward(self, char_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if self.config.lead_pad:
-            lead = char_ids.new_full((char_ids.shape[0], self.config.lead_pad), PAD_ID)
+            lead = char_ids.new_full((char_ids.shape[0], self.config.lead_pad), tokenizer.PAD_ID)
             if self.config.lead_space:
-                lead[:, -1] = SPACE_ID
+                lead[:, -1] = tokenizer.SPACE_ID
             char_ids = torch.cat([lead, char_ids], dim=1)  # (B, lead_pad + T)
             lengths = lengths + self.config.lead_pad
         x = self.pool(F.relu(self.norm1(self._conv1_one_hot(char_ids))))  # (B, C1, (T-3)/3)

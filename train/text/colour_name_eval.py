@@ -10,10 +10,9 @@ the encoder never saw are. This measures both, as `eval-text` prints it:
   more attributes; the attributes and the name are drawn uniformly, the name from its colour's
   list;
 - three name sets: "plain" (each value's own word: "red", "purple"), "trained" (the committed
-  lexicon) and "rare" (names that pass the same rule
-  but lie outside the survey's `COMMONEST` names, so no training caption carried them; derived
-  from matplotlib's copy of the survey, the `lexicon` extra, and left out with one log line
-  where it is not installed);
+  lexicon) and "rare" (names that pass the same rule but lie outside the survey's `COMMONEST`
+  names, so no training caption carried them; derived from matplotlib's copy of the survey,
+  the `lexicon` extra, and left out with one log line where it is not installed);
 - each row split by whether the name contains a clothing-colour word ("cobalt blue") or stands
   alone ("aubergine"): the first lean on that word.
 
