@@ -71,7 +71,7 @@ def commands(
     (count, A) value indices, stated (count,) bitmasks)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    rng = np.random.default_rng([seed, len(kind), count])
+    rng = np.random.default_rng([seed, KINDS.index(kind), count])  # one stream per kind
     colours = sorted(names)
     others = [n for n in ATTRIBUTE_NAMES if n != "colour"]
     captions, used, truth, stated = [], [], [], []

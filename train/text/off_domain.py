@@ -160,28 +160,18 @@ def _pick(rng: np.random.Generator, options: tuple[str, ...]) -> str:
     return options[int(rng.integers(len(options)))]
 
 
+# Slot → its words, in the order `_sentence` draws them (the order fixes every seed's lines).
+_FILLS: dict[str, tuple[str, ...]] = {
+    "style": STYLES, "colour": COLOURS, "thing": THINGS, "animal": ANIMALS,
+    "animal_verb": VERBS_ANIMAL, "place": PLACES, "verb": VERBS_THING, "topic": TOPICS,
+    "day": DAYS, "food": FOODS, "scenery": SCENERY, "nature": NATURE, "time": TIMES,
+    "city": CITIES, "name": NAMES, "gadget": GADGETS, "problem": PROBLEMS, "vehicle": VEHICLES,
+}  # fmt: skip
+
+
 def _sentence(rng: np.random.Generator) -> str:
     template = _pick(rng, _TEMPLATES)
-    fill = {
-        "style": _pick(rng, STYLES),
-        "colour": _pick(rng, COLOURS),
-        "thing": _pick(rng, THINGS),
-        "animal": _pick(rng, ANIMALS),
-        "animal_verb": _pick(rng, VERBS_ANIMAL),
-        "place": _pick(rng, PLACES),
-        "verb": _pick(rng, VERBS_THING),
-        "topic": _pick(rng, TOPICS),
-        "day": _pick(rng, DAYS),
-        "food": _pick(rng, FOODS),
-        "scenery": _pick(rng, SCENERY),
-        "nature": _pick(rng, NATURE),
-        "time": _pick(rng, TIMES),
-        "city": _pick(rng, CITIES),
-        "name": _pick(rng, NAMES),
-        "gadget": _pick(rng, GADGETS),
-        "problem": _pick(rng, PROBLEMS),
-        "vehicle": _pick(rng, VEHICLES),
-    }
+    fill = {slot: _pick(rng, words) for slot, words in _FILLS.items()}
     # Two {animal} slots get the same word from str.format; that only makes a plural-ish pair.
     sentence = template.format(**fill)
     if rng.random() < 0.15:
@@ -193,12 +183,8 @@ def vocabulary() -> list[str]:
     """Every word list and template's fixed words: what `train.data.phrasing` keeps colour
     names of the training lexicon clear of, so the off-domain head's "a pumpkin" is not also a
     jacket colour."""
-    lists = (
-        COLOURS, THINGS, ANIMALS, PLACES, SCENERY, VERBS_THING, VERBS_ANIMAL, STYLES, TOPICS,
-        DAYS, FOODS, NATURE, TIMES, CITIES, NAMES, GADGETS, PROBLEMS, VEHICLES, WORDS,
-    )  # fmt: skip
     fixed = [re.sub(r"\{\w+\}", " ", t) for t in _TEMPLATES]
-    return [*(w for words in lists for w in words), *fixed]
+    return [*(w for words in (*_FILLS.values(), WORDS) for w in words), *fixed]
 
 
 def _junk(rng: np.random.Generator) -> str:
