@@ -172,6 +172,57 @@ HELDOUT_FILLER_PREFIXES: tuple[str, ...] = ("uh, ", "um, ", "ok so ", "copy that
 HELDOUT_FILLER_SUFFIXES: tuple[str, ...] = (", please", ", over", " asap", ", thanks")
 
 
+# PHRASING_VERSION 6: more of the ways operators word each value, in the training family only
+# (the held-out family's fallback stays version 5's tables, `_HELDOUT_FALLBACK`, so
+# `test_phrasing` renders byte for byte as before). None uses a word that only the held-out
+# tables have ("river", "crouched", "none": `heldout_only_words`, tested) or a word of the
+# off-domain generator ("park", "lake": tested), so `test_phrasing` still measures words the
+# encoder never saw. Negations now also follow their noun ("helmet missing", "hard hat
+# removed"), as operators say them; the grammar only ever put them first ("no helmet").
+_TRAIN_TERRAIN_V6: dict[str, tuple[str, ...]] = {
+    "rubble": ("in the ruins", "on a rubble heap", "amongst debris", "in a demolished building",
+               "on shattered concrete", "on a heap of bricks", "among fallen beams",
+               "in the remains of a building", "on a debris field"),
+    "grass": ("on the lawn", "in overgrown grass", "on a grassy slope", "on the grass verge",
+              "in a hayfield", "on rough grassland", "in a grassy meadow", "on short grass"),
+    "sand": ("on a sandbank", "on the beach sand", "in a sandy desert", "on a sand bar",
+             "on the coast", "on a dune", "on sandy soil", "in the desert sand"),
+    "snow": ("in a snowbank", "on icy snow", "in the blizzard", "on a snowy field",
+             "in knee-deep snow", "on snowy terrain", "in powdery snow", "in the snowfall"),
+    "water": ("in a flooded ditch", "in a stream", "in a water channel", "wading in water", "in deep water",
+              "in rising water", "in flooded fields", "in the floods", "submerged in water"),
+    "mud": ("in the sludge", "in a bog", "in the swamp", "in a marsh", "on a muddy slope",
+            "in sticky mud", "in wet earth", "in the slurry", "sunk in mud"),
+}  # fmt: skip
+_TRAIN_POSE_V6: dict[str, tuple[str, ...]] = {
+    "standing": ("stood", "stood up", "standing idle", "still standing", "erect",
+                 "waving both arms", "on both feet", "stood upright", "standing waiting"),
+    "sitting": ("sat up", "seated upright", "sitting cross-legged", "squatting", "hunched",
+                "hunched forward", "perched", "in a seated position", "resting on their bottom"),
+    "lying": ("unconscious", "knocked out", "unresponsive", "prostrate", "flat out",
+              "on their stomach", "on their front", "laid out", "supine", "lying prone"),
+}  # fmt: skip
+_TRAIN_POSITION_V6: dict[str, tuple[str, ...]] = {
+    "left": ("toward the left", "at the left of the frame", "in the left part of the image",
+             "on the left flank", "leftmost"),
+    "center": ("mid-frame", "centre frame", "central", "in the middle third",
+               "halfway across the image"),
+    "right": ("toward the right", "at the right of the frame", "in the right part of the image",
+              "on the right flank", "rightmost"),
+}  # fmt: skip
+_TRAIN_POSITION_LABELS_V6: dict[str, tuple[str, ...]] = {
+    "left": ("left part", "leftmost"), "center": ("central", "mid-frame"),
+    "right": ("right part", "rightmost"),
+}  # fmt: skip
+_TRAIN_HELMET_V6: dict[str, tuple[str, ...]] = {
+    "yes": ("in a crash helmet", "with a safety hat", "wearing a work helmet", "in a helmet",
+            "has a hard hat", "helmet fitted", "helmet still fitted"),
+    "no": ("helmet missing", "helmet not worn", "hard hat removed", "helmet removed",
+           "without any helmet", "not in a helmet", "hard hat off", "missing a helmet",
+           "unhelmeted", "with no headwear", "no helmet visible"),
+}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class _Table:
     """One attribute's phrases for one family: value → inline phrases, value → terse phrases."""
@@ -188,17 +239,36 @@ def _merge(*tables: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]
 TRAIN_COLOURS = _merge(COLOUR_WORDS, _TRAIN_COLOURS_EXTRA)
 TRAIN_GARMENTS = GARMENTS + _TRAIN_GARMENTS_EXTRA
 TRAIN_PEOPLE = PEOPLE + _TRAIN_PEOPLE_EXTRA
+# What a held-out caption says where it keeps a training word (1 − HELDOUT_WORD_PROB of its
+# slots): version 5's training tables, frozen so that `test_phrasing` never moves.
+_HELDOUT_FALLBACK: dict[str, _Table] = {
+    "terrain": _Table(
+        _merge(TERRAIN_PHRASES, _TRAIN_TERRAIN_EXTRA), _merge(TERRAIN_PHRASES, _TRAIN_TERRAIN_EXTRA)
+    ),
+    "pose": _Table(
+        _merge(POSE_PHRASES, _TRAIN_POSE_EXTRA), _merge(POSE_PHRASES, _TRAIN_POSE_EXTRA)
+    ),
+    "position": _Table(_merge(POSITION_PHRASES, _TRAIN_POSITION_EXTRA), POSITION_LABELS),
+    "helmet": _Table(HELMET_PHRASES, HELMET_TAGS),
+}
 _TABLES: dict[Family, dict[str, _Table]] = {
     Family.TRAIN: {
         "terrain": _Table(
-            _merge(TERRAIN_PHRASES, _TRAIN_TERRAIN_EXTRA),
-            _merge(TERRAIN_PHRASES, _TRAIN_TERRAIN_EXTRA),
+            _merge(_HELDOUT_FALLBACK["terrain"].inline, _TRAIN_TERRAIN_V6),
+            _merge(_HELDOUT_FALLBACK["terrain"].terse, _TRAIN_TERRAIN_V6),
         ),
         "pose": _Table(
-            _merge(POSE_PHRASES, _TRAIN_POSE_EXTRA), _merge(POSE_PHRASES, _TRAIN_POSE_EXTRA)
+            _merge(_HELDOUT_FALLBACK["pose"].inline, _TRAIN_POSE_V6),
+            _merge(_HELDOUT_FALLBACK["pose"].terse, _TRAIN_POSE_V6),
         ),
-        "position": _Table(_merge(POSITION_PHRASES, _TRAIN_POSITION_EXTRA), POSITION_LABELS),
-        "helmet": _Table(HELMET_PHRASES, HELMET_TAGS),
+        "position": _Table(
+            _merge(_HELDOUT_FALLBACK["position"].inline, _TRAIN_POSITION_V6),
+            _merge(_HELDOUT_FALLBACK["position"].terse, _TRAIN_POSITION_LABELS_V6),
+        ),
+        "helmet": _Table(
+            _merge(_HELDOUT_FALLBACK["helmet"].inline, _TRAIN_HELMET_V6),
+            _merge(_HELDOUT_FALLBACK["helmet"].terse, _TRAIN_HELMET_V6),
+        ),
     },
     Family.HELDOUT: {
         "terrain": _Table(HELDOUT_TERRAIN, HELDOUT_TERRAIN),
@@ -234,6 +304,33 @@ def heldout_value_phrases() -> dict[str, dict[str, tuple[str, ...]]]:
             v: tuple(dict.fromkeys((*table.inline[v], *table.terse[v]))) for v in table.inline
         }
     return out
+
+
+def _words(phrases: Iterable[str]) -> set[str]:
+    return {w for p in phrases for w in re.findall(r"[a-z]+", p.lower())}
+
+
+def version_5_training_phrases() -> list[str]:
+    """Every phrase the training family's tables had in PHRASING_VERSION 5 (the held-out
+    family's fallback, `_HELDOUT_FALLBACK`), its colour words, colour names, garments, people."""
+    trained = [p for t in _HELDOUT_FALLBACK.values() for d in (t.inline, t.terse) for ps in
+               d.values() for p in ps]  # fmt: skip
+    trained += [p for ps in TRAIN_COLOURS.values() for p in ps] + [*TRAIN_GARMENTS, *TRAIN_PEOPLE]
+    return trained + [p for ps in LEXICON_COLOURS.values() for p in ps]
+
+
+def heldout_only_words() -> frozenset[str]:
+    """Words of the held-out tables that version 5's training tables never used ("crouched",
+    "river", "none"): what keeps `test_phrasing` a test of unseen words. Later training words
+    must stay clear of them (tested)."""
+    return frozenset(_words(heldout_phrases()) - _words(version_5_training_phrases()))
+
+
+def training_v6_phrases() -> list[str]:
+    """The phrases PHRASING_VERSION 6 added to the training family's tables."""
+    tables = (_TRAIN_TERRAIN_V6, _TRAIN_POSE_V6, _TRAIN_POSITION_V6, _TRAIN_POSITION_LABELS_V6,
+              _TRAIN_HELMET_V6)  # fmt: skip
+    return [p for t in tables for ps in t.values() for p in ps]
 
 
 def lexicon_excluded_words(off_domain_words: Iterable[str] = ()) -> frozenset[str]:
@@ -344,7 +441,7 @@ def _slot(
         tags = (f"colour-word:{cf.value}", f"garment:{gf.value}", f"colour-form:{family.value}")
         return _Slot(name, inline_t.format(**fields), terse_t.format(**fields), tags)
     own = _TABLES[family][name]
-    base = _TABLES[Family.TRAIN][name]
+    base = _TABLES[Family.TRAIN][name] if family is Family.TRAIN else _HELDOUT_FALLBACK[name]
     if family is Family.HELDOUT and rng.random() < HELDOUT_WORD_PROB:
         inline, terse, used = _pick(rng, own.inline[value]), _pick(rng, own.terse[value]), family
     else:

@@ -65,7 +65,7 @@ GENERATOR_VERSION = 1
 """Bump when a change to the renderer or grammar changes the images or captions for a seed.
 Adding `test_phrasing` did not: train, test and test_unseen are unchanged, and the new
 split is named by `PHRASING_VERSION`."""
-PHRASING_VERSION = 5
+PHRASING_VERSION = 6
 """Bump when `train.data.phrasing` changes what a seed produces (test_phrasing, partial ones).
 2: the training family gained operator forms (questions, imperatives, telegraphic clauses,
 fillers) and "{c} {g}" colours, and `--free-fraction` full captions in those forms; train

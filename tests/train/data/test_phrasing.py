@@ -16,6 +16,7 @@ from train.data import phrasing
 from train.data.attributes import ATTRIBUTE_NAMES, all_attributes
 from train.data.captions import caption_for
 from train.data.phrasing import Family, phrase_for, read_back
+from train.text import off_domain
 
 ATTRIBUTES = all_attributes()
 SUBSETS = [
@@ -115,6 +116,32 @@ def test_phrasing_training_family_says_the_plain_colour_word_often() -> None:
                 caption = caption.replace(phrase, "#")
             plain += bool(re.search(rf"\b{value}\b", caption))
         assert plain / 2000 > phrasing.PLAIN_COLOUR_PROB - 0.04, (value, plain)
+
+
+def test_phrasing_version_6_words_stay_clear_of_the_heldout_only_words() -> None:
+    """PHRASING_VERSION 6 broadened the training tables; none of its phrases may use a word
+    that only the held-out tables have, or `test_phrasing` would stop measuring unseen words.
+    (The string-level test above checks whole held-out phrases in training output.)"""
+    heldout_only = phrasing.heldout_only_words()
+    assert {"crouched", "river", "none", "mustard", "wreckage", "hatless"} <= heldout_only
+    added = {w for p in phrasing.training_v6_phrases() for w in re.findall(r"[a-z]+", p)}
+    assert not added & heldout_only, sorted(added & heldout_only)
+
+
+def test_phrasing_version_6_words_are_no_off_domain_words_and_reach_training() -> None:
+    """A word the off-domain generator also uses ("park", "pond") would teach the read-back
+    heads that it is and is not rescue language at once."""
+    before = {w for p in phrasing.version_5_training_phrases() for w in re.findall(r"[a-z]+", p)}
+    added = {w for p in phrasing.training_v6_phrases() for w in re.findall(r"[a-z]+", p)}
+    off_domain_words = {w for p in off_domain.vocabulary() for w in re.findall(r"[a-z]+", p)}
+    fresh = added - before
+    assert len(fresh) > 50
+    assert not fresh & off_domain_words, sorted(fresh & off_domain_words)
+    text = "\n".join(p.caption for p in _sample(Family.TRAIN, 3000, 21))
+    reached = [p for p in phrasing.training_v6_phrases() if p in text]
+    assert len(reached) > len(phrasing.training_v6_phrases()) // 2
+    heldout_text = "\n".join(p.caption for p in _sample(Family.HELDOUT, 3000, 21))
+    assert not [p for p in phrasing.training_v6_phrases() if f" {p}" in heldout_text]
 
 
 def test_phrasing_test_split_wording_is_unchanged_since_phrasing_version_1() -> None:
