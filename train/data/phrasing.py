@@ -189,8 +189,9 @@ _TRAIN_TERRAIN_V6: dict[str, tuple[str, ...]] = {
              "on the coast", "on a dune", "on sandy soil", "in the desert sand"),
     "snow": ("in a snowbank", "on icy snow", "in the blizzard", "on a snowy field",
              "in knee-deep snow", "on snowy terrain", "in powdery snow", "in the snowfall"),
-    "water": ("in a flooded ditch", "in a stream", "in a water channel", "wading in water", "in deep water",
-              "in rising water", "in flooded fields", "in the floods", "submerged in water"),
+    "water": ("in a flooded ditch", "in a stream", "in a water channel", "wading in water",
+              "in deep water", "in rising water", "in flooded fields", "in the floods",
+              "submerged in water"),
     "mud": ("in the sludge", "in a bog", "in the swamp", "in a marsh", "on a muddy slope",
             "in sticky mud", "in wet earth", "in the slurry", "sunk in mud"),
 }  # fmt: skip
