@@ -254,22 +254,16 @@ _HELDOUT_FALLBACK: dict[str, _Table] = {
 }
 _TABLES: dict[Family, dict[str, _Table]] = {
     Family.TRAIN: {
-        "terrain": _Table(
-            _merge(_HELDOUT_FALLBACK["terrain"].inline, _TRAIN_TERRAIN_V6),
-            _merge(_HELDOUT_FALLBACK["terrain"].terse, _TRAIN_TERRAIN_V6),
-        ),
-        "pose": _Table(
-            _merge(_HELDOUT_FALLBACK["pose"].inline, _TRAIN_POSE_V6),
-            _merge(_HELDOUT_FALLBACK["pose"].terse, _TRAIN_POSE_V6),
-        ),
-        "position": _Table(
-            _merge(_HELDOUT_FALLBACK["position"].inline, _TRAIN_POSITION_V6),
-            _merge(_HELDOUT_FALLBACK["position"].terse, _TRAIN_POSITION_LABELS_V6),
-        ),
-        "helmet": _Table(
-            _merge(_HELDOUT_FALLBACK["helmet"].inline, _TRAIN_HELMET_V6),
-            _merge(_HELDOUT_FALLBACK["helmet"].terse, _TRAIN_HELMET_V6),
-        ),
+        name: _Table(
+            _merge(_HELDOUT_FALLBACK[name].inline, inline),
+            _merge(_HELDOUT_FALLBACK[name].terse, terse),
+        )
+        for name, inline, terse in (
+            ("terrain", _TRAIN_TERRAIN_V6, _TRAIN_TERRAIN_V6),
+            ("pose", _TRAIN_POSE_V6, _TRAIN_POSE_V6),
+            ("position", _TRAIN_POSITION_V6, _TRAIN_POSITION_LABELS_V6),
+            ("helmet", _TRAIN_HELMET_V6, _TRAIN_HELMET_V6),
+        )
     },
     Family.HELDOUT: {
         "terrain": _Table(HELDOUT_TERRAIN, HELDOUT_TERRAIN),
