@@ -341,7 +341,7 @@ def lexicon_excluded_words(off_domain_words: Iterable[str] = ()) -> frozenset[st
         if name != "colour":
             phrases += [p for ps in values.values() for p in ps]
     phrases += off_domain_words
-    words = {w for p in phrases for w in re.findall(r"[a-z]+", p)}
+    words = _words(phrases)
     colour_words = {w for ws in COLOUR_WORDS.values() for p in ws for w in p.split()}
     return frozenset(words - colour_words)
 

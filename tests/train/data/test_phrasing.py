@@ -34,6 +34,10 @@ def _sample(family: Family, count: int, seed: int) -> list[phrasing.Phrase]:
     return out
 
 
+def _words(phrases: list[str]) -> set[str]:
+    return {w for p in phrases for w in re.findall(r"[a-z]+", p.lower())}
+
+
 @pytest.fixture(scope="module")
 def training_output() -> list[str]:
     """What training can see: the grammar's full captions and training-family partial ones."""
@@ -124,17 +128,15 @@ def test_phrasing_version_6_words_stay_clear_of_the_heldout_only_words() -> None
     (The string-level test above checks whole held-out phrases in training output.)"""
     heldout_only = phrasing.heldout_only_words()
     assert {"crouched", "river", "none", "mustard", "wreckage", "hatless"} <= heldout_only
-    added = {w for p in phrasing.training_v6_phrases() for w in re.findall(r"[a-z]+", p)}
+    added = _words(phrasing.training_v6_phrases())
     assert not added & heldout_only, sorted(added & heldout_only)
 
 
 def test_phrasing_version_6_words_are_no_off_domain_words_and_reach_training() -> None:
     """A word the off-domain generator also uses ("park", "pond") would teach the read-back
     heads that it is and is not rescue language at once."""
-    before = {w for p in phrasing.version_5_training_phrases() for w in re.findall(r"[a-z]+", p)}
-    added = {w for p in phrasing.training_v6_phrases() for w in re.findall(r"[a-z]+", p)}
-    off_domain_words = {w for p in off_domain.vocabulary() for w in re.findall(r"[a-z]+", p)}
-    fresh = added - before
+    fresh = _words(phrasing.training_v6_phrases()) - _words(phrasing.version_5_training_phrases())
+    off_domain_words = _words(off_domain.vocabulary())
     assert len(fresh) > 50
     assert not fresh & off_domain_words, sorted(fresh & off_domain_words)
     text = "\n".join(p.caption for p in _sample(Family.TRAIN, 3000, 21))
