@@ -543,6 +543,7 @@ def quality_lines(evaluation: dict[str, dict[str, Any]]) -> list[str]:
 
 def write_report(facts: dict[str, Any], timings: dict[str, float]) -> Path:
     from edge_runtime.images import write_atomic
+    from train.quality.report import saturation_text
 
     evaluation = facts["recipe"].get("evaluation", {})
     lines = ["# rescue-t2i demo", "", f"Whole demo: **{facts['total_s'] / 60:.1f} min**.", ""]
@@ -550,6 +551,13 @@ def write_report(facts: dict[str, Any], timings: dict[str, float]) -> Path:
     lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
     lines += ["", "## Quality (attribute oracle on generated images; recipe evaluation)", ""]
     lines += quality_lines(evaluation)
+    recipe = facts["recipe"]
+    saturated = saturation_text(recipe.get("gan_d_saturated_steps"), recipe.get("gan_steps"))
+    lines += [
+        f"GAN: {recipe.get('gan_steps')} steps; D saturated (adversarial loss < 0.01): "
+        f"{saturated} (issue 16's target: ≤ 5 % of steps).",
+        "",
+    ]
     judged = facts["operator"]
     entropy = judged["unstated_entropy"]
     full = judged["full_all_correct"]

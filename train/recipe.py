@@ -54,7 +54,7 @@ from train.gan import loop as gan_loop
 from train.options import option
 from train.quality import oracle as oracle_mod
 from train.quality.evaluate import EvalOptions, evaluate, summary
-from train.quality.report import ENTROPY_SEEDS, ablation_table, partial_tables
+from train.quality.report import ENTROPY_SEEDS, ablation_table, partial_tables, saturation_text
 from train.runs import MetricsLog, OneLineParser, new_run_dir, write_json_atomic
 from train.text import pretrain as te
 
@@ -177,9 +177,9 @@ def run_gan(
     folder: str,
     minutes: float | None,
     overrides: dict[str, Any] | None = None,
-) -> tuple[Path, int]:
+) -> tuple[Path, int, int]:
     """Stage 2 (or an ablation run with `overrides` of the config): train a GAN; returns
-    (checkpoint, steps)."""
+    (checkpoint, steps, steps on which D saturated)."""
     fields: dict[str, Any] = {
         "data": config.data,
         "text_encoder": str(text_encoder),
@@ -205,7 +205,7 @@ def run_gan(
         raise StageFailedError(
             f"GAN training ({folder}) stopped with exit code {result.exit_code}; see its log.txt"
         )
-    return result.checkpoint, result.trainer.step
+    return result.checkpoint, result.trainer.step, int(result.trainer.saturated_steps.item())
 
 
 def run(config: RecipeConfig) -> dict[str, Any]:
@@ -234,9 +234,12 @@ def run(config: RecipeConfig) -> dict[str, Any]:
                 "text encoder"
             )
         budget = None if config.gan_steps is not None else remaining / 60
-        gan_ckpt, steps = run_gan(config, run_dir, te_ckpt, folder="gan", minutes=budget)
-        result["gan_s"] = _stage(stages, "gan", t0, checkpoint=gan_ckpt, steps=steps)
+        gan_ckpt, steps, saturated = run_gan(config, run_dir, te_ckpt, folder="gan", minutes=budget)
+        result["gan_s"] = _stage(
+            stages, "gan", t0, checkpoint=gan_ckpt, steps=steps, d_saturated_steps=saturated
+        )
         result["gan_steps"] = steps
+        result["gan_d_saturated_steps"] = saturated
         result["recipe_s"] = round(time.monotonic() - started, 1)
         stages.write(
             {"stage": "recipe", "seconds": result["recipe_s"], "budget_s": config.minutes * 60}
@@ -251,14 +254,17 @@ def run(config: RecipeConfig) -> dict[str, Any]:
             same_minutes = None if config.gan_steps is not None else result["gan_s"] / 60
             for name, label, overrides in extra_runs:
                 t0 = time.monotonic()
-                ckpt, steps = run_gan(
+                ckpt, steps, saturated = run_gan(
                     config, run_dir, te_ckpt, folder=f"gan-{name}", minutes=same_minutes,
                     overrides=overrides,
                 )  # fmt: skip
-                seconds = _stage(stages, f"gan_{name}", t0, checkpoint=ckpt, steps=steps)
+                seconds = _stage(
+                    stages, f"gan_{name}", t0, checkpoint=ckpt, steps=steps,
+                    d_saturated_steps=saturated,
+                )  # fmt: skip
                 result["ablation"][name] = {
                     "label": label, "seconds": round(seconds, 1), "steps": steps,
-                    "checkpoint": str(ckpt),
+                    "d_saturated_steps": saturated, "checkpoint": str(ckpt),
                 }  # fmt: skip
                 runs.append((name, label, ckpt))
 
@@ -296,7 +302,11 @@ def run(config: RecipeConfig) -> dict[str, Any]:
                 result["phrasing"] = summary(phrasing).get(PHRASING_SPLIT, {})
                 result["phrasing_records"] = phrasing
                 _stage(stages, "evaluate_phrasing", t0)
-    report = _report(config, run_dir, result, rows, ablation_table(rows) if rows else "")
+    saturation = [(result["gan_d_saturated_steps"], result["gan_steps"])] + [
+        (run["d_saturated_steps"], run["steps"]) for run in result.get("ablation", {}).values()
+    ]
+    table = ablation_table(rows, saturation) if rows else ""
+    report = _report(config, run_dir, result, rows, table)
     result.pop("phrasing_records", None)
     result["report"] = str(report)
     return result
@@ -391,12 +401,15 @@ def _report(
         f"- data `{config.data}`, width ngf = ndf = {config.ngf}, seed {config.seed}",
         f"- text encoder: {minutes('text_encoder_s')}"
         + (f" (pretrained `{config.text_encoder}` reused)" if config.text_encoder else ""),
-        f"- GAN: {minutes('gan_s')} ({result.get('gan_steps')} steps)",
+        f"- GAN: {minutes('gan_s')} ({result.get('gan_steps')} steps; D saturated: "
+        + saturation_text(result.get("gan_d_saturated_steps"), result.get("gan_steps"))
+        + ")",
         f"- **recipe total: {result['recipe_s'] / 60:.1f} min** (budget {config.minutes:g} min)",
     ]
     for name, run in result.get("ablation", {}).items():
         lines.append(f"- ablation `{name}` ({run['label']}): {run['seconds'] / 60:.1f} min "
-                     f"({run['steps']} steps)")  # fmt: skip
+                     f"({run['steps']} steps; D saturated: "
+                     f"{saturation_text(run['d_saturated_steps'], run['steps'])})")  # fmt: skip
     if rows:
         lines += [
             "",
@@ -410,7 +423,8 @@ def _report(
             "(×: over the real-vs-real baseline); HF: mean |Laplacian| of generated ÷ real "
             "(1 = as sharp as the renders); diversity: spread of a caption's seeds ÷ real "
             "same-class spread (oracle features); R-precision by the GAN's own image encoder is "
-            "marked not independent. Full reports: `eval/<run>/report.md`.",
+            "marked not independent; D saturated: training steps with D's adversarial loss < "
+            "0.01 (target ≤ 5 %). Full reports: `eval/<run>/report.md`.",
         ]
     if result.get("phrasing_records"):
         by_metric: dict[str, list[dict[str, Any]]] = {}

@@ -11,6 +11,7 @@ import pytest
 from train import models
 from train import recipe as rc
 from train.data.synth import SynthConfig, synthesize
+from train.quality.report import saturation_text
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -84,6 +85,11 @@ def test_recipe_runs_end_to_end_with_ablation_and_report(scenes: Path, tmp_path:
     ):
         assert name in names, name
     assert result["gan_steps"] == 2
+    # D's saturated steps, as the trainer counted them, for every GAN run and in the report.
+    assert 0 <= result["gan_d_saturated_steps"] <= 2
+    assert all(0 <= run["d_saturated_steps"] <= 2 for run in result["ablation"].values())
+    gan_stage = next(s for s in stages if s["stage"] == "gan")
+    assert gan_stage["d_saturated_steps"] == result["gan_d_saturated_steps"]
     assert {k: v["steps"] for k, v in result["ablation"].items()} == {
         "default-seed1": 2, "no-fm": 2, "no-ema": 2
     }  # fmt: skip
@@ -101,6 +107,9 @@ def test_recipe_runs_end_to_end_with_ablation_and_report(scenes: Path, tmp_path:
     assert default["fm_weight"] > 0 and default["ema_decay"] > 0
     report = (run / rc.REPORT_FILE).read_text()
     assert "leave-one-out ablation" in report and "without feature matching" in report
+    assert "test_unseen R-prec % | D saturated |" in report  # the table's last column
+    shown = saturation_text(result["gan_d_saturated_steps"], 2)
+    assert f"(2 steps; D saturated: {shown})" in report
     for folder in ("default", "default-seed1", "no-fm", "no-ema"):
         assert (run / "eval" / folder / "report.md").is_file()
     assert set(result["evaluation"]) == {

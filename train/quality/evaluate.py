@@ -255,6 +255,7 @@ class CheckpointSource:
         self.noise_dim = self.generator.config.noise_dim
         self.precision = "torch-fp32"
         self.description = f"checkpoint {self.path} (step {self.checkpoint.get('step')})"
+        self.training = training_counts(self.checkpoint)
 
     def generate(self, captions: list[str], seed: int, first_index: int = 0) -> np.ndarray:
         """uint8 (n, 64, 64, 3): caption i with noise `noise_for(seed, first_index + i)`."""
@@ -278,6 +279,16 @@ class CheckpointSource:
         return JointEmbedding.from_checkpoint(self.checkpoint, self.path)
 
 
+def training_counts(checkpoint: dict[str, Any]) -> dict[str, int | None]:
+    """The report header's training history of a GAN checkpoint: its step and the steps on which
+    D saturated (the trainer's counter; None in a checkpoint from before it counted them)."""
+    saturated = checkpoint.get("counters", {}).get("d_saturated_steps")
+    return {
+        "training_steps": checkpoint.get("step"),
+        "d_saturated_steps": None if saturated is None else int(saturated),
+    }
+
+
 class BundleSource:
     """Generates with `edge_runtime.engine.Engine`: exactly what the robot runs."""
 
@@ -291,6 +302,7 @@ class BundleSource:
             raise EvalError(str(err)) from None
         self.precision = self.engine.precision
         self.description = f"bundle {self.engine.info.bundle_id} ({self.precision})"
+        self.training: dict[str, int | None] = {}  # a bundle carries no training history
 
     def generate(self, captions: list[str], seed: int, first_index: int = 0) -> np.ndarray:
         """uint8 (n, 64, 64, 3): caption i with the engine's noise (seed, first_index + i)."""
@@ -511,6 +523,7 @@ def evaluate(options: EvalOptions) -> EvalResult:
         "retrieval": options.retrieval or (None if retrieval is None else "the GAN checkpoint's"),
         "retrieval_independent": None if retrieval is None else independent,
         "seconds": round(time.perf_counter() - started, 1),
+        **source.training,
         **options.extra,
     }
     options.out.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,8 @@ TARGET_FID_RATIO = 3.0
 TARGET_STATED = 0.97
 """Issue 17: every stated attribute of a partial caption right in ≥ 97 % of the images."""
 TARGET_UNSTATED_ENTROPY = 0.6
+TARGET_SATURATED_SHARE = 0.05
+"""Issue 16: D's adversarial loss under `train.gan.trainer.SATURATED_BELOW` on ≤ 5 % of steps."""
 """Issue 17: normalised entropy across 8 seeds of each attribute a partial caption leaves open."""
 ENTROPY_SEEDS = 8
 
@@ -481,6 +483,17 @@ def markdown_tables(records: Sequence[dict[str, Any]], attribute_names: Sequence
     return "\n".join(out)
 
 
+def saturation_text(saturated: int | None, steps: int | None) -> str:
+    """`1,984 of 8,000 steps (24.8 %) ✗`: the training steps on which D's adversarial loss fell
+    under `train.gan.trainer.SATURATED_BELOW`, against the ≤ 5 % target; "not recorded" for a
+    checkpoint from before the trainer counted them."""
+    if saturated is None or not steps:
+        return "not recorded"
+    share = saturated / steps
+    met = _check(share <= TARGET_SATURATED_SHARE)
+    return f"{saturated:,} of {steps:,} steps ({_pct(share)} %) {met}"
+
+
 def independence(independent: bool | None) -> str:
     """How R-precision's encoder is labelled wherever the figure is printed."""
     if independent is None:
@@ -505,8 +518,14 @@ def write_report(result: Any) -> Path:
         f"- seeds per caption: {h['seeds']} (first {h['seed']}); "
         + ", ".join(f"{k}: {len(v)} captions" for k, v in context.splits.items()),
         f"- took {h['seconds']} s",
-        "",
     ]
+    if h["kind"] == "checkpoint":
+        lines.append(
+            "- D saturated (adversarial loss < 0.01) in training: "
+            + saturation_text(h.get("d_saturated_steps"), h.get("training_steps"))
+            + f" (target ≤ {_pct(TARGET_SATURATED_SHARE)} %)"
+        )
+    lines.append("")
     for role, loaded in (("Oracle", context.oracle), ("Second judge", context.judge)):
         if loaded is None:
             continue
@@ -534,8 +553,12 @@ def write_report(result: Any) -> Path:
     )
 
 
-def ablation_table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
-    """Markdown: one row per (label, evaluate.summary(records)) — the recipe's ablation."""
+def ablation_table(
+    rows: Sequence[tuple[str, dict[str, Any]]],
+    saturation: Sequence[tuple[int | None, int | None]] | None = None,
+) -> str:
+    """Markdown: one row per (label, evaluate.summary(records)) — the recipe's ablation; with
+    `saturation`, one (D-saturated steps, steps) per row, a last column for it."""
     splits = ["test", "test_unseen"]
     header = ["run"]
     judged = any("judge_all_correct" in row for _, summary in rows for row in summary.values())
@@ -543,8 +566,9 @@ def ablation_table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
         header += [f"{s} min attr %", f"{s} all correct %"]
         header += [f"{s} all correct, 2nd judge %"] if judged else []
         header += [f"{s} FID (×baseline)", f"{s} HF ×real", f"{s} diversity", f"{s} R-prec %"]
+    header += ["D saturated"] if saturation is not None else []
     out = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    for label, summary in rows:
+    for i, (label, summary) in enumerate(rows):
         cells = [label]
         for s in splits:
             row = summary.get(s, {})
@@ -563,5 +587,7 @@ def ablation_table(rows: Sequence[tuple[str, dict[str, Any]]]) -> str:
             if row.get("r_precision_independent") is False:
                 r_prec += " (not independent)"
             cells.append(r_prec)
+        if saturation is not None:
+            cells.append(saturation_text(*saturation[i]))
         out.append("| " + " | ".join(cells) + " |")
     return "\n".join(out)

@@ -36,7 +36,10 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("eval")
     data = tmp / "scenes.h5"
     synthesize(SynthConfig(out=data, train=16, test=48, test_unseen=48, workers=1))
-    gan = ck.save_checkpoint(tiny_checkpoint(data=data), tmp / "gan.pt")
+    trained = tiny_checkpoint(data=data)
+    # As the trainer saves it after 40 steps, D saturated on 3 of them.
+    trained |= {"step": 40, "counters": {"d_saturated_steps": 3}}
+    gan = ck.save_checkpoint(trained, tmp / "gan.pt")
     retrieval = tiny_text_encoder_checkpoint(tmp / "retrieval.pt", embedding_dim=16)
     # A narrow oracle: its honesty check runs at every evaluation, keep it cheap.
     oracle = om.AttributeOracle(om.OracleConfig(channels=(8, 16, 16, 16), feature_dim=16)).eval()
@@ -145,6 +148,17 @@ def test_evaluate_tiny_checkpoint_writes_metrics_and_report(
     rp = next(r for r in records if r["metric"] == "r_precision" and r["split"] == "test")
     assert rp["candidates"] == 24 and 0 <= rp["value"] <= 1 and "real_value" in rp
     assert all(r["kind"] == "checkpoint" and r["seeds"] == 2 for r in records)
+    # The checkpoint's training history in every record and in the report (issue 16's target).
+    assert {(r["training_steps"], r["d_saturated_steps"]) for r in records} == {(40, 3)}
+    assert "D saturated (adversarial loss < 0.01) in training: 3 of 40 steps (7.5 %) ✗" in report
+
+
+def test_saturation_text_counts_against_the_five_percent_target() -> None:
+    assert report.saturation_text(5, 100) == "5 of 100 steps (5.0 %) ✓"  # the target's edge
+    assert report.saturation_text(1984, 8000) == "1,984 of 8,000 steps (24.8 %) ✗"
+    assert report.saturation_text(0, 1000) == "0 of 1,000 steps (0.0 %) ✓"
+    # A checkpoint from before the trainer counted, or one that never stepped.
+    assert report.saturation_text(None, 8000) == report.saturation_text(3, 0) == "not recorded"
 
 
 def test_evaluate_tiny_bundle_fp32_and_int8(files: dict[str, Path], tmp_path: Path) -> None:
@@ -171,6 +185,9 @@ def test_evaluate_tiny_bundle_fp32_and_int8(files: dict[str, Path], tmp_path: Pa
         records = _records(out)
         _check_report(out, records)
         assert {r["precision"] for r in records} == {precision}
+        # A bundle carries no training history: no saturation line, no invented counts.
+        assert "D saturated" not in (out / "report.md").read_text()
+        assert not any("d_saturated_steps" in r for r in records)
         # No image encoder in a bundle: R-precision says how to get it.
         skipped = next(r for r in records if r["metric"] == "r_precision")
         assert "--retrieval" in skipped["skipped"]
