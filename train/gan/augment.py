@@ -51,13 +51,25 @@ class AugmentParams:
     shift_yx: torch.Tensor
     """int64 (N, 2) in [−max_shift, max_shift]: content moves down / right by this much."""
     centre_yx: torch.Tensor
-    """int64 (N, 2) in [0, side): centre of the cutout square."""
+    """int64 (N, 2) in [0, side): centre of the cutout square (−side: no cutout for that image)."""
 
 
-def draw_params(count: int, side: int, max_shift: int, gen: torch.Generator) -> AugmentParams:
-    """Random parameters for `count` images (CPU, from `gen`)."""
+def draw_params(
+    count: int, side: int, max_shift: int, gen: torch.Generator, probability: float = 1.0
+) -> AugmentParams:
+    """Random parameters for `count` images (CPU, from `gen`).
+
+    Each image is transformed with `probability` (ADA's p, Karras et al. 2020, held fixed); an
+    image left alone gets shift 0 and a cutout square centred a whole side off the image, so
+    `augment` returns it unchanged. At probability 1 nothing extra is drawn: the same stream as
+    before the option existed, so older runs resume bit-exactly.
+    """
     shift = torch.randint(-max_shift, max_shift + 1, (count, 2), generator=gen)
     centre = torch.randint(0, side, (count, 2), generator=gen)
+    if probability < 1.0:
+        applied = torch.rand(count, generator=gen) < probability  # (N,)
+        shift = torch.where(applied[:, None], shift, torch.zeros_like(shift))
+        centre = torch.where(applied[:, None], centre, torch.full_like(centre, -side))
     return AugmentParams(shift, centre)
 
 

@@ -210,6 +210,12 @@ class GanTrainConfig:
         0.25, "--d-augment cutout square side, relative to the image", group="objective",
         above=0, at_most=0.5,
     )  # fmt: skip
+    d_augment_p: float = option(
+        1.0, "probability that --d-augment transforms an image (each image drawn alone)",
+        group="objective", above=0, at_most=1,
+    )  # fmt: skip
+    """ADA's augmentation probability p (Karras et al. 2020), fixed: below 1 D also sees
+    untransformed images, which is what G must match; measured in docs/QUALITY.md § 3.16."""
     # Data pipeline (train/data/loader.py)
     captions_per_sample: int = option(
         4, "captions averaged per sample (Reed: 4)", group="data pipeline", at_least=1

@@ -509,7 +509,7 @@ class GanTrainer:
         side = images.shape[-1]
         shifts, centres = [], []
         for size in parts:
-            drawn = augment.draw_params(size * w, side, c.d_augment_shift, gen)
+            drawn = augment.draw_params(size * w, side, c.d_augment_shift, gen, c.d_augment_p)
             shifts.append(drawn.shift_yx[r::w])
             centres.append(drawn.centre_yx[r::w])
         params = augment.AugmentParams(torch.cat(shifts), torch.cat(centres))

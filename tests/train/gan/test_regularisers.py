@@ -69,6 +69,31 @@ def test_cutout_zeroes_one_square_of_the_given_side_and_is_differentiable() -> N
     assert images.grad is not None and float(images.grad.sum()) == 3 * (64 * 64 - 256)
 
 
+def test_augmentation_probability_leaves_the_other_images_untouched() -> None:
+    images = torch.rand(400, 3, 64, 64)
+
+    def drawn(probability: float) -> augment.AugmentParams:
+        return augment.draw_params(400, 64, 3, torch.Generator().manual_seed(7), probability)
+
+    # p = 1 draws exactly what the option's absence drew (older runs resume bit-exactly).
+    old = augment.draw_params(400, 64, 3, torch.Generator().manual_seed(7))
+    torch.testing.assert_close(drawn(1.0).shift_yx, old.shift_yx)
+    torch.testing.assert_close(drawn(1.0).centre_yx, old.centre_yx)
+    out = augment.augment(images, "translation,cutout", drawn(0.3), 3, 0.25)
+    unchanged = (out == images).flatten(1).all(dim=1)  # (N,)
+    # About 70 % pass untouched (binomial, 400 draws: 3 sd ≈ 7 points); the rest are changed.
+    assert 0.62 < unchanged.float().mean().item() < 0.78
+    params = drawn(0.3)
+    moved = (params.shift_yx != 0).any(dim=1) | (params.centre_yx >= 0).all(dim=1)
+    assert torch.equal(unchanged, ~moved)
+    # A vanishing p is the identity.
+    torch.testing.assert_close(
+        augment.augment(images, "translation,cutout", drawn(1e-9), 3, 0.25), images
+    )
+    with pytest.raises(ConfigError, match="--d-augment-p"):
+        validate(GanTrainConfig(device="cpu", embedding_cache="off", d_augment_p=1.5))
+
+
 def test_augmentation_policy_refuses_colour_and_flips_with_the_reason(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
