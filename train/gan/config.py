@@ -215,7 +215,7 @@ class GanTrainConfig:
         group="objective", above=0, at_most=1,
     )  # fmt: skip
     """ADA's augmentation probability p (Karras et al. 2020), fixed: below 1 D also sees
-    untransformed images, which is what G must match; measured in docs/QUALITY.md § 3.16."""
+    untransformed images, which is what G must match; not measured yet (docs/QUALITY.md § 3.16)."""
     # Data pipeline (train/data/loader.py)
     captions_per_sample: int = option(
         4, "captions averaged per sample (Reed: 4)", group="data pipeline", at_least=1
