@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime import protocol
+from edge_runtime.machine import cpu_info
 
 TARGETS = {
     "unseen_p50_ms": "≤ 4",
@@ -92,17 +93,12 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
 
 
 def _machine() -> dict[str, Any]:
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_info()
     import onnxruntime as ort
 
     return {
-        "cpu": model,
-        "cores": os.cpu_count(),
+        "cpu": cpu.describe(),
+        "cores": cpu.logical_cpus,
         "loadavg_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "onnxruntime": ort.__version__,
         "python": platform.python_version(),

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import platform
 import sys
 import tempfile
 from collections.abc import Callable
@@ -27,6 +25,7 @@ import numpy as np
 import torch
 
 from edge_runtime import bundle as b
+from edge_runtime.machine import cpu_info
 from export import onnx_export as ox
 from export import quantize as q
 from export.calibration import calibration_feeds, load_captions
@@ -52,19 +51,6 @@ def _paper_generator(embeddings: np.ndarray) -> models.Generator:
     generator = models.Generator(models.GANConfig())
     batch_norm_from_data(generator, embeddings)
     return generator.eval()
-
-
-def _cpu_flags() -> str:
-    try:
-        flags = next(
-            line
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("flags")
-        ).split()
-    except (OSError, StopIteration):
-        return "unknown"
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "asimddp")
-    return " ".join(f for f in wanted if f in flags) or "none of avx2/avx512/vnni"
 
 
 def _block(
@@ -288,7 +274,7 @@ def _print_generator(
 
     times = _run_configs(calls, args.batches, args.threads, args.rounds)
     config = generator.config
-    print(f"# machine: {platform.machine()}, {os.cpu_count()} CPUs, flags: {_cpu_flags()}")
+    print(f"# machine: {cpu_info().describe()}")
     print(f"# {args.rounds} interleaved rounds per configuration, median ms per call")
     print(
         f"## generator (ngf {config.ngf}, noise {noise_dim}, embedding {emb_dim}, "

@@ -363,8 +363,12 @@ def spec_dim(manifest: b.Manifest) -> int:
 def _quantize(
     fp32_path: Path, out_path: Path, feeds: list[dict[str, np.ndarray]]
 ) -> dict[str, Any]:
-    """Static int8 QDQ on Conv only (per channel); everything else stays fp32."""
-    method = q.quantize_static_convs(fp32_path, out_path, feeds, ox.IR_VERSION, reduce_range=False)
+    """Static int8 QDQ on Conv only (per channel, 7-bit weights); everything else stays fp32."""
+    # reduce_range as for the generator (docs/EXPORT.md § 5): with 8-bit weights, CPUs without
+    # VNNI (AVX2) saturate the u8s8 multiply-adds, and the scorer built on an AVX-512 VNNI machine
+    # passed its gate there but failed it on a Zen 3 (AVX2): top-1 agreement 0.89 < 0.90, which
+    # stopped `make demo` (docs/SEARCH.md § int8 on AVX2).
+    method = q.quantize_static_convs(fp32_path, out_path, feeds, ox.IR_VERSION, reduce_range=True)
     method["calibration"] = f"{CALIBRATION_FRAMES} rendered search frames and their query captions"
     return method
 

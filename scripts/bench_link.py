@@ -38,18 +38,11 @@ from edge_runtime import signing  # noqa: E402
 from edge_runtime.client import ClientError, OperatorClient  # noqa: E402
 from edge_runtime.engine import Engine  # noqa: E402
 from edge_runtime.images import Budget, OutputDir  # noqa: E402
+from edge_runtime.machine import cpu_info  # noqa: E402
 from edge_runtime.service import Service, ServiceConfig  # noqa: E402
 
 TINY = ROOT / "tests" / "fixtures" / "tiny_bundle"
 CAPTION = "survivor in an orange jacket lying on rubble, left side"
-
-
-def cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} logical CPUs"
-    return platform.processor() or platform.machine()
 
 
 def percentiles(samples: list[float]) -> str:
@@ -448,7 +441,7 @@ def main() -> int:
     flood.add_argument("--min-free", default="256M", help="a size, or below:SIZE (free now − SIZE)")
     flood.add_argument("--dir", default=None, help="where the output folder goes (e.g. a tmpfs)")
     args = parser.parse_args()
-    print(f"CPU: {cpu_name()}; Python {platform.python_version()}")
+    print(f"CPU: {cpu_info().describe()}; Python {platform.python_version()}")
     {"overhead": bench_overhead, "junk": bench_junk, "flood": bench_flood}[args.mode](args)
     return 0
 

@@ -546,12 +546,16 @@ def write_report(facts: dict[str, Any], timings: dict[str, float]) -> Path:
     from train.quality.report import saturation_text
 
     evaluation = facts["recipe"].get("evaluation", {})
+    from train.recipe import arithmetic_text
+
+    recipe = facts["recipe"]
     lines = ["# rescue-t2i demo", "", f"Whole demo: **{facts['total_s'] / 60:.1f} min**.", ""]
+    if "machine" in recipe:
+        lines += [f"Machine: {recipe['machine']}; GAN arithmetic: {arithmetic_text(recipe)}.", ""]
     lines += ["| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
     lines += ["", "## Quality (attribute oracle on generated images; recipe evaluation)", ""]
     lines += quality_lines(evaluation)
-    recipe = facts["recipe"]
     saturated = saturation_text(recipe.get("gan_d_saturated_steps"), recipe.get("gan_steps"))
     lines += [
         f"GAN: {recipe.get('gan_steps')} steps; D saturated (adversarial loss < 0.01): "

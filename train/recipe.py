@@ -42,9 +42,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from edge_runtime import atomic
+from edge_runtime.machine import cpu_info
 from train import options
 from train.checkpoint import load_checkpoint
 from train.data.files import read_info, read_split
@@ -169,6 +170,14 @@ def run_text_encoder(config: RecipeConfig, run_dir: Path) -> Path:
     return folder / te.CHECKPOINT_FILE
 
 
+class GanRun(NamedTuple):
+    checkpoint: Path
+    steps: int
+    d_saturated_steps: int
+    arithmetic: str
+    """"bf16" or "fp32", as `--amp auto` resolved it on this machine."""
+
+
 def run_gan(
     config: RecipeConfig,
     run_dir: Path,
@@ -177,9 +186,8 @@ def run_gan(
     folder: str,
     minutes: float | None,
     overrides: dict[str, Any] | None = None,
-) -> tuple[Path, int, int]:
-    """Stage 2 (or an ablation run with `overrides` of the config): train a GAN; returns
-    (checkpoint, steps, steps on which D saturated)."""
+) -> GanRun:
+    """Stage 2 (or an ablation run with `overrides` of the config): train a GAN."""
     fields: dict[str, Any] = {
         "data": config.data,
         "text_encoder": str(text_encoder),
@@ -205,7 +213,13 @@ def run_gan(
         raise StageFailedError(
             f"GAN training ({folder}) stopped with exit code {result.exit_code}; see its log.txt"
         )
-    return result.checkpoint, result.trainer.step, int(result.trainer.saturated_steps.item())
+    trainer = result.trainer
+    return GanRun(
+        result.checkpoint,
+        trainer.step,
+        int(trainer.saturated_steps.item()),
+        "bf16" if trainer.config.use_amp else "fp32",
+    )
 
 
 def run(config: RecipeConfig) -> dict[str, Any]:
@@ -215,7 +229,9 @@ def run(config: RecipeConfig) -> dict[str, Any]:
     run_dir = new_run_dir(config.out)
     write_json_atomic(run_dir / "config.json", dataclasses.asdict(config))
     log.info("recipe run folder %s", run_dir)
-    result: dict[str, Any] = {"run_dir": str(run_dir)}
+    # The same --minutes buys about half the GAN steps on a CPU without bf16 arithmetic
+    # (docs/QUALITY.md § 3.17), so the report names the machine beside its figures.
+    result: dict[str, Any] = {"run_dir": str(run_dir), "machine": cpu_info().describe()}
     with MetricsLog(run_dir / RECIPE_FILE) as stages:
         t0 = time.monotonic()
         if config.text_encoder is not None:
@@ -234,12 +250,15 @@ def run(config: RecipeConfig) -> dict[str, Any]:
                 "text encoder"
             )
         budget = None if config.gan_steps is not None else remaining / 60
-        gan_ckpt, steps, saturated = run_gan(config, run_dir, te_ckpt, folder="gan", minutes=budget)
+        gan_ckpt, steps, saturated, arithmetic = run_gan(
+            config, run_dir, te_ckpt, folder="gan", minutes=budget
+        )
         result["gan_s"] = _stage(
             stages, "gan", t0, checkpoint=gan_ckpt, steps=steps, d_saturated_steps=saturated
         )
         result["gan_steps"] = steps
         result["gan_d_saturated_steps"] = saturated
+        result["gan_arithmetic"] = arithmetic
         result["recipe_s"] = round(time.monotonic() - started, 1)
         stages.write(
             {"stage": "recipe", "seconds": result["recipe_s"], "budget_s": config.minutes * 60}
@@ -254,7 +273,7 @@ def run(config: RecipeConfig) -> dict[str, Any]:
             same_minutes = None if config.gan_steps is not None else result["gan_s"] / 60
             for name, label, overrides in extra_runs:
                 t0 = time.monotonic()
-                ckpt, steps, saturated = run_gan(
+                ckpt, steps, saturated, _ = run_gan(
                     config, run_dir, te_ckpt, folder=f"gan-{name}", minutes=same_minutes,
                     overrides=overrides,
                 )  # fmt: skip
@@ -383,6 +402,17 @@ def train_oracle(config: RecipeConfig, run_dir: Path) -> Path:
     return newest / oracle_mod.CHECKPOINT_FILE
 
 
+def arithmetic_text(result: dict[str, Any]) -> str:
+    """`fp32 (this CPU has no bf16 arithmetic: …)` for REPORT.md; the figures of § 3.17."""
+    arithmetic = result.get("gan_arithmetic", "–")
+    if arithmetic == "fp32" and "machine" in result and "BF16" not in result["machine"]:
+        return (
+            "fp32 (`--amp auto`: this CPU has no bf16 arithmetic, so the budget buys about half "
+            "the GAN steps of a CPU with AVX-512 BF16 / AMX; docs/QUALITY.md § 3.17)"
+        )
+    return arithmetic
+
+
 def _report(
     config: RecipeConfig,
     run_dir: Path,
@@ -399,6 +429,7 @@ def _report(
         "# rescue-scenes default recipe",
         "",
         f"- data `{config.data}`, width ngf = ndf = {config.ngf}, seed {config.seed}",
+        f"- machine: {result['machine']}; GAN arithmetic: {arithmetic_text(result)}",
         f"- text encoder: {minutes('text_encoder_s')}"
         + (f" (pretrained `{config.text_encoder}` reused)" if config.text_encoder else ""),
         f"- GAN: {minutes('gan_s')} ({result.get('gan_steps')} steps; D saturated: "

@@ -40,6 +40,8 @@ def test_add_search_writes_a_bundle_the_runtime_verifies(scorer_path: Path, tmp_
     )
     record = manifest.quantization["frame_scorer"]
     assert record["op_types"] == ["Conv"] and record["gate"]["frames"] == 4
+    # 7-bit weights: CPUs without VNNI saturate 8-bit u8s8 multiply-adds (docs/SEARCH.md).
+    assert record["reduce_range"] is True
     assert all("frame_top1_agreement" in v.quality for v in manifest.variants.values())
     # The original bundle is untouched, and extending an extended bundle is refused.
     assert b.load_bundle(TINY).manifest.search is None

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from edge_runtime.machine import cpu_info
 from train import models
 from train import recipe as rc
 from train.data.synth import SynthConfig, synthesize
+from train.distributed import cpu_computes_bf16
 from train.quality.report import saturation_text
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -106,6 +108,10 @@ def test_recipe_runs_end_to_end_with_ablation_and_report(scenes: Path, tmp_path:
         assert diff == changed, name
     assert default["fm_weight"] > 0 and default["ema_decay"] > 0
     report = (run / rc.REPORT_FILE).read_text()
+    # The machine and the GAN's arithmetic beside the figures (docs/QUALITY.md § 3.17).
+    assert result["machine"] == cpu_info().describe()
+    assert result["gan_arithmetic"] == ("bf16" if cpu_computes_bf16() else "fp32")
+    assert f"- machine: {result['machine']}; GAN arithmetic: {result['gan_arithmetic']}" in report
     assert "leave-one-out ablation" in report and "without feature matching" in report
     assert "test_unseen R-prec % | D saturated |" in report  # the table's last column
     shown = saturation_text(result["gan_d_saturated_steps"], 2)
@@ -126,6 +132,17 @@ def test_recipe_runs_end_to_end_with_ablation_and_report(scenes: Path, tmp_path:
     assert "Partial captions: entropy of the unstated attributes" in report
     phrasing = [json.loads(line) for line in (run / "eval/phrasing/metrics.jsonl").open()]
     assert {r["seeds"] for r in phrasing} == {8}
+
+
+def test_report_says_when_the_cpu_cannot_compute_bf16() -> None:
+    avx2 = "AMD EPYC (family 25 model 1), 2 logical CPUs, AVX2 FMA"
+    amx = "Intel Xeon (family 6 model 207), 2 logical CPUs, AVX2 AVX-512 BF16 AMX"
+    slow = rc.arithmetic_text({"machine": avx2, "gan_arithmetic": "fp32"})
+    assert slow.startswith("fp32 (") and "half the GAN steps" in slow and "§ 3.17" in slow
+    # fp32 by choice on a bf16 CPU, or bf16: nothing to warn about.
+    assert rc.arithmetic_text({"machine": amx, "gan_arithmetic": "fp32"}) == "fp32"
+    assert rc.arithmetic_text({"machine": amx, "gan_arithmetic": "bf16"}) == "bf16"
+    assert rc.arithmetic_text({}) == "–"
 
 
 def test_recipe_bad_flags_are_one_line(
