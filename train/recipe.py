@@ -49,6 +49,7 @@ from edge_runtime.machine import cpu_info
 from train import options
 from train.checkpoint import load_checkpoint
 from train.data.files import read_info, read_split
+from train.distributed import cpu_computes_bf16
 from train.errors import BAD_INPUT, InputError
 from train.gan import config as gan_config
 from train.gan import loop as gan_loop
@@ -231,7 +232,11 @@ def run(config: RecipeConfig) -> dict[str, Any]:
     log.info("recipe run folder %s", run_dir)
     # The same --minutes buys about half the GAN steps on a CPU without bf16 arithmetic
     # (docs/QUALITY.md § 3.17), so the report names the machine beside its figures.
-    result: dict[str, Any] = {"run_dir": str(run_dir), "machine": cpu_info().describe()}
+    result: dict[str, Any] = {
+        "run_dir": str(run_dir),
+        "machine": cpu_info().describe(),
+        "cpu_computes_bf16": cpu_computes_bf16(),
+    }
     with MetricsLog(run_dir / RECIPE_FILE) as stages:
         t0 = time.monotonic()
         if config.text_encoder is not None:
@@ -405,7 +410,8 @@ def train_oracle(config: RecipeConfig, run_dir: Path) -> Path:
 def arithmetic_text(result: dict[str, Any]) -> str:
     """`fp32 (this CPU has no bf16 arithmetic: …)` for REPORT.md; the figures of § 3.17."""
     arithmetic = result.get("gan_arithmetic", "–")
-    if arithmetic == "fp32" and "machine" in result and "BF16" not in result["machine"]:
+    # The trainer's own probe decides (train.distributed), not the description's flag names.
+    if arithmetic == "fp32" and result.get("cpu_computes_bf16") is False:
         return (
             "fp32 (`--amp auto`: this CPU has no bf16 arithmetic, so the budget buys about half "
             "the GAN steps of a CPU with AVX-512 BF16 / AMX; docs/QUALITY.md § 3.17)"
