@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from edge_runtime import protocol
+from edge_runtime.canonical import DRAW_CAPTION
 from edge_runtime.machine import cpu_info
 
 TARGETS = {
@@ -386,9 +387,24 @@ def run(args: argparse.Namespace, bundle: Path) -> int:
     print(f"bench: loading {', '.join(names)} ...", file=progress)
     one = {n: Engine(bundle, precision=n, provider=args.provider, threads=1) for n in names}
     report["variants"] = {n: {} for n in names}
+    # Bundles that draw what they understood (edge_runtime.canonical) are also timed drawing
+    # the words, interleaved in the same run: the ratio is the price of the read-back route.
+    words = {
+        f"{n} words": Engine(
+            bundle, precision=n, provider=args.provider, threads=1, draw=DRAW_CAPTION
+        )
+        for n, engine in one.items()
+        if engine.draws_understood
+    }
     print(f"bench: caption → image latency, {args.iters} calls each ...", file=progress)
-    for name, figures in _latency(one, args.iters).items():
-        report["variants"][name].update(figures)
+    for name, figures in _latency({**one, **words}, args.iters).items():
+        if name in one:
+            report["variants"][name].update(figures)
+        else:
+            report["variants"][name.removesuffix(" words")].update(
+                {f"words_{k}": figures[k] for k in ("unseen_p50_ms", "cached_p50_ms")}
+            )
+    del words
     if any(e.has_readback for e in one.values()):
         print(f"bench: read-back per caption, {args.iters} calls each ...", file=progress)
         for name, figures in _readback(one, args.iters).items():

@@ -43,14 +43,16 @@ from edge_runtime.atomic import fsync_dir
 _T = TypeVar("_T")
 
 SCHEMA = "rescue-t2i-bundle"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """2 adds the optional read-back (`Manifest.readback`, `Variant.readback`); 3 the optional search
-assist (`Manifest.search`, `Variant.frame_scorer`); 4 the read-back's optional `known_words`. A
+assist (`Manifest.search`, `Variant.frame_scorer`); 4 the read-back's optional `known_words`; 5
+the read-back's optional `canonical` (drawing what was understood, `edge_runtime.canonical`). A
 bundle is written with the lowest version its fields need (1 without any), so robots that read
 only older versions keep loading it."""
 READBACK_SCHEMA_VERSION = 2
 SEARCH_SCHEMA_VERSION = 3
 KNOWN_WORDS_SCHEMA_VERSION = 4
+CANONICAL_SCHEMA_VERSION = 5
 MANIFEST_NAME = "manifest.json"
 
 # Tensor names: defined here once; the exporter names graph inputs/outputs with these and the
@@ -150,6 +152,16 @@ MAX_TOP_K = 16
 """Boxes per frame in a `find` reply: each is ~30 bytes on the link."""
 MIN_FRAME_SIZE = 64
 NOT_STATED = "?"
+MAX_TEMPLATE_CHARS = 120
+MAX_PHRASE_CHARS = 48
+MAX_EXCLUDED = 256
+"""Canonical captions (`CanonicalSpec`): the template, each value's phrase and the number of
+value combinations the training data never shows. A rendered caption is checked against the
+tokenizer's `MAX_LENGTH` at load, for the longest phrase of every attribute."""
+_PHRASE = re.compile(r"[a-z][a-z ,'-]*[a-z]")
+"""A value's phrase: lower-case words, spaces, commas, apostrophes and hyphens (the tokenizer
+keeps them as they are, so the caption the robot encodes is the one it reports)."""
+_SLOT = re.compile(r"\{([a-z][a-z0-9_-]{0,23})\}")
 """What the read-back prints for an attribute the caption leaves open (never a value name)."""
 _INPUTS = {
     TEXT_ENCODER: (CHAR_IDS, LENGTHS),
@@ -307,6 +319,9 @@ class ReadBackSpec:
     """The words of the captions the text encoder and the heads learnt from, sorted (schema 4;
     `edge_runtime.vocabulary`); () when the checkpoint did not record them. Lets the robot name
     the words of a caption it never saw."""
+    canonical: CanonicalSpec | None = None
+    """How to word what was understood as a training caption (schema 5; `edge_runtime.canonical`);
+    None: the robot draws from the operator's caption itself."""
 
     @property
     def block_sizes(self) -> tuple[int, ...]:
@@ -320,6 +335,8 @@ class ReadBackSpec:
 
     def to_dict(self) -> dict[str, Any]:
         known = {"known_words": list(self.known_words)} if self.known_words else {}
+        if self.canonical is not None:
+            known["canonical"] = self.canonical.to_dict(self.attributes)
         return {
             "attributes": [
                 {"name": name, "values": list(values)} for name, values in self.attributes
@@ -330,7 +347,7 @@ class ReadBackSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], where: str) -> ReadBackSpec:
-        _only(d, ("attributes", "off_domain_threshold", "known_words"), where)
+        _only(d, ("attributes", "off_domain_threshold", "known_words", "canonical"), where)
         items = _get(d, "attributes", list, where)
         if not 1 <= len(items) <= MAX_ATTRIBUTES:
             raise BundleError(
@@ -368,9 +385,125 @@ class ReadBackSpec:
                 f"got {threshold!r:.40}"
             )
         known_words = _known_words(d.get("known_words", []), where)
+        canonical = None
+        if "canonical" in d:
+            at = f"{where} canonical"
+            canonical = CanonicalSpec.from_dict(_object(d["canonical"], at), at, tuple(attributes))
         return cls(
-            attributes=tuple(attributes), off_domain_threshold=threshold, known_words=known_words
+            attributes=tuple(attributes),
+            off_domain_threshold=threshold,
+            known_words=known_words,
+            canonical=canonical,
         )
+
+
+@dataclass(frozen=True)
+class CanonicalSpec:
+    """A training caption for any combination of the read-back's values (schema 5).
+
+    `template` holds each attribute's slot `{name}` once (read-back attribute names); the slot
+    is filled with `phrases[a][v]`, the phrase of value v of attribute a (read-back order). The
+    robot draws a caption's understood values through this caption, and chooses the values the
+    caption leaves open, avoiding the `excluded` combinations ((attribute index, value index)
+    pairs that the training data never shows together). `edge_runtime.canonical` does both.
+    """
+
+    template: str
+    phrases: tuple[tuple[str, ...], ...]
+    excluded: tuple[tuple[tuple[int, int], ...], ...] = ()
+
+    def to_dict(self, attributes: Sequence[tuple[str, Sequence[str]]]) -> dict[str, Any]:
+        return {
+            "template": self.template,
+            "phrases": {
+                name: list(phrases)
+                for (name, _), phrases in zip(attributes, self.phrases, strict=True)
+            },
+            "excluded": [
+                {attributes[a][0]: attributes[a][1][v] for a, v in combination}
+                for combination in self.excluded
+            ],
+        }
+
+    @classmethod
+    def from_dict(
+        cls,
+        d: Mapping[str, Any],
+        where: str,
+        attributes: Sequence[tuple[str, Sequence[str]]],
+    ) -> CanonicalSpec:
+        _only(d, ("template", "phrases", "excluded"), where)
+        names = [name for name, _ in attributes]
+        template = _get(d, "template", str, where)
+        if not 1 <= len(template) <= MAX_TEMPLATE_CHARS:
+            raise BundleError(
+                f"{where}: field 'template' must be 1..{MAX_TEMPLATE_CHARS} characters"
+            )
+        slots = _SLOT.findall(template)
+        if (
+            sorted(slots) != sorted(names)
+            or "{" in _SLOT.sub("", template)
+            or "}" in _SLOT.sub("", template)
+        ):
+            raise BundleError(
+                f"{where}: field 'template' must hold each of {{{'}, {'.join(names)}}} once and "
+                "no other braces"
+            )
+        if tokenizer.normalize(_SLOT.sub("x", template)) != _SLOT.sub("x", template):
+            raise BundleError(
+                f"{where}: field 'template' has characters the tokenizer would change "
+                "(lower-case ASCII only)"
+            )
+        raw = _get(d, "phrases", dict, where)
+        _only(raw, names, f"{where} phrases")
+        phrases: list[tuple[str, ...]] = []
+        for name, values in attributes:
+            at = f"{where} phrases.{name}"
+            if name not in raw:
+                raise BundleError(f"{where}: field 'phrases' lacks attribute {name!r}")
+            items = raw[name]
+            if not isinstance(items, list) or len(items) != len(values):
+                raise BundleError(f"{at}: should be a list of {len(values)} phrases, one per value")
+            for index, phrase in enumerate(items):
+                if (
+                    not isinstance(phrase, str)
+                    or len(phrase) > MAX_PHRASE_CHARS
+                    or not _PHRASE.fullmatch(phrase)
+                ):
+                    raise BundleError(
+                        f"{at}[{index}] is {phrase!r:.40}, expected 2..{MAX_PHRASE_CHARS} "
+                        "characters of a-z, space, comma, apostrophe or hyphen"
+                    )
+            if len(set(items)) != len(items):
+                raise BundleError(f"{at}: repeats a phrase (two values would draw alike)")
+            phrases.append(tuple(items))
+        longest = len(_SLOT.sub("", template)) + sum(max(map(len, p)) for p in phrases)
+        if longest > tokenizer.MAX_LENGTH:
+            raise BundleError(
+                f"{where}: its longest caption has {longest} characters, more than the "
+                f"tokenizer's {tokenizer.MAX_LENGTH}"
+            )
+        items = d.get("excluded", [])
+        if not isinstance(items, list) or len(items) > MAX_EXCLUDED:
+            raise BundleError(
+                f"{where}: field 'excluded' should be a list of at most {MAX_EXCLUDED} objects"
+            )
+        excluded: list[tuple[tuple[int, int], ...]] = []
+        for index, item in enumerate(items):
+            at = f"{where} excluded[{index}]"
+            combination = _object(item, at)
+            if not 2 <= len(combination) <= len(names):
+                raise BundleError(f"{at}: should name 2..{len(names)} attributes")
+            pairs = []
+            for name, value in combination.items():
+                if name not in names:
+                    raise BundleError(f"{at}: unknown attribute {name!r:.40}")
+                a = names.index(name)
+                if not isinstance(value, str) or value not in attributes[a][1]:
+                    raise BundleError(f"{at}: {value!r:.40} is not a value of {name}")
+                pairs.append((a, list(attributes[a][1]).index(value)))
+            excluded.append(tuple(sorted(pairs)))
+        return cls(template=template, phrases=tuple(phrases), excluded=tuple(excluded))
 
 
 @dataclass(frozen=True)
@@ -555,6 +688,8 @@ class Manifest:
             version = max(version, SEARCH_SCHEMA_VERSION)
         if self.readback is not None and self.readback.known_words:
             version = max(version, KNOWN_WORDS_SCHEMA_VERSION)
+        if self.readback is not None and self.readback.canonical is not None:
+            version = max(version, CANONICAL_SCHEMA_VERSION)
         extra = {} if self.readback is None else {"readback": self.readback.to_dict()}
         if self.search is not None:
             extra["search"] = self.search.to_dict()
@@ -621,6 +756,11 @@ class Manifest:
             raise BundleError(
                 f"{where} readback: field 'known_words' needs schema_version "
                 f"{KNOWN_WORDS_SCHEMA_VERSION}, the manifest says {version}"
+            )
+        if readback is not None and readback.canonical and version < CANONICAL_SCHEMA_VERSION:
+            raise BundleError(
+                f"{where} readback: field 'canonical' needs schema_version "
+                f"{CANONICAL_SCHEMA_VERSION}, the manifest says {version}"
             )
         files: dict[str, GraphSpec] = {}
         total = sum({g.file: g.size_bytes for g in graphs.values()}.values())

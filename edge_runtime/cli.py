@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_runtime import __version__, protocol, signing, tokenizer
 from edge_runtime.bundle import BundleError, load_bundle
+from edge_runtime.canonical import DRAW_CHOICES, DRAW_UNDERSTOOD
 from edge_runtime.stdio import bounded_lines, quiet_on_closed_pipe
 
 if TYPE_CHECKING:  # imported lazily at run time: `rescue-edge --help` stays instant
@@ -115,6 +116,7 @@ def _engine(args: argparse.Namespace, *, warmup: bool = True) -> Engine:
         provider=args.provider,
         threads=args.threads,
         warmup=warmup,
+        draw=getattr(args, "draw", DRAW_UNDERSTOOD),
     )
 
 
@@ -265,6 +267,10 @@ def _generate(args: argparse.Namespace) -> int:
         raise UsageError(f"--strict: bundle {engine.info.bundle} has no read-back to check with")
     sys.stderr.flush()
     images = engine.generate(args.caption, n=args.n, seed=seed)  # (n, H, W, 3) uint8
+    if engine.draws_understood and understood is not None and not args.quiet:
+        # What each picture shows (its open attributes were chosen for it).
+        for k in range(args.n):
+            print(f"#{k} drawn as: {engine.drawn_caption(args.caption, seed, k)}", file=sys.stderr)
     size = args.upscale or engine.model.image_size
     output = OutputDir(args.out if args.out is not None else default_out())
     names = output.names("cli", seed, range(args.n))
@@ -665,6 +671,13 @@ def _engine_args(parser: argparse.ArgumentParser, *, precision_choices: bool = T
     parser.add_argument(
         "--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)"
     )
+    parser.add_argument(
+        "--draw", choices=DRAW_CHOICES, default=DRAW_UNDERSTOOD,
+        help="understood: draw what the read-back understood, worded as a training caption, "
+        "with each attribute the caption leaves open chosen per image (bundles without a "
+        "canonical caption, and off-domain captions, draw the words); caption: draw the words "
+        "themselves (default understood)",
+    )  # fmt: skip
 
 
 def _out_arg(parser: argparse.ArgumentParser) -> None:

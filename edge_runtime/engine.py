@@ -29,7 +29,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_runtime import bundle as bundle_mod
-from edge_runtime import tokenizer, vocabulary
+from edge_runtime import canonical, tokenizer, vocabulary
 from edge_runtime.bundle import (
     ATTRIBUTE_PROBS,
     CHAR_IDS,
@@ -45,6 +45,7 @@ from edge_runtime.bundle import (
     ModelSpec,
     load_bundle,
 )
+from edge_runtime.canonical import DRAW_CHOICES, DRAW_UNDERSTOOD
 from edge_runtime.readback import Understood, decide
 
 log = logging.getLogger(__name__)
@@ -317,10 +318,14 @@ class Engine:
         threads: int = 1,
         cache_size: int = DEFAULT_CACHE_SIZE,
         warmup: bool = True,
+        draw: str = DRAW_UNDERSTOOD,
     ) -> None:
         start = time.perf_counter()
         if threads < 1:
             raise EngineError(f"--threads must be at least 1, got {threads}")
+        if draw not in DRAW_CHOICES:
+            raise EngineError(f"--draw must be one of {', '.join(DRAW_CHOICES)}, got {draw!r:.40}")
+        self.draw = draw
         if cache_size < 0:
             raise EngineError(f"cache size must be ≥ 0, got {cache_size}")
         self.threads = threads
@@ -551,7 +556,7 @@ class Engine:
         if not items:
             size = self.model.image_size
             return np.zeros((0, size, size, 3), dtype=np.uint8)
-        embeddings = self.embed([caption for caption, _, _ in items])  # (B, E)
+        embeddings = self.embed([self.drawn_caption(*item) for item in items])  # (B, E)
         parts = []
         for start in range(0, len(items), MAX_BATCH):
             seeds = [(s, i) for _, s, i in items[start : start + MAX_BATCH]]
@@ -560,6 +565,33 @@ class Engine:
             )  # (b, C, H, W)
             parts.append(to_uint8_rgb(raw, self.model.value_range))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    @property
+    def draws_understood(self) -> bool:
+        """Whether images follow the read-back through the canonical caption (`--draw
+        understood` and a bundle that carries one)."""
+        spec = self.manifest.readback
+        return (
+            self.draw == DRAW_UNDERSTOOD
+            and self.has_readback
+            and spec is not None
+            and spec.canonical is not None
+        )
+
+    def drawn_caption(self, caption: str, seed: int = 0, index: int = 0) -> str:
+        """The caption the generator draws for image (`caption`, `seed`, `index`): with
+        `draws_understood`, the canonical caption of what the robot understood, each open
+        attribute chosen for this image (`edge_runtime.canonical`); else — and for a caption
+        read as off-domain, whose read-back means nothing — `caption` itself."""
+        if not self.draws_understood:
+            return caption
+        understood = self.understand(caption)
+        spec = self.manifest.readback
+        if understood is None or spec is None or understood.is_off_domain:
+            return caption
+        text = tokenizer.encode(caption).text
+        values = [a.value for a in understood.attributes]
+        return canonical.render(spec, canonical.choose(spec, values, text, seed, index))
 
     @property
     def has_readback(self) -> bool:

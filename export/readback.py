@@ -28,7 +28,8 @@ from edge_runtime.readback import decision_indices
 from export import onnx_export as ox
 from export import quantize as q
 from train import checkpoint as ck
-from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES
+from train.data import captions
+from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES, UNSEEN_PAIRS
 from train.models import CharCnnRnn, ReadBack
 from train.timing import interleaved
 
@@ -102,10 +103,25 @@ def readback_spec(
 ) -> b.ReadBackSpec:
     """The manifest's labels (train.data.attributes), the decision threshold and the words the
     heads learnt from (`ReadBackConfig.known_words`; () for checkpoints before them)."""
+    phrases = captions.canonical_phrases()
+    canonical = b.CanonicalSpec(
+        template=captions.CANONICAL_TEMPLATE,
+        phrases=tuple(phrases[name] for name in ATTRIBUTE_NAMES),
+        # The held-out colour×terrain pairs: the GAN never saw them, so an open colour or
+        # terrain is not drawn into one (the operator may still ask for one in full).
+        excluded=tuple(
+            (
+                (ATTRIBUTE_NAMES.index("colour"), ATTRIBUTE_VALUES["colour"].index(colour)),
+                (ATTRIBUTE_NAMES.index("terrain"), ATTRIBUTE_VALUES["terrain"].index(terrain)),
+            )
+            for colour, terrain in UNSEEN_PAIRS
+        ),
+    )
     return b.ReadBackSpec(
         attributes=tuple((name, tuple(ATTRIBUTE_VALUES[name])) for name in ATTRIBUTE_NAMES),
         off_domain_threshold=threshold,
         known_words=tuple(known_words),
+        canonical=canonical,
     )
 
 

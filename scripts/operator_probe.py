@@ -25,6 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edge_runtime.canonical import DRAW_CHOICES, DRAW_UNDERSTOOD  # noqa: E402
 from edge_runtime.engine import Engine  # noqa: E402
 from edge_runtime.machine import cpu_info  # noqa: E402
 from train.data.attributes import ATTRIBUTE_NAMES, ATTRIBUTE_VALUES  # noqa: E402
@@ -76,10 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="dataset the judges' honesty is checked on")
     parser.add_argument("--commands", type=Path, default=ROOT / "docs" / "operator_probe.tsv")
     parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument(
+        "--draw", choices=DRAW_CHOICES, default=DRAW_UNDERSTOOD,
+        help="understood (the robot's default: draw the read-back) or caption (the words)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     try:
         commands = read_commands(args.commands)
-        engine = Engine(args.bundle, precision=args.precision, threads=1)
+        engine = Engine(args.bundle, precision=args.precision, threads=1, draw=args.draw)
         judges = {}
         for name, path in (("oracle", args.oracle), ("judge", args.judge)):
             if path is None:
@@ -89,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, OSError) as exc:
         print(f"operator_probe: {exc}", file=sys.stderr)
         return 2
-    print(f"CPU: {cpu_info().describe()}; bundle {args.bundle} ({engine.precision})")
+    drawn = "draws what it understood" if engine.draws_understood else "draws the caption"
+    print(f"CPU: {cpu_info().describe()}; bundle {args.bundle} ({engine.precision}, {drawn})")
     read_right = read_total = open_right = open_total = captions_right = 0
     images_right = dict.fromkeys(judges, 0)
     for caption, truth in commands:

@@ -51,14 +51,16 @@ def test_readback_graph_is_hashed_labelled_and_in_every_variant(
 ) -> None:
     bundle = b.load_bundle(readback_bundle, open_session)  # hashes and graph I/O verified
     m = bundle.manifest
-    # The heads record the words they were fitted on; a bundle carrying them is schema 4.
+    # The heads record the words they were fitted on (schema 4), and the read-back carries the
+    # canonical caption the robot draws what it understood with (schema 5).
     heads = ck.build_model(ck.load_checkpoint(readback_checkpoint), "readback", "checkpoint")
     assert isinstance(heads, ReadBack) and "red" in heads.config.known_words
-    assert m.schema_version == b.KNOWN_WORDS_SCHEMA_VERSION
+    assert m.schema_version == b.CANONICAL_SCHEMA_VERSION
     assert m.readback == b.ReadBackSpec(
         attributes=tuple((n, ATTRIBUTE_VALUES[n]) for n in ATTRIBUTE_NAMES),
         off_domain_threshold=rb.DEFAULT_OFF_DOMAIN_THRESHOLD,
         known_words=heads.config.known_words,
+        canonical=rb.readback_spec().canonical,
     )
     assert m.graphs["readback.fp32"].role == b.READBACK
     assert m.variants["fp32"].readback == "readback.fp32"
@@ -183,3 +185,37 @@ def test_readback_that_does_not_fit_the_encoder_is_refused(
     with pytest.raises(ck.CheckpointError, match="read-back reads 16-d embeddings"):
         export_bundle(ExportOptions(checkpoint=path, out=tmp_path / "b"))
     assert not (tmp_path / "b").exists()
+
+
+class _FirstChoice:
+    """An rng whose every draw is 0: the grammar's first template, first synonym of every slot,
+    no prefix or suffix."""
+
+    def integers(self, n: int) -> int:
+        return 0
+
+
+def test_every_canonical_caption_is_one_the_training_grammar_renders() -> None:
+    """The robot draws what it understood through the canonical caption (edge_runtime.canonical):
+    for all 864 classes it is the grammar's own caption, so the text encoder and the GAN read it
+    as the training captions they learnt from; the held-out colour × terrain pairs are excluded
+    from the open values' choice."""
+    from edge_runtime import canonical
+    from train.data.attributes import UNSEEN_PAIRS, Attributes, all_attributes
+    from train.data.captions import caption_for
+
+    spec = rb.readback_spec()
+    assert spec.canonical is not None
+    for attributes in all_attributes():
+        values = [getattr(attributes, name) for name in ATTRIBUTE_NAMES]
+        chosen = [
+            ATTRIBUTE_VALUES[name].index(v) for name, v in zip(ATTRIBUTE_NAMES, values, strict=True)
+        ]
+        expected = caption_for(Attributes(*values), _FirstChoice())  # type: ignore[arg-type]
+        assert canonical.render(spec, chosen) == expected
+    excluded = {
+        tuple(spec.attributes[a][1][v] for a, v in combination)
+        for combination in spec.canonical.excluded
+    }
+    assert excluded == set(UNSEEN_PAIRS)
+    assert b.ReadBackSpec.from_dict(spec.to_dict(), "manifest") == spec

@@ -195,3 +195,24 @@ def captions_for(attributes: Attributes, count: int, rng: np.random.Generator) -
     while len(captions) < count:
         captions.append(caption_for(attributes, rng))
     return captions
+
+
+CANONICAL_TEMPLATE = "a person {colour} {pose} {terrain} {position}, {helmet}"
+"""The robot's caption for an understood description (`edge_runtime.canonical`): the grammar's
+first template with a plain subject, no prefix or suffix, and each slot's first phrase."""
+
+
+def canonical_phrases() -> dict[str, tuple[str, ...]]:
+    """Per attribute, per value (ATTRIBUTE_VALUES order), the phrase of `CANONICAL_TEMPLATE`:
+    the first synonym of each grammar table, so every canonical caption is one the grammar
+    itself renders (tested)."""
+    return {
+        "colour": tuple(
+            f"in {_with_article(f'{COLOUR_WORDS[c][0]} {GARMENTS[0]}')}"
+            for c in ATTRIBUTE_VALUES["colour"]
+        ),
+        "pose": tuple(POSE_PHRASES[v][0] for v in ATTRIBUTE_VALUES["pose"]),
+        "terrain": tuple(TERRAIN_PHRASES[v][0] for v in ATTRIBUTE_VALUES["terrain"]),
+        "position": tuple(POSITION_PHRASES[v][0] for v in ATTRIBUTE_VALUES["position"]),
+        "helmet": tuple(HELMET_PHRASES[v][0] for v in ATTRIBUTE_VALUES["helmet"]),
+    }

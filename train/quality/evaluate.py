@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 from edge_runtime import tokenizer
+from edge_runtime.canonical import DRAW_CHOICES, DRAW_UNDERSTOOD
 from edge_runtime.engine import Engine, EngineError, noise_for, to_uint8_rgb
 from train import checkpoint as ck
 from train import options
@@ -292,16 +293,26 @@ def training_counts(checkpoint: dict[str, Any]) -> dict[str, int | None]:
 class BundleSource:
     """Generates with `edge_runtime.engine.Engine`: exactly what the robot runs."""
 
-    def __init__(self, path: str | Path, precision: str, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        precision: str,
+        threads: int | None = None,
+        draw: str = DRAW_UNDERSTOOD,
+    ) -> None:
         # onnxruntime loads here, only when a bundle is judged (not for a checkpoint or --help).
 
         self.path = str(path)
         try:
-            self.engine = Engine(path, precision=precision, threads=threads or 1, cache_size=0)
+            self.engine = Engine(
+                path, precision=precision, threads=threads or 1, cache_size=0, draw=draw
+            )
         except EngineError as err:  # the robot's error family, reported as ours
             raise EvalError(str(err)) from None
         self.precision = self.engine.precision
-        self.description = f"bundle {self.engine.info.bundle_id} ({self.precision})"
+        # Says how it drew only where that is the canonical caption (older bundles have none).
+        drawn = ", draws what it understood" if self.engine.draws_understood else ""
+        self.description = f"bundle {self.engine.info.bundle_id} ({self.precision}{drawn})"
         self.training: dict[str, int | None] = {}  # a bundle carries no training history
 
     def generate(self, captions: list[str], seed: int, first_index: int = 0) -> np.ndarray:
@@ -331,6 +342,8 @@ class EvalOptions:
     checkpoint: str | None = None
     bundle: str | None = None
     precision: str = "fp32"
+    draw: str = DRAW_UNDERSTOOD
+    """Bundles: `edge_runtime.canonical` (what the robot draws); a checkpoint draws the caption."""
     data: str | None = None
     oracle: str | None = None
     force_oracle: bool = False
@@ -422,7 +435,7 @@ def evaluate(options: EvalOptions) -> EvalResult:
         source = CheckpointSource(options.checkpoint, options.threads)
     else:
         assert options.bundle is not None
-        source = BundleSource(options.bundle, options.precision, options.threads)
+        source = BundleSource(options.bundle, options.precision, options.threads, options.draw)
     data = options.data
     if data is None and isinstance(source, CheckpointSource):
         saved = (source.checkpoint.get("config") or {}).get("data")
@@ -563,6 +576,14 @@ class EvaluateFlags:
         "an exported bundle (run by edge_runtime)", "DIR", exclusive="source", required=True
     )
     precision: str = option("fp32", "bundle variant: fp32, int8, … or auto", show_default=False)
+    draw: str = option(
+        DRAW_UNDERSTOOD,
+        "bundle only: understood (what the robot draws: the read-back worded as a training "
+        "caption, open attributes chosen per image) or caption (the words themselves, as a "
+        "checkpoint is judged)",
+        show_default=False,
+        choices=DRAW_CHOICES,
+    )
     data: str | None = _given("dataset (default: the checkpoint's)", "FILE")
     oracle: str | None = _given('kind="oracle" checkpoint (rescue-scenes)', "CKPT")
     force_oracle: bool = _switch("use an oracle that fails its honesty checks")
@@ -618,6 +639,8 @@ def options_from_args(args: EvaluateFlags) -> EvalOptions:
         raise EvalError(f"--metrics: unknown {unknown} (known: {', '.join(METRICS)})")
     if args.checkpoint and args.precision != "fp32":
         raise EvalError("--precision selects a bundle variant; a checkpoint runs in torch fp32")
+    if args.checkpoint and args.draw != DRAW_UNDERSTOOD:
+        raise EvalError("--draw selects how a bundle draws; a checkpoint draws the caption")
     for flag in (
         "checkpoint",
         "oracle",
@@ -653,6 +676,7 @@ def options_from_args(args: EvaluateFlags) -> EvalOptions:
         checkpoint=args.checkpoint,
         bundle=args.bundle,
         precision=args.precision,
+        draw=args.draw,
         data=args.data,
         oracle=args.oracle,
         force_oracle=args.force_oracle,
