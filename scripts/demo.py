@@ -571,6 +571,14 @@ def write_report(facts: dict[str, Any], timings: dict[str, float]) -> Path:
         f"Judge: {judged['judge']}. Each image is judged on the attributes its caption states "
         "only; the rest is the noise's to choose.",
         "",
+        (
+            "The robot drew what it understood: each caption's read-back worded as a training "
+            "caption, the attributes it leaves open chosen per image (docs/PROTOCOL.md § "
+            "Read-back, docs/QUALITY.md § 3.18)."
+            if facts.get("draws_understood")
+            else "The robot drew the captions' words (its bundle has no canonical caption)."
+        ),
+        "",
         f"{judged['images']} images: all stated attributes right in "
         f"**{100 * judged['all_correct']:.0f} %** "
         + (
@@ -665,6 +673,8 @@ def main() -> int:
         "operator": judged,
         "search": search_figures,
         "bundle": str(bundle),
+        # The service draws what it understood when the read-back carries a canonical caption.
+        "draws_understood": "canonical" in (manifest.get("readback") or {}),
         "sizes": bundle_sizes(bundle),
         "variants": {
             name: {k: v for k, v in variant.items() if k in ("gate_passed", "quality")}
