@@ -439,17 +439,14 @@ class CanonicalSpec:
             raise BundleError(
                 f"{where}: field 'template' must be 1..{MAX_TEMPLATE_CHARS} characters"
             )
-        slots = _SLOT.findall(template)
-        if (
-            sorted(slots) != sorted(names)
-            or "{" in _SLOT.sub("", template)
-            or "}" in _SLOT.sub("", template)
-        ):
+        frame = _SLOT.sub("", template)  # the template's own characters, slots removed
+        if sorted(_SLOT.findall(template)) != sorted(names) or "{" in frame or "}" in frame:
             raise BundleError(
                 f"{where}: field 'template' must hold each of {{{'}, {'.join(names)}}} once and "
                 "no other braces"
             )
-        if tokenizer.normalize(_SLOT.sub("x", template)) != _SLOT.sub("x", template):
+        filled = _SLOT.sub("x", template)  # as a caption: the tokenizer folds runs of spaces
+        if tokenizer.normalize(filled) != filled:
             raise BundleError(
                 f"{where}: field 'template' has characters the tokenizer would change "
                 "(lower-case ASCII only)"
@@ -477,7 +474,7 @@ class CanonicalSpec:
             if len(set(items)) != len(items):
                 raise BundleError(f"{at}: repeats a phrase (two values would draw alike)")
             phrases.append(tuple(items))
-        longest = len(_SLOT.sub("", template)) + sum(max(map(len, p)) for p in phrases)
+        longest = len(frame) + sum(max(map(len, p)) for p in phrases)
         if longest > tokenizer.MAX_LENGTH:
             raise BundleError(
                 f"{where}: its longest caption has {longest} characters, more than the "

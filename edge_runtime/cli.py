@@ -269,8 +269,9 @@ def _generate(args: argparse.Namespace) -> int:
     images = engine.generate(args.caption, n=args.n, seed=seed)  # (n, H, W, 3) uint8
     if engine.draws_understood and understood is not None and not args.quiet:
         # What each picture shows (its open attributes were chosen for it).
-        for k in range(args.n):
-            print(f"#{k} drawn as: {engine.drawn_caption(args.caption, seed, k)}", file=sys.stderr)
+        drawn = engine.drawn_captions([(args.caption, seed, k) for k in range(args.n)])
+        for k, caption in enumerate(drawn):
+            print(f"#{k} drawn as: {caption}", file=sys.stderr)
     size = args.upscale or engine.model.image_size
     output = OutputDir(args.out if args.out is not None else default_out())
     names = output.names("cli", seed, range(args.n))

@@ -556,7 +556,7 @@ class Engine:
         if not items:
             size = self.model.image_size
             return np.zeros((0, size, size, 3), dtype=np.uint8)
-        embeddings = self.embed([self.drawn_caption(*item) for item in items])  # (B, E)
+        embeddings = self.embed(self.drawn_captions(items))  # (B, E)
         parts = []
         for start in range(0, len(items), MAX_BATCH):
             seeds = [(s, i) for _, s, i in items[start : start + MAX_BATCH]]
@@ -578,20 +578,42 @@ class Engine:
             and spec.canonical is not None
         )
 
-    def drawn_caption(self, caption: str, seed: int = 0, index: int = 0) -> str:
-        """The caption the generator draws for image (`caption`, `seed`, `index`): with
+    def drawn_captions(self, items: Sequence[tuple[str, int, int]]) -> list[str]:
+        """The caption the generator draws for each image (caption, seed, index): with
         `draws_understood`, the canonical caption of what the robot understood, each open
-        attribute chosen for this image (`edge_runtime.canonical`); else — and for a caption
-        read as off-domain, whose read-back means nothing — `caption` itself."""
-        if not self.draws_understood:
-            return caption
-        understood = self.understand(caption)
+        attribute chosen for that image (`edge_runtime.canonical`); else — and for a caption
+        read as off-domain, whose read-back means nothing — the caption itself. Each distinct
+        caption is read back once, however many images it asks for."""
         spec = self.manifest.readback
-        if understood is None or spec is None or understood.is_off_domain:
-            return caption
-        text = tokenizer.encode(caption).text
-        values = [a.value for a in understood.attributes]
-        return canonical.render(spec, canonical.choose(spec, values, text, seed, index))
+        if not self.draws_understood or spec is None:
+            return [caption for caption, _, _ in items]
+        # caption → (normalised text, understood values), or None: draw the words.
+        readings: dict[str, tuple[str, list[str]] | None] = {}
+        drawn = []
+        for caption, seed, index in items:
+            if caption not in readings:
+                understood = self.understand(caption)
+                readings[caption] = (
+                    None
+                    if understood is None or understood.is_off_domain
+                    else (
+                        tokenizer.encode(caption).text,
+                        [a.value for a in understood.attributes],
+                    )
+                )
+            reading = readings[caption]
+            if reading is None:
+                drawn.append(caption)
+            else:
+                text, values = reading
+                drawn.append(
+                    canonical.render(spec, canonical.choose(spec, values, text, seed, index))
+                )
+        return drawn
+
+    def drawn_caption(self, caption: str, seed: int = 0, index: int = 0) -> str:
+        """`drawn_captions` of one image."""
+        return self.drawn_captions([(caption, seed, index)])[0]
 
     @property
     def has_readback(self) -> bool:

@@ -227,6 +227,22 @@ def test_engine_draws_the_canonical_caption_of_what_it_understood(canonical_bund
     )
 
 
+def test_engine_reads_each_caption_back_once_however_many_images(
+    canonical_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = Engine(canonical_bundle, precision="fp32", threads=1, cache_size=0)  # no cache
+    calls: list[str] = []
+    understand = engine.understand
+
+    def counted(caption: str) -> Any:
+        calls.append(caption)
+        return understand(caption)
+
+    monkeypatch.setattr(engine, "understand", counted)
+    engine.generate_batch([(CAPTION, 1, k) for k in range(4)] + [("draw a cat", 1, 0)] * 2)
+    assert calls == [CAPTION, "draw a cat"]
+
+
 def test_engine_draws_an_off_domain_caption_and_an_old_bundle_from_the_words(
     canonical_bundle: Path, tiny_bundle: Path
 ) -> None:

@@ -576,12 +576,10 @@ class EvaluateFlags:
         "an exported bundle (run by edge_runtime)", "DIR", exclusive="source", required=True
     )
     precision: str = option("fp32", "bundle variant: fp32, int8, … or auto", show_default=False)
-    draw: str = option(
-        DRAW_UNDERSTOOD,
-        "bundle only: understood (what the robot draws: the read-back worded as a training "
-        "caption, open attributes chosen per image) or caption (the words themselves, as a "
-        "checkpoint is judged)",
-        show_default=False,
+    draw: str | None = _given(
+        "how a bundle draws: understood (the default; what the robot draws: the read-back "
+        "worded as a training caption, open attributes chosen per image) or caption (the words "
+        "themselves, as a checkpoint always draws)",
         choices=DRAW_CHOICES,
     )
     data: str | None = _given("dataset (default: the checkpoint's)", "FILE")
@@ -639,8 +637,10 @@ def options_from_args(args: EvaluateFlags) -> EvalOptions:
         raise EvalError(f"--metrics: unknown {unknown} (known: {', '.join(METRICS)})")
     if args.checkpoint and args.precision != "fp32":
         raise EvalError("--precision selects a bundle variant; a checkpoint runs in torch fp32")
-    if args.checkpoint and args.draw != DRAW_UNDERSTOOD:
-        raise EvalError("--draw selects how a bundle draws; a checkpoint draws the caption")
+    if args.checkpoint and args.draw == DRAW_UNDERSTOOD:
+        raise EvalError(
+            "--draw understood needs a bundle's read-back; a checkpoint draws the caption"
+        )
     for flag in (
         "checkpoint",
         "oracle",
@@ -676,7 +676,7 @@ def options_from_args(args: EvaluateFlags) -> EvalOptions:
         checkpoint=args.checkpoint,
         bundle=args.bundle,
         precision=args.precision,
-        draw=args.draw,
+        draw=args.draw or DRAW_UNDERSTOOD,
         data=args.data,
         oracle=args.oracle,
         force_oracle=args.force_oracle,

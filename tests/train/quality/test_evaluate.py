@@ -356,6 +356,7 @@ def test_evaluate_refuses_a_dishonest_oracle_without_force(
         (["--seeds", "0"], "--seeds"),
         (["--metrics", "fid,bogus"], "--metrics"),
         (["--precision", "int8"], "--precision"),
+        (["--draw", "understood"], "--draw understood needs a bundle"),
         (["--oracle", "/nonexistent/oracle.pt"], "--oracle"),
         (["--metrics", "inception"], "--inception-weights"),
     ],
