@@ -43,16 +43,18 @@ from edge_runtime.atomic import fsync_dir
 _T = TypeVar("_T")
 
 SCHEMA = "rescue-t2i-bundle"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """2 adds the optional read-back (`Manifest.readback`, `Variant.readback`); 3 the optional search
 assist (`Manifest.search`, `Variant.frame_scorer`); 4 the read-back's optional `known_words`; 5
-the read-back's optional `canonical` (drawing what was understood, `edge_runtime.canonical`). A
-bundle is written with the lowest version its fields need (1 without any), so robots that read
-only older versions keep loading it."""
+the read-back's optional `canonical` (drawing what was understood, `edge_runtime.canonical`); 6
+the optional canonical-embedding table (`Variant.canonical`, `CANONICAL_EMBEDDINGS`). A bundle is
+written with the lowest version its fields need (1 without any), so robots that read only older
+versions keep loading it."""
 READBACK_SCHEMA_VERSION = 2
 SEARCH_SCHEMA_VERSION = 3
 KNOWN_WORDS_SCHEMA_VERSION = 4
 CANONICAL_SCHEMA_VERSION = 5
+CANONICAL_TABLE_SCHEMA_VERSION = 6
 MANIFEST_NAME = "manifest.json"
 
 # Tensor names: defined here once; the exporter names graph inputs/outputs with these and the
@@ -73,6 +75,9 @@ and a last "not stated" class (`ReadBackSpec.attributes` order)."""
 OFF_DOMAIN = "off_domain"
 """Read-back output: float32 [batch], probability that the caption describes nothing the robot
 knows."""
+CLASS_INDEX = "class_index"
+"""Canonical-embedding table input: int64 [batch], a combination of read-back values as one
+number, the first attribute most significant (`edge_runtime.canonical.class_index`)."""
 FRAME = "frame"
 """Frame scorer input: float32 [batch, 3, frame_size, frame_size], RGB in [-1, 1]."""
 
@@ -95,7 +100,10 @@ READBACK = "readback"
 """Optional role: text embedding → attributes read back (docs/EXPORT.md § Read-back)."""
 FRAME_SCORER = "frame_scorer"
 """Optional role: camera frame + text embedding → score and box maps (docs/SEARCH.md)."""
-ROLES = (TEXT_ENCODER, GENERATOR, READBACK, FRAME_SCORER)
+CANONICAL_EMBEDDINGS = "canonical_embeddings"
+"""Optional role: class index → its canonical caption's text embedding, as the same variant's
+text encoder computes it (a Gather on a table export computed; docs/EXPORT.md § Read-back)."""
+ROLES = (TEXT_ENCODER, GENERATOR, READBACK, FRAME_SCORER, CANONICAL_EMBEDDINGS)
 BATCH_DIM = "batch"
 """Symbolic name of the dynamic batch axis in every graph."""
 TIME_DIM = "time"
@@ -167,11 +175,13 @@ _INPUTS = {
     TEXT_ENCODER: (CHAR_IDS, LENGTHS),
     GENERATOR: (NOISE, TEXT_EMBEDDING),
     READBACK: (TEXT_EMBEDDING,),
+    CANONICAL_EMBEDDINGS: (CLASS_INDEX,),
 }
 _OUTPUTS = {
     TEXT_ENCODER: (TEXT_EMBEDDING,),
     GENERATOR: (IMAGE,),
     READBACK: (ATTRIBUTE_PROBS, OFF_DOMAIN),
+    CANONICAL_EMBEDDINGS: (TEXT_EMBEDDING,),
 }
 _INT_INPUTS = ("int64", "int32")
 _FLOAT_TENSORS = ("float32", "float16")
@@ -280,10 +290,13 @@ class Variant:
     frame_scorer: str | None = None
     """Key into `Manifest.graphs` of this precision's frame scorer; None without search assist
     (then the field is not written)."""
+    canonical: str | None = None
+    """Key into `Manifest.graphs` of this precision's canonical-embedding table (schema 6); None:
+    the robot encodes the canonical caption's text (then the field is not written)."""
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for optional in ("readback", "frame_scorer"):
+        for optional in ("readback", "frame_scorer", "canonical"):
             if d[optional] is None:
                 del d[optional]
         return d
@@ -299,6 +312,7 @@ class Variant:
             latency_ms=_floats(_get(d, "latency_ms", dict, where), where),
             readback=_get(d, "readback", str, where) if "readback" in d else None,
             frame_scorer=_get(d, "frame_scorer", str, where) if "frame_scorer" in d else None,
+            canonical=_get(d, "canonical", str, where) if "canonical" in d else None,
         )
 
 
@@ -687,6 +701,8 @@ class Manifest:
             version = max(version, KNOWN_WORDS_SCHEMA_VERSION)
         if self.readback is not None and self.readback.canonical is not None:
             version = max(version, CANONICAL_SCHEMA_VERSION)
+        if any(v.canonical is not None for v in self.variants.values()):
+            version = max(version, CANONICAL_TABLE_SCHEMA_VERSION)
         extra = {} if self.readback is None else {"readback": self.readback.to_dict()}
         if self.search is not None:
             extra["search"] = self.search.to_dict()
@@ -759,6 +775,13 @@ class Manifest:
                 f"{where} readback: field 'canonical' needs schema_version "
                 f"{CANONICAL_SCHEMA_VERSION}, the manifest says {version}"
             )
+        tables = any(v.canonical is not None for v in variants.values())
+        if tables and version < CANONICAL_TABLE_SCHEMA_VERSION:
+            raise BundleError(
+                f"{where}: a variant's 'canonical' table needs schema_version "
+                f"{CANONICAL_TABLE_SCHEMA_VERSION}, the manifest says {version}"
+            )
+        has_canonical = readback is not None and readback.canonical is not None
         files: dict[str, GraphSpec] = {}
         total = sum({g.file: g.size_bytes for g in graphs.values()}.values())
         if total > MAX_BUNDLE_BYTES:
@@ -795,11 +818,32 @@ class Manifest:
                 present=search is not None,
                 where=where,
             )
+            # Optional even with a canonical caption (the robot then encodes its text), but
+            # every variant or none: the picture must not depend on the precision chosen.
+            if tables and not has_canonical:
+                raise BundleError(
+                    f"{where}: variant {key} names a canonical table but the manifest has no "
+                    "'readback.canonical' caption it belongs to"
+                )
+            _check_optional_role(
+                key,
+                variant.canonical,
+                role=CANONICAL_EMBEDDINGS,
+                section="readback.canonical",
+                graphs=graphs,
+                present=tables,
+                where=where,
+            )
         for key, graph in graphs.items():
             if graph.role == READBACK and readback is None:
                 raise BundleError(
                     f"{where}: graphs.{key} is a {READBACK} but the manifest has no 'readback'"
                     " field naming its attributes"
+                )
+            if graph.role == CANONICAL_EMBEDDINGS and not has_canonical:
+                raise BundleError(
+                    f"{where}: graphs.{key} is a {CANONICAL_EMBEDDINGS} but the manifest has no "
+                    "'readback.canonical' field naming its classes"
                 )
             if graph.role == FRAME_SCORER and search is None:
                 raise BundleError(
@@ -1023,6 +1067,9 @@ def _check_contract(
         _expect(inputs[TEXT_EMBEDDING], _FLOAT_TENSORS, [(model.embedding_dim,)], where)
         _expect(outputs[ATTRIBUTE_PROBS], _FLOAT_TENSORS, [(readback.width,)], where)
         _expect(outputs[OFF_DOMAIN], _FLOAT_TENSORS, [], where)
+    elif graph.role == CANONICAL_EMBEDDINGS:
+        _expect(inputs[CLASS_INDEX], ("int64",), [], where)
+        _expect(outputs[TEXT_EMBEDDING], _FLOAT_TENSORS, [(model.embedding_dim,)], where)
     elif graph.role == TEXT_ENCODER:
         # Padded only as far as `min_input_length` needs when length_stride > 0: a dynamic axis.
         time = (None,) if model.length_stride else (None, model.max_length)

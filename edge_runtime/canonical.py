@@ -18,8 +18,10 @@ image does not depend on the batch it was drawn in. Stdlib only: it runs on the 
 from __future__ import annotations
 
 import hashlib
+import itertools
+import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from edge_runtime.bundle import NOT_STATED, CanonicalSpec, ReadBackSpec
 
@@ -84,3 +86,22 @@ def render(spec: ReadBackSpec, chosen: Sequence[int]) -> str:
     for (name, _), phrases, v in zip(spec.attributes, canonical.phrases, chosen, strict=True):
         caption = caption.replace("{" + name + "}", phrases[v], 1)
     return caption
+
+
+def class_count(spec: ReadBackSpec) -> int:
+    """Combinations of one value per attribute: the canonical table's rows."""
+    return math.prod(len(values) for _, values in spec.attributes)
+
+
+def class_index(spec: ReadBackSpec, chosen: Sequence[int]) -> int:
+    """One value index per attribute → its row of the canonical table (`bundle.CLASS_INDEX`):
+    mixed radix, the first attribute most significant, as `itertools.product` enumerates."""
+    index = 0
+    for (_, values), v in zip(spec.attributes, chosen, strict=True):
+        index = index * len(values) + v
+    return index
+
+
+def combinations(spec: ReadBackSpec) -> Iterator[tuple[int, ...]]:
+    """Every combination in `class_index` order (what export's table holds row by row)."""
+    return itertools.product(*(range(len(values)) for _, values in spec.attributes))

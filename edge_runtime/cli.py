@@ -214,6 +214,7 @@ def _info(args: argparse.Namespace) -> int:
                 "latency_ms": v.latency_ms,
                 **({"readback": v.readback} if v.readback else {}),
                 **({"frame_scorer": v.frame_scorer} if v.frame_scorer else {}),
+                **({"canonical": v.canonical} if v.canonical else {}),
             }
             for k, v in m.variants.items()
         },

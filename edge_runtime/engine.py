@@ -33,6 +33,7 @@ from edge_runtime import canonical, tokenizer, vocabulary
 from edge_runtime.bundle import (
     ATTRIBUTE_PROBS,
     CHAR_IDS,
+    CLASS_INDEX,
     FRAME,
     IMAGE,
     LENGTHS,
@@ -279,6 +280,9 @@ class _Variant:
     """The read-back session, None when the bundle has none."""
     frame_scorer: Any = None
     """The frame scorer session (search assist), None when the bundle has none."""
+    canonical_table: np.ndarray | None = None
+    """float32 (K, E), read-only: the canonical caption of class k embedded by this variant's
+    text encoder (read from the bundle's table once, at load); None: encode the caption."""
 
 
 @dataclass
@@ -338,7 +342,7 @@ class Engine:
             {
                 k
                 for v in candidates
-                for k in (v.text_encoder, v.generator, v.readback, v.frame_scorer)
+                for k in (v.text_encoder, v.generator, v.readback, v.frame_scorer, v.canonical)
                 if k
             }
         )
@@ -360,7 +364,8 @@ class Engine:
         else:
             chosen = next(iter(variants))
         self._variant_in_use = variants[chosen]
-        # Drop the sessions of variants not chosen: their memory is the robot's.
+        # Drop the sessions of variants not chosen (their memory is the robot's) and the
+        # canonical tables' (read into arrays at load).
         keep = {
             self.manifest.variants[chosen].text_encoder,
             self.manifest.variants[chosen].generator,
@@ -439,6 +444,9 @@ class Engine:
     def _variant(self, name: str, variant: bundle_mod.Variant) -> _Variant:
         text_spec = self.manifest.graphs[variant.text_encoder]
         gen_spec = self.manifest.graphs[variant.generator]
+        table = None
+        if variant.canonical is not None:
+            table = self._canonical_table(variant.canonical)
         return _Variant(
             precision=name,
             text_encoder=self.bundle.sessions[variant.text_encoder],
@@ -452,7 +460,34 @@ class Engine:
             frame_scorer=(
                 self.bundle.sessions[variant.frame_scorer] if variant.frame_scorer else None
             ),
+            canonical_table=table,
         )
+
+    def _canonical_table(self, key: str) -> np.ndarray:
+        """The whole table of graph `key`, read once and checked: one row per class of the
+        read-back's values, E wide, finite. A table rather than a graph run per request because
+        each lookup is then a row copy; a graph rather than a raw array file because the bundle
+        contract already hashes, lists and bounds graphs (no second file kind to secure)."""
+        spec = self.manifest.readback
+        assert spec is not None  # load_bundle refuses a table without readback.canonical
+        count = canonical.class_count(spec)
+        where = f"bundle {self.bundle.path}: graphs.{key}"
+        try:
+            (table,) = self.bundle.sessions[key].run(
+                [TEXT_EMBEDDING], {CLASS_INDEX: np.arange(count, dtype=np.int64)}
+            )
+        except Exception as err:  # onnxruntime raises its own types, e.g. an index past the end
+            raise EngineError(
+                f"{where}: cannot read {count} rows: {bundle_mod.first_line(err)}"
+            ) from None
+        expected = (count, self.model.embedding_dim)
+        if table.shape != expected or not np.isfinite(table).all():
+            raise EngineError(
+                f"{where}: expected {expected} finite values, got shape {tuple(table.shape)}"
+            )
+        table = np.ascontiguousarray(table, dtype=np.float32)
+        table.flags.writeable = False
+        return table
 
     def _measure(self, variants: list[_Variant]) -> dict[str, float]:
         """Median caption → image ms per variant, rounds interleaved so drift hits all alike."""
@@ -556,7 +591,7 @@ class Engine:
         if not items:
             size = self.model.image_size
             return np.zeros((0, size, size, 3), dtype=np.uint8)
-        embeddings = self.embed(self.drawn_captions(items))  # (B, E)
+        embeddings = self._drawn_embeddings(items)  # (B, E)
         parts = []
         for start in range(0, len(items), MAX_BATCH):
             seeds = [(s, i) for _, s, i in items[start : start + MAX_BATCH]]
@@ -585,11 +620,40 @@ class Engine:
         read as off-domain, whose read-back means nothing — the caption itself. Each distinct
         caption is read back once, however many images it asks for."""
         spec = self.manifest.readback
+        return [
+            caption if chosen is None or spec is None else canonical.render(spec, chosen)
+            for caption, chosen in self._choices(items)
+        ]
+
+    def _drawn_embeddings(self, items: Sequence[tuple[str, int, int]]) -> np.ndarray:
+        """(B, E) embeddings of `drawn_captions(items)`: canonical ones from the variant's table
+        when the bundle has one (the second text-encoder pass saved: docs/QUALITY.md § 3.20),
+        the others through `embed` and its cache."""
+        table = self._variant_in_use.canonical_table
+        spec = self.manifest.readback
+        if table is None or spec is None:
+            return self.embed(self.drawn_captions(items))
+        choices = self._choices(items)
+        out = np.empty((len(items), self.model.embedding_dim), dtype=np.float32)
+        words = [row for row, (_, chosen) in enumerate(choices) if chosen is None]
+        if words:
+            out[words] = self.embed([choices[row][0] for row in words])
+        for row, (_, chosen) in enumerate(choices):
+            if chosen is not None:
+                out[row] = table[canonical.class_index(spec, chosen)]
+        return out
+
+    def _choices(
+        self, items: Sequence[tuple[str, int, int]]
+    ) -> list[tuple[str, tuple[int, ...] | None]]:
+        """Per image: (the caption, the values drawn for it), or (the caption, None) where the
+        words themselves are drawn (`drawn_captions`)."""
+        spec = self.manifest.readback
         if not self.draws_understood or spec is None:
-            return [caption for caption, _, _ in items]
+            return [(caption, None) for caption, _, _ in items]
         # caption → (normalised text, understood values), or None: draw the words.
         readings: dict[str, tuple[str, list[str]] | None] = {}
-        drawn = []
+        drawn: list[tuple[str, tuple[int, ...] | None]] = []
         for caption, seed, index in items:
             if caption not in readings:
                 understood = self.understand(caption)
@@ -603,12 +667,10 @@ class Engine:
                 )
             reading = readings[caption]
             if reading is None:
-                drawn.append(caption)
+                drawn.append((caption, None))
             else:
                 text, values = reading
-                drawn.append(
-                    canonical.render(spec, canonical.choose(spec, values, text, seed, index))
-                )
+                drawn.append((caption, canonical.choose(spec, values, text, seed, index)))
         return drawn
 
     def drawn_caption(self, caption: str, seed: int = 0, index: int = 0) -> str:
@@ -701,12 +763,27 @@ def _run_text(
     variant: _Variant, model: ModelSpec, encoded: Sequence[tokenizer.Encoded]
 ) -> np.ndarray:
     """Encoded captions → (B, E) embeddings, padded only as far as the longest needs."""
+    return run_text_encoder(
+        variant.text_encoder, model, encoded, variant.ids_dtype, variant.lengths_dtype
+    )
+
+
+def run_text_encoder(
+    session: Any,
+    model: ModelSpec,
+    encoded: Sequence[tokenizer.Encoded],
+    ids_dtype: Any = np.int64,
+    lengths_dtype: Any = np.int64,
+) -> np.ndarray:
+    """Encoded captions → (B, E) embeddings through a text-encoder session, padded only as far
+    as the longest needs: the robot's own feed, which export's canonical table reuses so that
+    its rows are what `Engine.embed` computes for one caption."""
     width = max(model.min_input_length(e.length) for e in encoded)
-    ids = np.zeros((len(encoded), width), dtype=variant.ids_dtype)  # (B, T), 0 = pad
+    ids = np.zeros((len(encoded), width), dtype=ids_dtype)  # (B, T), 0 = pad
     for row, e in enumerate(encoded):
         ids[row, : e.length] = e.ids[:width]
-    lengths = np.array([min(e.length, width) for e in encoded], dtype=variant.lengths_dtype)
-    (embedding,) = variant.text_encoder.run([TEXT_EMBEDDING], {CHAR_IDS: ids, LENGTHS: lengths})
+    lengths = np.array([min(e.length, width) for e in encoded], dtype=lengths_dtype)
+    (embedding,) = session.run([TEXT_EMBEDDING], {CHAR_IDS: ids, LENGTHS: lengths})
     return embedding  # (B, E)
 
 

@@ -30,6 +30,7 @@ import onnxruntime
 import torch
 
 from edge_runtime import bundle as b
+from export import canonical_table as ct
 from export import onnx_export as ox
 from export import readback as rb
 from export.calibration import MIN_CALIBRATION, NOISE_SEED, Captions, _embed, load_captions
@@ -419,6 +420,26 @@ def export_bundle(options: ExportOptions) -> b.Manifest:
                 quantization["readback"] = rb_record
             variants["int8"] = variant
 
+        if spec is not None and spec.canonical is not None:
+            # One table per distinct text encoder (a variant whose int8 encoder failed its gate
+            # names the fp32 one, and then shares its table).
+            tables: dict[str, tuple[str, np.ndarray]] = {}
+            for name, variant in variants.items():
+                found = tables.get(variant.text_encoder)
+                if found is None:
+                    key = f"canonical.{name}"
+                    table = ct.embeddings(sessions[name][0], model, spec)
+                    path = work / f"canonical_embeddings.{name}.onnx"
+                    ct.write_graph(table, path)
+                    files[key] = path
+                    graphs[key] = ct.graph_spec(path.name, name, model)
+                    found = tables[variant.text_encoder] = (key, table)
+                variants[name] = dataclasses.replace(variant, canonical=found[0])
+            log.info(
+                "canonical table: %d captions × %d per text encoder (%s)",
+                *next(iter(tables.values()))[1].shape,
+                ", ".join(k for k, _ in tables.values()),
+            )
         latency = _latencies(sessions, model, options.latency_rounds, readbacks)
         variants = {k: dataclasses.replace(v, latency_ms=latency[k]) for k, v in variants.items()}
         manifest = b.Manifest(

@@ -55,7 +55,7 @@ def test_readback_graph_is_hashed_labelled_and_in_every_variant(
     # canonical caption the robot draws what it understood with (schema 5).
     heads = ck.build_model(ck.load_checkpoint(readback_checkpoint), "readback", "checkpoint")
     assert isinstance(heads, ReadBack) and "red" in heads.config.known_words
-    assert m.schema_version == b.CANONICAL_SCHEMA_VERSION
+    assert m.schema_version == b.CANONICAL_TABLE_SCHEMA_VERSION  # and each variant's table (6)
     assert m.readback == b.ReadBackSpec(
         attributes=tuple((n, ATTRIBUTE_VALUES[n]) for n in ATTRIBUTE_NAMES),
         off_domain_threshold=rb.DEFAULT_OFF_DOMAIN_THRESHOLD,

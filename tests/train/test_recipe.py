@@ -35,6 +35,15 @@ def test_recipe_trains_without_a_weight_average_unless_asked() -> None:
     assert "no-ema" in [name for name, _, _ in rc.ablation_runs(with_average)]
 
 
+def test_recipe_trains_the_gan_on_full_captions_unless_asked() -> None:
+    assert rc.RecipeConfig(data="scenes.h5").partial_captions == "skip"
+    parse = rc.build_parser().parse_args
+    assert rc.RecipeFlags(**vars(parse([]))).partial_captions == "skip"
+    assert rc.RecipeFlags(**vars(parse(["--partial-captions", "aware"]))).partial_captions == (
+        "aware"
+    )
+
+
 def test_recipe_runs_end_to_end_with_ablation_and_report(scenes: Path, tmp_path: Path) -> None:
     config = rc.RecipeConfig(
         data=str(scenes),
@@ -107,6 +116,8 @@ def test_recipe_runs_end_to_end_with_ablation_and_report(scenes: Path, tmp_path:
         diff = {k: saved[k] for k in saved if k not in ignore and saved[k] != default.get(k)}
         assert diff == changed, name
     assert default["fm_weight"] > 0 and default["ema_decay"] > 0
+    # The robot draws full canonical captions: the recipe's GAN learns from full captions only.
+    assert default["partial_captions"] == "skip"
     report = (run / rc.REPORT_FILE).read_text()
     # The machine and the GAN's arithmetic beside the figures (docs/QUALITY.md § 3.17).
     assert result["machine"] == cpu_info().describe()

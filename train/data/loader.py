@@ -348,6 +348,9 @@ class GanClsDataset(Dataset):
             if caption_counts is None
             else np.asarray(caption_counts, dtype=np.int64)
         )
+        # bool (N, C) or None: captions the sampler may pick beyond the distinct ones
+        # (`keep_full_captions`); None = every distinct caption.
+        self.caption_filter: np.ndarray | None = None
         self.where = where
         if config.captions_per_sample > captions_per_image:
             raise DataError(
@@ -461,7 +464,52 @@ class GanClsDataset(Dataset):
         self.caption_counts = np.minimum(self.caption_counts, self.num_captions)
         if self.caption_stated is not None:
             self.caption_stated = self.caption_stated[:, : self.num_captions]
+        if self.caption_filter is not None:
+            self.caption_filter = self.caption_filter[:, : self.num_captions]
         self._draws = None
+
+    def full_captions_first(self) -> np.ndarray | None:
+        """Reorder each image's distinct captions so that those stating every attribute come
+        first (stable), so that `limit_captions(n)` keeps an image's first n *full* captions
+        under `--partial-captions skip`. Returns the new column order (N, C) to apply to the
+        caption texts, or None when the split has no partial captions (nothing moves)."""
+        if self.caption_stated is None:
+            return None
+        assert self.attributes is not None  # checked with caption_stated in __init__
+        full = (1 << self.attributes.shape[1]) - 1
+        columns = np.arange(self.num_captions)[None, :]
+        # Sort keys: the distinct full ones, the distinct partial ones, then the repeats.
+        rank = np.where(columns < self.caption_counts[:, None], 0, 2)
+        rank = rank + (self.caption_stated != full)
+        order = np.argsort(rank, axis=1, kind="stable")  # (N, C)
+        self.caption_stated = np.take_along_axis(self.caption_stated, order, axis=1)
+        self._draws = None
+        return order
+
+    def keep_full_captions(self) -> int:
+        """Pick only captions that state every attribute (`--partial-captions skip`); the split
+        then trains as one without partial captions. Returns how many captions are left out.
+
+        Why: the robot draws the read-back's canonical caption, always a full one
+        (edge_runtime/canonical.py), and the partial captions' weaker supervision slows the
+        generator per step (docs/QUALITY.md § 3.19); the text encoder still learns from them.
+        """
+        if self.caption_stated is None:
+            return 0
+        assert self.attributes is not None  # checked with caption_stated in __init__
+        full = (1 << self.attributes.shape[1]) - 1
+        distinct = np.arange(self.num_captions)[None, :] < self.caption_counts[:, None]
+        keep = distinct & (self.caption_stated == full)  # (N, C)
+        bare = np.flatnonzero(~keep.any(1))
+        if len(bare):
+            raise DataError(
+                f"{self.where}: image {int(bare[0])} ({len(bare)} in all) has no caption stating "
+                "every attribute, which --partial-captions skip needs"
+            )
+        self.caption_filter = keep
+        self.caption_stated = None
+        self._draws = None
+        return int(distinct.sum() - keep.sum())
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose random draws the next batches use."""
@@ -476,15 +524,19 @@ class GanClsDataset(Dataset):
         rng = np.random.default_rng([c.seed, epoch])
         span = c.load_size - c.crop_size + 1 if c.crop else 1
 
-        counts = self.caption_counts[:, None]  # (N, 1)
-        columns = np.arange(self.num_captions)[None, :]  # (1, C)
+        eligible = np.arange(self.num_captions)[None, :] < self.caption_counts[:, None]  # (N, C)
+        if self.caption_filter is not None:
+            eligible = eligible & self.caption_filter
+        counts = eligible.sum(1)  # (N,)
 
-        def caption_picks() -> np.ndarray:
-            # K distinct captions per image: the first K of a random permutation of its
-            # caption_counts[i] distinct ones (cycled when it has fewer than K).
-            keys = np.where(columns < counts, rng.random((n, self.num_captions)), 2.0)
-            order = np.argsort(keys, axis=1)  # (N, C), the distinct ones first
-            return np.take_along_axis(order, np.arange(k)[None, :] % counts, axis=1)  # (N, K)
+        def caption_picks(images: np.ndarray | None = None) -> np.ndarray:
+            # K distinct captions of each of `images` (int (N,); default: image i for row i):
+            # the first K of a random permutation of its eligible ones (cycled when fewer).
+            rows = np.arange(n) if images is None else images
+            keys = np.where(eligible[rows], rng.random((n, self.num_captions)), 2.0)
+            order = np.argsort(keys, axis=1)  # (N, C), the eligible ones first
+            cycle = np.arange(k)[None, :] % counts[rows][:, None]
+            return np.take_along_axis(order, cycle, axis=1)  # (N, K)
 
         def flips() -> np.ndarray:
             return rng.random(n) < 0.5 if c.flip else np.zeros(n, dtype=bool)
@@ -499,18 +551,21 @@ class GanClsDataset(Dataset):
         wrong = self.wrong_sampler.draw(rng)
         hard = self._hard_negatives(epoch)
         wrong = np.where(hard >= 0, hard, wrong)
+        wrong_captions = caption_picks(wrong)
+        wrong_crop_yx, wrong_flip = rng.integers(0, span, (n, 2)), flips()
+        # i + 1 + U{0..N-2} mod N: uniform over every image except i itself.
+        partner = (np.arange(n) + 1 + rng.integers(0, n - 1, n)) % n
         draws = EpochDraws(
             crop_yx=crop_yx,
             flip=flip,
             captions=captions,
             wrong=wrong,
-            wrong_captions=caption_picks(),
-            wrong_crop_yx=rng.integers(0, span, (n, 2)),
-            wrong_flip=flips(),
+            wrong_captions=wrong_captions,
+            wrong_crop_yx=wrong_crop_yx,
+            wrong_flip=wrong_flip,
             hard_negative=hard >= 0,
-            # i + 1 + U{0..N-2} mod N: uniform over every image except i itself.
-            partner=(np.arange(n) + 1 + rng.integers(0, n - 1, n)) % n,
-            partner_captions=caption_picks(),
+            partner=partner,
+            partner_captions=caption_picks(partner),
         )
         self._draws = (epoch, draws)
         return draws

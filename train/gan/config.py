@@ -110,12 +110,14 @@ class GanTrainConfig:
         "aware",
         "partial captions (a split with caption_stated): aware = wrong captions contradict a "
         "stated attribute, a sample's captions state one thing, the matching term allows what "
-        "a caption leaves open; ignore = treat every caption as full (the ablation)",
+        "a caption leaves open; ignore = treat every caption as full (the ablation); skip = "
+        "train on the full captions only (the text encoder still learns from all)",
         group="objective",
-        choices=("aware", "ignore"),
+        choices=("aware", "ignore", "skip"),
     )
     """docs/GAN_TRAINING.md § Partial captions. Splits without `caption_stated` train the same
-    either way."""
+    every way. `skip` suits a robot that draws the read-back's canonical (full) caption
+    (docs/QUALITY.md § 3.19, § 3.20)."""
     int_weight: float | None = _term("GAN-INT weight (0 = off)", at_least=0)
     """Weight of the mean GAN-INT loss over the n interpolated fakes (see `nonsat_weight`)."""
     int_beta: float = option(

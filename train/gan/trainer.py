@@ -235,9 +235,20 @@ class GanTrainer:
         if c.partial_captions == "ignore" and self.dataset.caption_stated is not None:
             log.info("--partial-captions ignore: every caption is treated as a full one")
             self.dataset.caption_stated = None
+        if c.partial_captions == "skip":
+            # --captions-per-image then keeps the first N full captions of each image.
+            order = self.dataset.full_captions_first()
+            if order is not None:
+                captions = [
+                    [row[j] for j in cols]
+                    for row, cols in zip(captions, order.tolist(), strict=True)
+                ]
         if c.captions_per_image is not None:
             self.dataset.limit_captions(c.captions_per_image)
             captions = [row[: self.dataset.num_captions] for row in captions]
+        if c.partial_captions == "skip":
+            left_out = self.dataset.keep_full_captions()
+            log.info("--partial-captions skip: %d partial captions left out of the GAN", left_out)
         self.loader = GanClsLoader(
             self.dataset, env.rank, env.world_size, pin_memory=self.device.type == "cuda"
         )
@@ -287,12 +298,15 @@ class GanTrainer:
                     p.requires_grad_(False)
                 # (K, E) class texts and class id → row; the same on every rank (global table).
                 stated = self.dataset.caption_stated  # (N, C) or None: every caption full
-                full_mask = None if stated is None else (1 << self.dataset.attributes.shape[1]) - 1
+                if stated is not None:
+                    keep = stated == (1 << self.dataset.attributes.shape[1]) - 1
+                else:  # None, or the full captions --partial-captions skip kept
+                    keep = self.dataset.caption_filter
                 self.match_prototypes, self.match_row_of = losses.class_text_prototypes(
                     self.embeddings.table,
                     self.embeddings.index,
                     torch.from_numpy(np.asarray(self.dataset.class_ids)),
-                    keep=None if stated is None else torch.from_numpy(stated == full_mask),
+                    keep=None if keep is None else torch.from_numpy(keep),
                 )
                 # Partial captions: each prototype's attributes, to tell which classes a
                 # caption allows (losses.partial_text_image_matching_loss).

@@ -263,3 +263,72 @@ def test_trainer_open_attribute_term_draws_partial_captions_again_and_moves_only
     batch = next(full.loader.batches(0))
     assert full.rows_drawn_again(batch, full.local_ms).tolist() == list(range(full.local_ms))
     assert float(full.train_step(batch)["generator/open_attributes"]) == 0
+
+
+def test_skip_mode_trains_the_gan_on_full_captions_only(tmp_path: Path) -> None:
+    """`--partial-captions skip`: every caption a batch averages (right, wrong, partner) and
+    every caption behind the matching term's class prototypes states every attribute; the
+    split then trains as one without partial captions."""
+    te = tiny_text_encoder_checkpoint(tmp_path / "te.pt")
+    split = _split(partial=True)
+    original = gan.generated_split(64, captions=4, seed=0).captions
+    for i in np.flatnonzero((split.caption_stated != 3).all(1)):  # give each image a full one
+        split.captions[i][0], split.caption_stated[i, 0] = original[i][0], 3
+    full = np.asarray(split.caption_stated) == 3  # (N, C)
+    full_texts = [{t for t, f in zip(row, ok, strict=True) if f} for row, ok in zip(
+        split.captions, full, strict=True)]  # fmt: skip
+    assert (~full).any()
+    trainer = _trainer(te, split, partial_captions="skip")
+    assert trainer.dataset.caption_stated is None
+    kept = trainer.dataset.caption_filter  # (N, C), the full ones moved first
+    assert np.array_equal(kept.sum(1), full.sum(1)) and not (kept[:, 1:] & ~kept[:, :-1]).any()
+    draws = trainer.dataset.draws(0)
+    everyone = np.arange(len(full))
+    for rows, picks in (
+        (everyone, draws.captions),
+        (draws.wrong, draws.wrong_captions),
+        (draws.partner, draws.partner_captions),
+    ):
+        for i, row in zip(rows.tolist(), picks.tolist(), strict=True):
+            assert {trainer.captions[i][c] for c in row} <= full_texts[i]
+    # The prototypes average only full captions: equal to those built from the full ones alone.
+    expect, _ = losses.class_text_prototypes(
+        trainer.embeddings.table, trainer.embeddings.index,
+        torch.from_numpy(np.asarray(split.class_ids)), keep=torch.from_numpy(kept),
+    )  # fmt: skip
+    assert torch.equal(trainer.match_prototypes, expect)
+    batch = next(trainer.loader.batches(0))
+    assert batch.stated is None
+    assert all(torch.isfinite(v) for v in trainer.train_step(batch).values())
+
+
+def test_skip_mode_with_captions_per_image_keeps_each_images_first_full_captions(
+    tmp_path: Path,
+) -> None:
+    """`--captions-per-image N` under skip keeps an image's first N *full* captions (not its
+    first N columns, which may hold none), and each kept column's embedding is its caption's."""
+    te = tiny_text_encoder_checkpoint(tmp_path / "te.pt")
+    split = _split(partial=True)
+    original = gan.generated_split(64, captions=4, seed=0).captions
+    for i in np.flatnonzero((split.caption_stated != 3).all(1)):
+        split.captions[i][3], split.caption_stated[i, 3] = original[i][3], 3
+    full = np.asarray(split.caption_stated) == 3  # (N, C)
+    texts = [list(row) for row in split.captions]
+    trainer = _trainer(te, split, partial_captions="skip", captions_per_image=2)
+    kept = trainer.dataset.caption_filter  # (N, 2)
+    assert kept.shape == (64, 2)
+    assert np.array_equal(kept.sum(1), np.minimum(full.sum(1), 2))
+    for i in range(64):
+        wanted = [t for t, f in zip(texts[i], full[i], strict=True) if f][:2]
+        assert [trainer.captions[i][c] for c in np.flatnonzero(kept[i])] == wanted, i
+
+
+def test_skip_mode_names_an_image_without_a_full_caption(tmp_path: Path) -> None:
+    from train.data.schema import DataError
+
+    te = tiny_text_encoder_checkpoint(tmp_path / "te.pt")
+    split = _split(partial=True)
+    split.caption_stated[:] = 3
+    split.caption_stated[[5, 9]] = 1  # images 5 and 9: only colour-only captions
+    with pytest.raises(DataError, match=r"image 5 \(2 in all\) has no caption stating every"):
+        _trainer(te, split, partial_captions="skip")
