@@ -246,10 +246,12 @@ def test_link_security_hostile_lines_all_rejected_within_the_junk_budget(signed,
     # Wait until every line is accounted for: each answered by its own error or a coalesced one.
     replies: list[Reply] = []
     answered = 0
-    deadline = time.monotonic() + 30
+    # A liveness bound, not a speed claim (the byte budget below is what is tested): 30 s ran
+    # out once on a 2-core box shared with two training runs.
+    deadline = time.monotonic() + 90
     while answered < stats["lines"]:
         assert time.monotonic() < deadline, (answered, stats, service.status_fields())
-        reply = link.read(timeout=30)
+        reply = link.read(timeout=90)
         replies.append(reply)
         assert reply.kind == "err" and reply.code == "AUTH", reply  # 0 accepted
         match = re.fullmatch(r"(\d+) bad lines; last: .+", reply.text)
