@@ -348,7 +348,7 @@ class GanClsDataset(Dataset):
             if caption_counts is None
             else np.asarray(caption_counts, dtype=np.int64)
         )
-        # bool (N, C) or None: captions the sampler may pick beyond the distinct ones
+        # bool (N, C) or None: which of each image's distinct captions the sampler may pick
         # (`keep_full_captions`); None = every distinct caption.
         self.caption_filter: np.ndarray | None = None
         self.where = where
@@ -473,14 +473,12 @@ class GanClsDataset(Dataset):
         first (stable), so that `limit_captions(n)` keeps an image's first n *full* captions
         under `--partial-captions skip`. Returns the new column order (N, C) to apply to the
         caption texts, or None when the split has no partial captions (nothing moves)."""
-        if self.caption_stated is None:
+        full = self._full_captions()
+        if full is None:
             return None
-        assert self.attributes is not None  # checked with caption_stated in __init__
-        full = (1 << self.attributes.shape[1]) - 1
         columns = np.arange(self.num_captions)[None, :]
         # Sort keys: the distinct full ones, the distinct partial ones, then the repeats.
-        rank = np.where(columns < self.caption_counts[:, None], 0, 2)
-        rank = rank + (self.caption_stated != full)
+        rank = np.where(columns < self.caption_counts[:, None], 0, 2) + ~full
         order = np.argsort(rank, axis=1, kind="stable")  # (N, C)
         self.caption_stated = np.take_along_axis(self.caption_stated, order, axis=1)
         self._draws = None
@@ -494,12 +492,11 @@ class GanClsDataset(Dataset):
         (edge_runtime/canonical.py), and the partial captions' weaker supervision slows the
         generator per step (docs/QUALITY.md § 3.19); the text encoder still learns from them.
         """
-        if self.caption_stated is None:
+        full = self._full_captions()
+        if full is None:
             return 0
-        assert self.attributes is not None  # checked with caption_stated in __init__
-        full = (1 << self.attributes.shape[1]) - 1
         distinct = np.arange(self.num_captions)[None, :] < self.caption_counts[:, None]
-        keep = distinct & (self.caption_stated == full)  # (N, C)
+        keep = distinct & full  # (N, C)
         bare = np.flatnonzero(~keep.any(1))
         if len(bare):
             raise DataError(
@@ -510,6 +507,13 @@ class GanClsDataset(Dataset):
         self.caption_stated = None
         self._draws = None
         return int(distinct.sum() - keep.sum())
+
+    def _full_captions(self) -> np.ndarray | None:
+        """bool (N, C): the captions stating every attribute; None without `caption_stated`."""
+        if self.caption_stated is None:
+            return None
+        assert self.attributes is not None  # checked with caption_stated in __init__
+        return self.caption_stated == (1 << self.attributes.shape[1]) - 1
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose random draws the next batches use."""
